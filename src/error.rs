@@ -1,0 +1,105 @@
+//! The library's typed error, and the process exit code each kind of error maps to.
+
+use std::path::PathBuf;
+
+/// Exit codes of `gearbx-run`, one per class of failure (documented in the README).
+pub mod exit {
+    /// Generation finished (end of text, stop word, token limit or full context).
+    pub const OK: u8 = 0;
+    /// An unexpected internal error.
+    pub const INTERNAL: u8 = 1;
+    /// Invalid command line: unknown flag or a value out of range.
+    pub const USAGE: u8 = 2;
+    /// The model could not be found: unknown name, missing file, missing blob.
+    pub const NOT_FOUND: u8 = 3;
+    /// The model was found but cannot be used: bad manifest, not GGUF, truncated, unsupported.
+    pub const BAD_MODEL: u8 = 4;
+    /// A blob's sha256 does not match the digest that names it.
+    pub const DIGEST_MISMATCH: u8 = 5;
+    /// The prompt does not fit in the context window.
+    pub const PROMPT_TOO_LONG: u8 = 6;
+    /// llama.cpp failed while loading or decoding, or the model produced NaN logits.
+    pub const RUNTIME: u8 = 7;
+    /// The default model could not be obtained (pip missing or failing, no cache directory).
+    pub const FETCH: u8 = 8;
+    /// Generation was interrupted by Ctrl-C (the statistics are still printed).
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// Everything that can go wrong in gearbx, with enough context to act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("invalid model name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+
+    #[error("model {name:?} not found: no manifest at {manifest}{}", suggest(.close))]
+    ModelNotFound { name: String, manifest: PathBuf, close: Vec<String> },
+
+    #[error("model file {0} does not exist")]
+    FileNotFound(PathBuf),
+
+    #[error("blob {digest} of model {name:?} is missing: expected it at {path}")]
+    BlobMissing { name: String, digest: String, path: PathBuf },
+
+    #[error("manifest {path} is invalid: {reason}")]
+    BadManifest { path: PathBuf, reason: String },
+
+    #[error("model {name:?} has no GGUF layer (media types: {media_types}); it is probably a safetensors model from a newer Ollama, which gearbx cannot run: use a GGUF model")]
+    NoGgufLayer { name: String, media_types: String },
+
+    #[error("{path} is not a usable GGUF file: {reason}")]
+    BadGguf { path: PathBuf, reason: String },
+
+    #[error("sha256 mismatch for {path}: the name says {expected}, the content is {actual}")]
+    DigestMismatch { path: PathBuf, expected: String, actual: String },
+
+    #[error("the prompt is {n_prompt} tokens but the context holds {n_ctx}; raise -c/--ctx-size (the model was trained with {n_ctx_train}) or shorten the prompt")]
+    PromptTooLong { n_prompt: usize, n_ctx: u32, n_ctx_train: u32 },
+
+    #[error("invalid parameter: {0}")]
+    InvalidParam(String),
+
+    #[error("llama.cpp failed: {0}")]
+    Llama(String),
+
+    #[error("the model produced non-finite (NaN) logits at generated token {0}; the weights or the tier may be broken")]
+    NanLogits(usize),
+
+    #[error("could not obtain the default model: {0}")]
+    Fetch(String),
+
+    #[error("{context}: {source}")]
+    Io { context: String, #[source] source: std::io::Error },
+}
+
+fn suggest(close: &[String]) -> String {
+    if close.is_empty() {
+        String::new()
+    } else {
+        format!("; did you mean {}?", close.join(", "))
+    }
+}
+
+impl Error {
+    /// Wraps an I/O error with a sentence saying what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+
+    /// The exit code `gearbx-run` uses for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::InvalidName { .. } | Error::InvalidParam(_) => exit::USAGE,
+            Error::ModelNotFound { .. } | Error::FileNotFound(_) | Error::BlobMissing { .. } => exit::NOT_FOUND,
+            Error::BadManifest { .. } | Error::NoGgufLayer { .. } | Error::BadGguf { .. } => exit::BAD_MODEL,
+            Error::DigestMismatch { .. } => exit::DIGEST_MISMATCH,
+            Error::PromptTooLong { .. } => exit::PROMPT_TOO_LONG,
+            Error::Llama(_) | Error::NanLogits(_) => exit::RUNTIME,
+            Error::Fetch(_) => exit::FETCH,
+            Error::Io { .. } => exit::INTERNAL,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,12 @@
+//! gearbx: LLM inference on llama.cpp that shifts weight precision per generated token.
+//!
+//! Layers: [`store`] resolves a model (Ollama store, GGUF path, default model), [`llama`] owns
+//! the llama.cpp handles, [`engine`] runs the decode loop, [`kernels`] are our own C kernels.
+
+pub mod engine;
+pub mod error;
+pub mod kernels;
+pub mod llama;
+pub mod store;
+
+pub use error::{Error, Result};

@@ -1,0 +1,139 @@
+//! A llama.cpp context (KV cache + compute state) borrowing its model: decode and logits.
+
+use std::ffi::c_void;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::{sys, Model, Token};
+use crate::error::{Error, Result};
+
+/// Context settings (llama.cpp's names).
+#[derive(Debug, Clone)]
+pub struct ContextParams {
+    /// Context window in tokens.
+    pub n_ctx: u32,
+    /// Largest batch handed to one decode call (prompt chunks).
+    pub n_batch: u32,
+    /// Threads for generation and for prompt processing.
+    pub n_threads: i32,
+}
+
+/// An owned `llama_context`, freed on drop; it cannot outlive the model it borrows.
+pub struct Context<'m> {
+    ptr: NonNull<sys::llama_context>,
+    model: &'m Model,
+    n_ctx: u32,
+    n_batch: u32,
+    n_past: u32,
+    /// Set from another thread (Ctrl-C) to abort a running decode; kept alive by this Arc
+    /// because llama.cpp holds a raw pointer to it.
+    abort: Arc<AtomicBool>,
+    _not_sync: PhantomData<*mut ()>,
+}
+
+unsafe extern "C" fn abort_callback(data: *mut c_void) -> bool {
+    // SAFETY: data is the AtomicBool inside the context's Arc, alive as long as the context.
+    unsafe { (*(data as *const AtomicBool)).load(Ordering::Relaxed) }
+}
+
+impl<'m> Context<'m> {
+    /// Creates a context; `abort` becomes llama.cpp's abort flag for every decode.
+    pub fn new(model: &'m Model, params: &ContextParams, abort: Arc<AtomicBool>) -> Result<Self> {
+        // SAFETY: returns a plain struct of defaults.
+        let mut p = unsafe { sys::llama_context_default_params() };
+        p.n_ctx = params.n_ctx;
+        p.n_batch = params.n_batch.min(params.n_ctx);
+        p.n_ubatch = p.n_batch.min(512);
+        p.n_threads = params.n_threads;
+        p.n_threads_batch = params.n_threads;
+        p.abort_callback = Some(abort_callback);
+        p.abort_callback_data = Arc::as_ptr(&abort) as *mut c_void;
+        // SAFETY: the model pointer is valid for 'm, which outlives the context.
+        let raw = unsafe { sys::llama_init_from_model(model.as_ptr(), p) };
+        let ptr = NonNull::new(raw).ok_or_else(|| {
+            Error::Llama(format!(
+                "could not create a context of {} tokens: {}",
+                params.n_ctx,
+                super::take_last_error().unwrap_or_else(|| "out of memory?".into())
+            ))
+        })?;
+        // SAFETY: ptr is a valid context.
+        let n_ctx = unsafe { sys::llama_n_ctx(ptr.as_ptr()) };
+        Ok(Self { ptr, model, n_ctx, n_batch: p.n_batch, n_past: 0, abort, _not_sync: PhantomData })
+    }
+
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// The context window in tokens.
+    pub fn n_ctx(&self) -> u32 {
+        self.n_ctx
+    }
+
+    /// Tokens already in the KV cache.
+    pub fn n_past(&self) -> u32 {
+        self.n_past
+    }
+
+    /// Appends tokens to the sequence, in chunks of `n_batch`; afterwards the logits of the
+    /// last token are available from [`Context::logits`].
+    pub fn decode(&mut self, tokens: &[Token]) -> Result<()> {
+        if self.n_past as usize + tokens.len() > self.n_ctx as usize {
+            return Err(Error::Llama(format!(
+                "{} tokens do not fit: {} of {} context positions are used",
+                tokens.len(),
+                self.n_past,
+                self.n_ctx
+            )));
+        }
+        let mut buf = tokens.to_vec();
+        for chunk in buf.chunks_mut(self.n_batch as usize) {
+            // SAFETY: chunk is a live, writable token buffer for the duration of the call;
+            // batch_get_one only records its pointer and length.
+            let rc = unsafe { sys::llama_decode(self.ptr.as_ptr(), sys::llama_batch_get_one(chunk.as_mut_ptr(), chunk.len() as i32)) };
+            match rc {
+                0 => self.n_past += chunk.len() as u32,
+                2 => return Err(Error::Llama("decode aborted".into())),
+                1 => return Err(Error::Llama("no KV-cache slot for the batch (context full)".into())),
+                rc => {
+                    return Err(Error::Llama(format!(
+                        "llama_decode returned {rc}: {}",
+                        super::take_last_error().unwrap_or_default()
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// True when the abort flag is set (decode returns an "aborted" error then).
+    pub fn aborted(&self) -> bool {
+        self.abort.load(Ordering::Relaxed)
+    }
+
+    /// The logits of the last decoded token (one per vocabulary entry).
+    pub fn logits(&self) -> Result<&[f32]> {
+        // SAFETY: ptr is valid; -1 means the last output of the last decode.
+        let p = unsafe { sys::llama_get_logits_ith(self.ptr.as_ptr(), -1) };
+        if p.is_null() {
+            return Err(Error::Llama("no logits: nothing was decoded yet".into()));
+        }
+        // SAFETY: llama.cpp returns a row of n_vocab floats that stays valid until the next
+        // decode, which needs &mut self and so cannot happen while this borrow lives.
+        Ok(unsafe { std::slice::from_raw_parts(p, self.model.n_vocab()) })
+    }
+
+    pub(super) fn as_ptr(&self) -> *mut sys::llama_context {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for Context<'_> {
+    fn drop(&mut self) {
+        // SAFETY: ptr came from llama_init_from_model and is freed exactly once.
+        unsafe { sys::llama_free(self.ptr.as_ptr()) }
+    }
+}

@@ -1,0 +1,49 @@
+//! Owning, safe handles over llama.cpp (the pinned `llama-cpp-sys-2`): the only module where
+//! raw FFI calls live. Model and context own their pointers and free them on drop; a context
+//! borrows its model so it cannot outlive it.
+
+mod context;
+mod log;
+mod model;
+mod sampler;
+
+use std::sync::Once;
+
+pub use context::{Context, ContextParams};
+pub use log::{set_verbose, take_last_error};
+pub use model::{ChatMessage, Model, ModelParams};
+pub use sampler::{Sampler, SamplingParams};
+pub use llama_cpp_sys_2 as sys;
+
+/// A llama.cpp token id.
+pub type Token = sys::llama_token;
+
+static INIT: Once = Once::new();
+
+/// Initializes llama.cpp once per process (backends, logging hook). Called by [`Model::load`].
+pub fn init() {
+    INIT.call_once(|| {
+        log::install();
+        // SAFETY: llama_backend_init has no preconditions and runs once, guarded by `INIT`.
+        unsafe { sys::llama_backend_init() };
+    });
+}
+
+/// Block size (elements) and block byte size of a ggml type id, `None` for ids that are
+/// unknown or no longer supported. Used to bound tensor sizes in untrusted GGUF headers.
+pub fn ggml_type_layout(ty: u32) -> Option<(u64, u64)> {
+    if ty >= sys::GGML_TYPE_COUNT {
+        return None;
+    }
+    // SAFETY: `ty` is below GGML_TYPE_COUNT, so it indexes ggml's type-traits table; the two
+    // functions only read that table.
+    let (blck, size) = unsafe { (sys::ggml_blck_size(ty as sys::ggml_type), sys::ggml_type_size(ty as sys::ggml_type)) };
+    (blck > 0 && size > 0).then_some((blck as u64, size as u64))
+}
+
+/// llama.cpp's description of the CPU features it was built with (for `--verbose`).
+pub fn system_info() -> String {
+    init();
+    // SAFETY: returns a pointer to a static, NUL-terminated string owned by llama.cpp.
+    unsafe { std::ffi::CStr::from_ptr(sys::llama_print_system_info()) }.to_string_lossy().into_owned()
+}

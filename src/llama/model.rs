@@ -1,0 +1,219 @@
+//! A loaded llama.cpp model and its vocabulary: tokenization, pieces, chat templates.
+
+use std::ffi::{c_char, CStr, CString};
+use std::path::Path;
+use std::ptr::NonNull;
+
+use super::{sys, Token};
+use crate::error::{Error, Result};
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct ModelParams {
+    /// Layers to offload to a GPU (-1 = all); ignored on a CPU-only build.
+    pub n_gpu_layers: i32,
+}
+
+impl Default for ModelParams {
+    fn default() -> Self {
+        Self { n_gpu_layers: -1 }
+    }
+}
+
+/// An owned `llama_model`, freed on drop.
+pub struct Model {
+    ptr: NonNull<sys::llama_model>,
+    vocab: *const sys::llama_vocab,
+}
+
+// SAFETY: a llama_model is immutable after loading and llama.cpp allows using one model from
+// several threads (each with its own context).
+unsafe impl Send for Model {}
+// SAFETY: as above; all methods taking &self only read the model.
+unsafe impl Sync for Model {}
+
+/// One chat message for [`Model::apply_chat_template`].
+pub struct ChatMessage<'a> {
+    pub role: &'a str,
+    pub content: &'a str,
+}
+
+impl Model {
+    /// Loads a GGUF file (memory-mapped).
+    pub fn load(path: &Path, params: &ModelParams) -> Result<Self> {
+        super::init();
+        let c_path = CString::new(path.to_string_lossy().as_bytes())
+            .map_err(|_| Error::InvalidParam(format!("path {} contains a NUL byte", path.display())))?;
+        // SAFETY: returns a plain struct of defaults.
+        let mut p = unsafe { sys::llama_model_default_params() };
+        p.n_gpu_layers = params.n_gpu_layers;
+        // SAFETY: c_path is a valid NUL-terminated string; p is a valid params struct.
+        let raw = unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), p) };
+        let ptr = NonNull::new(raw).ok_or_else(|| {
+            Error::Llama(format!(
+                "could not load {}: {}",
+                path.display(),
+                super::take_last_error().unwrap_or_else(|| "unknown reason (run with --verbose)".into())
+            ))
+        })?;
+        // SAFETY: ptr is a valid model; the vocab it returns lives as long as the model.
+        let vocab = unsafe { sys::llama_model_get_vocab(ptr.as_ptr()) };
+        Ok(Self { ptr, vocab })
+    }
+
+    pub(super) fn as_ptr(&self) -> *mut sys::llama_model {
+        self.ptr.as_ptr()
+    }
+
+    /// Number of tokens in the vocabulary.
+    pub fn n_vocab(&self) -> usize {
+        // SAFETY: vocab is valid for the model's lifetime.
+        unsafe { sys::llama_vocab_n_tokens(self.vocab) as usize }
+    }
+
+    /// The context length the model was trained with.
+    pub fn n_ctx_train(&self) -> u32 {
+        // SAFETY: ptr is a valid model.
+        unsafe { sys::llama_model_n_ctx_train(self.ptr.as_ptr()).max(0) as u32 }
+    }
+
+    /// llama.cpp's one-line description ("llama 135M Q4_1").
+    pub fn description(&self) -> String {
+        let mut buf = [0u8; 256];
+        // SAFETY: buf is writable for buf.len() bytes; llama.cpp NUL-terminates within it.
+        let n = unsafe { sys::llama_model_desc(self.ptr.as_ptr(), buf.as_mut_ptr() as *mut c_char, buf.len()) };
+        String::from_utf8_lossy(&buf[..n.clamp(0, 255) as usize]).into_owned()
+    }
+
+    /// Total bytes of the weights.
+    pub fn size_bytes(&self) -> u64 {
+        // SAFETY: ptr is a valid model.
+        unsafe { sys::llama_model_size(self.ptr.as_ptr()) }
+    }
+
+    /// True for end-of-generation tokens (EOS, EOT, …).
+    pub fn is_eog(&self, t: Token) -> bool {
+        // SAFETY: vocab is valid; out-of-range ids are handled by llama.cpp.
+        unsafe { sys::llama_vocab_is_eog(self.vocab, t) }
+    }
+
+    /// Tokenizes `text`; `add_special` adds BOS where the model wants it, `parse_special`
+    /// turns control-token text (`<|im_start|>`) into control tokens.
+    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<Token>> {
+        let len = i32::try_from(text.len()).map_err(|_| Error::InvalidParam("prompt is larger than 2 GiB".into()))?;
+        let mut out: Vec<Token> = vec![0; text.len() + 2];
+        for _ in 0..2 {
+            // SAFETY: text is valid for len bytes; out is writable for out.len() tokens.
+            let n = unsafe {
+                sys::llama_tokenize(
+                    self.vocab,
+                    text.as_ptr() as *const c_char,
+                    len,
+                    out.as_mut_ptr(),
+                    out.len() as i32,
+                    add_special,
+                    parse_special,
+                )
+            };
+            if n >= 0 {
+                out.truncate(n as usize);
+                return Ok(out);
+            }
+            if n == i32::MIN {
+                break;
+            }
+            out.resize((-n) as usize, 0);
+        }
+        Err(Error::Llama("tokenization failed".into()))
+    }
+
+    /// The bytes a token stands for (control tokens render as nothing unless `special`).
+    pub fn token_bytes(&self, t: Token, special: bool) -> Vec<u8> {
+        let mut buf = vec![0u8; 64];
+        for _ in 0..2 {
+            // SAFETY: buf is writable for buf.len() bytes.
+            let n = unsafe {
+                sys::llama_token_to_piece(self.vocab, t, buf.as_mut_ptr() as *mut c_char, buf.len() as i32, 0, special)
+            };
+            if n >= 0 {
+                buf.truncate(n as usize);
+                return buf;
+            }
+            buf.resize((-n) as usize, 0);
+        }
+        Vec::new()
+    }
+
+    /// The text of the BOS token, if the model adds one automatically.
+    pub fn auto_bos_text(&self) -> Option<String> {
+        // SAFETY: vocab is valid for the model's lifetime.
+        unsafe {
+            if !sys::llama_vocab_get_add_bos(self.vocab) {
+                return None;
+            }
+            let bos = sys::llama_vocab_bos(self.vocab);
+            if bos < 0 {
+                return None;
+            }
+            let p = sys::llama_vocab_get_text(self.vocab, bos);
+            (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+        }
+    }
+
+    /// The GGUF's default chat template, if it has one.
+    pub fn chat_template(&self) -> Option<String> {
+        // SAFETY: returns NULL or a NUL-terminated string owned by the model.
+        let p = unsafe { sys::llama_model_chat_template(self.ptr.as_ptr(), std::ptr::null()) };
+        // SAFETY: non-null p points to a NUL-terminated string valid while the model lives.
+        (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    }
+
+    /// Formats a conversation with the model's chat template (llama.cpp's built-in template
+    /// list; ChatML when the model has none), ending with the assistant's turn.
+    pub fn apply_chat_template(&self, messages: &[ChatMessage<'_>]) -> Result<String> {
+        let tmpl = self.chat_template().map(|t| CString::new(t).unwrap_or_default());
+        let owned: Vec<(CString, CString)> = messages
+            .iter()
+            .map(|m| {
+                let nul = |s: &str| CString::new(s).map_err(|_| Error::InvalidParam("the prompt contains a NUL byte".into()));
+                Ok((nul(m.role)?, nul(m.content)?))
+            })
+            .collect::<Result<_>>()?;
+        let msgs: Vec<sys::llama_chat_message> =
+            owned.iter().map(|(r, c)| sys::llama_chat_message { role: r.as_ptr(), content: c.as_ptr() }).collect();
+        let total: usize = messages.iter().map(|m| m.content.len() + m.role.len()).sum();
+        let mut buf = vec![0u8; 2 * total + 1024];
+        for _ in 0..2 {
+            // SAFETY: msgs points to valid C strings that outlive the call; buf is writable.
+            let n = unsafe {
+                sys::llama_chat_apply_template(
+                    tmpl.as_ref().map_or(std::ptr::null(), |t| t.as_ptr()),
+                    msgs.as_ptr(),
+                    msgs.len(),
+                    true,
+                    buf.as_mut_ptr() as *mut c_char,
+                    buf.len() as i32,
+                )
+            };
+            if n < 0 {
+                return Err(Error::Llama(
+                    "the model's chat template is not one llama.cpp recognizes; use --raw and format the prompt yourself".into(),
+                ));
+            }
+            if (n as usize) <= buf.len() {
+                buf.truncate(n as usize);
+                return String::from_utf8(buf).map_err(|_| Error::Llama("chat template produced invalid UTF-8".into()));
+            }
+            buf.resize(n as usize, 0);
+        }
+        Err(Error::Llama("chat template output kept growing".into()))
+    }
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        // SAFETY: ptr came from llama_model_load_from_file and is freed exactly once; contexts
+        // borrow the model, so none is alive here.
+        unsafe { sys::llama_model_free(self.ptr.as_ptr()) }
+    }
+}

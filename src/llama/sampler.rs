@@ -1,0 +1,93 @@
+//! A llama.cpp sampler chain built from Ollama/llama.cpp-style sampling parameters.
+
+use std::ptr::NonNull;
+
+use super::{sys, Context, Token};
+use crate::error::{Error, Result};
+
+/// Sampling settings; `temperature <= 0` means greedy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    pub top_k: i32,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub repeat_penalty: f32,
+    pub repeat_last_n: i32,
+    pub seed: u32,
+}
+
+impl SamplingParams {
+    /// Rejects values llama.cpp would misbehave on.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidParam(m));
+        if !self.temperature.is_finite() {
+            return bad(format!("--temp must be a finite number, got {}", self.temperature));
+        }
+        if !(0.0..=1.0).contains(&self.top_p) {
+            return bad(format!("--top-p must be in [0, 1], got {}", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad(format!("--min-p must be in [0, 1], got {}", self.min_p));
+        }
+        if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
+            return bad(format!("--repeat-penalty must be > 0, got {}", self.repeat_penalty));
+        }
+        if self.top_k < 0 {
+            return bad(format!("--top-k must be >= 0, got {}", self.top_k));
+        }
+        if self.repeat_last_n < -1 {
+            return bad(format!("--repeat-last-n must be >= -1, got {}", self.repeat_last_n));
+        }
+        Ok(())
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0
+    }
+}
+
+/// An owned sampler chain, freed on drop.
+pub struct Sampler {
+    ptr: NonNull<sys::llama_sampler>,
+}
+
+impl Sampler {
+    /// penalties → (greedy | top-k → top-p → min-p → temperature → seeded draw).
+    pub fn new(p: &SamplingParams, n_vocab: usize, n_ctx: u32) -> Result<Self> {
+        p.validate()?;
+        // SAFETY: plain constructors; the chain takes ownership of every sampler added to it.
+        unsafe {
+            let raw = sys::llama_sampler_chain_init(sys::llama_sampler_chain_default_params());
+            let ptr = NonNull::new(raw).ok_or_else(|| Error::Llama("could not create a sampler chain".into()))?;
+            let add = |s: *mut sys::llama_sampler| sys::llama_sampler_chain_add(ptr.as_ptr(), s);
+            let last_n = if p.repeat_last_n < 0 { n_ctx as i32 } else { p.repeat_last_n };
+            add(sys::llama_sampler_init_penalties(n_vocab as i32, last_n, p.repeat_penalty, 0.0, 0.0));
+            if p.is_greedy() {
+                add(sys::llama_sampler_init_greedy());
+            } else {
+                if p.top_k > 0 {
+                    add(sys::llama_sampler_init_top_k(p.top_k));
+                }
+                add(sys::llama_sampler_init_top_p(p.top_p, 1));
+                add(sys::llama_sampler_init_min_p(p.min_p, 1));
+                add(sys::llama_sampler_init_temp(p.temperature));
+                add(sys::llama_sampler_init_dist(p.seed));
+            }
+            Ok(Self { ptr })
+        }
+    }
+
+    /// Samples the next token from the context's last logits and records it in the chain.
+    pub fn sample(&mut self, ctx: &Context<'_>) -> Token {
+        // SAFETY: both pointers are valid; idx -1 is the last output of the last decode.
+        unsafe { sys::llama_sampler_sample(self.ptr.as_ptr(), ctx.as_ptr(), -1) }
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        // SAFETY: ptr came from llama_sampler_chain_init and is freed once, with its members.
+        unsafe { sys::llama_sampler_free(self.ptr.as_ptr()) }
+    }
+}
