@@ -39,8 +39,8 @@ struct Cli {
     /// file; omitted (or a quoted prompt in its place): the default model, obtained on first use.
     model: Option<String>,
 
-    /// Prompt (the remaining words are joined); omitted: read from stdin.
-    #[arg(trailing_var_arg = true)]
+    /// Prompt (several words are joined with spaces); omitted: read from stdin.
+    #[arg(value_name = "PROMPT")]
     prompt_words: Vec<String>,
 
     /// Model name or .gguf path (alternative to the positional MODEL; then every positional
@@ -69,7 +69,7 @@ struct Cli {
     ctx_size: Option<u32>,
 
     /// CPU threads (default: all cores).
-    #[arg(short = 't', long, value_name = "N")]
+    #[arg(short = 't', long, env = "GEARBX_THREADS", value_name = "N")]
     threads: Option<i32>,
 
     /// Temperature; 0 = greedy (default 0.8, or the store's).
@@ -154,6 +154,15 @@ fn main() -> ExitCode {
 
 fn run(mut cli: Cli) -> Result<u8, Failure> {
     llama::set_verbose(cli.verbose);
+    // First Ctrl-C: stop generating (also during loading or the prompt) and print the
+    // statistics; a second one exits at once.
+    let abort = Arc::new(AtomicBool::new(false));
+    let flag = abort.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(exit::INTERRUPTED as i32);
+        }
+    });
     let store = match &cli.models {
         Some(dir) => OllamaStore::new(dir),
         None => OllamaStore::from_env()?,
@@ -178,7 +187,7 @@ fn run(mut cli: Cli) -> Result<u8, Failure> {
     if cli.verify {
         return verify_model(&resolved, show_progress);
     }
-    generate(&cli, &resolved)
+    generate(&cli, &resolved, abort)
 }
 
 fn list(store: &OllamaStore) -> Result<u8, Failure> {
@@ -233,7 +242,7 @@ fn read_prompt(cli: &Cli) -> Result<String, Failure> {
     Ok(s)
 }
 
-fn generate(cli: &Cli, m: &ResolvedModel) -> Result<u8, Failure> {
+fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, Failure> {
     let user = read_prompt(cli)?;
     if user.trim().is_empty() {
         return Err(Failure(exit::USAGE, "the prompt is empty".into()));
@@ -292,14 +301,6 @@ fn generate(cli: &Cli, m: &ResolvedModel) -> Result<u8, Failure> {
         return Err(Error::PromptTooLong { n_prompt: prompt.tokens.len(), n_ctx, n_ctx_train: model.n_ctx_train() }.into());
     }
 
-    let abort = Arc::new(AtomicBool::new(false));
-    let flag = abort.clone();
-    // First Ctrl-C: stop generating and print the statistics; a second one exits at once.
-    let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(exit::INTERRUPTED as i32);
-        }
-    });
     let mut ctx = Context::new(&model, &ContextParams { n_ctx, n_batch: 2048, n_threads: threads }, abort)?;
     let mut stop = defaults.stop.clone();
     stop.extend(cli.stop.iter().cloned());

@@ -27,6 +27,20 @@ pub struct GgufInfo {
     pub has_chat_template: bool,
     /// Bytes of tensor data the tensors occupy (sum of their sizes).
     pub tensor_bytes: u64,
+    /// Every tensor, with where its data lies in the file.
+    pub tensors: Vec<TensorInfo>,
+}
+
+/// One tensor of the file's tensor table.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub name: String,
+    /// ggml type id.
+    pub ggml_type: u32,
+    pub ne: [u64; 4],
+    /// Absolute byte offset of the data in the file.
+    pub file_offset: u64,
+    pub size: u64,
 }
 
 impl GgufInfo {
@@ -240,8 +254,8 @@ pub fn inspect(path: &Path) -> Result<GgufInfo> {
     }
     let data_start = r.pos.div_ceil(alignment) * alignment;
     let data_len = r.len.saturating_sub(data_start);
-    for (name, ne, ty, offset) in &tensors {
-        let (blck, tsize) = ggml_type_layout(*ty)
+    for (name, ne, ty, offset) in tensors {
+        let (blck, tsize) = ggml_type_layout(ty)
             .ok_or_else(|| r.bad(format!("tensor {name} has unknown type {ty}")))?;
         if ne[0] % blck != 0 {
             return Err(r.bad(format!("tensor {name}: row of {} is not a multiple of the block size {blck}", ne[0])));
@@ -257,6 +271,7 @@ pub fn inspect(path: &Path) -> Result<GgufInfo> {
             )));
         }
         info.tensor_bytes += size;
+        info.tensors.push(TensorInfo { name, ggml_type: ty, ne, file_offset: data_start + offset, size });
     }
     Ok(info)
 }

