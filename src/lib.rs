@@ -5,6 +5,7 @@
 
 pub mod engine;
 pub mod error;
+pub mod gearbox;
 pub mod kernels;
 pub mod llama;
 pub mod store;

@@ -6,6 +6,7 @@ mod context;
 mod log;
 mod model;
 mod sampler;
+pub mod weights;
 
 use std::sync::Once;
 

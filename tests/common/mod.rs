@@ -14,7 +14,17 @@ pub const SYSTEM: &str = "You are a terse assistant called Gearbox.";
 pub struct Fixture {
     pub model: PathBuf,
     pub sha256: String,
-    pub store: tempfile::TempDir,
+    /// The store: one fixed directory per test binary under Cargo's test scratch space,
+    /// rebuilt at every run (a static is never dropped, so a TempDir would leak).
+    pub store: StoreDir,
+}
+
+pub struct StoreDir(PathBuf);
+
+impl StoreDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
 }
 
 /// Writes `bytes` as a blob named by its sha256; returns the digest `sha256:<hex>`.
@@ -51,7 +61,8 @@ fn build() -> Fixture {
     let sha256 = verify::sha256_file(&model, false).unwrap();
     assert_eq!(sha256, default_model::SHA256);
     let size = std::fs::metadata(&model).unwrap().len();
-    let store = tempfile::tempdir().unwrap();
+    let store = StoreDir(Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("store-{}", env!("CARGO_CRATE_NAME"))));
+    let _ = std::fs::remove_dir_all(store.path());
     let root = store.path();
     std::fs::create_dir_all(root.join("blobs")).unwrap();
     let blob = root.join("blobs").join(format!("sha256-{sha256}"));

@@ -1,0 +1,285 @@
+//! Which tensors are managed and which type each gear gives them: derived from the source
+//! type (never a fake upcast of a quantized source), or from `--tiers` overrides.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::llama::sys;
+use crate::llama::weights::{bits_per_weight, type_from_name, type_name};
+
+/// A precision gear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gear {
+    Low = 0,
+    Mid = 1,
+    High = 2,
+}
+
+impl Gear {
+    pub const ALL: [Gear; 3] = [Gear::Low, Gear::Mid, Gear::High];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Gear::Low => "low",
+            Gear::Mid => "mid",
+            Gear::High => "high",
+        }
+    }
+}
+
+impl fmt::Display for Gear {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Gear {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "low" => Ok(Gear::Low),
+            "mid" => Ok(Gear::Mid),
+            "high" => Ok(Gear::High),
+            _ => Err(format!("unknown gear {s:?} (low, mid, high)")),
+        }
+    }
+}
+
+/// Which weight matrices the gearbox manages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manage {
+    pub attn: bool,
+    pub ffn: bool,
+    /// Inclusive layer range; None = every layer.
+    pub layers: Option<(u32, u32)>,
+}
+
+impl Default for Manage {
+    fn default() -> Self {
+        Self { attn: true, ffn: true, layers: None }
+    }
+}
+
+impl Manage {
+    /// `attn`, `ffn` or `all`.
+    pub fn parse_kind(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "attn" => Ok(Self { attn: true, ffn: false, layers: None }),
+            "ffn" => Ok(Self { attn: false, ffn: true, layers: None }),
+            "all" => Ok(Self::default()),
+            _ => Err(format!("--manage takes attn, ffn or all, not {s:?}")),
+        }
+    }
+
+    /// `A-B` or `N` (inclusive).
+    pub fn parse_layers(s: &str) -> std::result::Result<(u32, u32), String> {
+        let bad = || format!("--layers takes N or A-B, not {s:?}");
+        let (a, b) = match s.split_once('-') {
+            Some((a, b)) => (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?),
+            None => {
+                let n = s.trim().parse().map_err(|_| bad())?;
+                (n, n)
+            }
+        };
+        if a > b {
+            return Err(bad());
+        }
+        Ok((a, b))
+    }
+
+    /// True for `blk.N.attn_*.weight` / `blk.N.ffn_*.weight` within the layer range.
+    pub fn matches(&self, name: &str) -> bool {
+        let Some(rest) = name.strip_prefix("blk.") else { return false };
+        let Some((layer, kind)) = rest.split_once('.') else { return false };
+        let Ok(layer) = layer.parse::<u32>() else { return false };
+        if self.layers.is_some_and(|(a, b)| layer < a || layer > b) || !kind.ends_with(".weight") {
+            return false;
+        }
+        (self.attn && kind.starts_with("attn_") && !kind.contains("norm"))
+            || (self.ffn && kind.starts_with("ffn_") && !kind.contains("norm"))
+    }
+}
+
+/// A tier choice: a concrete ggml type, or the tensor's own source type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TierType {
+    Source,
+    Type(u32),
+}
+
+/// `--tiers low=Q4_0,mid=Q8_0,high=F16` (any subset; `source` keeps the loaded type).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TierOverrides(pub [Option<TierType>; 3]);
+
+impl FromStr for TierOverrides {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let mut o = TierOverrides::default();
+        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+            let (g, t) = part.split_once('=').ok_or_else(|| format!("--tiers entry {part:?} is not gear=TYPE"))?;
+            let gear: Gear = g.trim().parse()?;
+            let t = t.trim();
+            let tier = if t.eq_ignore_ascii_case("source") {
+                TierType::Source
+            } else {
+                let ty = type_from_name(t).ok_or_else(|| format!("unknown tensor type {t:?} in --tiers"))?;
+                TierType::Type(ty)
+            };
+            o.0[gear as usize] = Some(tier);
+        }
+        Ok(o)
+    }
+}
+
+fn is_float(ty: u32) -> bool {
+    ty == sys::GGML_TYPE_F32 || ty == sys::GGML_TYPE_F16 || ty == sys::GGML_TYPE_BF16
+}
+
+fn is_k_quant(ty: u32) -> bool {
+    [sys::GGML_TYPE_Q2_K, sys::GGML_TYPE_Q3_K, sys::GGML_TYPE_Q4_K, sys::GGML_TYPE_Q5_K, sys::GGML_TYPE_Q6_K].contains(&ty)
+}
+
+/// A K-quant needs rows that are a multiple of 256; otherwise use the nearest 32-block type.
+pub fn fit_row(ty: u32, ne0: i64) -> u32 {
+    if !is_k_quant(ty) || ne0 % 256 == 0 {
+        return ty;
+    }
+    match ty {
+        sys::GGML_TYPE_Q6_K => sys::GGML_TYPE_Q5_1,
+        sys::GGML_TYPE_Q5_K => sys::GGML_TYPE_Q5_0,
+        _ => sys::GGML_TYPE_Q4_0,
+    }
+}
+
+/// The per-gear types for one tensor of source type `src` with rows of `ne0`. `None` means
+/// the gear uses the loaded tensor itself.
+pub fn tensor_types(src: u32, ne0: i64, overrides: &TierOverrides) -> [Option<u32>; 3] {
+    let default = default_tiers(src);
+    let mut out = [None; 3];
+    for g in Gear::ALL {
+        let choice = overrides.0[g as usize].unwrap_or(default[g as usize]);
+        out[g as usize] = match choice {
+            TierType::Source => None,
+            TierType::Type(t) => {
+                let t = fit_row(t, ne0);
+                (t != src).then_some(t)
+            }
+        };
+    }
+    out
+}
+
+/// The default ladder. Float source: F16 (BF16 kept) / Q8_0 / Q4_K. Quantized source: the
+/// source itself / the next two standard types below its bits per weight.
+pub fn default_tiers(src: u32) -> [TierType; 3] {
+    if is_float(src) {
+        let high = if src == sys::GGML_TYPE_BF16 { sys::GGML_TYPE_BF16 } else { sys::GGML_TYPE_F16 };
+        return [TierType::Type(sys::GGML_TYPE_Q4_K), TierType::Type(sys::GGML_TYPE_Q8_0), TierType::Type(high)];
+    }
+    let ladder = [
+        sys::GGML_TYPE_Q8_0,
+        sys::GGML_TYPE_Q6_K,
+        sys::GGML_TYPE_Q5_K,
+        sys::GGML_TYPE_Q4_K,
+        sys::GGML_TYPE_Q3_K,
+        sys::GGML_TYPE_Q2_K,
+    ];
+    let b = bits_per_weight(src);
+    let below: Vec<u32> = ladder.iter().copied().filter(|&t| bits_per_weight(t) < b - 1e-9).collect();
+    let mid = below.first().copied().unwrap_or(src);
+    let low = below.get(1).copied().unwrap_or(mid);
+    [TierType::Type(low), TierType::Type(mid), TierType::Source]
+}
+
+/// Warnings a user should see about a plan: upcasts and double quantization.
+pub fn plan_warnings(src_types: &[u32], overrides: &TierOverrides) -> Vec<String> {
+    let mut w = Vec::new();
+    let quantized: Vec<u32> = src_types.iter().copied().filter(|&t| !is_float(t)).collect();
+    if !quantized.is_empty() {
+        let mut names: Vec<String> = quantized.iter().map(|&t| type_name(t)).collect();
+        names.sort();
+        names.dedup();
+        w.push(format!(
+            "the source weights are already quantized ({}): lower tiers are double quantization and lose more than a static quantization from full precision would",
+            names.join(", ")
+        ));
+    }
+    for g in Gear::ALL {
+        if let Some(TierType::Type(t)) = overrides.0[g as usize] {
+            if let Some(&src) = src_types.iter().find(|&&s| bits_per_weight(t) > bits_per_weight(s) + 1e-9) {
+                w.push(format!(
+                    "--tiers {g}={} is an upcast of {} weights: more bytes, no added precision",
+                    type_name(t),
+                    type_name(src)
+                ));
+            }
+        }
+    }
+    w
+}
+
+pub fn parse_overrides(s: &str) -> Result<TierOverrides> {
+    s.parse().map_err(Error::InvalidParam)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn float_source_ladder() {
+        let t = tensor_types(sys::GGML_TYPE_F16, 4096, &TierOverrides::default());
+        assert_eq!(t, [Some(sys::GGML_TYPE_Q4_K), Some(sys::GGML_TYPE_Q8_0), None]);
+        let t = tensor_types(sys::GGML_TYPE_F16, 576, &TierOverrides::default());
+        assert_eq!(t[0], Some(sys::GGML_TYPE_Q4_0), "576 is not a multiple of 256");
+        let t = tensor_types(sys::GGML_TYPE_BF16, 4096, &TierOverrides::default());
+        assert_eq!(t[2], None, "BF16 stays BF16");
+        let t = tensor_types(sys::GGML_TYPE_F32, 4096, &TierOverrides::default());
+        assert_eq!(t[2], Some(sys::GGML_TYPE_F16));
+    }
+
+    #[test]
+    fn quantized_source_is_never_upcast_by_default() {
+        let t = tensor_types(sys::GGML_TYPE_Q4_1, 1536, &TierOverrides::default());
+        assert_eq!(t, [Some(sys::GGML_TYPE_Q3_K), Some(sys::GGML_TYPE_Q4_K), None]);
+        let t = tensor_types(sys::GGML_TYPE_Q8_0, 4096, &TierOverrides::default());
+        assert_eq!(t, [Some(sys::GGML_TYPE_Q5_K), Some(sys::GGML_TYPE_Q6_K), None]);
+        for src in [sys::GGML_TYPE_Q4_1, sys::GGML_TYPE_Q8_0, sys::GGML_TYPE_Q5_0] {
+            for ty in tensor_types(src, 4096, &TierOverrides::default()).into_iter().flatten() {
+                assert!(bits_per_weight(ty) < bits_per_weight(src));
+            }
+        }
+    }
+
+    #[test]
+    fn overrides_parse_and_warn_on_upcast() {
+        let o: TierOverrides = "low=Q4_0,mid=q8_0,high=source".parse().unwrap();
+        assert_eq!(o.0[0], Some(TierType::Type(sys::GGML_TYPE_Q4_0)));
+        assert_eq!(o.0[2], Some(TierType::Source));
+        let w = plan_warnings(&[sys::GGML_TYPE_Q4_1], &o);
+        assert!(w.iter().any(|s| s.contains("upcast")), "{w:?}");
+        assert!(w.iter().any(|s| s.contains("double quantization")));
+        assert!("low=Q9_9".parse::<TierOverrides>().is_err());
+        assert!("fast=Q4_0".parse::<TierOverrides>().is_err());
+    }
+
+    #[test]
+    fn manage_selects_layer_matrices() {
+        let all = Manage::default();
+        assert!(all.matches("blk.3.attn_q.weight"));
+        assert!(all.matches("blk.3.ffn_down.weight"));
+        assert!(!all.matches("blk.3.attn_norm.weight"));
+        assert!(!all.matches("output.weight"));
+        assert!(!all.matches("token_embd.weight"));
+        let attn = Manage { layers: Some((2, 4)), ..Manage::parse_kind("attn").unwrap() };
+        assert!(attn.matches("blk.4.attn_output.weight"));
+        assert!(!attn.matches("blk.5.attn_output.weight"));
+        assert!(!attn.matches("blk.3.ffn_up.weight"));
+        assert_eq!(Manage::parse_layers("0-9"), Ok((0, 9)));
+        assert!(Manage::parse_layers("9-0").is_err());
+    }
+}

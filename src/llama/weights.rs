@@ -1,0 +1,502 @@
+//! The model's weight tensors as ggml objects: finding the matrices a forward pass multiplies
+//! by (via `cb_eval`), allocating shadow copies in other types, converting bytes between types,
+//! and swapping a live tensor's storage in place (type, strides, data, buffer, extra).
+//!
+//! Everything here is raw ggml; `TensorTiers` is the safe owner that keeps the invariants.
+
+use std::collections::HashSet;
+use std::ffi::{c_void, CStr};
+use std::ptr::NonNull;
+
+use super::{sys, Context, Model};
+use crate::error::{Error, Result};
+
+/// A weight matrix owned by a loaded model. Valid while the model lives.
+#[derive(Clone, Copy)]
+pub struct WeightTensor {
+    ptr: NonNull<sys::ggml_tensor>,
+}
+
+// SAFETY: the pointer refers to a tensor object owned by the model; it is only read or written
+// between decodes, under `&mut TensorTiers`.
+unsafe impl Send for WeightTensor {}
+// SAFETY: shared access only reads fields.
+unsafe impl Sync for WeightTensor {}
+
+/// The storage-describing fields of a tensor, swapped as one unit.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Fields {
+    ty: sys::ggml_type,
+    nb: [usize; 4],
+    data: *mut c_void,
+    buffer: *mut sys::ggml_backend_buffer,
+    extra: *mut c_void,
+}
+
+// SAFETY: plain pointers copied between threads; dereferenced only by ggml.
+unsafe impl Send for Fields {}
+// SAFETY: as above.
+unsafe impl Sync for Fields {}
+
+impl WeightTensor {
+    fn t(&self) -> &sys::ggml_tensor {
+        // SAFETY: the tensor object lives as long as the model (see the type's invariant).
+        unsafe { self.ptr.as_ref() }
+    }
+
+    pub fn name(&self) -> String {
+        // SAFETY: ggml tensor names are NUL-terminated within their 64-byte array.
+        unsafe { CStr::from_ptr(self.t().name.as_ptr()) }.to_string_lossy().into_owned()
+    }
+
+    /// The tensor's current ggml type id.
+    pub fn ggml_type(&self) -> u32 {
+        self.t().type_
+    }
+
+    pub fn ne(&self) -> [i64; 4] {
+        self.t().ne
+    }
+
+    pub fn n_elements(&self) -> usize {
+        self.ne().iter().product::<i64>() as usize
+    }
+
+    /// Bytes the tensor occupies in its current type.
+    pub fn nbytes(&self) -> usize {
+        // SAFETY: reads the tensor's own fields.
+        unsafe { sys::ggml_nbytes(self.ptr.as_ptr()) }
+    }
+
+    /// True when the data is in a repacked (interleaved) layout that cannot be read back.
+    pub fn is_repacked(&self) -> bool {
+        !self.t().extra.is_null()
+    }
+
+    fn fields(&self) -> Fields {
+        let t = self.t();
+        Fields { ty: t.type_, nb: t.nb, data: t.data, buffer: t.buffer, extra: t.extra }
+    }
+
+    /// Reads the tensor's bytes (in its current type) from whatever device holds them.
+    pub fn read_bytes(&self) -> Result<Vec<u8>> {
+        if self.is_repacked() {
+            return Err(Error::Llama(format!("{} is repacked; read it from the GGUF file", self.name())));
+        }
+        let mut out = vec![0u8; self.nbytes()];
+        // SAFETY: out holds nbytes; the tensor has a buffer (it was used in a decode).
+        unsafe { sys::ggml_backend_tensor_get(self.ptr.as_ptr(), out.as_mut_ptr() as *mut c_void, 0, out.len()) };
+        Ok(out)
+    }
+}
+
+struct Probe {
+    seen: HashSet<usize>,
+    found: Vec<WeightTensor>,
+}
+
+unsafe extern "C" fn probe_cb(t: *mut sys::ggml_tensor, ask: bool, user: *mut c_void) -> bool {
+    if !ask {
+        return true;
+    }
+    // SAFETY: user is the &mut Probe passed at context creation, alive during the decode;
+    // t is a graph node valid during the callback; its src[0] is a tensor or NULL.
+    unsafe {
+        let probe = &mut *(user as *mut Probe);
+        if (*t).op == sys::GGML_OP_MUL_MAT {
+            let w = (*t).src[0];
+            if !w.is_null()
+                && !(*w).buffer.is_null()
+                && sys::ggml_backend_buffer_get_usage((*w).buffer) == sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS
+                && probe.seen.insert(w as usize)
+            {
+                probe.found.push(WeightTensor { ptr: NonNull::new_unchecked(w) });
+            }
+        }
+    }
+    false
+}
+
+/// Runs one small decode with an eval callback and returns every weight matrix the graph
+/// multiplies by (in graph order), e.g. `blk.N.attn_q.weight` … and the output matrix.
+pub fn find_matmul_weights(model: &Model, n_threads: i32) -> Result<Vec<WeightTensor>> {
+    let mut probe = Probe { seen: HashSet::new(), found: Vec::new() };
+    // SAFETY: plain struct of defaults.
+    let mut p = unsafe { sys::llama_context_default_params() };
+    p.n_ctx = 32;
+    p.n_batch = 32;
+    p.n_ubatch = 32;
+    p.n_threads = n_threads;
+    p.n_threads_batch = n_threads;
+    p.cb_eval = Some(probe_cb);
+    p.cb_eval_user_data = &mut probe as *mut Probe as *mut c_void;
+    // SAFETY: the model is valid; probe outlives the context, which is freed below.
+    let ctx = unsafe { sys::llama_init_from_model(model.as_ptr(), p) };
+    if ctx.is_null() {
+        return Err(Error::Llama("could not create the probe context".into()));
+    }
+    let mut toks = model.tokenize("Hello world", true, false)?;
+    // SAFETY: ctx is valid and toks is a live buffer for the call.
+    let rc = unsafe { sys::llama_decode(ctx, sys::llama_batch_get_one(toks.as_mut_ptr(), toks.len() as i32)) };
+    // SAFETY: ctx came from llama_init_from_model; freed once.
+    unsafe { sys::llama_free(ctx) };
+    if rc != 0 {
+        return Err(Error::Llama(format!("probe decode failed ({rc})")));
+    }
+    Ok(probe.found)
+}
+
+/// Converts a row-major tensor's bytes from `ty` to f32.
+pub fn to_f32(ty: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
+    let mut out = vec![0f32; n];
+    if ty == sys::GGML_TYPE_F32 {
+        if bytes.len() != n * 4 {
+            return Err(Error::Llama("F32 size mismatch".into()));
+        }
+        for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+            *o = f32::from_le_bytes(c.try_into().expect("4 bytes"));
+        }
+        return Ok(out);
+    }
+    // SAFETY: ty < GGML_TYPE_COUNT is checked by ggml_type_layout before use.
+    let layout = super::ggml_type_layout(ty).ok_or_else(|| Error::Llama(format!("unknown type {ty}")))?;
+    if (n as u64) % layout.0 != 0 || bytes.len() as u64 != n as u64 / layout.0 * layout.1 {
+        return Err(Error::Llama(format!("{} bytes do not hold {n} values of type {}", bytes.len(), type_name(ty))));
+    }
+    // SAFETY: valid type id; the traits table is static.
+    let traits = unsafe { &*sys::ggml_get_type_traits(ty as sys::ggml_type) };
+    let f = traits.to_float.ok_or_else(|| Error::Llama(format!("type {} cannot be dequantized", type_name(ty))))?;
+    // SAFETY: bytes holds exactly n values of `ty` (checked above); out holds n floats.
+    unsafe { f(bytes.as_ptr() as *const c_void, out.as_mut_ptr(), n as i64) };
+    Ok(out)
+}
+
+/// Quantizes `rows` rows of `n_per_row` floats into `ty` with ggml's reference quantizers.
+pub fn quantize(ty: u32, data: &[f32], rows: usize, n_per_row: usize) -> Result<Vec<u8>> {
+    let (blck, _) = super::ggml_type_layout(ty).ok_or_else(|| Error::Llama(format!("unknown type {ty}")))?;
+    if n_per_row as u64 % blck != 0 {
+        return Err(Error::Llama(format!("rows of {n_per_row} do not fit {} blocks of {blck}", type_name(ty))));
+    }
+    // SAFETY: valid type id.
+    if unsafe { sys::ggml_quantize_requires_imatrix(ty as sys::ggml_type) } {
+        return Err(Error::InvalidParam(format!("{} needs an importance matrix; pick another tier type", type_name(ty))));
+    }
+    assert_eq!(data.len(), rows * n_per_row);
+    // SAFETY: valid type id; row_size only computes.
+    let row = unsafe { sys::ggml_row_size(ty as sys::ggml_type, n_per_row as i64) };
+    let mut out = vec![0u8; row * rows];
+    // SAFETY: data holds rows*n_per_row floats, out holds rows*row bytes, no imatrix.
+    let written = unsafe {
+        sys::ggml_quantize_chunk(
+            ty as sys::ggml_type,
+            data.as_ptr(),
+            out.as_mut_ptr() as *mut c_void,
+            0,
+            rows as i64,
+            n_per_row as i64,
+            std::ptr::null(),
+        )
+    };
+    if written != out.len() {
+        return Err(Error::Llama(format!("quantizing to {} wrote {written} of {} bytes", type_name(ty), out.len())));
+    }
+    Ok(out)
+}
+
+/// ggml's name for a type id ("q4_0", "f16"); upper-cased by callers that print it.
+pub fn type_name(ty: u32) -> String {
+    if ty >= sys::GGML_TYPE_COUNT {
+        return format!("type{ty}");
+    }
+    // SAFETY: valid type id; returns a static string.
+    unsafe { CStr::from_ptr(sys::ggml_type_name(ty as sys::ggml_type)) }.to_string_lossy().to_uppercase()
+}
+
+/// Parses a type name like "Q4_0", "q8_0", "F16".
+pub fn type_from_name(name: &str) -> Option<u32> {
+    (0..sys::GGML_TYPE_COUNT).find(|&t| super::ggml_type_layout(t).is_some() && type_name(t).eq_ignore_ascii_case(name))
+}
+
+/// Bits per weight of a type.
+pub fn bits_per_weight(ty: u32) -> f64 {
+    super::ggml_type_layout(ty).map_or(0.0, |(b, s)| s as f64 * 8.0 / b as f64)
+}
+
+/// A ggml context plus the one backend buffer its tensors live in.
+struct ShadowGroup {
+    ctx: NonNull<sys::ggml_context>,
+    buffer: sys::ggml_backend_buffer_t,
+}
+
+impl Drop for ShadowGroup {
+    fn drop(&mut self) {
+        // SAFETY: both came from ggml_init / alloc_ctx_tensors and are freed once; no live
+        // model tensor points into them (TensorTiers restores originals before dropping).
+        unsafe {
+            if !self.buffer.is_null() {
+                sys::ggml_backend_buffer_free(self.buffer);
+            }
+            sys::ggml_free(self.ctx.as_ptr());
+        }
+    }
+}
+
+/// CPU's repacking buffer type (interleaved layouts that decode faster), if this build has one.
+fn cpu_repack_buft() -> Option<sys::ggml_backend_buffer_type_t> {
+    // SAFETY: registry lookups; the proc address, when present, has the documented signature.
+    unsafe {
+        let dev = sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_CPU);
+        if dev.is_null() {
+            return None;
+        }
+        let reg = sys::ggml_backend_dev_backend_reg(dev);
+        let f = sys::ggml_backend_reg_get_proc_address(reg, c"ggml_backend_dev_get_extra_bufts".as_ptr());
+        if f.is_null() {
+            return None;
+        }
+        let f: sys::ggml_backend_dev_get_extra_bufts_t = std::mem::transmute(f);
+        let mut p = f?(dev);
+        while !p.is_null() && !(*p).is_null() {
+            let name = CStr::from_ptr(sys::ggml_backend_buft_name(*p)).to_string_lossy();
+            if name.contains("REPACK") {
+                return Some(*p);
+            }
+            p = p.add(1);
+        }
+        None
+    }
+}
+
+/// Whether the CPU can multiply by a weight of this type and shape from `buft` (llama.cpp's
+/// own test: a dummy MUL_MAT whose weight sits in a zero-size buffer of that type).
+fn cpu_supports_weight_in(buft: sys::ggml_backend_buffer_type_t, ty: u32, ne: [i64; 4]) -> bool {
+    // SAFETY: a throwaway no-alloc context and a zero-size buffer, both freed here.
+    unsafe {
+        let dev = sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_CPU);
+        if dev.is_null() {
+            return false;
+        }
+        let ctx = sys::ggml_init(sys::ggml_init_params {
+            mem_size: sys::ggml_tensor_overhead() * 8,
+            mem_buffer: std::ptr::null_mut(),
+            no_alloc: true,
+        });
+        if ctx.is_null() {
+            return false;
+        }
+        let buf = sys::ggml_backend_buft_alloc_buffer(buft, 0);
+        let w = sys::ggml_new_tensor_4d(ctx, ty as sys::ggml_type, ne[0], ne[1], ne[2], ne[3]);
+        let b = sys::ggml_new_tensor_4d(ctx, sys::GGML_TYPE_F32, ne[0], 512, ne[2], ne[3]);
+        let op = sys::ggml_mul_mat(ctx, w, b);
+        (*w).buffer = buf;
+        (*b).buffer = buf;
+        let ok = !buf.is_null() && sys::ggml_backend_dev_supports_op(dev, op);
+        if !buf.is_null() {
+            sys::ggml_backend_buffer_free(buf);
+        }
+        sys::ggml_free(ctx);
+        ok
+    }
+}
+
+/// Owns shadow copies of a model's weight tensors and swaps the live tensors between their
+/// loaded storage (set 0) and each shadow set. Dropping it restores the loaded storage.
+pub struct TensorTiers<'m> {
+    weights: Vec<WeightTensor>,
+    original: Vec<Fields>,
+    /// Per set: one shadow tensor per weight (None: that weight keeps its loaded storage).
+    sets: Vec<Vec<Option<NonNull<sys::ggml_tensor>>>>,
+    groups: Vec<ShadowGroup>,
+    set_bytes: Vec<u64>,
+    active: usize,
+    _model: std::marker::PhantomData<&'m Model>,
+}
+
+// SAFETY: all raw pointers are owned by this object or by the model it borrows; mutation needs
+// &mut self.
+unsafe impl Send for TensorTiers<'_> {}
+// SAFETY: &self methods only read fields or write shadow tensors' data through
+// ggml_backend_tensor_set, which is safe for distinct tensors from different threads.
+unsafe impl Sync for TensorTiers<'_> {}
+
+impl<'m> TensorTiers<'m> {
+    /// Takes charge of `weights` (from [`find_matmul_weights`] on `model`).
+    pub fn new(_model: &'m Model, weights: Vec<WeightTensor>) -> Self {
+        let original = weights.iter().map(|w| w.fields()).collect();
+        let bytes = weights.iter().map(|w| w.nbytes() as u64).sum();
+        Self {
+            weights,
+            original,
+            sets: Vec::new(),
+            groups: Vec::new(),
+            set_bytes: vec![bytes],
+            active: 0,
+            _model: std::marker::PhantomData,
+        }
+    }
+
+    pub fn weights(&self) -> &[WeightTensor] {
+        &self.weights
+    }
+
+    /// Number of sets including the loaded one (set 0).
+    pub fn n_sets(&self) -> usize {
+        1 + self.sets.len()
+    }
+
+    /// Bytes of the managed weights in each set (set 0 = as loaded).
+    pub fn set_bytes(&self) -> &[u64] {
+        &self.set_bytes
+    }
+
+    /// Allocates a shadow set: weight i gets type `types[i]` (None: keep the loaded tensor).
+    /// On CPU, types the repacking buffer supports for that shape go there. Returns the set
+    /// index; fill it with [`TensorTiers::fill`].
+    pub fn add_set(&mut self, types: &[Option<u32>]) -> Result<usize> {
+        assert_eq!(types.len(), self.weights.len());
+        let repack = cpu_repack_buft();
+        // Group by destination buffer type.
+        let mut by_buft: Vec<(sys::ggml_backend_buffer_type_t, Vec<usize>)> = Vec::new();
+        for (i, (w, ty)) in self.weights.iter().zip(types).enumerate() {
+            let Some(ty) = *ty else { continue };
+            let f = self.original[i];
+            // SAFETY: every weight has a buffer (it took part in a decode).
+            let orig_buft = unsafe { sys::ggml_backend_buffer_get_type(f.buffer) };
+            // SAFETY: querying a valid buffer type.
+            let on_host_cpu = unsafe { sys::ggml_backend_buffer_is_host(f.buffer) } || !f.extra.is_null();
+            let buft = if on_host_cpu {
+                match repack {
+                    Some(r) if cpu_supports_weight_in(r, ty, w.ne()) => r,
+                    // SAFETY: returns the static CPU buffer type.
+                    _ => unsafe { sys::ggml_backend_cpu_buffer_type() },
+                }
+            } else {
+                orig_buft
+            };
+            match by_buft.iter_mut().find(|(b, _)| *b == buft) {
+                Some((_, v)) => v.push(i),
+                None => by_buft.push((buft, vec![i])),
+            }
+        }
+        let mut set = vec![None; self.weights.len()];
+        let mut bytes = 0u64;
+        for (i, t) in types.iter().enumerate() {
+            if t.is_none() {
+                bytes += self.weights[i].nbytes() as u64;
+            }
+        }
+        for (buft, idx) in by_buft {
+            // SAFETY: no-alloc context sized for idx.len() tensor headers.
+            let ctx = unsafe {
+                sys::ggml_init(sys::ggml_init_params {
+                    mem_size: sys::ggml_tensor_overhead() * (idx.len() + 1),
+                    mem_buffer: std::ptr::null_mut(),
+                    no_alloc: true,
+                })
+            };
+            let ctx = NonNull::new(ctx).ok_or_else(|| Error::Llama("ggml_init failed".into()))?;
+            let mut group = ShadowGroup { ctx, buffer: std::ptr::null_mut() };
+            for &i in &idx {
+                let w = self.weights[i];
+                let ne = w.ne();
+                let ty = types[i].expect("grouped");
+                // SAFETY: ctx has room for this header; shape copied from the live tensor.
+                let t = unsafe { sys::ggml_new_tensor_4d(ctx.as_ptr(), ty as sys::ggml_type, ne[0], ne[1], ne[2], ne[3]) };
+                set[i] = Some(NonNull::new(t).ok_or_else(|| Error::Llama("ggml_new_tensor failed".into()))?);
+            }
+            // SAFETY: allocates every tensor of ctx in one buffer of buft.
+            let buffer = unsafe { sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx.as_ptr(), buft) };
+            if buffer.is_null() {
+                return Err(Error::Llama("out of memory allocating a weight tier".into()));
+            }
+            // SAFETY: buffer is valid; marking it as weights lets the scheduler treat it so.
+            unsafe { sys::ggml_backend_buffer_set_usage(buffer, sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS) };
+            // SAFETY: querying a valid buffer.
+            bytes += unsafe { sys::ggml_backend_buffer_get_size(buffer) } as u64;
+            group.buffer = buffer;
+            self.groups.push(group);
+        }
+        self.sets.push(set);
+        self.set_bytes.push(bytes);
+        Ok(self.sets.len())
+    }
+
+    /// The type weight `i` has in set `s`.
+    pub fn type_in_set(&self, s: usize, i: usize) -> u32 {
+        match s {
+            0 => self.original[i].ty,
+            // SAFETY: shadow tensors live as long as self.
+            _ => self.sets[s - 1][i].map_or(self.original[i].ty, |t| unsafe { t.as_ref() }.type_),
+        }
+    }
+
+    /// Writes `bytes` (already in the set's type) into weight `i`'s shadow in set `s`.
+    /// Safe to call from several threads for different tensors.
+    pub fn fill(&self, s: usize, i: usize, bytes: &[u8]) -> Result<()> {
+        let t = self.sets[s - 1][i].ok_or_else(|| Error::Llama("no shadow for this weight".into()))?;
+        // SAFETY: t is a shadow allocated by add_set; nbytes reads its own fields.
+        let n = unsafe { sys::ggml_nbytes(t.as_ptr()) };
+        if n != bytes.len() {
+            return Err(Error::Llama(format!("tier data is {} bytes, the tensor needs {n}", bytes.len())));
+        }
+        // SAFETY: t has n bytes of backend storage; bytes holds n bytes.
+        unsafe { sys::ggml_backend_tensor_set(t.as_ptr(), bytes.as_ptr() as *const c_void, 0, n) };
+        Ok(())
+    }
+
+    /// Points every managed tensor at set `s` (0 = as loaded). The caller must have
+    /// synchronized the context (no decode in flight); [`TensorTiers::activate_synced`] does.
+    fn activate(&mut self, s: usize) {
+        for (i, w) in self.weights.iter().enumerate() {
+            let f = match s {
+                0 => self.original[i],
+                _ => match self.sets[s - 1][i] {
+                    // SAFETY: shadow tensors live as long as self.
+                    Some(t) => {
+                        let t = unsafe { t.as_ref() };
+                        Fields { ty: t.type_, nb: t.nb, data: t.data, buffer: t.buffer, extra: t.extra }
+                    }
+                    None => self.original[i],
+                },
+            };
+            // SAFETY: the live tensor keeps its shape (ne) and name; the new storage has the
+            // same shape in type f.ty and outlives its use (owned by self, restored on drop);
+            // no computation is running (the caller synchronized).
+            unsafe {
+                let t = &mut *w.ptr.as_ptr();
+                t.type_ = f.ty;
+                t.nb = f.nb;
+                t.data = f.data;
+                t.buffer = f.buffer;
+                t.extra = f.extra;
+            }
+        }
+        self.active = s;
+    }
+
+    /// Waits for the context's pending work, then switches to set `s`.
+    pub fn activate_synced(&mut self, ctx: &Context<'_>, s: usize) {
+        if s != self.active {
+            // SAFETY: ctx is valid; synchronize only waits.
+            unsafe { sys::llama_synchronize(ctx.as_ptr()) };
+            self.activate(s);
+        }
+    }
+
+    /// The active set.
+    pub fn active(&self) -> usize {
+        self.active
+    }
+
+    /// The type each managed tensor has right now (introspection for tests and telemetry).
+    pub fn current_types(&self) -> Vec<(String, u32)> {
+        self.weights.iter().map(|w| (w.name(), w.ggml_type())).collect()
+    }
+}
+
+impl Drop for TensorTiers<'_> {
+    fn drop(&mut self) {
+        // Leave the model exactly as loaded before the shadow buffers go away.
+        self.activate(0);
+    }
+}
