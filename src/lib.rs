@@ -8,6 +8,7 @@ pub mod error;
 pub mod gearbox;
 pub mod kernels;
 pub mod llama;
+pub mod monitor;
 pub mod store;
 
 pub use error::{Error, Result};
