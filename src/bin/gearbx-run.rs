@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::Parser;
-use gearbx::engine::{self, GenerateParams, PromptSpec, StopReason};
+use gearbx::engine::{self, GearControl, GenerateParams, PromptSpec, StopReason};
+use gearbx::gearbox::{plan, Gear, Gearbox, GearboxOptions, Manage};
+use gearbx::monitor::{classifier, Monitor, MonitorConfig};
 use gearbx::error::{exit, Error};
 use gearbx::llama::{self, Context, ContextParams, Model, ModelParams, SamplingParams};
 use gearbx::store::{self, verify, OllamaStore, ResolvedModel};
@@ -119,6 +121,50 @@ struct Cli {
     /// Ollama store root.
     #[arg(long, env = "OLLAMA_MODELS", value_name = "DIR", hide_env_values = true)]
     models: Option<std::path::PathBuf>,
+
+    /// Gear: auto (entropy-routed), a fixed low|mid|high, or off (no gearbox: the plain model).
+    #[arg(long, default_value = "auto", value_name = "MODE")]
+    gear: String,
+
+    /// Tier types per gear, e.g. low=Q4_0,mid=Q8_0,high=source (default: derived from the source type).
+    #[arg(long, value_name = "SPEC")]
+    tiers: Option<String>,
+
+    /// Which weight matrices shift: attn, ffn or all.
+    #[arg(long, default_value = "all", value_name = "KIND")]
+    manage: String,
+
+    /// Layers that shift: N or A-B (default: all).
+    #[arg(long, value_name = "RANGE")]
+    layers: Option<String>,
+
+    /// Entropy window (tokens) of the auto gear.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    window: usize,
+
+    /// Low-gear threshold in bits at a 32768 vocabulary (scaled to the model's vocabulary).
+    #[arg(long, value_name = "BITS")]
+    low_bits: Option<f64>,
+
+    /// High-gear threshold in bits at a 32768 vocabulary (scaled to the model's vocabulary).
+    #[arg(long, value_name = "BITS")]
+    high_bits: Option<f64>,
+
+    /// Hysteresis in bits on every gear boundary.
+    #[arg(long, default_value_t = 0.1, value_name = "BITS")]
+    hysteresis: f64,
+
+    /// Minimum tokens between shifts (the catastrophic fallback ignores it).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    min_duration: usize,
+
+    /// Write one JSON line per token (and a summary line) to FILE.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<std::path::PathBuf>,
+
+    /// Never colour the streamed text by gear (also: NO_COLOR).
+    #[arg(long)]
+    no_color: bool,
 
     /// Show llama.cpp's log and the formatted prompt on stderr.
     #[arg(short, long)]
@@ -301,6 +347,51 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         return Err(Error::PromptTooLong { n_prompt: prompt.tokens.len(), n_ctx, n_ctx_train: model.n_ctx_train() }.into());
     }
 
+    // The gearbox: build tiers unless --gear off.
+    let gear_mode = cli.gear.to_ascii_lowercase();
+    let mut gearbox = if gear_mode == "off" {
+        None
+    } else {
+        let manage = Manage {
+            layers: cli.layers.as_deref().map(Manage::parse_layers).transpose().map_err(|e| Failure(exit::USAGE, e))?,
+            ..Manage::parse_kind(&cli.manage).map_err(|e| Failure(exit::USAGE, e))?
+        };
+        let overrides = match &cli.tiers {
+            Some(t) => plan::parse_overrides(t)?,
+            None => Default::default(),
+        };
+        let opts = GearboxOptions { manage, overrides, threads: threads as usize, progress: std::io::stderr().is_terminal() };
+        let gb = Gearbox::build(&model, &m.path, &m.info, &opts)?;
+        let r = gb.report();
+        for w in &r.warnings {
+            eprintln!("gearbx-run: warning: {w}");
+        }
+        if cli.verbose || std::io::stderr().is_terminal() {
+            eprintln!(
+                "gearbx-run: {} tensors in {:.0} ms; low {} ({:.1} MB), mid {} ({:.1} MB), high {} ({:.1} MB)",
+                r.managed_tensors, r.build_ms, r.types[0], r.bytes[0] as f64 / 1e6, r.types[1], r.bytes[1] as f64 / 1e6,
+                r.types[2], r.bytes[2] as f64 / 1e6
+            );
+        }
+        Some(gb)
+    };
+    let (fixed, monitor) = match gear_mode.as_str() {
+        "off" => (Gear::High, None),
+        "auto" => {
+            let cfg = MonitorConfig {
+                window: cli.window,
+                low_bits: cli.low_bits.unwrap_or(1.8),
+                high_bits: cli.high_bits.unwrap_or(3.5),
+                hysteresis: cli.hysteresis,
+                min_duration: cli.min_duration,
+                ..Default::default()
+            };
+            cfg.validate()?;
+            let cold = classifier::classify(&spec.user).gear;
+            (cold, Some(Monitor::new(cfg, model.n_vocab(), cold)))
+        }
+        g => (g.parse::<Gear>().map_err(|e| Failure(exit::USAGE, format!("--gear: {e} (or auto, off)")))?, None),
+    };
     let mut ctx = Context::new(&model, &ContextParams { n_ctx, n_batch: 2048, n_threads: threads }, abort)?;
     let mut stop = defaults.stop.clone();
     stop.extend(cli.stop.iter().cloned());
@@ -309,12 +400,45 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut broken_pipe = false;
-    let outcome = engine::generate(&mut ctx, &prompt.tokens, &params, |ev| {
+    let colour = !cli.json && !cli.no_color && std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal();
+    let mut trace = match &cli.trace {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|e| Failure(exit::USAGE, format!("cannot write --trace {}: {e}", p.display())))?,
+        )),
+        None => None,
+    };
+    let control = gearbox.as_mut().map(|gb| GearControl { gearbox: gb, monitor, fixed });
+    let outcome = engine::generate(&mut ctx, &prompt.tokens, &params, control, |ev| {
+        if let Some(t) = trace.as_mut() {
+            if ev.token >= 0 {
+                let line = json!({
+                    "index": ev.index, "token": ev.token, "text": ev.text, "entropy_bits": ev.entropy_bits,
+                    "gear": ev.gear, "next_gear": ev.next_gear.map(|g| g.0), "reason": ev.next_gear.map(|g| g.1),
+                    "swap_us": ev.swap_us,
+                });
+                let _ = writeln!(t, "{line}");
+            }
+        }
         if !cli.json && !broken_pipe && !ev.text.is_empty() {
             // A closed pipe (`| head`) is not an error: stop writing, finish quietly.
-            broken_pipe = out.write_all(ev.text.as_bytes()).and_then(|_| out.flush()).is_err();
+            let r = match (colour, ev.gear) {
+                (true, Some(g)) => {
+                    let c = match g {
+                        Gear::Low => "32",
+                        Gear::Mid => "33",
+                        Gear::High => "31",
+                    };
+                    write!(out, "\x1b[{c}m{}\x1b[0m", ev.text)
+                }
+                _ => out.write_all(ev.text.as_bytes()),
+            };
+            broken_pipe = r.and_then(|_| out.flush()).is_err();
         }
     })?;
+    if let Some(mut t) = trace.take() {
+        let _ = writeln!(t, "{}", json!({ "summary": &outcome }));
+        let _ = t.flush();
+    }
     let interrupted = outcome.stop_reason == StopReason::Interrupted;
     if cli.json {
         let v = json!({
@@ -334,6 +458,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             "threads": threads,
             "seed": params.sampling.seed,
             "temperature": params.sampling.temperature,
+            "gears": outcome.gears,
         });
         let _ = writeln!(out, "{v}");
     } else {
@@ -346,6 +471,20 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             outcome.decode_tokens_per_s,
             serde_json::to_value(outcome.stop_reason).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
         );
+        if let Some(g) = &outcome.gears {
+            eprintln!(
+                "[gearbx] gear {}: low {:.0}% mid {:.0}% high {:.0}% | {} shifts, {:.1} us mean | tok/s low {:.1} mid {:.1} high {:.1}",
+                g.mode,
+                g.token_fraction[0] * 100.0,
+                g.token_fraction[1] * 100.0,
+                g.token_fraction[2] * 100.0,
+                g.shifts,
+                g.swap_us_mean,
+                g.tokens_per_s[0],
+                g.tokens_per_s[1],
+                g.tokens_per_s[2]
+            );
+        }
     }
     Ok(if interrupted { exit::INTERRUPTED } else { exit::OK })
 }

@@ -9,7 +9,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::gearbox::{BuildReport, Gear, Gearbox};
 use crate::kernels;
+use crate::monitor::{Monitor, Reason};
 use crate::llama::{Context, Sampler, SamplingParams, Token};
 pub use prompt::{Prompt, PromptSpec};
 use text::{StopFilter, Utf8Stream};
@@ -51,6 +53,36 @@ pub struct TokenEvent<'a> {
     pub text: &'a str,
     /// Entropy (bits) of the distribution this token was sampled from.
     pub entropy_bits: f32,
+    /// The gear of the forward pass that produced that distribution (None: no gearbox).
+    pub gear: Option<Gear>,
+    /// The gear chosen for the next forward pass, and why.
+    pub next_gear: Option<(Gear, Reason)>,
+    /// Time the shift after this token took (0 when the gear stayed).
+    pub swap_us: f64,
+}
+
+/// Gear shifting during generation: a built gearbox and either a fixed gear or a monitor.
+pub struct GearControl<'a, 'm> {
+    pub gearbox: &'a mut Gearbox<'m>,
+    /// `None`: fixed at `fixed`; `Some`: auto mode.
+    pub monitor: Option<Monitor>,
+    pub fixed: Gear,
+}
+
+/// Gear totals of one generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct GearStats {
+    pub mode: String,
+    /// Forward passes (after the prompt) per gear: low, mid, high.
+    pub passes: [usize; 3],
+    /// Fraction of generated tokens whose distribution came from each gear.
+    pub token_fraction: [f64; 3],
+    pub tokens_per_s: [f64; 3],
+    pub shifts: usize,
+    pub swap_us_mean: f64,
+    pub swap_us_max: f64,
+    pub thresholds_bits: Option<(f64, f64)>,
+    pub tiers: BuildReport,
 }
 
 /// Totals of one generation.
@@ -68,6 +100,7 @@ pub struct Outcome {
     pub decode_tokens_per_s: f64,
     pub mean_entropy_bits: f64,
     pub stop_reason: StopReason,
+    pub gears: Option<GearStats>,
 }
 
 fn per_s(n: usize, ms: f64) -> f64 {
@@ -83,6 +116,7 @@ pub fn generate(
     ctx: &mut Context<'_>,
     prompt: &[Token],
     params: &GenerateParams,
+    mut gears: Option<GearControl<'_, '_>>,
     mut on_token: impl FnMut(&TokenEvent<'_>),
 ) -> Result<Outcome> {
     let model = ctx.model();
@@ -98,6 +132,10 @@ pub fn generate(
     let mut text = String::new();
     let mut entropy_sum = 0.0f64;
 
+    // The prompt runs at the high gear: its KV cache serves every later token.
+    if let Some(g) = gears.as_mut() {
+        g.gearbox.shift(ctx, Gear::High);
+    }
     let t0 = Instant::now();
     let interrupted = |e: Error, ctx: &Context<'_>| if ctx.aborted() { Ok(()) } else { Err(e) };
     let mut stop_reason = None;
@@ -109,6 +147,16 @@ pub fn generate(
     let t1 = Instant::now();
     let mut n_gen = 0usize;
     let mut eval_count = 0usize;
+    let mut passes = [0usize; 3];
+    let mut tokens_at = [0usize; 3];
+    let mut gear_ms = [0f64; 3];
+    let (mut shifts, mut swap_sum, mut swap_max) = (0usize, 0f64, 0f64);
+    // After the prompt: the cold-start gear (auto) or the fixed gear.
+    let mut used_gear = gears.as_ref().map(|_| Gear::High);
+    if let Some(g) = gears.as_mut() {
+        let first = g.monitor.as_ref().map_or(g.fixed, |m| m.gear());
+        g.gearbox.shift(ctx, first);
+    }
     while stop_reason.is_none() {
         if ctx.aborted() {
             stop_reason = Some(StopReason::Interrupted);
@@ -127,7 +175,24 @@ pub fn generate(
         let piece = utf8.push(&model.token_bytes(tok, false));
         let (visible, hit) = stops.push(&piece);
         text.push_str(&visible);
-        on_token(&TokenEvent { index: n_gen, token: tok, text: &visible, entropy_bits: entropy });
+        let mut next_gear = None;
+        let mut swap_us = 0.0;
+        if let Some(g) = gears.as_mut() {
+            tokens_at[used_gear.expect("gearbox") as usize] += 1;
+            let before = g.gearbox.gear();
+            let (next, why) = match g.monitor.as_mut() {
+                Some(m) => m.update(entropy as f64),
+                None => (g.fixed, Reason::Fixed),
+            };
+            if next != before {
+                swap_us = g.gearbox.shift(ctx, next).as_secs_f64() * 1e6;
+                shifts += 1;
+                swap_sum += swap_us;
+                swap_max = swap_max.max(swap_us);
+            }
+            next_gear = Some((next, why));
+        }
+        on_token(&TokenEvent { index: n_gen, token: tok, text: &visible, entropy_bits: entropy, gear: used_gear, next_gear, swap_us });
         n_gen += 1;
         if hit {
             stop_reason = Some(StopReason::StopWord);
@@ -135,11 +200,20 @@ pub fn generate(
             stop_reason = Some(StopReason::Length);
         } else if ctx.n_past() + 1 >= ctx.n_ctx() {
             stop_reason = Some(StopReason::Context);
-        } else if let Err(e) = ctx.decode(&[tok]) {
-            interrupted(e, ctx)?;
-            stop_reason = Some(StopReason::Interrupted);
         } else {
-            eval_count += 1;
+            let g = gears.as_ref().map(|g| g.gearbox.gear());
+            let td = Instant::now();
+            if let Err(e) = ctx.decode(&[tok]) {
+                interrupted(e, ctx)?;
+                stop_reason = Some(StopReason::Interrupted);
+            } else {
+                eval_count += 1;
+                if let Some(g) = g {
+                    passes[g as usize] += 1;
+                    gear_ms[g as usize] += td.elapsed().as_secs_f64() * 1e3;
+                }
+            }
+            used_gear = g;
         }
     }
     let stop_reason = stop_reason.expect("loop ends with a reason");
@@ -148,10 +222,21 @@ pub fn generate(
         let tail = tail + &stops.finish();
         if !tail.is_empty() {
             text.push_str(&tail);
-            on_token(&TokenEvent { index: n_gen, token: -1, text: &tail, entropy_bits: f32::NAN });
+            on_token(&TokenEvent { index: n_gen, token: -1, text: &tail, entropy_bits: f32::NAN, gear: None, next_gear: None, swap_us: 0.0 });
         }
     }
     let eval_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let gear_stats = gears.as_ref().map(|g| GearStats {
+        mode: if g.monitor.is_some() { "auto".into() } else { g.fixed.to_string() },
+        passes,
+        token_fraction: tokens_at.map(|n| if n_gen > 0 { n as f64 / n_gen as f64 } else { 0.0 }),
+        tokens_per_s: [0, 1, 2].map(|i| per_s(passes[i], gear_ms[i])),
+        shifts,
+        swap_us_mean: if shifts > 0 { swap_sum / shifts as f64 } else { 0.0 },
+        swap_us_max: swap_max,
+        thresholds_bits: g.monitor.as_ref().map(|m| m.thresholds()),
+        tiers: g.gearbox.report().clone(),
+    });
     Ok(Outcome {
         text,
         prompt_tokens: prompt.len(),
@@ -163,5 +248,6 @@ pub fn generate(
         decode_tokens_per_s: per_s(eval_count, eval_ms),
         mean_entropy_bits: if n_gen > 0 { entropy_sum / n_gen as f64 } else { 0.0 },
         stop_reason,
+        gears: gear_stats,
     })
 }
