@@ -26,8 +26,22 @@ fn pct(v: &mut [f64], q: f64) -> f64 {
 
 /// tok/s of `n` single-token decodes after a short prompt, in a fresh context.
 fn decode_rate(model: &Model, threads: i32, n: usize) -> f64 {
-    let mut ctx = Context::new(model, &ContextParams { n_ctx: 512, n_batch: 64, n_threads: threads }, Arc::new(AtomicBool::new(false))).unwrap();
-    ctx.decode(&model.tokenize("The history of the city", true, false).unwrap()).unwrap();
+    let mut ctx = Context::new(
+        model,
+        &ContextParams {
+            n_ctx: 512,
+            n_batch: 64,
+            n_threads: threads,
+        },
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    ctx.decode(
+        &model
+            .tokenize("The history of the city", true, false)
+            .unwrap(),
+    )
+    .unwrap();
     let t = Instant::now();
     for i in 0..n {
         ctx.decode(&[(200 + i % 300) as Token]).unwrap();
@@ -40,23 +54,65 @@ fn main() {
     let path = default_model::ensure(true).expect("default model");
     let info = gguf::inspect(&path).unwrap();
     let model = Model::load(&path, &ModelParams::default()).unwrap();
-    let mut gb = Gearbox::build(&model, &path, &info, &GearboxOptions { threads: threads as usize, ..Default::default() }).unwrap();
+    let mut gb = Gearbox::build(
+        &model,
+        &path,
+        &info,
+        &GearboxOptions {
+            threads: threads as usize,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let r = gb.report().clone();
-    println!("model: {} ({}), {threads} threads", path.display(), model.description());
-    println!("tiers: {} tensors built in {:.0} ms", r.managed_tensors, r.build_ms);
+    println!(
+        "model: {} ({}), {threads} threads",
+        path.display(),
+        model.description()
+    );
+    println!(
+        "tiers: {} tensors built in {:.0} ms",
+        r.managed_tensors, r.build_ms
+    );
     for g in Gear::ALL {
-        println!("  {g:>4}: {:>6.1} MB  {}", r.bytes[g as usize] as f64 / 1e6, r.types[g as usize]);
+        println!(
+            "  {g:>4}: {:>6.1} MB  {}",
+            r.bytes[g as usize] as f64 / 1e6,
+            r.types[g as usize]
+        );
     }
 
     // Shift latency: all managed tensors, alternating gears.
-    let ctx = Context::new(&model, &ContextParams { n_ctx: 64, n_batch: 64, n_threads: threads }, Arc::new(AtomicBool::new(false))).unwrap();
-    let mut us: Vec<f64> = (0..20_000).map(|i| gb.shift(&ctx, if i % 2 == 0 { Gear::Low } else { Gear::High }).as_secs_f64() * 1e6).collect();
-    println!("shift ({} tensors): median {:.2} us, p99 {:.2} us", r.managed_tensors, median(&mut us), pct(&mut us, 0.99));
+    let ctx = Context::new(
+        &model,
+        &ContextParams {
+            n_ctx: 64,
+            n_batch: 64,
+            n_threads: threads,
+        },
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    let mut us: Vec<f64> = (0..20_000)
+        .map(|i| {
+            gb.shift(&ctx, if i % 2 == 0 { Gear::Low } else { Gear::High })
+                .as_secs_f64()
+                * 1e6
+        })
+        .collect();
+    println!(
+        "shift ({} tensors): median {:.2} us, p99 {:.2} us",
+        r.managed_tensors,
+        median(&mut us),
+        pct(&mut us, 0.99)
+    );
     drop(ctx);
 
     // Per-token monitor cost: entropy over the full vocabulary + the monitor update.
     let n_vocab = model.n_vocab();
-    let logits: Vec<f32> = (0..n_vocab).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect();
+    let logits: Vec<f32> = (0..n_vocab)
+        .map(|i| ((i * 7919) % 1000) as f32 / 100.0)
+        .collect();
     let mut mon = Monitor::new(MonitorConfig::default(), n_vocab, Gear::Mid);
     let mut per: Vec<f64> = (0..2000)
         .map(|_| {
@@ -66,15 +122,31 @@ fn main() {
             t.elapsed().as_secs_f64() * 1e6
         })
         .collect();
-    println!("entropy + monitor per token (V={n_vocab}): median {:.1} us, p99 {:.1} us", median(&mut per), pct(&mut per, 0.99));
+    println!(
+        "entropy + monitor per token (V={n_vocab}): median {:.1} us, p99 {:.1} us",
+        median(&mut per),
+        pct(&mut per, 0.99)
+    );
 
     // Decode tok/s per fixed gear vs the plain model, interleaved A B A B.
     let rounds = 5;
     let n = 96;
     let mut rates: [Vec<f64>; 4] = Default::default();
-    let ctx_sync = Context::new(&model, &ContextParams { n_ctx: 16, n_batch: 16, n_threads: threads }, Arc::new(AtomicBool::new(false))).unwrap();
+    let ctx_sync = Context::new(
+        &model,
+        &ContextParams {
+            n_ctx: 16,
+            n_batch: 16,
+            n_threads: threads,
+        },
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
     for _ in 0..rounds {
-        for (k, g) in [None, Some(Gear::Low), Some(Gear::Mid), Some(Gear::High)].into_iter().enumerate() {
+        for (k, g) in [None, Some(Gear::Low), Some(Gear::Mid), Some(Gear::High)]
+            .into_iter()
+            .enumerate()
+        {
             gb.shift(&ctx_sync, g.unwrap_or(Gear::High));
             // "plain" = the loaded tensors, which is what high is for a quantized source; the
             // plain row is measured separately so the ratio shows any gearbox overhead.
@@ -87,6 +159,11 @@ fn main() {
     for (k, name) in ["plain", "low", "mid", "high"].iter().enumerate() {
         let mut v = rates[k].clone();
         let m = median(&mut v);
-        println!("  {name:>5}: {m:>7.1}  ({:.1}-{:.1})  ratio vs plain {:.3}", v[0], v[v.len() - 1], m / plain);
+        println!(
+            "  {name:>5}: {m:>7.1}  ({:.1}-{:.1})  ratio vs plain {:.3}",
+            v[0],
+            v[v.len() - 1],
+            m / plain
+        );
     }
 }

@@ -34,13 +34,21 @@ pub enum Error {
     InvalidName { name: String, reason: String },
 
     #[error("model {name:?} not found: no manifest at {manifest}{}", suggest(.close))]
-    ModelNotFound { name: String, manifest: PathBuf, close: Vec<String> },
+    ModelNotFound {
+        name: String,
+        manifest: PathBuf,
+        close: Vec<String>,
+    },
 
     #[error("model file {0} does not exist")]
     FileNotFound(PathBuf),
 
     #[error("blob {digest} of model {name:?} is missing: expected it at {path}")]
-    BlobMissing { name: String, digest: String, path: PathBuf },
+    BlobMissing {
+        name: String,
+        digest: String,
+        path: PathBuf,
+    },
 
     #[error("manifest {path} is invalid: {reason}")]
     BadManifest { path: PathBuf, reason: String },
@@ -52,10 +60,18 @@ pub enum Error {
     BadGguf { path: PathBuf, reason: String },
 
     #[error("sha256 mismatch for {path}: the name says {expected}, the content is {actual}")]
-    DigestMismatch { path: PathBuf, expected: String, actual: String },
+    DigestMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
 
     #[error("the prompt is {n_prompt} tokens but the context holds {n_ctx}; raise -c/--ctx-size (the model was trained with {n_ctx_train}) or shorten the prompt")]
-    PromptTooLong { n_prompt: usize, n_ctx: u32, n_ctx_train: u32 },
+    PromptTooLong {
+        n_prompt: usize,
+        n_ctx: u32,
+        n_ctx_train: u32,
+    },
 
     #[error("invalid parameter: {0}")]
     InvalidParam(String),
@@ -70,7 +86,11 @@ pub enum Error {
     Fetch(String),
 
     #[error("{context}: {source}")]
-    Io { context: String, #[source] source: std::io::Error },
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn suggest(close: &[String]) -> String {
@@ -84,15 +104,22 @@ fn suggest(close: &[String]) -> String {
 impl Error {
     /// Wraps an I/O error with a sentence saying what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     /// The exit code `gearbx-run` uses for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::InvalidName { .. } | Error::InvalidParam(_) => exit::USAGE,
-            Error::ModelNotFound { .. } | Error::FileNotFound(_) | Error::BlobMissing { .. } => exit::NOT_FOUND,
-            Error::BadManifest { .. } | Error::NoGgufLayer { .. } | Error::BadGguf { .. } => exit::BAD_MODEL,
+            Error::ModelNotFound { .. } | Error::FileNotFound(_) | Error::BlobMissing { .. } => {
+                exit::NOT_FOUND
+            }
+            Error::BadManifest { .. } | Error::NoGgufLayer { .. } | Error::BadGguf { .. } => {
+                exit::BAD_MODEL
+            }
             Error::DigestMismatch { .. } => exit::DIGEST_MISMATCH,
             Error::PromptTooLong { .. } => exit::PROMPT_TOO_LONG,
             Error::Llama(_) | Error::NanLogits(_) => exit::RUNTIME,

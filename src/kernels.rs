@@ -5,7 +5,11 @@ use std::ffi::c_float;
 mod ffi {
     use std::ffi::c_float;
     unsafe extern "C" {
-        pub fn gearbx_entropy_bits(logits: *const c_float, n: usize, n_nonfinite: *mut usize) -> c_float;
+        pub fn gearbx_entropy_bits(
+            logits: *const c_float,
+            n: usize,
+            n_nonfinite: *mut usize,
+        ) -> c_float;
     }
 }
 
@@ -45,7 +49,10 @@ mod tests {
         let mut masked = vec![f32::NEG_INFINITY; 10];
         masked[3] = 0.0;
         masked[4] = 0.0;
-        assert!((entropy_bits(&masked).0 - 1.0).abs() < 1e-6, "two live tokens = 1 bit");
+        assert!(
+            (entropy_bits(&masked).0 - 1.0).abs() < 1e-6,
+            "two live tokens = 1 bit"
+        );
     }
 
     #[test]
@@ -61,7 +68,11 @@ mod tests {
                 })
                 .collect();
             let (h, _) = entropy_bits(&l);
-            assert!((h as f64 - reference(&l)).abs() < 1e-3, "scale {scale}: {h} vs {}", reference(&l));
+            assert!(
+                (h as f64 - reference(&l)).abs() < 1e-3,
+                "scale {scale}: {h} vs {}",
+                reference(&l)
+            );
         }
     }
 

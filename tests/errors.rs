@@ -14,7 +14,10 @@ fn fails(args: &[&str], code: i32, needle: &str) -> String {
     let o = run(args);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(code), "gearbx-run {args:?}: {err}");
-    assert!(err.contains(needle), "gearbx-run {args:?}: expected {needle:?} in {err:?}");
+    assert!(
+        err.contains(needle),
+        "gearbx-run {args:?}: expected {needle:?} in {err:?}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     err
 }
@@ -22,17 +25,29 @@ fn fails(args: &[&str], code: i32, needle: &str) -> String {
 #[test]
 fn unknown_model_says_where_it_looked_and_suggests() {
     let err = fails(&["smollm:135m", "-p", "hi"], 3, "not found");
-    assert!(err.contains("manifests/registry.ollama.ai/library/smollm/135m"), "{err}");
+    assert!(
+        err.contains("manifests/registry.ollama.ai/library/smollm/135m"),
+        "{err}"
+    );
     assert!(err.contains("did you mean smollm2:135m"), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
 }
 
 #[test]
 fn names_that_leave_the_store_are_refused() {
-    for name in ["library/../../../etc/passwd", "a/b/c/d/e", "ns/..:x", "ns/mo!del"] {
+    for name in [
+        "library/../../../etc/passwd",
+        "a/b/c/d/e",
+        "ns/..:x",
+        "ns/mo!del",
+    ] {
         let o = run(&[name, "-p", "hi"]);
         assert_eq!(o.status.code(), Some(2), "{name}: {}", stderr(&o));
-        assert!(stderr(&o).contains("invalid model name"), "{name}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("invalid model name"),
+            "{name}: {}",
+            stderr(&o)
+        );
     }
 }
 
@@ -40,7 +55,11 @@ fn names_that_leave_the_store_are_refused() {
 fn broken_store_entries() {
     fails(&["broken/safetensors", "-p", "hi"], 4, "safetensors");
     fails(&["broken/missingblob", "-p", "hi"], 3, "is missing");
-    fails(&["broken/badjson", "-p", "hi"], 4, "not valid manifest JSON");
+    fails(
+        &["broken/badjson", "-p", "hi"],
+        4,
+        "not valid manifest JSON",
+    );
     fails(&["broken/truncated", "-p", "hi"], 4, "manifest says");
 }
 
@@ -65,7 +84,11 @@ fn bad_files() {
     let header_only = dir.path().join("head.gguf");
     std::fs::write(&header_only, &bytes[..100_000]).unwrap();
     fails(&[header_only.to_str().unwrap(), "-p", "hi"], 4, "truncated");
-    fails(&["/nonexistent/model.gguf", "-p", "hi"], 3, "does not exist");
+    fails(
+        &["/nonexistent/model.gguf", "-p", "hi"],
+        3,
+        "does not exist",
+    );
 }
 
 #[test]
@@ -73,7 +96,11 @@ fn nan_weights_give_a_clear_runtime_error() {
     // The real model with its final norm set to NaN: every logit becomes NaN.
     let f = fixture();
     let info = gearbx::store::gguf::inspect(&f.model).unwrap();
-    let t = info.tensors.iter().find(|t| t.name == "output_norm.weight").expect("output_norm");
+    let t = info
+        .tensors
+        .iter()
+        .find(|t| t.name == "output_norm.weight")
+        .expect("output_norm");
     assert_eq!(t.ggml_type, 0, "F32");
     let mut bytes = std::fs::read(&f.model).unwrap();
     for chunk in bytes[t.file_offset as usize..(t.file_offset + t.size) as usize].chunks_mut(4) {
@@ -82,23 +109,39 @@ fn nan_weights_give_a_clear_runtime_error() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("nan.gguf");
     std::fs::write(&p, bytes).unwrap();
-    fails(&[p.to_str().unwrap(), "--temp", "0", "-n", "4", "-p", "hi"], 7, "NaN");
+    fails(
+        &[p.to_str().unwrap(), "--temp", "0", "-n", "4", "-p", "hi"],
+        7,
+        "NaN",
+    );
 }
 
 #[test]
 fn prompt_longer_than_context() {
     let long = "word ".repeat(200);
-    fails(&["smollm2:135m", "-c", "64", "-p", &long], 6, "context holds 64");
+    fails(
+        &["smollm2:135m", "-c", "64", "-p", &long],
+        6,
+        "context holds 64",
+    );
 }
 
 #[test]
 fn invalid_flag_values() {
-    fails(&["smollm2:135m", "--temp", "abc", "-p", "hi"], 2, "invalid value");
+    fails(
+        &["smollm2:135m", "--temp", "abc", "-p", "hi"],
+        2,
+        "invalid value",
+    );
     fails(&["smollm2:135m", "--top-p", "2", "-p", "hi"], 2, "--top-p");
     fails(&["smollm2:135m", "-t", "0", "-p", "hi"], 2, "--threads");
     fails(&["smollm2:135m", "-n", "0", "-p", "hi"], 2, "--n-predict");
     fails(&["smollm2:135m", "-c", "0", "-p", "hi"], 2, "--ctx-size");
-    fails(&["smollm2:135m", "--no-such-flag"], 2, "unexpected argument");
+    fails(
+        &["smollm2:135m", "--no-such-flag"],
+        2,
+        "unexpected argument",
+    );
     fails(&["smollm2:135m", "-p", "   "], 2, "empty");
 }
 
@@ -125,7 +168,10 @@ fn snapshot(root: &Path) -> BTreeMap<String, (u64, SystemTime)> {
             if m.is_dir() {
                 stack.push(e.path());
             }
-            out.insert(e.path().display().to_string(), (m.len(), m.modified().unwrap()));
+            out.insert(
+                e.path().display().to_string(),
+                (m.len(), m.modified().unwrap()),
+            );
         }
     }
     out
@@ -143,7 +189,11 @@ fn resolving_and_listing_never_write_into_the_store() {
     // A store that does not exist is not created.
     let dir = tempfile::tempdir().unwrap();
     let absent = dir.path().join("no-store");
-    let o = gbx().env("OLLAMA_MODELS", &absent).args(["llama3.2:1b", "-p", "hi"]).output().unwrap();
+    let o = gbx()
+        .env("OLLAMA_MODELS", &absent)
+        .args(["llama3.2:1b", "-p", "hi"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(3));
     assert!(!absent.exists());
 }
@@ -153,11 +203,20 @@ fn list_shows_models_and_flags_broken_ones() {
     let o = run(&["--list"]);
     assert_eq!(o.status.code(), Some(0));
     let out = stdout(&o);
-    let line = out.lines().find(|l| l.starts_with("smollm2:135m")).unwrap_or_else(|| panic!("{out}"));
-    assert!(line.contains("Q4_1") && line.contains("llama") && line.contains("98 MB"), "{line}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("smollm2:135m"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("Q4_1") && line.contains("llama") && line.contains("98 MB"),
+        "{line}"
+    );
     // Without a config blob, quantization and family come from the GGUF header.
     let line = out.lines().find(|l| l.starts_with("smollm2:stop")).unwrap();
     assert!(line.contains("Q4_1") && line.contains("llama"), "{line}");
-    let line = out.lines().find(|l| l.starts_with("broken/badjson:latest")).unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("broken/badjson:latest"))
+        .unwrap();
     assert!(line.contains("unusable"), "{line}");
 }

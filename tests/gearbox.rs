@@ -13,7 +13,15 @@ use gearbx::llama::{Context, ContextParams, Model, ModelParams, SamplingParams, 
 use gearbx::store::gguf;
 
 fn greedy() -> SamplingParams {
-    SamplingParams { temperature: 0.0, top_k: 40, top_p: 0.9, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 64, seed: 1 }
+    SamplingParams {
+        temperature: 0.0,
+        top_k: 40,
+        top_p: 0.9,
+        min_p: 0.0,
+        repeat_penalty: 1.0,
+        repeat_last_n: 64,
+        seed: 1,
+    }
 }
 
 fn setup() -> (Model, gguf::GgufInfo) {
@@ -23,14 +31,35 @@ fn setup() -> (Model, gguf::GgufInfo) {
 }
 
 fn opts() -> GearboxOptions {
-    GearboxOptions { threads: 1, ..Default::default() }
+    GearboxOptions {
+        threads: 1,
+        ..Default::default()
+    }
 }
 
 /// Greedy tokens for `prompt` in a fresh context, optionally through the gearbox.
-fn generate_tokens(model: &Model, prompt: &str, n: usize, gears: Option<GearControl<'_, '_>>) -> Vec<Token> {
-    let mut ctx = Context::new(model, &ContextParams { n_ctx: 512, n_batch: 512, n_threads: 1 }, Arc::new(AtomicBool::new(false))).unwrap();
+fn generate_tokens(
+    model: &Model,
+    prompt: &str,
+    n: usize,
+    gears: Option<GearControl<'_, '_>>,
+) -> Vec<Token> {
+    let mut ctx = Context::new(
+        model,
+        &ContextParams {
+            n_ctx: 512,
+            n_batch: 512,
+            n_threads: 1,
+        },
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
     let toks = model.tokenize(prompt, true, false).unwrap();
-    let params = GenerateParams { n_predict: Some(n), stop: vec![], sampling: greedy() };
+    let params = GenerateParams {
+        n_predict: Some(n),
+        stop: vec![],
+        sampling: greedy(),
+    };
     let mut out = Vec::new();
     engine::generate(&mut ctx, &toks, &params, gears, |ev| {
         if ev.token >= 0 {
@@ -45,9 +74,22 @@ fn generate_tokens(model: &Model, prompt: &str, n: usize, gears: Option<GearCont
 fn forcing_each_gear_sets_every_managed_tensor_to_its_tier_type() {
     let (model, info) = setup();
     let mut gb = Gearbox::build(&model, &fixture().model, &info, &opts()).unwrap();
-    let ctx = Context::new(&model, &ContextParams { n_ctx: 64, n_batch: 64, n_threads: 1 }, Arc::new(AtomicBool::new(false))).unwrap();
+    let ctx = Context::new(
+        &model,
+        &ContextParams {
+            n_ctx: 64,
+            n_batch: 64,
+            n_threads: 1,
+        },
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
     let loaded = gb.current_types();
-    assert_eq!(loaded.len(), 30 * 7, "SmolLM2: 7 matrices in each of 30 layers");
+    assert_eq!(
+        loaded.len(),
+        30 * 7,
+        "SmolLM2: 7 matrices in each of 30 layers"
+    );
     for g in [Gear::Low, Gear::Mid, Gear::High, Gear::Low] {
         gb.shift(&ctx, g);
         let now = gb.current_types();
@@ -58,11 +100,19 @@ fn forcing_each_gear_sets_every_managed_tensor_to_its_tier_type() {
         if g == Gear::High {
             assert_eq!(now, loaded, "high gear is the loaded Q4_1 tensors");
         } else {
-            assert_eq!(changed, now.len(), "every managed tensor changes type at {g}");
+            assert_eq!(
+                changed,
+                now.len(),
+                "every managed tensor changes type at {g}"
+            );
         }
     }
     let r = gb.report();
-    assert!(r.bytes[0] < r.bytes[1] && r.bytes[1] < r.bytes[2], "fewer bytes at lower gears: {:?}", r.bytes);
+    assert!(
+        r.bytes[0] < r.bytes[1] && r.bytes[1] < r.bytes[2],
+        "fewer bytes at lower gears: {:?}",
+        r.bytes
+    );
     drop(gb);
     // Dropping the gearbox leaves the model as loaded.
     let (model2, _) = setup();
@@ -76,10 +126,33 @@ fn high_gear_after_shifting_reproduces_the_plain_model() {
     let prompt = "The three primary colours are";
     let plain = generate_tokens(&model, prompt, 48, None);
     let mut gb = Gearbox::build(&model, &fixture().model, &info, &opts()).unwrap();
-    let low = generate_tokens(&model, prompt, 48, Some(GearControl { gearbox: &mut gb, monitor: None, fixed: Gear::Low }));
+    let low = generate_tokens(
+        &model,
+        prompt,
+        48,
+        Some(GearControl {
+            gearbox: &mut gb,
+            monitor: None,
+            fixed: Gear::Low,
+            calibrate: None,
+        }),
+    );
     assert_ne!(low, plain, "the low gear computes with other weights");
-    let high = generate_tokens(&model, prompt, 48, Some(GearControl { gearbox: &mut gb, monitor: None, fixed: Gear::High }));
-    assert_eq!(high, plain, "high gear must equal the model without the gearbox");
+    let high = generate_tokens(
+        &model,
+        prompt,
+        48,
+        Some(GearControl {
+            gearbox: &mut gb,
+            monitor: None,
+            fixed: Gear::High,
+            calibrate: None,
+        }),
+    );
+    assert_eq!(
+        high, plain,
+        "high gear must equal the model without the gearbox"
+    );
 }
 
 #[test]
@@ -87,13 +160,75 @@ fn routing_follows_entropy() {
     // Counting is near-deterministic; an open-ended chat reply is not. (Measured on SmolLM2:
     // "Say hello." has a *higher* mean entropy than a maths question, so the pair the issue
     // suggested would fail for a true reason; see the README's results.)
-    let easy = run_json(&["smollm2:135m", "--temp", "0", "-n", "40", "--raw", "-p", "1, 2, 3, 4, 5, 6, 7,"]);
-    let open = run_json(&["smollm2:135m", "--temp", "0", "-n", "40", "--system", "", "-p", "Say hello."]);
-    let (e1, e2) = (easy["mean_entropy_bits"].as_f64().unwrap(), open["mean_entropy_bits"].as_f64().unwrap());
+    let easy = run_json(&[
+        "smollm2:135m",
+        "--temp",
+        "0",
+        "-n",
+        "40",
+        "--raw",
+        "-p",
+        "1, 2, 3, 4, 5, 6, 7,",
+    ]);
+    let open = run_json(&[
+        "smollm2:135m",
+        "--temp",
+        "0",
+        "-n",
+        "40",
+        "--system",
+        "",
+        "-p",
+        "Say hello.",
+    ]);
+    let (e1, e2) = (
+        easy["mean_entropy_bits"].as_f64().unwrap(),
+        open["mean_entropy_bits"].as_f64().unwrap(),
+    );
     assert!(e1 + 0.5 < e2, "counting {e1} bits vs chat {e2} bits");
     let low = |v: &serde_json::Value| v["gears"]["token_fraction"][0].as_f64().unwrap();
-    assert!(low(&easy) > low(&open), "low-gear fraction {} vs {}", low(&easy), low(&open));
+    assert!(
+        low(&easy) > low(&open),
+        "low-gear fraction {} vs {}",
+        low(&easy),
+        low(&open)
+    );
     assert_eq!(easy["gears"]["mode"], "auto");
+}
+
+#[test]
+fn calibration_sets_thresholds_from_the_prompt_unless_given() {
+    let prompt = [
+        "smollm2:135m",
+        "--temp",
+        "0",
+        "-n",
+        "4",
+        "-p",
+        "Explain in two sentences why the sky is blue during the day.",
+    ];
+    let plain = run_json(&prompt);
+    let cal = run_json(&[&prompt[..], &["--calibrate"]].concat());
+    let kept = run_json(&[&prompt[..], &["--calibrate", "--low-bits", "1.0"]].concat());
+    let th = |v: &serde_json::Value, i: usize| v["gears"]["thresholds_bits"][i].as_f64().unwrap();
+    let scale = 49152f64.log2() / 15.0;
+    assert!(
+        (th(&plain, 0) - 1.8 * scale).abs() < 1e-9,
+        "defaults scaled to V"
+    );
+    assert!(
+        (th(&cal, 0) - th(&plain, 0)).abs() > 1e-6 && th(&cal, 0) < th(&cal, 1),
+        "{}",
+        cal["gears"]
+    );
+    assert!(
+        (th(&kept, 0) - 1.0 * scale).abs() < 1e-9,
+        "a user threshold is never overridden"
+    );
+    assert!(
+        (th(&kept, 1) - th(&cal, 1)).abs() < 1e-9,
+        "the other one is calibrated"
+    );
 }
 
 fn rss_kib() -> u64 {
@@ -106,7 +241,16 @@ fn rss_kib() -> u64 {
 fn switching_every_token_for_2000_tokens_keeps_memory_flat() {
     let (model, info) = setup();
     let mut gb = Gearbox::build(&model, &fixture().model, &info, &opts()).unwrap();
-    let mut ctx = Context::new(&model, &ContextParams { n_ctx: 2048, n_batch: 64, n_threads: 1 }, Arc::new(AtomicBool::new(false))).unwrap();
+    let mut ctx = Context::new(
+        &model,
+        &ContextParams {
+            n_ctx: 2048,
+            n_batch: 64,
+            n_threads: 1,
+        },
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
     ctx.decode(&[1]).unwrap();
     let gears = [Gear::Low, Gear::High, Gear::Mid];
     let mut at_200 = 0;
@@ -119,5 +263,8 @@ fn switching_every_token_for_2000_tokens_keeps_memory_flat() {
         }
     }
     let end = rss_kib();
-    assert!(end < at_200 + 4096, "RSS grew from {at_200} KiB to {end} KiB over 1800 switching tokens");
+    assert!(
+        end < at_200 + 4096,
+        "RSS grew from {at_200} KiB to {end} KiB over 1800 switching tokens"
+    );
 }

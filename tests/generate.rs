@@ -13,37 +13,112 @@ const Q: &str = "What is the capital of France?";
 
 #[test]
 fn greedy_output_is_identical_across_runs() {
-    let a = run_json(&["smollm2:135m", "--temp", "0", "-n", "24", "-p", "Write a sentence about the sea."]);
-    let b = run_json(&["smollm2:135m", "--temp", "0", "-n", "24", "-p", "Write a sentence about the sea."]);
+    let a = run_json(&[
+        "smollm2:135m",
+        "--temp",
+        "0",
+        "-n",
+        "24",
+        "-p",
+        "Write a sentence about the sea.",
+    ]);
+    let b = run_json(&[
+        "smollm2:135m",
+        "--temp",
+        "0",
+        "-n",
+        "24",
+        "-p",
+        "Write a sentence about the sea.",
+    ]);
     assert!(!a["text"].as_str().unwrap().trim().is_empty());
     assert_eq!(a["text"], b["text"]);
 }
 
 #[test]
 fn seeded_sampling_is_reproducible_and_the_seed_matters() {
-    let args = |seed: &'static str| ["smollm2:135m", "--temp", "1.0", "--seed", seed, "-n", "32", "--raw", "-p", "Once upon a time"];
+    let args = |seed: &'static str| {
+        [
+            "smollm2:135m",
+            "--temp",
+            "1.0",
+            "--seed",
+            seed,
+            "-n",
+            "32",
+            "--raw",
+            "-p",
+            "Once upon a time",
+        ]
+    };
     let a = run_json(&args("42"));
     let b = run_json(&args("42"));
     let c = run_json(&args("7"));
     assert_eq!(a["text"], b["text"]);
     assert_eq!(a["seed"], 42);
-    assert_ne!(a["text"], c["text"], "different seeds should give different samples");
+    assert_ne!(
+        a["text"], c["text"],
+        "different seeds should give different samples"
+    );
 }
 
 #[test]
 fn chat_template_and_store_system_prompt_are_applied() {
-    let o = run(&["smollm2:135m", "--temp", "0", "-n", "1", "-v", "-p", "Hello there"]);
+    let o = run(&[
+        "smollm2:135m",
+        "--temp",
+        "0",
+        "-n",
+        "1",
+        "-v",
+        "-p",
+        "Hello there",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains(&format!("<|im_start|>system\n{SYSTEM}<|im_end|>")), "system layer missing:\n{err}");
-    assert!(err.contains("<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant"), "{err}");
+    assert!(
+        err.contains(&format!("<|im_start|>system\n{SYSTEM}<|im_end|>")),
+        "system layer missing:\n{err}"
+    );
+    assert!(
+        err.contains("<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant"),
+        "{err}"
+    );
 
-    let o = run(&["smollm2:135m", "--temp", "0", "-n", "1", "-v", "--system", "Be brief.", "-p", "Hello"]);
+    let o = run(&[
+        "smollm2:135m",
+        "--temp",
+        "0",
+        "-n",
+        "1",
+        "-v",
+        "--system",
+        "Be brief.",
+        "-p",
+        "Hello",
+    ]);
     assert!(stderr(&o).contains("<|im_start|>system\nBe brief.<|im_end|>"));
-    assert!(!stderr(&o).contains(SYSTEM), "--system must replace the store's system prompt");
+    assert!(
+        !stderr(&o).contains(SYSTEM),
+        "--system must replace the store's system prompt"
+    );
 
-    let o = run(&["smollm2:135m", "--temp", "0", "-n", "1", "-v", "--raw", "-p", "Hello"]);
-    assert!(stderr(&o).contains("tokens):\nHello\n"), "--raw must not apply the template: {}", stderr(&o));
+    let o = run(&[
+        "smollm2:135m",
+        "--temp",
+        "0",
+        "-n",
+        "1",
+        "-v",
+        "--raw",
+        "-p",
+        "Hello",
+    ]);
+    assert!(
+        stderr(&o).contains("tokens):\nHello\n"),
+        "--raw must not apply the template: {}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -63,20 +138,50 @@ fn stop_word_from_the_store_params_cuts_the_text() {
     let text = v["text"].as_str().unwrap();
     assert!(!text.contains("Paris") && !text.is_empty(), "{text:?}");
     // --stop on the command line works the same way on the other tag.
-    let v = run_json(&["smollm2:135m", "--temp", "0", "-n", "60", "--stop", "Paris", "-p", Q]);
+    let v = run_json(&[
+        "smollm2:135m",
+        "--temp",
+        "0",
+        "-n",
+        "60",
+        "--stop",
+        "Paris",
+        "-p",
+        Q,
+    ]);
     assert_eq!(v["stop_reason"], "stop_word");
 }
 
 #[test]
 fn json_is_well_formed() {
-    let v = run_json(&["smollm2:135m", "--temp", "0", "-n", "5", "-t", "1", "--raw", "-p", "One, two, three,"]);
+    let v = run_json(&[
+        "smollm2:135m",
+        "--temp",
+        "0",
+        "-n",
+        "5",
+        "-t",
+        "1",
+        "--raw",
+        "-p",
+        "One, two, three,",
+    ]);
     assert_eq!(v["generated_tokens"], 5);
     assert_eq!(v["stop_reason"], "length");
     assert_eq!(v["threads"], 1);
     assert_eq!(v["model_name"], "smollm2:135m");
     assert!(v["model"].as_str().unwrap().contains("blobs/sha256-"));
-    for k in ["prompt_tokens_per_s", "decode_tokens_per_s", "prompt_ms", "eval_ms", "mean_entropy_bits"] {
-        assert!(v[k].as_f64().is_some_and(|x| x.is_finite() && x > 0.0), "{k} in {v}");
+    for k in [
+        "prompt_tokens_per_s",
+        "decode_tokens_per_s",
+        "prompt_ms",
+        "eval_ms",
+        "mean_entropy_bits",
+    ] {
+        assert!(
+            v[k].as_f64().is_some_and(|x| x.is_finite() && x > 0.0),
+            "{k} in {v}"
+        );
     }
     assert!(v["prompt_tokens"].as_u64().unwrap() >= 4);
 }
@@ -90,7 +195,10 @@ fn gguf_path_default_model_and_store_agree() {
     let via_default = run_json(&args);
     assert_eq!(via_store["text"], via_path["text"]);
     assert_eq!(via_path["text"], via_default["text"]);
-    assert_eq!(via_default["model"].as_str().unwrap(), f.model.to_str().unwrap());
+    assert_eq!(
+        via_default["model"].as_str().unwrap(),
+        f.model.to_str().unwrap()
+    );
 }
 
 #[test]
@@ -108,7 +216,10 @@ fn prompt_from_stdin_and_quoted_prompt_without_model() {
     assert_eq!(piped["text"], direct["text"]);
     // A quoted prompt in the model's place runs the default model.
     let default = run_json(&["--temp", "0", "-n", "10", "--system", "", Q]);
-    assert!(default["model"].as_str().unwrap().ends_with("SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert!(default["model"]
+        .as_str()
+        .unwrap()
+        .ends_with("SmolLM2-135M-Instruct.Q4_1.gguf"));
 }
 
 #[test]
@@ -116,24 +227,55 @@ fn ctrl_c_stops_cleanly_and_prints_stats() {
     for json in [false, true] {
         let mut cmd = gbx();
         // Greedy counting never reaches end-of-text before the context (2048) is full.
-        cmd.args(["smollm2:135m", "--temp", "0", "-n", "-1", "-c", "2048", "--raw", "-p", "1, 2, 3, 4, 5,"]);
+        cmd.args([
+            "smollm2:135m",
+            "--temp",
+            "0",
+            "-n",
+            "-1",
+            "-c",
+            "2048",
+            "--raw",
+            "-p",
+            "1, 2, 3, 4, 5,",
+        ]);
         if json {
             cmd.arg("--json");
         }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         if json {
             std::thread::sleep(Duration::from_millis(1500));
         } else {
             // Wait until text is streaming, then interrupt.
             let mut first = [0u8; 1];
-            child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+            child
+                .stdout
+                .as_mut()
+                .unwrap()
+                .read_exact(&mut first)
+                .unwrap();
         }
         let t = Instant::now();
-        let ok = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+        let ok = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(ok.success());
         let out = child.wait_with_output().unwrap();
-        assert!(t.elapsed() < Duration::from_secs(10), "did not stop promptly");
-        assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "did not stop promptly"
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(130),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         if json {
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(v["stop_reason"], "interrupted");

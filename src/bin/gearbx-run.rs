@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use clap::Parser;
 use gearbx::engine::{self, GearControl, GenerateParams, PromptSpec, StopReason};
-use gearbx::gearbox::{plan, Gear, Gearbox, GearboxOptions, Manage};
-use gearbx::monitor::{classifier, Monitor, MonitorConfig};
 use gearbx::error::{exit, Error};
+use gearbx::gearbox::{plan, Gear, Gearbox, GearboxOptions, Manage};
 use gearbx::llama::{self, Context, ContextParams, Model, ModelParams, SamplingParams};
+use gearbx::monitor::{classifier, Monitor, MonitorConfig};
 use gearbx::store::{self, verify, OllamaStore, ResolvedModel};
 use serde_json::json;
 
@@ -63,11 +63,22 @@ struct Cli {
     raw: bool,
 
     /// Maximum new tokens (-1: until end of text or a full context).
-    #[arg(short = 'n', long = "n-predict", visible_alias = "num-predict", value_name = "N", allow_negative_numbers = true)]
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        visible_alias = "num-predict",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
     n_predict: Option<i64>,
 
     /// Context size in tokens (default: the store's num_ctx, else 4096, capped at the model's training length).
-    #[arg(short = 'c', long = "ctx-size", visible_alias = "num-ctx", value_name = "N")]
+    #[arg(
+        short = 'c',
+        long = "ctx-size",
+        visible_alias = "num-ctx",
+        value_name = "N"
+    )]
     ctx_size: Option<u32>,
 
     /// CPU threads (default: all cores).
@@ -119,7 +130,12 @@ struct Cli {
     verify: bool,
 
     /// Ollama store root.
-    #[arg(long, env = "OLLAMA_MODELS", value_name = "DIR", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "OLLAMA_MODELS",
+        value_name = "DIR",
+        hide_env_values = true
+    )]
     models: Option<std::path::PathBuf>,
 
     /// Gear: auto (entropy-routed), a fixed low|mid|high, or off (no gearbox: the plain model).
@@ -158,6 +174,11 @@ struct Cli {
     #[arg(long, default_value_t = 2, value_name = "N")]
     min_duration: usize,
 
+    /// Set the auto gear's thresholds from the prompt's entropy percentiles (30th/70th);
+    /// a threshold given with --low-bits/--high-bits is kept.
+    #[arg(long)]
+    calibrate: bool,
+
     /// Write one JSON line per token (and a summary line) to FILE.
     #[arg(long, value_name = "FILE")]
     trace: Option<std::path::PathBuf>,
@@ -184,7 +205,11 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             return ExitCode::from(code);
         }
@@ -224,8 +249,17 @@ fn run(mut cli: Cli) -> Result<u8, Failure> {
     }
     // A model name never contains whitespace: `gearbx-run "Why is the sky blue?"` is a prompt
     // for the default model.
-    if cli.model.as_deref().is_some_and(|m| m.contains(char::is_whitespace) && !std::path::Path::new(m).exists()) {
-        let words = cli.model.take().into_iter().chain(cli.prompt_words.drain(..)).collect();
+    if cli
+        .model
+        .as_deref()
+        .is_some_and(|m| m.contains(char::is_whitespace) && !std::path::Path::new(m).exists())
+    {
+        let words = cli
+            .model
+            .take()
+            .into_iter()
+            .chain(cli.prompt_words.drain(..))
+            .collect();
         cli.prompt_words = words;
     }
     let show_progress = std::io::stderr().is_terminal();
@@ -239,17 +273,35 @@ fn run(mut cli: Cli) -> Result<u8, Failure> {
 fn list(store: &OllamaStore) -> Result<u8, Failure> {
     let models = store.list();
     if models.is_empty() {
-        eprintln!("no models in {} (set OLLAMA_MODELS or --models to another store)", store.root().display());
+        eprintln!(
+            "no models in {} (set OLLAMA_MODELS or --models to another store)",
+            store.root().display()
+        );
         return Ok(exit::OK);
     }
-    let width = models.iter().map(|m| m.name.len()).max().unwrap_or(4).max(4);
+    let width = models
+        .iter()
+        .map(|m| m.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     println!("{:<width$}  {:>9}  {:<10}  FAMILY", "NAME", "SIZE", "QUANT");
     for m in models {
         let size = format!("{:.1} GB", m.size as f64 / 1e9);
-        let size = if m.size < 1_000_000_000 { format!("{} MB", m.size / 1_000_000) } else { size };
+        let size = if m.size < 1_000_000_000 {
+            format!("{} MB", m.size / 1_000_000)
+        } else {
+            size
+        };
         match m.problem {
-            None => println!("{:<width$}  {:>9}  {:<10}  {}", m.name, size, m.quantization, m.family),
-            Some(p) => println!("{:<width$}  {:>9}  {:<10}  (unusable: {p})", m.name, "-", "-"),
+            None => println!(
+                "{:<width$}  {:>9}  {:<10}  {}",
+                m.name, size, m.quantization, m.family
+            ),
+            Some(p) => println!(
+                "{:<width$}  {:>9}  {:<10}  (unusable: {p})",
+                m.name, "-", "-"
+            ),
         }
     }
     Ok(exit::OK)
@@ -263,7 +315,10 @@ fn verify_model(m: &ResolvedModel, show_progress: bool) -> Result<u8, Failure> {
         }
         None => {
             let actual = verify::sha256_file(&m.path, show_progress)?;
-            println!("{}: sha256:{actual} (a plain file has no digest to compare with)", m.path.display());
+            println!(
+                "{}: sha256:{actual} (a plain file has no digest to compare with)",
+                m.path.display()
+            );
         }
     }
     Ok(exit::OK)
@@ -281,10 +336,12 @@ fn read_prompt(cli: &Cli) -> Result<String, Failure> {
         eprintln!("Enter a prompt; finish with Ctrl-D:");
     }
     let mut s = String::new();
-    stdin
-        .lock()
-        .read_to_string(&mut s)
-        .map_err(|e| Failure(exit::USAGE, format!("could not read the prompt from stdin: {e}")))?;
+    stdin.lock().read_to_string(&mut s).map_err(|e| {
+        Failure(
+            exit::USAGE,
+            format!("could not read the prompt from stdin: {e}"),
+        )
+    })?;
     Ok(s)
 }
 
@@ -293,17 +350,27 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
     if user.trim().is_empty() {
         return Err(Failure(exit::USAGE, "the prompt is empty".into()));
     }
-    let defaults = m.store_entry().map(|s| s.params.clone()).unwrap_or_default();
+    let defaults = m
+        .store_entry()
+        .map(|s| s.params.clone())
+        .unwrap_or_default();
     let seed = cli
         .seed
         .or(defaults.seed.filter(|s| *s >= 0).map(|s| s as u32))
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()));
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        });
     let sampling = SamplingParams {
         temperature: cli.temp.or(defaults.temperature).unwrap_or(0.8),
         top_k: cli.top_k.or(defaults.top_k).unwrap_or(40),
         top_p: cli.top_p.or(defaults.top_p).unwrap_or(0.9),
         min_p: cli.min_p.or(defaults.min_p).unwrap_or(0.0),
-        repeat_penalty: cli.repeat_penalty.or(defaults.repeat_penalty).unwrap_or(1.1),
+        repeat_penalty: cli
+            .repeat_penalty
+            .or(defaults.repeat_penalty)
+            .unwrap_or(1.1),
         repeat_last_n: cli.repeat_last_n.or(defaults.repeat_last_n).unwrap_or(64),
         seed,
     };
@@ -311,15 +378,28 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
     let n_predict = match cli.n_predict.or(defaults.num_predict.map(i64::from)) {
         None | Some(-1) => None,
         Some(n) if n > 0 => Some(n as usize),
-        Some(n) => return Err(Failure(exit::USAGE, format!("-n/--n-predict must be positive or -1, got {n}"))),
+        Some(n) => {
+            return Err(Failure(
+                exit::USAGE,
+                format!("-n/--n-predict must be positive or -1, got {n}"),
+            ))
+        }
     };
     let threads = match cli.threads {
-        Some(t) if t < 1 => return Err(Failure(exit::USAGE, format!("-t/--threads must be at least 1, got {t}"))),
+        Some(t) if t < 1 => {
+            return Err(Failure(
+                exit::USAGE,
+                format!("-t/--threads must be at least 1, got {t}"),
+            ))
+        }
         Some(t) => t,
         None => std::thread::available_parallelism().map_or(4, |n| n.get() as i32),
     };
     if cli.ctx_size == Some(0) {
-        return Err(Failure(exit::USAGE, "-c/--ctx-size must be at least 1".into()));
+        return Err(Failure(
+            exit::USAGE,
+            "-c/--ctx-size must be at least 1".into(),
+        ));
     }
 
     let model = Model::load(&m.path, &ModelParams::default())?;
@@ -328,7 +408,11 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         .or(defaults.num_ctx)
         .unwrap_or_else(|| 4096.min(model.n_ctx_train().max(1)));
     if cli.verbose {
-        eprintln!("gearbx-run: {} ({}), n_ctx {n_ctx}, {threads} threads", model.description(), m.path.display());
+        eprintln!(
+            "gearbx-run: {} ({}), n_ctx {n_ctx}, {threads} threads",
+            model.description(),
+            m.path.display()
+        );
         eprintln!("gearbx-run: {}", llama::system_info());
         if m.store_entry().is_some_and(|s| s.template.is_some()) {
             eprintln!("gearbx-run: the store's Go template layer is not rendered; the GGUF's chat template is used");
@@ -336,15 +420,27 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
     }
     let spec = PromptSpec {
         user,
-        system: cli.system.clone().or_else(|| m.store_entry().and_then(|s| s.system.clone())),
+        system: cli
+            .system
+            .clone()
+            .or_else(|| m.store_entry().and_then(|s| s.system.clone())),
         raw: cli.raw,
     };
     let prompt = engine::prompt::build(&model, &spec)?;
     if cli.verbose {
-        eprintln!("gearbx-run: prompt ({} tokens):\n{}", prompt.tokens.len(), prompt.text);
+        eprintln!(
+            "gearbx-run: prompt ({} tokens):\n{}",
+            prompt.tokens.len(),
+            prompt.text
+        );
     }
     if prompt.tokens.len() >= n_ctx as usize {
-        return Err(Error::PromptTooLong { n_prompt: prompt.tokens.len(), n_ctx, n_ctx_train: model.n_ctx_train() }.into());
+        return Err(Error::PromptTooLong {
+            n_prompt: prompt.tokens.len(),
+            n_ctx,
+            n_ctx_train: model.n_ctx_train(),
+        }
+        .into());
     }
 
     // The gearbox: build tiers unless --gear off.
@@ -353,14 +449,24 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         None
     } else {
         let manage = Manage {
-            layers: cli.layers.as_deref().map(Manage::parse_layers).transpose().map_err(|e| Failure(exit::USAGE, e))?,
+            layers: cli
+                .layers
+                .as_deref()
+                .map(Manage::parse_layers)
+                .transpose()
+                .map_err(|e| Failure(exit::USAGE, e))?,
             ..Manage::parse_kind(&cli.manage).map_err(|e| Failure(exit::USAGE, e))?
         };
         let overrides = match &cli.tiers {
             Some(t) => plan::parse_overrides(t)?,
             None => Default::default(),
         };
-        let opts = GearboxOptions { manage, overrides, threads: threads as usize, progress: std::io::stderr().is_terminal() };
+        let opts = GearboxOptions {
+            manage,
+            overrides,
+            threads: threads as usize,
+            progress: std::io::stderr().is_terminal(),
+        };
         let gb = Gearbox::build(&model, &m.path, &m.info, &opts)?;
         let r = gb.report();
         for w in &r.warnings {
@@ -390,24 +496,55 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             let cold = classifier::classify(&spec.user).gear;
             (cold, Some(Monitor::new(cfg, model.n_vocab(), cold)))
         }
-        g => (g.parse::<Gear>().map_err(|e| Failure(exit::USAGE, format!("--gear: {e} (or auto, off)")))?, None),
+        g => (
+            g.parse::<Gear>()
+                .map_err(|e| Failure(exit::USAGE, format!("--gear: {e} (or auto, off)")))?,
+            None,
+        ),
     };
-    let mut ctx = Context::new(&model, &ContextParams { n_ctx, n_batch: 2048, n_threads: threads }, abort)?;
+    let mut ctx = Context::new(
+        &model,
+        &ContextParams {
+            n_ctx,
+            n_batch: 2048,
+            n_threads: threads,
+        },
+        abort,
+    )?;
     let mut stop = defaults.stop.clone();
     stop.extend(cli.stop.iter().cloned());
-    let params = GenerateParams { n_predict, stop, sampling };
+    let params = GenerateParams {
+        n_predict,
+        stop,
+        sampling,
+    };
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut broken_pipe = false;
-    let colour = !cli.json && !cli.no_color && std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal();
+    let colour = !cli.json
+        && !cli.no_color
+        && std::env::var_os("NO_COLOR").is_none()
+        && std::io::stdout().is_terminal();
     let mut trace = match &cli.trace {
-        Some(p) => Some(std::io::BufWriter::new(
-            std::fs::File::create(p).map_err(|e| Failure(exit::USAGE, format!("cannot write --trace {}: {e}", p.display())))?,
-        )),
+        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(
+            |e| {
+                Failure(
+                    exit::USAGE,
+                    format!("cannot write --trace {}: {e}", p.display()),
+                )
+            },
+        )?)),
         None => None,
     };
-    let control = gearbox.as_mut().map(|gb| GearControl { gearbox: gb, monitor, fixed });
+    let control = gearbox.as_mut().map(|gb| GearControl {
+        gearbox: gb,
+        monitor,
+        fixed,
+        calibrate: cli
+            .calibrate
+            .then_some((cli.low_bits.is_some(), cli.high_bits.is_some())),
+    });
     let outcome = engine::generate(&mut ctx, &prompt.tokens, &params, control, |ev| {
         if let Some(t) = trace.as_mut() {
             if ev.token >= 0 {
@@ -469,7 +606,10 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             outcome.prompt_tokens_per_s,
             outcome.generated_tokens,
             outcome.decode_tokens_per_s,
-            serde_json::to_value(outcome.stop_reason).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+            serde_json::to_value(outcome.stop_reason)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default()
         );
         if let Some(g) = &outcome.gears {
             eprintln!(
@@ -486,5 +626,9 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             );
         }
     }
-    Ok(if interrupted { exit::INTERRUPTED } else { exit::OK })
+    Ok(if interrupted {
+        exit::INTERRUPTED
+    } else {
+        exit::OK
+    })
 }

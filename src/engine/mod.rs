@@ -11,8 +11,8 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::gearbox::{BuildReport, Gear, Gearbox};
 use crate::kernels;
-use crate::monitor::{Monitor, Reason};
 use crate::llama::{Context, Sampler, SamplingParams, Token};
+use crate::monitor::{Monitor, Reason};
 pub use prompt::{Prompt, PromptSpec};
 use text::{StopFilter, Utf8Stream};
 
@@ -67,6 +67,9 @@ pub struct GearControl<'a, 'm> {
     /// `None`: fixed at `fixed`; `Some`: auto mode.
     pub monitor: Option<Monitor>,
     pub fixed: Gear,
+    /// Calibrate the monitor's thresholds from the prompt's entropies; the flags keep a
+    /// threshold the user gave (low, high).
+    pub calibrate: Option<(bool, bool)>,
 }
 
 /// Gear totals of one generation.
@@ -124,7 +127,11 @@ pub fn generate(
         return Err(Error::InvalidParam("the prompt is empty".into()));
     }
     if prompt.len() as u64 + ctx.n_past() as u64 >= ctx.n_ctx() as u64 {
-        return Err(Error::PromptTooLong { n_prompt: prompt.len(), n_ctx: ctx.n_ctx(), n_ctx_train: model.n_ctx_train() });
+        return Err(Error::PromptTooLong {
+            n_prompt: prompt.len(),
+            n_ctx: ctx.n_ctx(),
+            n_ctx_train: model.n_ctx_train(),
+        });
     }
     let mut sampler = Sampler::new(&params.sampling, model.n_vocab(), ctx.n_ctx())?;
     let mut utf8 = Utf8Stream::default();
@@ -139,9 +146,26 @@ pub fn generate(
     let t0 = Instant::now();
     let interrupted = |e: Error, ctx: &Context<'_>| if ctx.aborted() { Ok(()) } else { Err(e) };
     let mut stop_reason = None;
-    if let Err(e) = ctx.decode(prompt) {
-        interrupted(e, ctx)?;
-        stop_reason = Some(StopReason::Interrupted);
+    let calibrate = gears
+        .as_ref()
+        .and_then(|g| g.calibrate.filter(|_| g.monitor.is_some()));
+    let prefill = match calibrate {
+        Some(_) => ctx.decode_with_entropies(prompt),
+        None => ctx.decode(prompt).map(|_| Vec::new()),
+    };
+    match prefill {
+        Err(e) => {
+            interrupted(e, ctx)?;
+            stop_reason = Some(StopReason::Interrupted);
+        }
+        Ok(h) => {
+            if let (Some((keep_low, keep_high)), Some(m)) =
+                (calibrate, gears.as_mut().and_then(|g| g.monitor.as_mut()))
+            {
+                let h: Vec<f64> = h.iter().map(|&x| x as f64).collect();
+                m.calibrate(&h, keep_low, keep_high);
+            }
+        }
     }
     let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
     let t1 = Instant::now();
@@ -192,7 +216,15 @@ pub fn generate(
             }
             next_gear = Some((next, why));
         }
-        on_token(&TokenEvent { index: n_gen, token: tok, text: &visible, entropy_bits: entropy, gear: used_gear, next_gear, swap_us });
+        on_token(&TokenEvent {
+            index: n_gen,
+            token: tok,
+            text: &visible,
+            entropy_bits: entropy,
+            gear: used_gear,
+            next_gear,
+            swap_us,
+        });
         n_gen += 1;
         if hit {
             stop_reason = Some(StopReason::StopWord);
@@ -222,17 +254,39 @@ pub fn generate(
         let tail = tail + &stops.finish();
         if !tail.is_empty() {
             text.push_str(&tail);
-            on_token(&TokenEvent { index: n_gen, token: -1, text: &tail, entropy_bits: f32::NAN, gear: None, next_gear: None, swap_us: 0.0 });
+            on_token(&TokenEvent {
+                index: n_gen,
+                token: -1,
+                text: &tail,
+                entropy_bits: f32::NAN,
+                gear: None,
+                next_gear: None,
+                swap_us: 0.0,
+            });
         }
     }
     let eval_ms = t1.elapsed().as_secs_f64() * 1e3;
     let gear_stats = gears.as_ref().map(|g| GearStats {
-        mode: if g.monitor.is_some() { "auto".into() } else { g.fixed.to_string() },
+        mode: if g.monitor.is_some() {
+            "auto".into()
+        } else {
+            g.fixed.to_string()
+        },
         passes,
-        token_fraction: tokens_at.map(|n| if n_gen > 0 { n as f64 / n_gen as f64 } else { 0.0 }),
+        token_fraction: tokens_at.map(|n| {
+            if n_gen > 0 {
+                n as f64 / n_gen as f64
+            } else {
+                0.0
+            }
+        }),
         tokens_per_s: [0, 1, 2].map(|i| per_s(passes[i], gear_ms[i])),
         shifts,
-        swap_us_mean: if shifts > 0 { swap_sum / shifts as f64 } else { 0.0 },
+        swap_us_mean: if shifts > 0 {
+            swap_sum / shifts as f64
+        } else {
+            0.0
+        },
         swap_us_max: swap_max,
         thresholds_bits: g.monitor.as_ref().map(|m| m.thresholds()),
         tiers: g.gearbox.report().clone(),
@@ -246,7 +300,11 @@ pub fn generate(
         eval_count,
         eval_ms,
         decode_tokens_per_s: per_s(eval_count, eval_ms),
-        mean_entropy_bits: if n_gen > 0 { entropy_sum / n_gen as f64 } else { 0.0 },
+        mean_entropy_bits: if n_gen > 0 {
+            entropy_sum / n_gen as f64
+        } else {
+            0.0
+        },
         stop_reason,
         gears: gear_stats,
     })

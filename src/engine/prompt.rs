@@ -24,15 +24,26 @@ pub struct Prompt {
 pub fn build(model: &Model, spec: &PromptSpec) -> Result<Prompt> {
     if spec.raw {
         let tokens = model.tokenize(&spec.user, true, false)?;
-        return Ok(Prompt { text: spec.user.clone(), tokens });
+        return Ok(Prompt {
+            text: spec.user.clone(),
+            tokens,
+        });
     }
     let mut msgs = Vec::new();
     if let Some(sys) = spec.system.as_deref().filter(|s| !s.is_empty()) {
-        msgs.push(ChatMessage { role: "system", content: sys });
+        msgs.push(ChatMessage {
+            role: "system",
+            content: sys,
+        });
     }
-    msgs.push(ChatMessage { role: "user", content: &spec.user });
+    msgs.push(ChatMessage {
+        role: "user",
+        content: &spec.user,
+    });
     let text = model.apply_chat_template(&msgs)?;
-    let template_has_bos = model.auto_bos_text().is_some_and(|bos| !bos.is_empty() && text.starts_with(&bos));
+    let template_has_bos = model
+        .auto_bos_text()
+        .is_some_and(|bos| !bos.is_empty() && text.starts_with(&bos));
     let tokens = model.tokenize(&text, !template_has_bos, true)?;
     Ok(Prompt { text, tokens })
 }

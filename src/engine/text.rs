@@ -21,7 +21,9 @@ impl Utf8Stream {
                 }
                 Err(e) => {
                     let valid = e.valid_up_to();
-                    out.push_str(std::str::from_utf8(&self.buf[..valid]).expect("validated prefix"));
+                    out.push_str(
+                        std::str::from_utf8(&self.buf[..valid]).expect("validated prefix"),
+                    );
                     match e.error_len() {
                         // An incomplete character at the end: wait for the next token.
                         None => {
@@ -54,14 +56,22 @@ pub struct StopFilter {
 
 impl StopFilter {
     pub fn new(stops: Vec<String>) -> Self {
-        Self { stops: stops.into_iter().filter(|s| !s.is_empty()).collect(), pending: String::new() }
+        Self {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            pending: String::new(),
+        }
     }
 
     /// Adds text; returns the text that is safe to show and whether a stop string was hit
     /// (the stop string and anything after it are dropped).
     pub fn push(&mut self, text: &str) -> (String, bool) {
         self.pending.push_str(text);
-        if let Some(i) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+        if let Some(i) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
             let out = self.pending[..i].to_string();
             self.pending.clear();
             return (out, true);
@@ -70,7 +80,12 @@ impl StopFilter {
         let keep = self
             .stops
             .iter()
-            .flat_map(|s| (1..s.len()).rev().filter(|&k| s.is_char_boundary(k)).map(move |k| &s[..k]))
+            .flat_map(|s| {
+                (1..s.len())
+                    .rev()
+                    .filter(|&k| s.is_char_boundary(k))
+                    .map(move |k| &s[..k])
+            })
             .filter(|prefix| self.pending.ends_with(prefix))
             .map(str::len)
             .max()

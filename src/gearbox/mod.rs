@@ -61,10 +61,13 @@ fn source_bytes(w: &WeightTensor, file: &File, gguf: &GgufInfo) -> Result<Vec<u8
         .find(|t| t.name == name)
         .ok_or_else(|| Error::Llama(format!("{name} is repacked and not in the GGUF file")))?;
     if t.ggml_type != w.ggml_type() || t.size as usize != w.nbytes() {
-        return Err(Error::Llama(format!("{name} in the GGUF file does not match the loaded tensor")));
+        return Err(Error::Llama(format!(
+            "{name} in the GGUF file does not match the loaded tensor"
+        )));
     }
     let mut buf = vec![0u8; t.size as usize];
-    file.read_exact_at(&mut buf, t.file_offset).map_err(|e| Error::io(format!("reading {name} from the model file"), e))?;
+    file.read_exact_at(&mut buf, t.file_offset)
+        .map_err(|e| Error::io(format!("reading {name} from the model file"), e))?;
     Ok(buf)
 }
 
@@ -73,23 +76,39 @@ fn type_summary(types: impl Iterator<Item = u32>) -> String {
     for t in types {
         *counts.entry(weights::type_name(t)).or_default() += 1;
     }
-    counts.into_iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", ")
+    counts
+        .into_iter()
+        .map(|(k, v)| format!("{k} x{v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl<'m> Gearbox<'m> {
     /// Finds the managed weights, builds the tiers and leaves the model at the high gear.
-    pub fn build(model: &'m Model, model_path: &Path, gguf: &GgufInfo, opts: &GearboxOptions) -> Result<Self> {
+    pub fn build(
+        model: &'m Model,
+        model_path: &Path,
+        gguf: &GgufInfo,
+        opts: &GearboxOptions,
+    ) -> Result<Self> {
         let t0 = Instant::now();
         let threads = opts.threads.max(1);
         let all = weights::find_matmul_weights(model, threads as i32)?;
-        let managed: Vec<WeightTensor> = all.into_iter().filter(|w| opts.manage.matches(&w.name())).collect();
+        let managed: Vec<WeightTensor> = all
+            .into_iter()
+            .filter(|w| opts.manage.matches(&w.name()))
+            .collect();
         if managed.is_empty() {
-            return Err(Error::InvalidParam("no weight matrices match --manage/--layers".into()));
+            return Err(Error::InvalidParam(
+                "no weight matrices match --manage/--layers".into(),
+            ));
         }
         let src_types: Vec<u32> = managed.iter().map(|w| w.ggml_type()).collect();
         let warnings = plan::plan_warnings(&src_types, &opts.overrides);
-        let per_tensor: Vec<[Option<u32>; 3]> =
-            managed.iter().map(|w| plan::tensor_types(w.ggml_type(), w.ne()[0], &opts.overrides)).collect();
+        let per_tensor: Vec<[Option<u32>; 3]> = managed
+            .iter()
+            .map(|w| plan::tensor_types(w.ggml_type(), w.ne()[0], &opts.overrides))
+            .collect();
         let mut tiers = TensorTiers::new(model, managed);
 
         // One set per distinct per-tensor type vector; a gear whose types are all "source"
@@ -113,10 +132,19 @@ impl<'m> Gearbox<'m> {
 
         // Requantize: each worker takes a tensor, dequantizes its source once and writes every
         // set that needs a copy of it.
-        let file = File::open(model_path).map_err(|e| Error::io(format!("opening {}", model_path.display()), e))?;
+        let file = File::open(model_path)
+            .map_err(|e| Error::io(format!("opening {}", model_path.display()), e))?;
         let n = tiers.weights().len();
-        let pb = if opts.progress { ProgressBar::new(n as u64) } else { ProgressBar::hidden() };
-        pb.set_style(ProgressStyle::with_template("building tiers [{bar:30}] {pos}/{len} tensors {elapsed}").expect("template").progress_chars("=> "));
+        let pb = if opts.progress {
+            ProgressBar::new(n as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        pb.set_style(
+            ProgressStyle::with_template("building tiers [{bar:30}] {pos}/{len} tensors {elapsed}")
+                .expect("template")
+                .progress_chars("=> "),
+        );
         let next = AtomicUsize::new(0);
         let first_error: Mutex<Option<Error>> = Mutex::new(None);
         let tiers_ref = &tiers;
@@ -162,7 +190,12 @@ impl<'m> Gearbox<'m> {
             types: gear_set.map(|s| type_summary((0..n).map(|i| tiers.type_in_set(s, i)))),
             warnings,
         };
-        Ok(Self { tiers, gear_set, gear: Gear::High, report })
+        Ok(Self {
+            tiers,
+            gear_set,
+            gear: Gear::High,
+            report,
+        })
     }
 
     pub fn report(&self) -> &BuildReport {
@@ -177,7 +210,8 @@ impl<'m> Gearbox<'m> {
     /// Shifts to `gear` (waiting for the context first); returns the time the swap took.
     pub fn shift(&mut self, ctx: &Context<'_>, gear: Gear) -> Duration {
         let t = Instant::now();
-        self.tiers.activate_synced(ctx, self.gear_set[gear as usize]);
+        self.tiers
+            .activate_synced(ctx, self.gear_set[gear as usize]);
         self.gear = gear;
         t.elapsed()
     }

@@ -60,7 +60,11 @@ pub struct Manage {
 
 impl Default for Manage {
     fn default() -> Self {
-        Self { attn: true, ffn: true, layers: None }
+        Self {
+            attn: true,
+            ffn: true,
+            layers: None,
+        }
     }
 }
 
@@ -68,8 +72,16 @@ impl Manage {
     /// `attn`, `ffn` or `all`.
     pub fn parse_kind(s: &str) -> std::result::Result<Self, String> {
         match s {
-            "attn" => Ok(Self { attn: true, ffn: false, layers: None }),
-            "ffn" => Ok(Self { attn: false, ffn: true, layers: None }),
+            "attn" => Ok(Self {
+                attn: true,
+                ffn: false,
+                layers: None,
+            }),
+            "ffn" => Ok(Self {
+                attn: false,
+                ffn: true,
+                layers: None,
+            }),
             "all" => Ok(Self::default()),
             _ => Err(format!("--manage takes attn, ffn or all, not {s:?}")),
         }
@@ -79,7 +91,10 @@ impl Manage {
     pub fn parse_layers(s: &str) -> std::result::Result<(u32, u32), String> {
         let bad = || format!("--layers takes N or A-B, not {s:?}");
         let (a, b) = match s.split_once('-') {
-            Some((a, b)) => (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?),
+            Some((a, b)) => (
+                a.trim().parse().map_err(|_| bad())?,
+                b.trim().parse().map_err(|_| bad())?,
+            ),
             None => {
                 let n = s.trim().parse().map_err(|_| bad())?;
                 (n, n)
@@ -93,9 +108,15 @@ impl Manage {
 
     /// True for `blk.N.attn_*.weight` / `blk.N.ffn_*.weight` within the layer range.
     pub fn matches(&self, name: &str) -> bool {
-        let Some(rest) = name.strip_prefix("blk.") else { return false };
-        let Some((layer, kind)) = rest.split_once('.') else { return false };
-        let Ok(layer) = layer.parse::<u32>() else { return false };
+        let Some(rest) = name.strip_prefix("blk.") else {
+            return false;
+        };
+        let Some((layer, kind)) = rest.split_once('.') else {
+            return false;
+        };
+        let Ok(layer) = layer.parse::<u32>() else {
+            return false;
+        };
         if self.layers.is_some_and(|(a, b)| layer < a || layer > b) || !kind.ends_with(".weight") {
             return false;
         }
@@ -120,13 +141,16 @@ impl FromStr for TierOverrides {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let mut o = TierOverrides::default();
         for part in s.split(',').filter(|p| !p.trim().is_empty()) {
-            let (g, t) = part.split_once('=').ok_or_else(|| format!("--tiers entry {part:?} is not gear=TYPE"))?;
+            let (g, t) = part
+                .split_once('=')
+                .ok_or_else(|| format!("--tiers entry {part:?} is not gear=TYPE"))?;
             let gear: Gear = g.trim().parse()?;
             let t = t.trim();
             let tier = if t.eq_ignore_ascii_case("source") {
                 TierType::Source
             } else {
-                let ty = type_from_name(t).ok_or_else(|| format!("unknown tensor type {t:?} in --tiers"))?;
+                let ty = type_from_name(t)
+                    .ok_or_else(|| format!("unknown tensor type {t:?} in --tiers"))?;
                 TierType::Type(ty)
             };
             o.0[gear as usize] = Some(tier);
@@ -140,7 +164,14 @@ fn is_float(ty: u32) -> bool {
 }
 
 fn is_k_quant(ty: u32) -> bool {
-    [sys::GGML_TYPE_Q2_K, sys::GGML_TYPE_Q3_K, sys::GGML_TYPE_Q4_K, sys::GGML_TYPE_Q5_K, sys::GGML_TYPE_Q6_K].contains(&ty)
+    [
+        sys::GGML_TYPE_Q2_K,
+        sys::GGML_TYPE_Q3_K,
+        sys::GGML_TYPE_Q4_K,
+        sys::GGML_TYPE_Q5_K,
+        sys::GGML_TYPE_Q6_K,
+    ]
+    .contains(&ty)
 }
 
 /// A K-quant needs rows that are a multiple of 256; otherwise use the nearest 32-block type.
@@ -177,8 +208,16 @@ pub fn tensor_types(src: u32, ne0: i64, overrides: &TierOverrides) -> [Option<u3
 /// source itself / the next two standard types below its bits per weight.
 pub fn default_tiers(src: u32) -> [TierType; 3] {
     if is_float(src) {
-        let high = if src == sys::GGML_TYPE_BF16 { sys::GGML_TYPE_BF16 } else { sys::GGML_TYPE_F16 };
-        return [TierType::Type(sys::GGML_TYPE_Q4_K), TierType::Type(sys::GGML_TYPE_Q8_0), TierType::Type(high)];
+        let high = if src == sys::GGML_TYPE_BF16 {
+            sys::GGML_TYPE_BF16
+        } else {
+            sys::GGML_TYPE_F16
+        };
+        return [
+            TierType::Type(sys::GGML_TYPE_Q4_K),
+            TierType::Type(sys::GGML_TYPE_Q8_0),
+            TierType::Type(high),
+        ];
     }
     let ladder = [
         sys::GGML_TYPE_Q8_0,
@@ -189,7 +228,11 @@ pub fn default_tiers(src: u32) -> [TierType; 3] {
         sys::GGML_TYPE_Q2_K,
     ];
     let b = bits_per_weight(src);
-    let below: Vec<u32> = ladder.iter().copied().filter(|&t| bits_per_weight(t) < b - 1e-9).collect();
+    let below: Vec<u32> = ladder
+        .iter()
+        .copied()
+        .filter(|&t| bits_per_weight(t) < b - 1e-9)
+        .collect();
     let mid = below.first().copied().unwrap_or(src);
     let low = below.get(1).copied().unwrap_or(mid);
     [TierType::Type(low), TierType::Type(mid), TierType::Source]
@@ -198,7 +241,11 @@ pub fn default_tiers(src: u32) -> [TierType; 3] {
 /// Warnings a user should see about a plan: upcasts and double quantization.
 pub fn plan_warnings(src_types: &[u32], overrides: &TierOverrides) -> Vec<String> {
     let mut w = Vec::new();
-    let quantized: Vec<u32> = src_types.iter().copied().filter(|&t| !is_float(t)).collect();
+    let quantized: Vec<u32> = src_types
+        .iter()
+        .copied()
+        .filter(|&t| !is_float(t))
+        .collect();
     if !quantized.is_empty() {
         let mut names: Vec<String> = quantized.iter().map(|&t| type_name(t)).collect();
         names.sort();
@@ -210,7 +257,10 @@ pub fn plan_warnings(src_types: &[u32], overrides: &TierOverrides) -> Vec<String
     }
     for g in Gear::ALL {
         if let Some(TierType::Type(t)) = overrides.0[g as usize] {
-            if let Some(&src) = src_types.iter().find(|&&s| bits_per_weight(t) > bits_per_weight(s) + 1e-9) {
+            if let Some(&src) = src_types
+                .iter()
+                .find(|&&s| bits_per_weight(t) > bits_per_weight(s) + 1e-9)
+            {
                 w.push(format!(
                     "--tiers {g}={} is an upcast of {} weights: more bytes, no added precision",
                     type_name(t),
@@ -233,9 +283,16 @@ mod tests {
     #[test]
     fn float_source_ladder() {
         let t = tensor_types(sys::GGML_TYPE_F16, 4096, &TierOverrides::default());
-        assert_eq!(t, [Some(sys::GGML_TYPE_Q4_K), Some(sys::GGML_TYPE_Q8_0), None]);
+        assert_eq!(
+            t,
+            [Some(sys::GGML_TYPE_Q4_K), Some(sys::GGML_TYPE_Q8_0), None]
+        );
         let t = tensor_types(sys::GGML_TYPE_F16, 576, &TierOverrides::default());
-        assert_eq!(t[0], Some(sys::GGML_TYPE_Q4_0), "576 is not a multiple of 256");
+        assert_eq!(
+            t[0],
+            Some(sys::GGML_TYPE_Q4_0),
+            "576 is not a multiple of 256"
+        );
         let t = tensor_types(sys::GGML_TYPE_BF16, 4096, &TierOverrides::default());
         assert_eq!(t[2], None, "BF16 stays BF16");
         let t = tensor_types(sys::GGML_TYPE_F32, 4096, &TierOverrides::default());
@@ -245,11 +302,24 @@ mod tests {
     #[test]
     fn quantized_source_is_never_upcast_by_default() {
         let t = tensor_types(sys::GGML_TYPE_Q4_1, 1536, &TierOverrides::default());
-        assert_eq!(t, [Some(sys::GGML_TYPE_Q3_K), Some(sys::GGML_TYPE_Q4_K), None]);
+        assert_eq!(
+            t,
+            [Some(sys::GGML_TYPE_Q3_K), Some(sys::GGML_TYPE_Q4_K), None]
+        );
         let t = tensor_types(sys::GGML_TYPE_Q8_0, 4096, &TierOverrides::default());
-        assert_eq!(t, [Some(sys::GGML_TYPE_Q5_K), Some(sys::GGML_TYPE_Q6_K), None]);
-        for src in [sys::GGML_TYPE_Q4_1, sys::GGML_TYPE_Q8_0, sys::GGML_TYPE_Q5_0] {
-            for ty in tensor_types(src, 4096, &TierOverrides::default()).into_iter().flatten() {
+        assert_eq!(
+            t,
+            [Some(sys::GGML_TYPE_Q5_K), Some(sys::GGML_TYPE_Q6_K), None]
+        );
+        for src in [
+            sys::GGML_TYPE_Q4_1,
+            sys::GGML_TYPE_Q8_0,
+            sys::GGML_TYPE_Q5_0,
+        ] {
+            for ty in tensor_types(src, 4096, &TierOverrides::default())
+                .into_iter()
+                .flatten()
+            {
                 assert!(bits_per_weight(ty) < bits_per_weight(src));
             }
         }
@@ -275,7 +345,10 @@ mod tests {
         assert!(!all.matches("blk.3.attn_norm.weight"));
         assert!(!all.matches("output.weight"));
         assert!(!all.matches("token_embd.weight"));
-        let attn = Manage { layers: Some((2, 4)), ..Manage::parse_kind("attn").unwrap() };
+        let attn = Manage {
+            layers: Some((2, 4)),
+            ..Manage::parse_kind("attn").unwrap()
+        };
         assert!(attn.matches("blk.4.attn_output.weight"));
         assert!(!attn.matches("blk.5.attn_output.weight"));
         assert!(!attn.matches("blk.3.ffn_up.weight"));

@@ -61,7 +61,15 @@ impl<'m> Context<'m> {
         })?;
         // SAFETY: ptr is a valid context.
         let n_ctx = unsafe { sys::llama_n_ctx(ptr.as_ptr()) };
-        Ok(Self { ptr, model, n_ctx, n_batch: p.n_batch, n_past: 0, abort, _not_sync: PhantomData })
+        Ok(Self {
+            ptr,
+            model,
+            n_ctx,
+            n_batch: p.n_batch,
+            n_past: 0,
+            abort,
+            _not_sync: PhantomData,
+        })
     }
 
     pub fn model(&self) -> &'m Model {
@@ -93,11 +101,20 @@ impl<'m> Context<'m> {
         for chunk in buf.chunks_mut(self.n_batch as usize) {
             // SAFETY: chunk is a live, writable token buffer for the duration of the call;
             // batch_get_one only records its pointer and length.
-            let rc = unsafe { sys::llama_decode(self.ptr.as_ptr(), sys::llama_batch_get_one(chunk.as_mut_ptr(), chunk.len() as i32)) };
+            let rc = unsafe {
+                sys::llama_decode(
+                    self.ptr.as_ptr(),
+                    sys::llama_batch_get_one(chunk.as_mut_ptr(), chunk.len() as i32),
+                )
+            };
             match rc {
                 0 => self.n_past += chunk.len() as u32,
                 2 => return Err(Error::Llama("decode aborted".into())),
-                1 => return Err(Error::Llama("no KV-cache slot for the batch (context full)".into())),
+                1 => {
+                    return Err(Error::Llama(
+                        "no KV-cache slot for the batch (context full)".into(),
+                    ))
+                }
                 rc => {
                     return Err(Error::Llama(format!(
                         "llama_decode returned {rc}: {}",
@@ -107,6 +124,52 @@ impl<'m> Context<'m> {
             }
         }
         Ok(())
+    }
+
+    /// Like [`Context::decode`], but computes logits at every position and returns the
+    /// entropy (bits) of each one (used to calibrate the monitor from the prompt).
+    pub fn decode_with_entropies(&mut self, tokens: &[Token]) -> Result<Vec<f32>> {
+        if self.n_past as usize + tokens.len() > self.n_ctx as usize {
+            return self.decode(tokens).map(|_| Vec::new());
+        }
+        let mut out = Vec::with_capacity(tokens.len());
+        for chunk in tokens.chunks(self.n_batch as usize) {
+            // SAFETY: a batch for chunk.len() tokens with one sequence id each, freed below.
+            let rc = unsafe {
+                let mut b = sys::llama_batch_init(chunk.len() as i32, 0, 1);
+                for (i, &t) in chunk.iter().enumerate() {
+                    *b.token.add(i) = t;
+                    *b.pos.add(i) = (self.n_past as usize + i) as i32;
+                    *b.n_seq_id.add(i) = 1;
+                    *(*b.seq_id.add(i)) = 0;
+                    *b.logits.add(i) = 1;
+                }
+                b.n_tokens = chunk.len() as i32;
+                let rc = sys::llama_decode(self.ptr.as_ptr(), b);
+                sys::llama_batch_free(b);
+                rc
+            };
+            if rc != 0 {
+                return Err(Error::Llama(if rc == 2 {
+                    "decode aborted".into()
+                } else {
+                    format!("llama_decode returned {rc}")
+                }));
+            }
+            self.n_past += chunk.len() as u32;
+            for i in 0..chunk.len() {
+                // SAFETY: output i exists (its logits flag was set); the row has n_vocab floats.
+                let row = unsafe {
+                    let p = sys::llama_get_logits_ith(self.ptr.as_ptr(), i as i32);
+                    if p.is_null() {
+                        return Err(Error::Llama("missing logits".into()));
+                    }
+                    std::slice::from_raw_parts(p, self.model.n_vocab())
+                };
+                out.push(crate::kernels::entropy_bits(row).0);
+            }
+        }
+        Ok(out)
     }
 
     /// True when the abort flag is set (decode returns an "aborted" error then).

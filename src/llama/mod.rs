@@ -11,10 +11,10 @@ pub mod weights;
 use std::sync::Once;
 
 pub use context::{Context, ContextParams};
+pub use llama_cpp_sys_2 as sys;
 pub use log::{set_verbose, take_last_error};
 pub use model::{ChatMessage, Model, ModelParams};
 pub use sampler::{Sampler, SamplingParams};
-pub use llama_cpp_sys_2 as sys;
 
 /// A llama.cpp token id.
 pub type Token = sys::llama_token;
@@ -38,7 +38,12 @@ pub fn ggml_type_layout(ty: u32) -> Option<(u64, u64)> {
     }
     // SAFETY: `ty` is below GGML_TYPE_COUNT, so it indexes ggml's type-traits table; the two
     // functions only read that table.
-    let (blck, size) = unsafe { (sys::ggml_blck_size(ty as sys::ggml_type), sys::ggml_type_size(ty as sys::ggml_type)) };
+    let (blck, size) = unsafe {
+        (
+            sys::ggml_blck_size(ty as sys::ggml_type),
+            sys::ggml_type_size(ty as sys::ggml_type),
+        )
+    };
     (blck > 0 && size > 0).then_some((blck as u64, size as u64))
 }
 
@@ -46,5 +51,7 @@ pub fn ggml_type_layout(ty: u32) -> Option<(u64, u64)> {
 pub fn system_info() -> String {
     init();
     // SAFETY: returns a pointer to a static, NUL-terminated string owned by llama.cpp.
-    unsafe { std::ffi::CStr::from_ptr(sys::llama_print_system_info()) }.to_string_lossy().into_owned()
+    unsafe { std::ffi::CStr::from_ptr(sys::llama_print_system_info()) }
+        .to_string_lossy()
+        .into_owned()
 }

@@ -42,8 +42,9 @@ impl Model {
     /// Loads a GGUF file (memory-mapped).
     pub fn load(path: &Path, params: &ModelParams) -> Result<Self> {
         super::init();
-        let c_path = CString::new(path.to_string_lossy().as_bytes())
-            .map_err(|_| Error::InvalidParam(format!("path {} contains a NUL byte", path.display())))?;
+        let c_path = CString::new(path.to_string_lossy().as_bytes()).map_err(|_| {
+            Error::InvalidParam(format!("path {} contains a NUL byte", path.display()))
+        })?;
         // SAFETY: returns a plain struct of defaults.
         let mut p = unsafe { sys::llama_model_default_params() };
         p.n_gpu_layers = params.n_gpu_layers;
@@ -53,7 +54,8 @@ impl Model {
             Error::Llama(format!(
                 "could not load {}: {}",
                 path.display(),
-                super::take_last_error().unwrap_or_else(|| "unknown reason (run with --verbose)".into())
+                super::take_last_error()
+                    .unwrap_or_else(|| "unknown reason (run with --verbose)".into())
             ))
         })?;
         // SAFETY: ptr is a valid model; the vocab it returns lives as long as the model.
@@ -81,7 +83,13 @@ impl Model {
     pub fn description(&self) -> String {
         let mut buf = [0u8; 256];
         // SAFETY: buf is writable for buf.len() bytes; llama.cpp NUL-terminates within it.
-        let n = unsafe { sys::llama_model_desc(self.ptr.as_ptr(), buf.as_mut_ptr() as *mut c_char, buf.len()) };
+        let n = unsafe {
+            sys::llama_model_desc(
+                self.ptr.as_ptr(),
+                buf.as_mut_ptr() as *mut c_char,
+                buf.len(),
+            )
+        };
         String::from_utf8_lossy(&buf[..n.clamp(0, 255) as usize]).into_owned()
     }
 
@@ -99,8 +107,14 @@ impl Model {
 
     /// Tokenizes `text`; `add_special` adds BOS where the model wants it, `parse_special`
     /// turns control-token text (`<|im_start|>`) into control tokens.
-    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<Token>> {
-        let len = i32::try_from(text.len()).map_err(|_| Error::InvalidParam("prompt is larger than 2 GiB".into()))?;
+    pub fn tokenize(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<Token>> {
+        let len = i32::try_from(text.len())
+            .map_err(|_| Error::InvalidParam("prompt is larger than 2 GiB".into()))?;
         let mut out: Vec<Token> = vec![0; text.len() + 2];
         for _ in 0..2 {
             // SAFETY: text is valid for len bytes; out is writable for out.len() tokens.
@@ -133,7 +147,14 @@ impl Model {
         for _ in 0..2 {
             // SAFETY: buf is writable for buf.len() bytes.
             let n = unsafe {
-                sys::llama_token_to_piece(self.vocab, t, buf.as_mut_ptr() as *mut c_char, buf.len() as i32, 0, special)
+                sys::llama_token_to_piece(
+                    self.vocab,
+                    t,
+                    buf.as_mut_ptr() as *mut c_char,
+                    buf.len() as i32,
+                    0,
+                    special,
+                )
             };
             if n >= 0 {
                 buf.truncate(n as usize);
@@ -171,17 +192,30 @@ impl Model {
     /// Formats a conversation with the model's chat template (llama.cpp's built-in template
     /// list; ChatML when the model has none), ending with the assistant's turn.
     pub fn apply_chat_template(&self, messages: &[ChatMessage<'_>]) -> Result<String> {
-        let tmpl = self.chat_template().map(|t| CString::new(t).unwrap_or_default());
+        let tmpl = self
+            .chat_template()
+            .map(|t| CString::new(t).unwrap_or_default());
         let owned: Vec<(CString, CString)> = messages
             .iter()
             .map(|m| {
-                let nul = |s: &str| CString::new(s).map_err(|_| Error::InvalidParam("the prompt contains a NUL byte".into()));
+                let nul = |s: &str| {
+                    CString::new(s)
+                        .map_err(|_| Error::InvalidParam("the prompt contains a NUL byte".into()))
+                };
                 Ok((nul(m.role)?, nul(m.content)?))
             })
             .collect::<Result<_>>()?;
-        let msgs: Vec<sys::llama_chat_message> =
-            owned.iter().map(|(r, c)| sys::llama_chat_message { role: r.as_ptr(), content: c.as_ptr() }).collect();
-        let total: usize = messages.iter().map(|m| m.content.len() + m.role.len()).sum();
+        let msgs: Vec<sys::llama_chat_message> = owned
+            .iter()
+            .map(|(r, c)| sys::llama_chat_message {
+                role: r.as_ptr(),
+                content: c.as_ptr(),
+            })
+            .collect();
+        let total: usize = messages
+            .iter()
+            .map(|m| m.content.len() + m.role.len())
+            .sum();
         let mut buf = vec![0u8; 2 * total + 1024];
         for _ in 0..2 {
             // SAFETY: msgs points to valid C strings that outlive the call; buf is writable.
@@ -202,7 +236,8 @@ impl Model {
             }
             if (n as usize) <= buf.len() {
                 buf.truncate(n as usize);
-                return String::from_utf8(buf).map_err(|_| Error::Llama("chat template produced invalid UTF-8".into()));
+                return String::from_utf8(buf)
+                    .map_err(|_| Error::Llama("chat template produced invalid UTF-8".into()));
             }
             buf.resize(n as usize, 0);
         }

@@ -22,7 +22,10 @@ impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidParam(m));
         if !self.temperature.is_finite() {
-            return bad(format!("--temp must be a finite number, got {}", self.temperature));
+            return bad(format!(
+                "--temp must be a finite number, got {}",
+                self.temperature
+            ));
         }
         if !(0.0..=1.0).contains(&self.top_p) {
             return bad(format!("--top-p must be in [0, 1], got {}", self.top_p));
@@ -31,13 +34,19 @@ impl SamplingParams {
             return bad(format!("--min-p must be in [0, 1], got {}", self.min_p));
         }
         if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
-            return bad(format!("--repeat-penalty must be > 0, got {}", self.repeat_penalty));
+            return bad(format!(
+                "--repeat-penalty must be > 0, got {}",
+                self.repeat_penalty
+            ));
         }
         if self.top_k < 0 {
             return bad(format!("--top-k must be >= 0, got {}", self.top_k));
         }
         if self.repeat_last_n < -1 {
-            return bad(format!("--repeat-last-n must be >= -1, got {}", self.repeat_last_n));
+            return bad(format!(
+                "--repeat-last-n must be >= -1, got {}",
+                self.repeat_last_n
+            ));
         }
         Ok(())
     }
@@ -59,10 +68,21 @@ impl Sampler {
         // SAFETY: plain constructors; the chain takes ownership of every sampler added to it.
         unsafe {
             let raw = sys::llama_sampler_chain_init(sys::llama_sampler_chain_default_params());
-            let ptr = NonNull::new(raw).ok_or_else(|| Error::Llama("could not create a sampler chain".into()))?;
+            let ptr = NonNull::new(raw)
+                .ok_or_else(|| Error::Llama("could not create a sampler chain".into()))?;
             let add = |s: *mut sys::llama_sampler| sys::llama_sampler_chain_add(ptr.as_ptr(), s);
-            let last_n = if p.repeat_last_n < 0 { n_ctx as i32 } else { p.repeat_last_n };
-            add(sys::llama_sampler_init_penalties(n_vocab as i32, last_n, p.repeat_penalty, 0.0, 0.0));
+            let last_n = if p.repeat_last_n < 0 {
+                n_ctx as i32
+            } else {
+                p.repeat_last_n
+            };
+            add(sys::llama_sampler_init_penalties(
+                n_vocab as i32,
+                last_n,
+                p.repeat_penalty,
+                0.0,
+                0.0,
+            ));
             if p.is_greedy() {
                 add(sys::llama_sampler_init_greedy());
             } else {

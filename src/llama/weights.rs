@@ -46,7 +46,9 @@ impl WeightTensor {
 
     pub fn name(&self) -> String {
         // SAFETY: ggml tensor names are NUL-terminated within their 64-byte array.
-        unsafe { CStr::from_ptr(self.t().name.as_ptr()) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(self.t().name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
     }
 
     /// The tensor's current ggml type id.
@@ -75,17 +77,33 @@ impl WeightTensor {
 
     fn fields(&self) -> Fields {
         let t = self.t();
-        Fields { ty: t.type_, nb: t.nb, data: t.data, buffer: t.buffer, extra: t.extra }
+        Fields {
+            ty: t.type_,
+            nb: t.nb,
+            data: t.data,
+            buffer: t.buffer,
+            extra: t.extra,
+        }
     }
 
     /// Reads the tensor's bytes (in its current type) from whatever device holds them.
     pub fn read_bytes(&self) -> Result<Vec<u8>> {
         if self.is_repacked() {
-            return Err(Error::Llama(format!("{} is repacked; read it from the GGUF file", self.name())));
+            return Err(Error::Llama(format!(
+                "{} is repacked; read it from the GGUF file",
+                self.name()
+            )));
         }
         let mut out = vec![0u8; self.nbytes()];
         // SAFETY: out holds nbytes; the tensor has a buffer (it was used in a decode).
-        unsafe { sys::ggml_backend_tensor_get(self.ptr.as_ptr(), out.as_mut_ptr() as *mut c_void, 0, out.len()) };
+        unsafe {
+            sys::ggml_backend_tensor_get(
+                self.ptr.as_ptr(),
+                out.as_mut_ptr() as *mut c_void,
+                0,
+                out.len(),
+            )
+        };
         Ok(out)
     }
 }
@@ -107,10 +125,13 @@ unsafe extern "C" fn probe_cb(t: *mut sys::ggml_tensor, ask: bool, user: *mut c_
             let w = (*t).src[0];
             if !w.is_null()
                 && !(*w).buffer.is_null()
-                && sys::ggml_backend_buffer_get_usage((*w).buffer) == sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS
+                && sys::ggml_backend_buffer_get_usage((*w).buffer)
+                    == sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS
                 && probe.seen.insert(w as usize)
             {
-                probe.found.push(WeightTensor { ptr: NonNull::new_unchecked(w) });
+                probe.found.push(WeightTensor {
+                    ptr: NonNull::new_unchecked(w),
+                });
             }
         }
     }
@@ -120,7 +141,10 @@ unsafe extern "C" fn probe_cb(t: *mut sys::ggml_tensor, ask: bool, user: *mut c_
 /// Runs one small decode with an eval callback and returns every weight matrix the graph
 /// multiplies by (in graph order), e.g. `blk.N.attn_q.weight` … and the output matrix.
 pub fn find_matmul_weights(model: &Model, n_threads: i32) -> Result<Vec<WeightTensor>> {
-    let mut probe = Probe { seen: HashSet::new(), found: Vec::new() };
+    let mut probe = Probe {
+        seen: HashSet::new(),
+        found: Vec::new(),
+    };
     // SAFETY: plain struct of defaults.
     let mut p = unsafe { sys::llama_context_default_params() };
     p.n_ctx = 32;
@@ -137,7 +161,12 @@ pub fn find_matmul_weights(model: &Model, n_threads: i32) -> Result<Vec<WeightTe
     }
     let mut toks = model.tokenize("Hello world", true, false)?;
     // SAFETY: ctx is valid and toks is a live buffer for the call.
-    let rc = unsafe { sys::llama_decode(ctx, sys::llama_batch_get_one(toks.as_mut_ptr(), toks.len() as i32)) };
+    let rc = unsafe {
+        sys::llama_decode(
+            ctx,
+            sys::llama_batch_get_one(toks.as_mut_ptr(), toks.len() as i32),
+        )
+    };
     // SAFETY: ctx came from llama_init_from_model; freed once.
     unsafe { sys::llama_free(ctx) };
     if rc != 0 {
@@ -159,13 +188,20 @@ pub fn to_f32(ty: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
         return Ok(out);
     }
     // SAFETY: ty < GGML_TYPE_COUNT is checked by ggml_type_layout before use.
-    let layout = super::ggml_type_layout(ty).ok_or_else(|| Error::Llama(format!("unknown type {ty}")))?;
+    let layout =
+        super::ggml_type_layout(ty).ok_or_else(|| Error::Llama(format!("unknown type {ty}")))?;
     if (n as u64) % layout.0 != 0 || bytes.len() as u64 != n as u64 / layout.0 * layout.1 {
-        return Err(Error::Llama(format!("{} bytes do not hold {n} values of type {}", bytes.len(), type_name(ty))));
+        return Err(Error::Llama(format!(
+            "{} bytes do not hold {n} values of type {}",
+            bytes.len(),
+            type_name(ty)
+        )));
     }
     // SAFETY: valid type id; the traits table is static.
     let traits = unsafe { &*sys::ggml_get_type_traits(ty as sys::ggml_type) };
-    let f = traits.to_float.ok_or_else(|| Error::Llama(format!("type {} cannot be dequantized", type_name(ty))))?;
+    let f = traits
+        .to_float
+        .ok_or_else(|| Error::Llama(format!("type {} cannot be dequantized", type_name(ty))))?;
     // SAFETY: bytes holds exactly n values of `ty` (checked above); out holds n floats.
     unsafe { f(bytes.as_ptr() as *const c_void, out.as_mut_ptr(), n as i64) };
     Ok(out)
@@ -173,13 +209,20 @@ pub fn to_f32(ty: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
 
 /// Quantizes `rows` rows of `n_per_row` floats into `ty` with ggml's reference quantizers.
 pub fn quantize(ty: u32, data: &[f32], rows: usize, n_per_row: usize) -> Result<Vec<u8>> {
-    let (blck, _) = super::ggml_type_layout(ty).ok_or_else(|| Error::Llama(format!("unknown type {ty}")))?;
+    let (blck, _) =
+        super::ggml_type_layout(ty).ok_or_else(|| Error::Llama(format!("unknown type {ty}")))?;
     if n_per_row as u64 % blck != 0 {
-        return Err(Error::Llama(format!("rows of {n_per_row} do not fit {} blocks of {blck}", type_name(ty))));
+        return Err(Error::Llama(format!(
+            "rows of {n_per_row} do not fit {} blocks of {blck}",
+            type_name(ty)
+        )));
     }
     // SAFETY: valid type id.
     if unsafe { sys::ggml_quantize_requires_imatrix(ty as sys::ggml_type) } {
-        return Err(Error::InvalidParam(format!("{} needs an importance matrix; pick another tier type", type_name(ty))));
+        return Err(Error::InvalidParam(format!(
+            "{} needs an importance matrix; pick another tier type",
+            type_name(ty)
+        )));
     }
     assert_eq!(data.len(), rows * n_per_row);
     // SAFETY: valid type id; row_size only computes.
@@ -198,7 +241,11 @@ pub fn quantize(ty: u32, data: &[f32], rows: usize, n_per_row: usize) -> Result<
         )
     };
     if written != out.len() {
-        return Err(Error::Llama(format!("quantizing to {} wrote {written} of {} bytes", type_name(ty), out.len())));
+        return Err(Error::Llama(format!(
+            "quantizing to {} wrote {written} of {} bytes",
+            type_name(ty),
+            out.len()
+        )));
     }
     Ok(out)
 }
@@ -209,12 +256,15 @@ pub fn type_name(ty: u32) -> String {
         return format!("type{ty}");
     }
     // SAFETY: valid type id; returns a static string.
-    unsafe { CStr::from_ptr(sys::ggml_type_name(ty as sys::ggml_type)) }.to_string_lossy().to_uppercase()
+    unsafe { CStr::from_ptr(sys::ggml_type_name(ty as sys::ggml_type)) }
+        .to_string_lossy()
+        .to_uppercase()
 }
 
 /// Parses a type name like "Q4_0", "q8_0", "F16".
 pub fn type_from_name(name: &str) -> Option<u32> {
-    (0..sys::GGML_TYPE_COUNT).find(|&t| super::ggml_type_layout(t).is_some() && type_name(t).eq_ignore_ascii_case(name))
+    (0..sys::GGML_TYPE_COUNT)
+        .find(|&t| super::ggml_type_layout(t).is_some() && type_name(t).eq_ignore_ascii_case(name))
 }
 
 /// Bits per weight of a type.
@@ -250,7 +300,10 @@ fn cpu_repack_buft() -> Option<sys::ggml_backend_buffer_type_t> {
             return None;
         }
         let reg = sys::ggml_backend_dev_backend_reg(dev);
-        let f = sys::ggml_backend_reg_get_proc_address(reg, c"ggml_backend_dev_get_extra_bufts".as_ptr());
+        let f = sys::ggml_backend_reg_get_proc_address(
+            reg,
+            c"ggml_backend_dev_get_extra_bufts".as_ptr(),
+        );
         if f.is_null() {
             return None;
         }
@@ -363,7 +416,8 @@ impl<'m> TensorTiers<'m> {
             // SAFETY: every weight has a buffer (it took part in a decode).
             let orig_buft = unsafe { sys::ggml_backend_buffer_get_type(f.buffer) };
             // SAFETY: querying a valid buffer type.
-            let on_host_cpu = unsafe { sys::ggml_backend_buffer_is_host(f.buffer) } || !f.extra.is_null();
+            let on_host_cpu =
+                unsafe { sys::ggml_backend_buffer_is_host(f.buffer) } || !f.extra.is_null();
             let buft = if on_host_cpu {
                 match repack {
                     Some(r) if cpu_supports_weight_in(r, ty, w.ne()) => r,
@@ -395,22 +449,41 @@ impl<'m> TensorTiers<'m> {
                 })
             };
             let ctx = NonNull::new(ctx).ok_or_else(|| Error::Llama("ggml_init failed".into()))?;
-            let mut group = ShadowGroup { ctx, buffer: std::ptr::null_mut() };
+            let mut group = ShadowGroup {
+                ctx,
+                buffer: std::ptr::null_mut(),
+            };
             for &i in &idx {
                 let w = self.weights[i];
                 let ne = w.ne();
                 let ty = types[i].expect("grouped");
                 // SAFETY: ctx has room for this header; shape copied from the live tensor.
-                let t = unsafe { sys::ggml_new_tensor_4d(ctx.as_ptr(), ty as sys::ggml_type, ne[0], ne[1], ne[2], ne[3]) };
-                set[i] = Some(NonNull::new(t).ok_or_else(|| Error::Llama("ggml_new_tensor failed".into()))?);
+                let t = unsafe {
+                    sys::ggml_new_tensor_4d(
+                        ctx.as_ptr(),
+                        ty as sys::ggml_type,
+                        ne[0],
+                        ne[1],
+                        ne[2],
+                        ne[3],
+                    )
+                };
+                set[i] = Some(
+                    NonNull::new(t).ok_or_else(|| Error::Llama("ggml_new_tensor failed".into()))?,
+                );
             }
             // SAFETY: allocates every tensor of ctx in one buffer of buft.
-            let buffer = unsafe { sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx.as_ptr(), buft) };
+            let buffer =
+                unsafe { sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx.as_ptr(), buft) };
             if buffer.is_null() {
-                return Err(Error::Llama("out of memory allocating a weight tier".into()));
+                return Err(Error::Llama(
+                    "out of memory allocating a weight tier".into(),
+                ));
             }
             // SAFETY: buffer is valid; marking it as weights lets the scheduler treat it so.
-            unsafe { sys::ggml_backend_buffer_set_usage(buffer, sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS) };
+            unsafe {
+                sys::ggml_backend_buffer_set_usage(buffer, sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS)
+            };
             // SAFETY: querying a valid buffer.
             bytes += unsafe { sys::ggml_backend_buffer_get_size(buffer) } as u64;
             group.buffer = buffer;
@@ -433,11 +506,15 @@ impl<'m> TensorTiers<'m> {
     /// Writes `bytes` (already in the set's type) into weight `i`'s shadow in set `s`.
     /// Safe to call from several threads for different tensors.
     pub fn fill(&self, s: usize, i: usize, bytes: &[u8]) -> Result<()> {
-        let t = self.sets[s - 1][i].ok_or_else(|| Error::Llama("no shadow for this weight".into()))?;
+        let t =
+            self.sets[s - 1][i].ok_or_else(|| Error::Llama("no shadow for this weight".into()))?;
         // SAFETY: t is a shadow allocated by add_set; nbytes reads its own fields.
         let n = unsafe { sys::ggml_nbytes(t.as_ptr()) };
         if n != bytes.len() {
-            return Err(Error::Llama(format!("tier data is {} bytes, the tensor needs {n}", bytes.len())));
+            return Err(Error::Llama(format!(
+                "tier data is {} bytes, the tensor needs {n}",
+                bytes.len()
+            )));
         }
         // SAFETY: t has n bytes of backend storage; bytes holds n bytes.
         unsafe { sys::ggml_backend_tensor_set(t.as_ptr(), bytes.as_ptr() as *const c_void, 0, n) };
@@ -454,7 +531,13 @@ impl<'m> TensorTiers<'m> {
                     // SAFETY: shadow tensors live as long as self.
                     Some(t) => {
                         let t = unsafe { t.as_ref() };
-                        Fields { ty: t.type_, nb: t.nb, data: t.data, buffer: t.buffer, extra: t.extra }
+                        Fields {
+                            ty: t.type_,
+                            nb: t.nb,
+                            data: t.data,
+                            buffer: t.buffer,
+                            extra: t.extra,
+                        }
                     }
                     None => self.original[i],
                 },
@@ -490,7 +573,10 @@ impl<'m> TensorTiers<'m> {
 
     /// The type each managed tensor has right now (introspection for tests and telemetry).
     pub fn current_types(&self) -> Vec<(String, u32)> {
-        self.weights.iter().map(|w| (w.name(), w.ggml_type())).collect()
+        self.weights
+            .iter()
+            .map(|w| (w.name(), w.ggml_type()))
+            .collect()
     }
 }
 

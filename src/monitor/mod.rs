@@ -57,7 +57,11 @@ impl MonitorConfig {
         if self.window == 0 {
             return bad("--window must be at least 1");
         }
-        if !(self.low_bits.is_finite() && self.high_bits.is_finite() && self.low_bits >= 0.0 && self.low_bits < self.high_bits) {
+        if !(self.low_bits.is_finite()
+            && self.high_bits.is_finite()
+            && self.low_bits >= 0.0
+            && self.low_bits < self.high_bits)
+        {
             return bad("thresholds need 0 <= --low-bits < --high-bits");
         }
         if !(self.hysteresis >= 0.0 && self.hysteresis.is_finite()) {
@@ -101,7 +105,11 @@ impl Monitor {
     /// A monitor for a vocabulary of `n_vocab`, starting at `cold_start`.
     pub fn new(cfg: MonitorConfig, n_vocab: usize, cold_start: Gear) -> Self {
         let log_v = (n_vocab.max(2) as f64).log2();
-        let scale = if cfg.scale_to_vocab { log_v / REF_VOCAB.log2() } else { 1.0 };
+        let scale = if cfg.scale_to_vocab {
+            log_v / REF_VOCAB.log2()
+        } else {
+            1.0
+        };
         Self {
             low: cfg.low_bits * scale,
             high: cfg.high_bits * scale,
@@ -121,8 +129,17 @@ impl Monitor {
 
     /// Sets effective thresholds from prefill entropies: low = 30th, high = 70th percentile
     /// (each only where `keep_low`/`keep_high` is false, i.e. the user did not give it).
-    pub fn calibrate(&mut self, prefill_bits: &[f64], keep_low: bool, keep_high: bool) -> Option<(f64, f64)> {
-        let mut v: Vec<f64> = prefill_bits.iter().copied().filter(|x| x.is_finite()).collect();
+    pub fn calibrate(
+        &mut self,
+        prefill_bits: &[f64],
+        keep_low: bool,
+        keep_high: bool,
+    ) -> Option<(f64, f64)> {
+        let mut v: Vec<f64> = prefill_bits
+            .iter()
+            .copied()
+            .filter(|x| x.is_finite())
+            .collect();
         if v.len() < 4 {
             return None;
         }
@@ -157,7 +174,11 @@ impl Monitor {
         }
         self.window.push_back(bits);
         self.in_gear += 1;
-        self.above_fallback = if bits > self.fallback_bits { self.above_fallback + 1 } else { 0 };
+        self.above_fallback = if bits > self.fallback_bits {
+            self.above_fallback + 1
+        } else {
+            0
+        };
         if self.above_fallback >= self.cfg.fallback_tokens {
             return (self.set(Gear::High), Reason::Fallback);
         }
@@ -231,7 +252,12 @@ mod tests {
     use super::*;
 
     fn cfg() -> MonitorConfig {
-        MonitorConfig { window: 1, min_duration: 1, scale_to_vocab: false, ..Default::default() }
+        MonitorConfig {
+            window: 1,
+            min_duration: 1,
+            scale_to_vocab: false,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -240,7 +266,10 @@ mod tests {
         assert_eq!(m.thresholds(), (1.8, 3.5));
         let m = Monitor::new(MonitorConfig::default(), 128256, Gear::Mid);
         let s = 128256f64.log2() / 15.0;
-        assert!((m.thresholds().0 - 1.8 * s).abs() < 1e-12 && (m.thresholds().1 - 3.5 * s).abs() < 1e-12);
+        assert!(
+            (m.thresholds().0 - 1.8 * s).abs() < 1e-12
+                && (m.thresholds().1 - 3.5 * s).abs() < 1e-12
+        );
     }
 
     #[test]
@@ -264,17 +293,32 @@ mod tests {
     #[test]
     fn jumps_between_low_and_high_respect_hysteresis() {
         let mut m = Monitor::new(cfg(), 32768, Gear::Low);
-        assert_eq!(m.update(3.55).0, Gear::Mid, "3.55 is within the high margin: only mid");
+        assert_eq!(
+            m.update(3.55).0,
+            Gear::Mid,
+            "3.55 is within the high margin: only mid"
+        );
         let mut m = Monitor::new(cfg(), 32768, Gear::Low);
         assert_eq!(m.update(3.7).0, Gear::High, "low → high in one step");
-        assert_eq!(m.update(1.75).0, Gear::Mid, "1.75 is within the low margin: only mid");
+        assert_eq!(
+            m.update(1.75).0,
+            Gear::Mid,
+            "1.75 is within the low margin: only mid"
+        );
         let mut m = Monitor::new(cfg(), 32768, Gear::High);
         assert_eq!(m.update(1.6).0, Gear::Low, "high → low in one step");
     }
 
     #[test]
     fn minimum_duration_holds_a_gear() {
-        let mut m = Monitor::new(MonitorConfig { min_duration: 3, ..cfg() }, 32768, Gear::Mid);
+        let mut m = Monitor::new(
+            MonitorConfig {
+                min_duration: 3,
+                ..cfg()
+            },
+            32768,
+            Gear::Mid,
+        );
         assert_eq!(m.update(5.0), (Gear::Mid, Reason::Hold));
         assert_eq!(m.update(5.0), (Gear::Mid, Reason::Hold));
         assert_eq!(m.update(5.0), (Gear::High, Reason::Entropy));
@@ -285,11 +329,33 @@ mod tests {
 
     #[test]
     fn window_mean_and_cold_start() {
-        let mut m = Monitor::new(MonitorConfig { window: 3, min_duration: 1, scale_to_vocab: false, ..Default::default() }, 32768, Gear::High);
+        let mut m = Monitor::new(
+            MonitorConfig {
+                window: 3,
+                min_duration: 1,
+                scale_to_vocab: false,
+                ..Default::default()
+            },
+            32768,
+            Gear::High,
+        );
         assert_eq!(m.update(0.0), (Gear::High, Reason::ColdStart));
         assert_eq!(m.update(0.0), (Gear::High, Reason::ColdStart));
-        assert_eq!(m.update(6.0), (Gear::Mid, Reason::Entropy), "window mean (0+0+6)/3 = 2.0 is below 3.5 - 0.1, above 1.8 - 0.1");
-        let mut m = Monitor::new(MonitorConfig { window: 3, min_duration: 1, scale_to_vocab: false, ..Default::default() }, 32768, Gear::High);
+        assert_eq!(
+            m.update(6.0),
+            (Gear::Mid, Reason::Entropy),
+            "window mean (0+0+6)/3 = 2.0 is below 3.5 - 0.1, above 1.8 - 0.1"
+        );
+        let mut m = Monitor::new(
+            MonitorConfig {
+                window: 3,
+                min_duration: 1,
+                scale_to_vocab: false,
+                ..Default::default()
+            },
+            32768,
+            Gear::High,
+        );
         for _ in 0..3 {
             m.update(1.0);
         }
@@ -299,14 +365,36 @@ mod tests {
     #[test]
     fn fallback_after_two_catastrophic_tokens() {
         let v = 32768;
-        let mut m = Monitor::new(MonitorConfig { min_duration: 100, ..cfg() }, v, Gear::Low);
+        let mut m = Monitor::new(
+            MonitorConfig {
+                min_duration: 100,
+                ..cfg()
+            },
+            v,
+            Gear::Low,
+        );
         let near_uniform = 0.95 * 15.0;
-        assert_eq!(m.update(near_uniform).1, Reason::Hold, "one token is not enough (and min duration holds)");
+        assert_eq!(
+            m.update(near_uniform).1,
+            Reason::Hold,
+            "one token is not enough (and min duration holds)"
+        );
         assert_eq!(m.update(near_uniform), (Gear::High, Reason::Fallback));
-        let mut m = Monitor::new(MonitorConfig { min_duration: 100, ..cfg() }, v, Gear::Low);
+        let mut m = Monitor::new(
+            MonitorConfig {
+                min_duration: 100,
+                ..cfg()
+            },
+            v,
+            Gear::Low,
+        );
         m.update(near_uniform);
         m.update(0.5);
-        assert_ne!(m.update(near_uniform).1, Reason::Fallback, "not consecutive");
+        assert_ne!(
+            m.update(near_uniform).1,
+            Reason::Fallback,
+            "not consecutive"
+        );
     }
 
     #[test]
@@ -316,7 +404,14 @@ mod tests {
         assert_eq!(m.calibrate(&prefill, false, false), Some((3.0, 7.0)));
         let mut m = Monitor::new(cfg(), 32768, Gear::Mid);
         m.calibrate(&prefill, true, false);
-        assert_eq!(m.thresholds(), (1.8, 7.0), "a low threshold the user gave is kept");
-        assert_eq!(Monitor::new(cfg(), 32768, Gear::Mid).calibrate(&[1.0, 2.0], false, false), None);
+        assert_eq!(
+            m.thresholds(),
+            (1.8, 7.0),
+            "a low threshold the user gave is kept"
+        );
+        assert_eq!(
+            Monitor::new(cfg(), 32768, Gear::Mid).calibrate(&[1.0, 2.0], false, false),
+            None
+        );
     }
 }

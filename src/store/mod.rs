@@ -55,16 +55,27 @@ impl ResolvedModel {
 
 /// True when `arg` names a file rather than an Ollama model.
 pub fn looks_like_path(arg: &str) -> bool {
-    arg.to_ascii_lowercase().ends_with(".gguf") || arg.starts_with("./") || arg.starts_with('/') || Path::new(arg).is_file()
+    arg.to_ascii_lowercase().ends_with(".gguf")
+        || arg.starts_with("./")
+        || arg.starts_with('/')
+        || Path::new(arg).is_file()
 }
 
 /// Resolves a model argument; `None` means the default model (fetched if missing).
-pub fn resolve(arg: Option<&str>, store: &OllamaStore, show_progress: bool) -> Result<ResolvedModel> {
+pub fn resolve(
+    arg: Option<&str>,
+    store: &OllamaStore,
+    show_progress: bool,
+) -> Result<ResolvedModel> {
     match arg {
         None => {
             let path = default_model::ensure(show_progress)?;
             let info = gguf::inspect(&path)?;
-            Ok(ResolvedModel { path, info, source: Source::Default })
+            Ok(ResolvedModel {
+                path,
+                info,
+                source: Source::Default,
+            })
         }
         Some(a) if looks_like_path(a) => {
             let path = PathBuf::from(a);
@@ -72,12 +83,20 @@ pub fn resolve(arg: Option<&str>, store: &OllamaStore, show_progress: bool) -> R
                 return Err(Error::FileNotFound(path));
             }
             let info = gguf::inspect(&path)?;
-            Ok(ResolvedModel { path, info, source: Source::File })
+            Ok(ResolvedModel {
+                path,
+                info,
+                source: Source::File,
+            })
         }
         Some(name) => {
             let m = store.resolve(name)?;
             let info = gguf::inspect(&m.gguf)?;
-            Ok(ResolvedModel { path: m.gguf.clone(), info, source: Source::Store(Box::new(m)) })
+            Ok(ResolvedModel {
+                path: m.gguf.clone(),
+                info,
+                source: Source::Store(Box::new(m)),
+            })
         }
     }
 }

@@ -47,13 +47,19 @@ fn cut_last<'a>(s: &'a str, sep: char) -> Option<(&'a str, &'a str)> {
 }
 
 fn check_part(name: &str, kind: Part, s: &str) -> Result<()> {
-    let invalid = |reason: String| Error::InvalidName { name: name.to_string(), reason };
+    let invalid = |reason: String| Error::InvalidName {
+        name: name.to_string(),
+        reason,
+    };
     let max = if kind == Part::Host { 350 } else { 80 };
     if s.is_empty() {
         return Err(invalid(format!("the {} part is empty", kind.label())));
     }
     if s.len() > max {
-        return Err(invalid(format!("the {} part is longer than {max} characters", kind.label())));
+        return Err(invalid(format!(
+            "the {} part is longer than {max} characters",
+            kind.label()
+        )));
     }
     for (i, c) in s.chars().enumerate() {
         let ok = c.is_ascii_alphanumeric()
@@ -78,7 +84,8 @@ impl ModelName {
         if name.contains("..") {
             return Err(Error::InvalidName {
                 name: name.to_string(),
-                reason: "\"..\" is not allowed in a model name (it would leave the model store)".into(),
+                reason: "\"..\" is not allowed in a model name (it would leave the model store)"
+                    .into(),
             });
         }
         let mut rest = name.trim();
@@ -90,7 +97,11 @@ impl ModelName {
         let mut tag = None;
         // '/' cannot occur in a tag, so a ':' after the last '/' starts the tag
         // (a ':' before it belongs to a host:port).
-        if rest.rfind(':').map(|c| Some(c) > rest.rfind('/')).unwrap_or(false) {
+        if rest
+            .rfind(':')
+            .map(|c| Some(c) > rest.rfind('/'))
+            .unwrap_or(false)
+        {
             let (r, t) = cut_last(rest, ':').expect("':' was found");
             rest = r;
             tag = Some(t);
@@ -117,7 +128,9 @@ impl ModelName {
 
     /// The manifest's path relative to `<root>/manifests`.
     pub fn manifest_rel_path(&self) -> PathBuf {
-        [&self.host, &self.namespace, &self.model, &self.tag].iter().collect()
+        [&self.host, &self.namespace, &self.model, &self.tag]
+            .iter()
+            .collect()
     }
 
     /// The shortest form Ollama would print (`llama3.2:1b`, `user/model:latest`).
@@ -140,7 +153,11 @@ impl ModelName {
 
 impl fmt::Display for ModelName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}:{}", self.host, self.namespace, self.model, self.tag)
+        write!(
+            f,
+            "{}/{}/{}:{}",
+            self.host, self.namespace, self.model, self.tag
+        )
     }
 }
 
@@ -154,16 +171,31 @@ mod tests {
 
     #[test]
     fn defaults_fill_missing_parts() {
-        assert_eq!(p("llama3.2").to_string(), "registry.ollama.ai/library/llama3.2:latest");
-        assert_eq!(p("llama3.2:1b").to_string(), "registry.ollama.ai/library/llama3.2:1b");
-        assert_eq!(p("user/model").to_string(), "registry.ollama.ai/user/model:latest");
-        assert_eq!(p("hf.co/org/repo:Q4_K_M").to_string(), "hf.co/org/repo:Q4_K_M");
+        assert_eq!(
+            p("llama3.2").to_string(),
+            "registry.ollama.ai/library/llama3.2:latest"
+        );
+        assert_eq!(
+            p("llama3.2:1b").to_string(),
+            "registry.ollama.ai/library/llama3.2:1b"
+        );
+        assert_eq!(
+            p("user/model").to_string(),
+            "registry.ollama.ai/user/model:latest"
+        );
+        assert_eq!(
+            p("hf.co/org/repo:Q4_K_M").to_string(),
+            "hf.co/org/repo:Q4_K_M"
+        );
     }
 
     #[test]
     fn host_with_port_is_not_a_tag() {
         let n = p("localhost:5000/ns/m");
-        assert_eq!((n.host.as_str(), n.tag.as_str()), ("localhost:5000", "latest"));
+        assert_eq!(
+            (n.host.as_str(), n.tag.as_str()),
+            ("localhost:5000", "latest")
+        );
         let n = p("localhost:5000/ns/m:v1");
         assert_eq!((n.host.as_str(), n.tag.as_str()), ("localhost:5000", "v1"));
         assert_eq!(p("https://example.com/ns/m:t").host, "example.com");
@@ -172,12 +204,18 @@ mod tests {
     #[test]
     fn manifest_path_has_four_components() {
         let path = p("llama3.2:1b").manifest_rel_path();
-        assert_eq!(path, PathBuf::from("registry.ollama.ai/library/llama3.2/1b"));
+        assert_eq!(
+            path,
+            PathBuf::from("registry.ollama.ai/library/llama3.2/1b")
+        );
     }
 
     #[test]
     fn short_form_drops_defaults() {
-        assert_eq!(p("registry.ollama.ai/library/llama3.2:1b").short(), "llama3.2:1b");
+        assert_eq!(
+            p("registry.ollama.ai/library/llama3.2:1b").short(),
+            "llama3.2:1b"
+        );
         assert_eq!(p("user/m").short(), "user/m:latest");
         assert_eq!(p("hf.co/a/b:c").short(), "hf.co/a/b:c");
     }
@@ -185,8 +223,23 @@ mod tests {
     #[test]
     fn names_that_leave_the_store_are_rejected() {
         for bad in [
-            "../x", "..", "a/../b", "../../etc/passwd", "/etc/passwd", "m:../x", "ns/.hidden",
-            "a/b/c/d", "m:", ":tag", "", "m:t/x", "a..b/m", "my model", "m\\x", ".", "-m",
+            "../x",
+            "..",
+            "a/../b",
+            "../../etc/passwd",
+            "/etc/passwd",
+            "m:../x",
+            "ns/.hidden",
+            "a/b/c/d",
+            "m:",
+            ":tag",
+            "",
+            "m:t/x",
+            "a..b/m",
+            "my model",
+            "m\\x",
+            ".",
+            "-m",
         ] {
             let r = ModelName::parse(bad);
             assert!(

@@ -52,9 +52,14 @@ impl OllamaStore {
         if let Some(dir) = std::env::var_os("OLLAMA_MODELS").filter(|d| !d.is_empty()) {
             return Ok(Self::new(dir));
         }
-        let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).ok_or_else(|| {
-            Error::InvalidParam("neither OLLAMA_MODELS nor HOME is set, so there is no model store to read".into())
-        })?;
+        let home = std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| {
+                Error::InvalidParam(
+                    "neither OLLAMA_MODELS nor HOME is set, so there is no model store to read"
+                        .into(),
+                )
+            })?;
         Ok(Self::new(Path::new(&home).join(".ollama").join("models")))
     }
 
@@ -78,29 +83,52 @@ impl OllamaStore {
         let rel = parsed.manifest_rel_path();
         let exact = self.manifests_dir().join(&rel);
         // Ollama treats names case-insensitively and newer versions store them lowercased.
-        let lower = self.manifests_dir().join(rel.to_string_lossy().to_lowercase());
-        let manifest_path = [exact.clone(), lower].into_iter().find(|p| p.is_file()).ok_or_else(|| {
-            Error::ModelNotFound { name: name.to_string(), manifest: exact.clone(), close: self.close_names(&parsed) }
-        })?;
+        let lower = self
+            .manifests_dir()
+            .join(rel.to_string_lossy().to_lowercase());
+        let manifest_path = [exact.clone(), lower]
+            .into_iter()
+            .find(|p| p.is_file())
+            .ok_or_else(|| Error::ModelNotFound {
+                name: name.to_string(),
+                manifest: exact.clone(),
+                close: self.close_names(&parsed),
+            })?;
         let m = Manifest::read(&manifest_path)?;
-        let layer = m.layer(manifest::MEDIA_MODEL).ok_or_else(|| Error::NoGgufLayer {
-            name: name.to_string(),
-            media_types: m.media_types(),
-        })?;
-        let bad_manifest = |reason: String| Error::BadManifest { path: manifest_path.clone(), reason };
+        let layer = m
+            .layer(manifest::MEDIA_MODEL)
+            .ok_or_else(|| Error::NoGgufLayer {
+                name: name.to_string(),
+                media_types: m.media_types(),
+            })?;
+        let bad_manifest = |reason: String| Error::BadManifest {
+            path: manifest_path.clone(),
+            reason,
+        };
         let gguf = self.blob_path(&layer.digest).map_err(bad_manifest)?;
         if !gguf.is_file() {
-            return Err(Error::BlobMissing { name: name.to_string(), digest: layer.digest.clone(), path: gguf });
+            return Err(Error::BlobMissing {
+                name: name.to_string(),
+                digest: layer.digest.clone(),
+                path: gguf,
+            });
         }
-        let actual = std::fs::metadata(&gguf).map_err(|e| Error::io(format!("reading {}", gguf.display()), e))?.len();
+        let actual = std::fs::metadata(&gguf)
+            .map_err(|e| Error::io(format!("reading {}", gguf.display()), e))?
+            .len();
         if layer.size != 0 && actual != layer.size {
             return Err(Error::BadGguf {
                 path: gguf,
-                reason: format!("the blob is {actual} bytes but the manifest says {} (truncated or replaced?)", layer.size),
+                reason: format!(
+                    "the blob is {actual} bytes but the manifest says {} (truncated or replaced?)",
+                    layer.size
+                ),
             });
         }
         let text = |media: &str| -> Result<Option<String>> {
-            let Some(l) = m.layer(media) else { return Ok(None) };
+            let Some(l) = m.layer(media) else {
+                return Ok(None);
+            };
             let p = self.blob_path(&l.digest).map_err(bad_manifest)?;
             read_small(&p, name, &l.digest).map(Some)
         };
@@ -124,7 +152,9 @@ impl OllamaStore {
     pub fn names(&self) -> Vec<ModelName> {
         let mut out = Vec::new();
         let dirs = |p: &Path| -> Vec<(String, PathBuf)> {
-            let Ok(rd) = std::fs::read_dir(p) else { return Vec::new() };
+            let Ok(rd) = std::fs::read_dir(p) else {
+                return Vec::new();
+            };
             rd.filter_map(|e| e.ok())
                 .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
                 .collect()
@@ -134,7 +164,12 @@ impl OllamaStore {
                 for (model, mp) in dirs(&np) {
                     for (tag, tp) in dirs(&mp) {
                         if tp.is_file() {
-                            out.push(ModelName { host: host.clone(), namespace: ns.clone(), model: model.clone(), tag });
+                            out.push(ModelName {
+                                host: host.clone(),
+                                namespace: ns.clone(),
+                                model: model.clone(),
+                                tag,
+                            });
                         }
                     }
                 }
@@ -153,7 +188,8 @@ impl OllamaStore {
             .map(|n| {
                 let s = n.short();
                 let same_model = n.model.eq_ignore_ascii_case(&wanted.model);
-                let score = strsim::jaro_winkler(&want, &s.to_lowercase()) + if same_model { 1.0 } else { 0.0 };
+                let score = strsim::jaro_winkler(&want, &s.to_lowercase())
+                    + if same_model { 1.0 } else { 0.0 };
                 (score, s)
             })
             .filter(|(score, _)| *score > 0.8)
@@ -170,7 +206,13 @@ impl OllamaStore {
             .map(|n| {
                 let name = n.short();
                 match self.describe(&n) {
-                    Ok((size, quantization, family)) => ListedModel { name, size, quantization, family, problem: None },
+                    Ok((size, quantization, family)) => ListedModel {
+                        name,
+                        size,
+                        quantization,
+                        family,
+                        problem: None,
+                    },
                     Err(e) => ListedModel {
                         name,
                         size: 0,
@@ -199,8 +241,19 @@ impl OllamaStore {
             .and_then(|p| gguf::inspect(&p).ok());
         let quant = config
             .file_type
-            .or_else(|| header.as_ref().and_then(|h| h.file_type_name()).map(String::from))
-            .unwrap_or_else(|| if m.layer(manifest::MEDIA_MODEL).is_none() { "no GGUF".into() } else { "?".into() });
+            .or_else(|| {
+                header
+                    .as_ref()
+                    .and_then(|h| h.file_type_name())
+                    .map(String::from)
+            })
+            .unwrap_or_else(|| {
+                if m.layer(manifest::MEDIA_MODEL).is_none() {
+                    "no GGUF".into()
+                } else {
+                    "?".into()
+                }
+            });
         let family = config
             .model_family
             .or_else(|| header.and_then(|h| h.architecture))
@@ -221,6 +274,7 @@ fn read_small(path: &Path, name: &str, digest: &str) -> Result<String> {
             reason: format!("a text layer of {} bytes is too large", meta.len()),
         });
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }

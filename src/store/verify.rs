@@ -16,9 +16,11 @@ pub fn byte_bar(len: u64, msg: &str, show: bool) -> ProgressBar {
     }
     let pb = ProgressBar::new(len);
     pb.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     pb.set_message(msg.to_string());
     pb
@@ -26,13 +28,16 @@ pub fn byte_bar(len: u64, msg: &str, show: bool) -> ProgressBar {
 
 /// Hex sha256 of a file, read in 1 MiB chunks.
 pub fn sha256_file(path: &Path, show_progress: bool) -> Result<String> {
-    let mut f = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let mut f =
+        File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let pb = byte_bar(len, "sha256", show_progress);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         if n == 0 {
             break;
         }

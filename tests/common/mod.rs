@@ -36,8 +36,18 @@ pub fn put_blob(root: &Path, bytes: &[u8]) -> String {
 }
 
 /// Writes a manifest for `ns/model:tag` under the default host.
-pub fn put_manifest(root: &Path, ns: &str, model: &str, tag: &str, layers: &[(&str, &str, u64)], config: Option<&str>) {
-    let dir = root.join("manifests/registry.ollama.ai").join(ns).join(model);
+pub fn put_manifest(
+    root: &Path,
+    ns: &str,
+    model: &str,
+    tag: &str,
+    layers: &[(&str, &str, u64)],
+    config: Option<&str>,
+) {
+    let dir = root
+        .join("manifests/registry.ollama.ai")
+        .join(ns)
+        .join(model);
     std::fs::create_dir_all(&dir).unwrap();
     let layers: Vec<serde_json::Value> = layers
         .iter()
@@ -61,7 +71,9 @@ fn build() -> Fixture {
     let sha256 = verify::sha256_file(&model, false).unwrap();
     assert_eq!(sha256, default_model::SHA256);
     let size = std::fs::metadata(&model).unwrap().len();
-    let store = StoreDir(Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("store-{}", env!("CARGO_CRATE_NAME"))));
+    let store = StoreDir(
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("store-{}", env!("CARGO_CRATE_NAME"))),
+    );
     let _ = std::fs::remove_dir_all(store.path());
     let root = store.path();
     std::fs::create_dir_all(root.join("blobs")).unwrap();
@@ -70,7 +82,10 @@ fn build() -> Fixture {
         std::fs::copy(&model, &blob).unwrap();
     }
     let digest = format!("sha256:{sha256}");
-    let config = put_blob(root, br#"{"model_format":"gguf","model_family":"llama","model_type":"135M","file_type":"Q4_1"}"#);
+    let config = put_blob(
+        root,
+        br#"{"model_format":"gguf","model_family":"llama","model_type":"135M","file_type":"Q4_1"}"#,
+    );
     let system = put_blob(root, SYSTEM.as_bytes());
     let template = put_blob(root, b"{{ .Prompt }}");
     let params = put_blob(root, br#"{"stop":["<|im_end|>"],"temperature":0.7}"#);
@@ -82,7 +97,11 @@ fn build() -> Fixture {
         &[
             (MODEL, &digest, size),
             ("application/vnd.ollama.image.template", &template, 13),
-            ("application/vnd.ollama.image.system", &system, SYSTEM.len() as u64),
+            (
+                "application/vnd.ollama.image.system",
+                &system,
+                SYSTEM.len() as u64,
+            ),
             ("application/vnd.ollama.image.params", &params, 1),
         ],
         Some(&config),
@@ -94,14 +113,31 @@ fn build() -> Fixture {
         "library",
         "smollm2",
         "stop",
-        &[(MODEL, &digest, size), ("application/vnd.ollama.image.params", &stop_params, 1)],
+        &[
+            (MODEL, &digest, size),
+            ("application/vnd.ollama.image.params", &stop_params, 1),
+        ],
         None,
     );
     // Broken entries, one per error case.
     let tensor = put_blob(root, b"safetensors bytes");
-    put_manifest(root, "broken", "safetensors", "latest", &[("application/vnd.ollama.image.tensor", &tensor, 17)], None);
+    put_manifest(
+        root,
+        "broken",
+        "safetensors",
+        "latest",
+        &[("application/vnd.ollama.image.tensor", &tensor, 17)],
+        None,
+    );
     let absent = format!("sha256:{}", "0".repeat(64));
-    put_manifest(root, "broken", "missingblob", "latest", &[(MODEL, &absent, 5)], None);
+    put_manifest(
+        root,
+        "broken",
+        "missingblob",
+        "latest",
+        &[(MODEL, &absent, 5)],
+        None,
+    );
     let dir = root.join("manifests/registry.ollama.ai/broken/badjson");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("latest"), b"{ this is not json").unwrap();
@@ -111,12 +147,30 @@ fn build() -> Fixture {
     if std::fs::hard_link(&model, &wrong_blob).is_err() {
         std::fs::copy(&model, &wrong_blob).unwrap();
     }
-    put_manifest(root, "broken", "mismatch", "latest", &[(MODEL, &format!("sha256:{wrong}"), size)], None);
+    put_manifest(
+        root,
+        "broken",
+        "mismatch",
+        "latest",
+        &[(MODEL, &format!("sha256:{wrong}"), size)],
+        None,
+    );
     // A blob cut short: the manifest still records the full size.
     let bytes = std::fs::read(&model).unwrap();
     let cut = put_blob(root, &bytes[..bytes.len() / 3]);
-    put_manifest(root, "broken", "truncated", "latest", &[(MODEL, &cut, size)], None);
-    Fixture { model, sha256, store }
+    put_manifest(
+        root,
+        "broken",
+        "truncated",
+        "latest",
+        &[(MODEL, &cut, size)],
+        None,
+    );
+    Fixture {
+        model,
+        sha256,
+        store,
+    }
 }
 
 pub fn fixture() -> &'static Fixture {
@@ -153,6 +207,11 @@ pub fn run_json(args: &[&str]) -> serde_json::Value {
     let mut a = args.to_vec();
     a.push("--json");
     let o = run(&a);
-    assert_eq!(o.status.code(), Some(0), "gearbx-run {args:?} failed: {}", stderr(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "gearbx-run {args:?} failed: {}",
+        stderr(&o)
+    );
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(&o)))
 }
