@@ -33,6 +33,18 @@ struct Fields {
     extra: *mut c_void,
 }
 
+impl Fields {
+    fn of(t: &sys::ggml_tensor) -> Self {
+        Fields {
+            ty: t.type_,
+            nb: t.nb,
+            data: t.data,
+            buffer: t.buffer,
+            extra: t.extra,
+        }
+    }
+}
+
 // SAFETY: plain pointers copied between threads; dereferenced only by ggml.
 unsafe impl Send for Fields {}
 // SAFETY: as above.
@@ -76,14 +88,7 @@ impl WeightTensor {
     }
 
     fn fields(&self) -> Fields {
-        let t = self.t();
-        Fields {
-            ty: t.type_,
-            nb: t.nb,
-            data: t.data,
-            buffer: t.buffer,
-            extra: t.extra,
-        }
+        Fields::of(self.t())
     }
 
     /// Reads the tensor's bytes (in its current type) from whatever device holds them.
@@ -529,16 +534,7 @@ impl<'m> TensorTiers<'m> {
                 0 => self.original[i],
                 _ => match self.sets[s - 1][i] {
                     // SAFETY: shadow tensors live as long as self.
-                    Some(t) => {
-                        let t = unsafe { t.as_ref() };
-                        Fields {
-                            ty: t.type_,
-                            nb: t.nb,
-                            data: t.data,
-                            buffer: t.buffer,
-                            extra: t.extra,
-                        }
-                    }
+                    Some(t) => Fields::of(unsafe { t.as_ref() }),
                     None => self.original[i],
                 },
             };
