@@ -107,21 +107,8 @@ impl<'m> Context<'m> {
                     sys::llama_batch_get_one(chunk.as_mut_ptr(), chunk.len() as i32),
                 )
             };
-            match rc {
-                0 => self.n_past += chunk.len() as u32,
-                2 => return Err(Error::Llama("decode aborted".into())),
-                1 => {
-                    return Err(Error::Llama(
-                        "no KV-cache slot for the batch (context full)".into(),
-                    ))
-                }
-                rc => {
-                    return Err(Error::Llama(format!(
-                        "llama_decode returned {rc}: {}",
-                        super::take_last_error().unwrap_or_default()
-                    )))
-                }
-            }
+            decode_status(rc)?;
+            self.n_past += chunk.len() as u32;
         }
         Ok(())
     }
@@ -149,13 +136,7 @@ impl<'m> Context<'m> {
                 sys::llama_batch_free(b);
                 rc
             };
-            if rc != 0 {
-                return Err(Error::Llama(if rc == 2 {
-                    "decode aborted".into()
-                } else {
-                    format!("llama_decode returned {rc}")
-                }));
-            }
+            decode_status(rc)?;
             self.n_past += chunk.len() as u32;
             for i in 0..chunk.len() {
                 // SAFETY: output i exists (its logits flag was set); the row has n_vocab floats.
@@ -191,6 +172,21 @@ impl<'m> Context<'m> {
 
     pub(super) fn as_ptr(&self) -> *mut sys::llama_context {
         self.ptr.as_ptr()
+    }
+}
+
+/// Maps `llama_decode`'s return code (llama.h's table) to a result.
+fn decode_status(rc: i32) -> Result<()> {
+    match rc {
+        0 => Ok(()),
+        1 => Err(Error::Llama(
+            "no KV-cache slot for the batch (context full)".into(),
+        )),
+        2 => Err(Error::Llama("decode aborted".into())),
+        rc => Err(Error::Llama(format!(
+            "llama_decode returned {rc}: {}",
+            super::take_last_error().unwrap_or_default()
+        ))),
     }
 }
 
