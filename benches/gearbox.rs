@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use gearbx::gearbox::{Gear, Gearbox, GearboxOptions};
+use gearbx::gearbox::{CacheOptions, Gear, Gearbox, GearboxOptions, TierOrigin};
 use gearbx::kernels::entropy_bits;
 use gearbx::llama::{Context, ContextParams, Model, ModelParams, Token};
 use gearbx::monitor::{Monitor, MonitorConfig};
@@ -49,11 +49,46 @@ fn decode_rate(model: &Model, threads: i32, n: usize) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
+/// Tier start-up: built without a cache, built into an empty cache (requantize + write), and
+/// read back from that cache; interleaved over rounds.
+fn start_up(model: &Model, path: &std::path::Path, info: &gguf::GgufInfo, threads: usize) {
+    let build = |cache: Option<&std::path::Path>| {
+        let opts = GearboxOptions {
+            threads,
+            cache: cache.map(|d| CacheOptions {
+                dir: d.to_path_buf(),
+                source_sha256: default_model::SHA256.into(),
+            }),
+            ..Default::default()
+        };
+        let gb = Gearbox::build(model, path, info, &opts).unwrap();
+        (gb.report().build_ms, gb.report().origin)
+    };
+    let (mut plain, mut cold, mut warm) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        plain.push(build(None).0);
+        let (ms, o) = build(Some(dir.path()));
+        assert_eq!(o, TierOrigin::Built);
+        cold.push(ms);
+        let (ms, o) = build(Some(dir.path()));
+        assert_eq!(o, TierOrigin::Cache);
+        warm.push(ms);
+    }
+    let (p, c, w) = (median(&mut plain), median(&mut cold), median(&mut warm));
+    println!(
+        "tier start-up (median of 3): build {p:.0} ms, build + write cache {c:.0} ms, \
+         read cache {w:.0} ms (cache/build = {:.3})",
+        w / p
+    );
+}
+
 fn main() {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as i32;
     let path = default_model::ensure(true).expect("default model");
     let info = gguf::inspect(&path).unwrap();
     let model = Model::load(&path, &ModelParams::default()).unwrap();
+    start_up(&model, &path, &info, threads as usize);
     let mut gb = Gearbox::build(
         &model,
         &path,

@@ -82,6 +82,9 @@ pub enum Error {
     #[error("the model produced non-finite (NaN) logits at generated token {0}; the weights or the tier may be broken")]
     NanLogits(usize),
 
+    #[error("tier cache {path} cannot be used: {reason}")]
+    TierCache { path: PathBuf, reason: String },
+
     #[error("could not obtain the default model: {0}")]
     Fetch(String),
 
@@ -124,7 +127,7 @@ impl Error {
             Error::PromptTooLong { .. } => exit::PROMPT_TOO_LONG,
             Error::Llama(_) | Error::NanLogits(_) => exit::RUNTIME,
             Error::Fetch(_) => exit::FETCH,
-            Error::Io { .. } => exit::INTERNAL,
+            Error::Io { .. } | Error::TierCache { .. } => exit::INTERNAL,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::*;
 use gearbx::engine::{self, GearControl, GenerateParams};
-use gearbx::gearbox::{Gear, Gearbox, GearboxOptions};
+use gearbx::gearbox::{CacheOptions, Gear, Gearbox, GearboxOptions, TierOrigin};
 use gearbx::llama::{Context, ContextParams, Model, ModelParams, SamplingParams, Token};
 use gearbx::store::gguf;
 
@@ -267,4 +267,120 @@ fn switching_every_token_for_2000_tokens_keeps_memory_flat() {
         end < at_200 + 4096,
         "RSS grew from {at_200} KiB to {end} KiB over 1800 switching tokens"
     );
+}
+
+/// Low-gear greedy tokens and the tiers' origin for one gearbox built with `cache`.
+fn low_gear_run(
+    model: &Model,
+    info: &gguf::GgufInfo,
+    cache: &std::path::Path,
+) -> (Vec<Token>, TierOrigin, Vec<String>) {
+    let mut gb = Gearbox::build(
+        model,
+        &fixture().model,
+        info,
+        &GearboxOptions {
+            cache: Some(CacheOptions {
+                dir: cache.to_path_buf(),
+                source_sha256: fixture().sha256.clone(),
+            }),
+            ..opts()
+        },
+    )
+    .unwrap();
+    let r = gb.report().clone();
+    let toks = generate_tokens(
+        model,
+        "The capital of France is",
+        24,
+        Some(GearControl {
+            gearbox: &mut gb,
+            monitor: None,
+            fixed: Gear::Low,
+            calibrate: None,
+        }),
+    );
+    (toks, r.origin, r.warnings)
+}
+
+#[test]
+fn tier_cache_is_written_then_read_back_and_a_damaged_file_is_rebuilt() {
+    let (model, info) = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let (built, origin, _) = low_gear_run(&model, &info, dir.path());
+    assert_eq!(origin, TierOrigin::Built);
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "one cache file, no temporaries: {files:?}");
+    let (cached, origin, _) = low_gear_run(&model, &info, dir.path());
+    assert_eq!(origin, TierOrigin::Cache);
+    assert_eq!(
+        cached, built,
+        "tiers from the cache decode exactly as built ones"
+    );
+
+    // Flip one byte of tier data: the checksum catches it, the tiers are rebuilt (same
+    // tokens) and the file is rewritten, so the next start reads it again.
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    bytes[4096] ^= 0x55;
+    std::fs::write(&files[0], &bytes).unwrap();
+    let (rebuilt, origin, warnings) = low_gear_run(&model, &info, dir.path());
+    assert_eq!(origin, TierOrigin::Built);
+    assert!(
+        warnings.iter().any(|w| w.contains("damaged")),
+        "{warnings:?}"
+    );
+    assert_eq!(rebuilt, built);
+    assert_eq!(low_gear_run(&model, &info, dir.path()).1, TierOrigin::Cache);
+}
+
+#[test]
+fn tier_cache_cli_keys_by_tier_types_and_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "smollm2:135m",
+            "-n",
+            "4",
+            "--temp",
+            "0",
+            "--gear",
+            "mid",
+            "--tier-cache",
+            d,
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    let origin =
+        |v: &serde_json::Value| v["gears"]["tiers"]["origin"].as_str().unwrap().to_string();
+    let count = || std::fs::read_dir(d).unwrap().count();
+    assert_eq!(origin(&run_json(&args(&["Hi"]))), "built");
+    assert_eq!(origin(&run_json(&args(&["Hello"]))), "cache");
+    assert_eq!(count(), 1);
+    // Other tier types: another key, another file.
+    assert_eq!(
+        origin(&run_json(&args(&["--tiers", "mid=Q8_0", "Hi"]))),
+        "built"
+    );
+    assert_eq!(count(), 2);
+    // --no-tier-cache: built, nothing read or written.
+    let o = run(&[
+        "smollm2:135m",
+        "-n",
+        "4",
+        "--gear",
+        "mid",
+        "--no-tier-cache",
+        "--json",
+        "Hi",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(origin(&v), "built");
+    assert!(v["gears"]["tiers"]["cache_file"].is_null());
+    assert_eq!(count(), 2);
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::Parser;
 use gearbx::engine::{self, GearControl, GenerateParams, PromptSpec, StopReason};
 use gearbx::error::{exit, Error};
-use gearbx::gearbox::{plan, Gear, Gearbox, GearboxOptions, Manage};
+use gearbx::gearbox::{plan, CacheOptions, Gear, Gearbox, GearboxOptions, Manage, TierOrigin};
 use gearbx::llama::{self, Context, ContextParams, Model, ModelParams, SamplingParams};
 use gearbx::monitor::{classifier, Monitor, MonitorConfig};
 use gearbx::store::{self, verify, OllamaStore, ResolvedModel};
@@ -153,6 +153,20 @@ struct Cli {
     /// Layers that shift: N or A-B (default: all).
     #[arg(long, value_name = "RANGE")]
     layers: Option<String>,
+
+    /// Where built tiers are kept between runs, keyed by the model's sha256 and the tier types
+    /// [default: <cache>/tiers, <cache> = $GEARBX_CACHE_DIR or ~/.cache/gearbx].
+    #[arg(
+        long,
+        env = "GEARBX_TIER_CACHE",
+        value_name = "DIR",
+        hide_env_values = true
+    )]
+    tier_cache: Option<std::path::PathBuf>,
+
+    /// Build the tiers from the model every time; neither read nor write the tier cache.
+    #[arg(long, conflicts_with = "tier_cache")]
+    no_tier_cache: bool,
 
     /// Entropy window (tokens) of the auto gear.
     #[arg(long, default_value_t = 5, value_name = "N")]
@@ -461,11 +475,28 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             Some(t) => plan::parse_overrides(t)?,
             None => Default::default(),
         };
+        let progress = std::io::stderr().is_terminal();
+        let cache = if cli.no_tier_cache {
+            None
+        } else {
+            let root = store::default_model::cache_dir();
+            let dir = match &cli.tier_cache {
+                Some(d) => d.clone(),
+                None => root
+                    .as_ref()
+                    .map_err(|e| Failure(e.exit_code(), e.to_string()))?
+                    .join("tiers"),
+            };
+            let memo = root.map_or_else(|_| dir.join("digests"), |r| r.join("digests"));
+            let source_sha256 = store::digest::source_sha256(m, &memo, progress)?;
+            Some(CacheOptions { dir, source_sha256 })
+        };
         let opts = GearboxOptions {
             manage,
             overrides,
             threads: threads as usize,
-            progress: std::io::stderr().is_terminal(),
+            progress,
+            cache,
         };
         let gb = Gearbox::build(&model, &m.path, &m.info, &opts)?;
         let r = gb.report();
@@ -473,8 +504,12 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             eprintln!("gearbx-run: warning: {w}");
         }
         if cli.verbose || std::io::stderr().is_terminal() {
+            let how = match r.origin {
+                TierOrigin::Built => "built",
+                TierOrigin::Cache => "read from the tier cache",
+            };
             eprintln!(
-                "gearbx-run: {} tensors in {:.0} ms; low {} ({:.1} MB), mid {} ({:.1} MB), high {} ({:.1} MB)",
+                "gearbx-run: tiers of {} tensors {how} in {:.0} ms; low {} ({:.1} MB), mid {} ({:.1} MB), high {} ({:.1} MB)",
                 r.managed_tensors, r.build_ms, r.types[0], r.bytes[0] as f64 / 1e6, r.types[1], r.bytes[1] as f64 / 1e6,
                 r.types[2], r.bytes[2] as f64 / 1e6
             );

@@ -1,12 +1,13 @@
 //! The gearbox: builds a tier set per gear by requantizing the managed weights from their
 //! source bytes, and shifts gears by swapping every managed tensor's storage in place.
 
+pub mod cache;
 pub mod plan;
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -27,13 +28,37 @@ pub struct GearboxOptions {
     pub overrides: TierOverrides,
     pub threads: usize,
     pub progress: bool,
+    /// Where to keep built tiers between runs (None: always build).
+    pub cache: Option<CacheOptions>,
+}
+
+/// The on-disk tier cache of one model.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    pub dir: PathBuf,
+    /// The source model's sha256 (the cache key starts from it).
+    pub source_sha256: String,
+}
+
+/// Where the tiers of this run came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TierOrigin {
+    /// Requantized from the source weights (and saved to the cache when one is set).
+    Built,
+    /// Read back from the tier cache.
+    Cache,
 }
 
 /// What building produced, for the user and for `--json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct BuildReport {
     pub managed_tensors: usize,
+    /// Time to make the tiers ready: requantization or reading the cache.
     pub build_ms: f64,
+    pub origin: TierOrigin,
+    /// The cache file used or written, if any.
+    pub cache_file: Option<PathBuf>,
     /// Bytes of the managed weights at each gear (low, mid, high).
     pub bytes: [u64; 3],
     /// Types at each gear, e.g. "Q4_0 x180, Q3_K x30".
@@ -83,6 +108,52 @@ fn type_summary(types: impl Iterator<Item = u32>) -> String {
         .join(", ")
 }
 
+/// Runs `work(i)` for every tensor index on `threads` workers with a progress bar; stops at
+/// the first error and returns it.
+fn for_each_tensor(
+    n: usize,
+    threads: usize,
+    what: &str,
+    progress: bool,
+    work: impl Fn(usize) -> Result<()> + Sync,
+) -> Result<()> {
+    let pb = if progress {
+        ProgressBar::new(n as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    pb.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} [{{bar:30}}] {{pos}}/{{len}} tensors {{elapsed}}"
+        ))
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    let next = AtomicUsize::new(0);
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(n) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n || first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                    return;
+                }
+                if let Err(e) = work(i) {
+                    let mut fe = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                    fe.get_or_insert(e);
+                    return;
+                }
+                pb.inc(1);
+            });
+        }
+    });
+    pb.finish_and_clear();
+    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 impl<'m> Gearbox<'m> {
     /// Finds the managed weights, builds the tiers and leaves the model at the high gear.
     pub fn build(
@@ -130,62 +201,115 @@ impl<'m> Gearbox<'m> {
             };
         }
 
-        // Requantize: each worker takes a tensor, dequantizes its source once and writes every
-        // set that needs a copy of it.
-        let file = File::open(model_path)
-            .map_err(|e| Error::io(format!("opening {}", model_path.display()), e))?;
+        // One cache entry per shadow tensor, grouped by managed tensor.
         let n = tiers.weights().len();
-        let pb = if opts.progress {
-            ProgressBar::new(n as u64)
-        } else {
-            ProgressBar::hidden()
-        };
-        pb.set_style(
-            ProgressStyle::with_template("building tiers [{bar:30}] {pos}/{len} tensors {elapsed}")
-                .expect("template")
-                .progress_chars("=> "),
-        );
-        let next = AtomicUsize::new(0);
-        let first_error: Mutex<Option<Error>> = Mutex::new(None);
-        let tiers_ref = &tiers;
-        std::thread::scope(|s| {
-            for _ in 0..threads.min(n) {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n || first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
-                        return;
-                    }
-                    let w = tiers_ref.weights()[i];
-                    let r = (|| -> Result<()> {
-                        let bytes = source_bytes(&w, &file, gguf)?;
-                        let f32s = weights::to_f32(w.ggml_type(), &bytes, w.n_elements())?;
-                        let ne = w.ne();
-                        let rows = (ne[1] * ne[2] * ne[3]) as usize;
-                        for (types, set) in &made {
-                            if let Some(ty) = types[i] {
-                                let q = weights::quantize(ty, &f32s, rows, ne[0] as usize)?;
-                                tiers_ref.fill(*set, i, &q)?;
-                            }
+        let names: Vec<String> = tiers.weights().iter().map(|w| w.name()).collect();
+        let mut entries = Vec::new();
+        let mut entries_of: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for i in 0..n {
+            for (_, set) in &made {
+                if let Some(len) = tiers.shadow_nbytes(*set, i) {
+                    entries_of[i].push(entries.len());
+                    entries.push(cache::Entry {
+                        tensor: names[i].clone(),
+                        index: i,
+                        set: *set,
+                        ggml_type: tiers.type_in_set(*set, i),
+                        len: len as u64,
+                        offset: 0,
+                        crc32: 0,
+                    });
+                }
+            }
+        }
+        let mut warnings = warnings;
+        let cache_at = opts.cache.as_ref().map(|c| {
+            let plans: Vec<cache::TensorPlan<'_>> = tiers
+                .weights()
+                .iter()
+                .enumerate()
+                .map(|(i, w)| cache::TensorPlan {
+                    name: &names[i],
+                    source_type: w.ggml_type(),
+                    ne: w.ne(),
+                    set_types: made.iter().map(|(t, _)| t[i]).collect(),
+                })
+                .collect();
+            let key = cache::key(&c.source_sha256, &plans);
+            (cache::path_for(&c.dir, &c.source_sha256, &key), key, c)
+        });
+
+        // Read the tiers back from the cache when a matching file is there.
+        let mut origin = TierOrigin::Built;
+        if let Some((path, key, _)) = &cache_at {
+            let loaded = cache::Reader::open(path, key, &entries).and_then(|r| match r {
+                None => Ok(false),
+                Some(r) => {
+                    for_each_tensor(n, threads, "loading tiers", opts.progress, |i| {
+                        for &k in &entries_of[i] {
+                            tiers.fill(entries[k].set, i, &r.read(k)?)?;
                         }
                         Ok(())
-                    })();
-                    if let Err(e) = r {
-                        let mut fe = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                        fe.get_or_insert(e);
-                        return;
-                    }
-                    pb.inc(1);
-                });
+                    })?;
+                    Ok(true)
+                }
+            });
+            match loaded {
+                Ok(true) => origin = TierOrigin::Cache,
+                Ok(false) => {}
+                Err(e) => warnings.push(format!("{e}; rebuilding the tiers")),
             }
-        });
-        pb.finish_and_clear();
-        if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            return Err(e);
+        }
+
+        if origin == TierOrigin::Built {
+            let file = File::open(model_path)
+                .map_err(|e| Error::io(format!("opening {}", model_path.display()), e))?;
+            // Saving is best effort: a full disk costs the next start a rebuild, not this run.
+            let writer = cache_at.as_ref().and_then(|(path, key, c)| {
+                cache::Writer::create(path, key, &c.source_sha256, &entries)
+                    .map_err(|e| warnings.push(format!("not caching the tiers: {e}")))
+                    .ok()
+            });
+            let write_error: Mutex<Option<Error>> = Mutex::new(None);
+            // Each worker takes a tensor, dequantizes its source once and writes every set
+            // that needs a copy of it.
+            for_each_tensor(n, threads, "building tiers", opts.progress, |i| {
+                let w = tiers.weights()[i];
+                let bytes = source_bytes(&w, &file, gguf)?;
+                let f32s = weights::to_f32(w.ggml_type(), &bytes, w.n_elements())?;
+                let ne = w.ne();
+                let rows = (ne[1] * ne[2] * ne[3]) as usize;
+                for &k in &entries_of[i] {
+                    let e = &entries[k];
+                    let q = weights::quantize(e.ggml_type, &f32s, rows, ne[0] as usize)?;
+                    tiers.fill(e.set, i, &q)?;
+                    if let Some(wr) = &writer {
+                        if let Err(err) = wr.write(k, &q) {
+                            write_error
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(err);
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+            if let Some(wr) = writer {
+                let saved = match write_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                    Some(e) => Err(e),
+                    None => wr.finish(),
+                };
+                if let Err(e) = saved {
+                    warnings.push(format!("not caching the tiers: {e}"));
+                }
+            }
         }
         let set_bytes = tiers.set_bytes().to_vec();
         let report = BuildReport {
             managed_tensors: n,
             build_ms: t0.elapsed().as_secs_f64() * 1e3,
+            origin,
+            cache_file: cache_at.map(|(p, _, _)| p),
             bytes: gear_set.map(|s| set_bytes[s]),
             types: gear_set.map(|s| type_summary((0..n).map(|i| tiers.type_in_set(s, i)))),
             warnings,

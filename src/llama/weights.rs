@@ -508,6 +508,12 @@ impl<'m> TensorTiers<'m> {
         }
     }
 
+    /// Bytes of weight `i`'s shadow in set `s` (None: that weight keeps its loaded storage).
+    pub fn shadow_nbytes(&self, s: usize, i: usize) -> Option<usize> {
+        // SAFETY: shadow tensors live as long as self; nbytes reads their own fields.
+        self.sets[s - 1][i].map(|t| unsafe { sys::ggml_nbytes(t.as_ptr()) })
+    }
+
     /// Writes `bytes` (already in the set's type) into weight `i`'s shadow in set `s`.
     /// Safe to call from several threads for different tensors.
     pub fn fill(&self, s: usize, i: usize, bytes: &[u8]) -> Result<()> {

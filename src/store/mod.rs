@@ -2,6 +2,7 @@
 //! GGUF file plus the store's system prompt, template and default parameters.
 
 pub mod default_model;
+pub mod digest;
 pub mod gguf;
 pub mod manifest;
 pub mod name;
