@@ -109,11 +109,24 @@ fn nan_weights_give_a_clear_runtime_error() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("nan.gguf");
     std::fs::write(&p, bytes).unwrap();
-    fails(
-        &[p.to_str().unwrap(), "--temp", "0", "-n", "4", "-p", "hi"],
-        7,
-        "NaN",
-    );
+    // Entropy from host logits and from the graph (backend sampling) both catch it.
+    for entropy in ["host", "backend"] {
+        fails(
+            &[
+                p.to_str().unwrap(),
+                "--temp",
+                "0",
+                "-n",
+                "4",
+                "--entropy",
+                entropy,
+                "-p",
+                "hi",
+            ],
+            7,
+            "NaN",
+        );
+    }
 }
 
 #[test]

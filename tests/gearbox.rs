@@ -21,6 +21,7 @@ fn greedy() -> SamplingParams {
         repeat_penalty: 1.0,
         repeat_last_n: 64,
         seed: 1,
+        ignore_eos: false,
     }
 }
 
@@ -59,6 +60,7 @@ fn generate_tokens(
         n_predict: Some(n),
         stop: vec![],
         sampling: greedy(),
+        entropy: Default::default(),
     };
     let mut out = Vec::new();
     engine::generate(&mut ctx, &toks, &params, gears, |ev| {
@@ -383,4 +385,85 @@ fn tier_cache_cli_keys_by_tier_types_and_can_be_turned_off() {
     assert_eq!(origin(&v), "built");
     assert!(v["gears"]["tiers"]["cache_file"].is_null());
     assert_eq!(count(), 2);
+}
+
+/// (token, entropy) per generated token from a `--trace` file.
+fn trace_tokens(path: &std::path::Path) -> Vec<(i64, f64)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("summary").is_none() && v["token"].as_i64().unwrap() >= 0)
+        .map(|v| {
+            (
+                v["token"].as_i64().unwrap(),
+                v["entropy_bits"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn backend_entropy_matches_host_entropy_and_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_with = |entropy: &str, extra: &[&str]| {
+        let trace = dir.path().join(format!("{entropy}.jsonl"));
+        let mut args = vec![
+            "smollm2:135m",
+            "-n",
+            "48",
+            "--gear",
+            "auto",
+            "--entropy",
+            entropy,
+            "--trace",
+            trace.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.push("Tell me a long story about a dragon who learns to bake bread.");
+        let v = run_json(&args);
+        (v, trace_tokens(&trace))
+    };
+    // The default repeat penalty (1.1) runs in the graph too: the entropy must be read from
+    // the logits before the penalty rewrites them in place.
+    let (host, h) = run_with("host", &["--temp", "0"]);
+    let (backend, b) = run_with("backend", &["--temp", "0"]);
+    assert_eq!(host["entropy_on"], "host");
+    assert_eq!(backend["entropy_on"], "backend");
+    assert!(h.len() >= 32, "a long generation: {}", h.len());
+    assert_eq!(
+        h.iter().map(|t| t.0).collect::<Vec<_>>(),
+        b.iter().map(|t| t.0).collect::<Vec<_>>(),
+        "same greedy tokens"
+    );
+    for (i, (x, y)) in h.iter().zip(&b).enumerate() {
+        assert!(
+            (x.1 - y.1).abs() < 1e-3,
+            "token {i}: host {} bits, backend {}",
+            x.1,
+            y.1
+        );
+    }
+    assert_eq!(
+        host["gears"]["token_fraction"],
+        backend["gears"]["token_fraction"]
+    );
+
+    // Sampling at a temperature in the graph (top-k, top-p, dist on the backend) works too.
+    let (hot, t) = run_with("backend", &["--temp", "0.9", "-s", "7"]);
+    assert_eq!(hot["entropy_on"], "backend");
+    assert!(!t.is_empty() && t.iter().all(|x| x.1.is_finite() && x.1 >= 0.0));
+
+    // Calibration needs every prompt position's logits on the host: refused with backend.
+    let o = run(&[
+        "smollm2:135m",
+        "-n",
+        "4",
+        "--entropy",
+        "backend",
+        "--calibrate",
+        "hi",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--calibrate"), "{}", stderr(&o));
 }

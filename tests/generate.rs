@@ -226,9 +226,10 @@ fn prompt_from_stdin_and_quoted_prompt_without_model() {
 fn ctrl_c_stops_cleanly_and_prints_stats() {
     for json in [false, true] {
         let mut cmd = gbx();
-        // Greedy counting never reaches end-of-text before the context (2048) is full.
+        // --ignore-eos: generation runs until the context (2048) is full, long past the signal.
         cmd.args([
             "smollm2:135m",
+            "--ignore-eos",
             "--temp",
             "0",
             "-n",
@@ -282,5 +283,30 @@ fn ctrl_c_stops_cleanly_and_prints_stats() {
         } else {
             assert!(String::from_utf8_lossy(&out.stderr).contains("stop: interrupted"));
         }
+    }
+}
+
+#[test]
+fn ignore_eos_generates_exactly_n_tokens() {
+    // "Say hi." ends after a few tokens; with --ignore-eos it must run to -n.
+    let short = run_json(&["smollm2:135m", "--temp", "0", "-n", "200", "Say hi."]);
+    assert_eq!(short["stop_reason"], "eos");
+    let n = short["generated_tokens"].as_u64().unwrap();
+    assert!(n < 100, "{n}");
+    for entropy in ["host", "backend"] {
+        let v = run_json(&[
+            "smollm2:135m",
+            "--temp",
+            "0",
+            "-n",
+            "120",
+            "--ignore-eos",
+            "--entropy",
+            entropy,
+            "Say hi.",
+        ]);
+        assert_eq!(v["stop_reason"], "length", "{entropy}");
+        assert_eq!(v["generated_tokens"], 120, "{entropy}");
+        assert!(v["mean_entropy_bits"].as_f64().unwrap().is_finite());
     }
 }

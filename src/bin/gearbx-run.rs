@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::Parser;
-use gearbx::engine::{self, GearControl, GenerateParams, PromptSpec, StopReason};
+use gearbx::engine::{self, EntropySource, GearControl, GenerateParams, PromptSpec, StopReason};
 use gearbx::error::{exit, Error};
 use gearbx::gearbox::{plan, CacheOptions, Gear, Gearbox, GearboxOptions, Manage, TierOrigin};
 use gearbx::llama::{self, Context, ContextParams, Model, ModelParams, SamplingParams};
@@ -117,6 +117,11 @@ struct Cli {
     #[arg(long = "stop", value_name = "TEXT")]
     stop: Vec<String>,
 
+    /// Keep generating past end-of-text tokens (never sample them), to -n or a full context,
+    /// as llama.cpp's --ignore-eos: for fixed-length benchmarks.
+    #[arg(long)]
+    ignore_eos: bool,
+
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -155,7 +160,7 @@ struct Cli {
     layers: Option<String>,
 
     /// Where built tiers are kept between runs, keyed by the model's sha256 and the tier types
-    /// [default: <cache>/tiers, <cache> = $GEARBX_CACHE_DIR or ~/.cache/gearbx].
+    /// [default: <cache>/tiers, <cache> = $GEARBX_CACHE_DIR or ~/.cache/gearbx]. Safe to delete.
     #[arg(
         long,
         env = "GEARBX_TIER_CACHE",
@@ -165,7 +170,7 @@ struct Cli {
     tier_cache: Option<std::path::PathBuf>,
 
     /// Build the tiers from the model every time; neither read nor write the tier cache.
-    #[arg(long, conflicts_with = "tier_cache")]
+    #[arg(long)]
     no_tier_cache: bool,
 
     /// Entropy window (tokens) of the auto gear.
@@ -187,6 +192,12 @@ struct Cli {
     /// Minimum tokens between shifts (the catastrophic fallback ignores it).
     #[arg(long, default_value_t = 2, value_name = "N")]
     min_duration: usize,
+
+    /// Where entropy is computed: auto (in the graph when the model runs on a GPU, so one float
+    /// per token crosses instead of the logits), host (from the logits), or backend (in the
+    /// graph through llama.cpp's backend sampling, also on CPU).
+    #[arg(long, default_value = "auto", value_name = "WHERE")]
+    entropy: EntropySource,
 
     /// Set the auto gear's thresholds from the prompt's entropy percentiles (30th/70th);
     /// a threshold given with --low-bits/--high-bits is kept.
@@ -387,6 +398,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             .unwrap_or(1.1),
         repeat_last_n: cli.repeat_last_n.or(defaults.repeat_last_n).unwrap_or(64),
         seed,
+        ignore_eos: cli.ignore_eos,
     };
     sampling.validate()?;
     let n_predict = match cli.n_predict.or(defaults.num_predict.map(i64::from)) {
@@ -479,15 +491,11 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         let cache = if cli.no_tier_cache {
             None
         } else {
-            let root = store::default_model::cache_dir();
             let dir = match &cli.tier_cache {
                 Some(d) => d.clone(),
-                None => root
-                    .as_ref()
-                    .map_err(|e| Failure(e.exit_code(), e.to_string()))?
-                    .join("tiers"),
+                None => store::default_model::cache_dir()?.join("tiers"),
             };
-            let memo = root.map_or_else(|_| dir.join("digests"), |r| r.join("digests"));
+            let memo = dir.join("digests");
             let source_sha256 = store::digest::source_sha256(m, &memo, progress)?;
             Some(CacheOptions { dir, source_sha256 })
         };
@@ -552,6 +560,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         n_predict,
         stop,
         sampling,
+        entropy: cli.entropy,
     };
 
     let stdout = std::io::stdout();
@@ -625,6 +634,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             "eval_ms": outcome.eval_ms,
             "decode_tokens_per_s": outcome.decode_tokens_per_s,
             "mean_entropy_bits": outcome.mean_entropy_bits,
+            "entropy_on": outcome.entropy_on,
             "stop_reason": outcome.stop_reason,
             "n_ctx": n_ctx,
             "threads": threads,

@@ -4,6 +4,7 @@
 pub mod prompt;
 pub mod text;
 
+use std::rc::Rc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -11,6 +12,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::gearbox::{BuildReport, Gear, Gearbox};
 use crate::kernels;
+use crate::llama::backend_entropy::Probe;
 use crate::llama::{Context, Sampler, SamplingParams, Token};
 use crate::monitor::{Monitor, Reason};
 pub use prompt::{Prompt, PromptSpec};
@@ -24,6 +26,43 @@ pub struct GenerateParams {
     /// Stop strings; the text stops before the first one.
     pub stop: Vec<String>,
     pub sampling: SamplingParams,
+    /// Where the entropy of each distribution is computed.
+    pub entropy: EntropySource,
+}
+
+/// Where to compute entropy: from host logits, or inside the graph through backend sampling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EntropySource {
+    /// Backend when the model runs on a GPU (one float per token crosses), host otherwise,
+    /// and host when calibrating (calibration reads every prompt position).
+    #[default]
+    Auto,
+    Host,
+    Backend,
+}
+
+impl std::str::FromStr for EntropySource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "host" => Ok(Self::Host),
+            "backend" => Ok(Self::Backend),
+            _ => Err(format!(
+                "unknown entropy source {s:?}: use auto, host or backend"
+            )),
+        }
+    }
+}
+
+/// Where the entropy of a generation was computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntropyPlace {
+    /// From the full logits copied to the host.
+    Host,
+    /// In the graph (backend sampling); only the value crosses.
+    Backend,
 }
 
 /// Why generation ended.
@@ -103,7 +142,15 @@ pub struct Outcome {
     pub decode_tokens_per_s: f64,
     pub mean_entropy_bits: f64,
     pub stop_reason: StopReason,
+    pub entropy_on: EntropyPlace,
     pub gears: Option<GearStats>,
+}
+
+/// How tokens are drawn and entropy read: a host chain over host logits, or a chain attached
+/// to the context whose probe reports the entropy.
+enum Draw {
+    Host(Sampler),
+    Backend(Rc<Probe>),
 }
 
 fn per_s(n: usize, ms: f64) -> f64 {
@@ -133,7 +180,31 @@ pub fn generate(
             n_ctx_train: model.n_ctx_train(),
         });
     }
-    let mut sampler = Sampler::new(&params.sampling, model.n_vocab(), ctx.n_ctx())?;
+    ctx.detach_sampler();
+    let calibrating = gears
+        .as_ref()
+        .is_some_and(|g| g.calibrate.is_some() && g.monitor.is_some());
+    let backend = match params.entropy {
+        EntropySource::Host => false,
+        EntropySource::Auto => model.offloaded() && !calibrating,
+        EntropySource::Backend if calibrating => {
+            return Err(Error::InvalidParam(
+                "--calibrate reads the logits of every prompt position on the host; use it \
+                 with --entropy host or auto"
+                    .into(),
+            ))
+        }
+        EntropySource::Backend => true,
+    };
+    // Host: a plain chain over host logits. Backend: the chain, between the entropy probe's
+    // head and tail, attached to the context so it runs inside the graph.
+    let mut draw = if backend {
+        let (s, probe) = Sampler::with_entropy_probe(&params.sampling, model, ctx.n_ctx())?;
+        ctx.attach_sampler(s)?;
+        Draw::Backend(probe)
+    } else {
+        Draw::Host(Sampler::new(&params.sampling, model, ctx.n_ctx())?)
+    };
     let mut utf8 = Utf8Stream::default();
     let mut stops = StopFilter::new(params.stop.clone());
     let mut text = String::new();
@@ -186,11 +257,26 @@ pub fn generate(
             stop_reason = Some(StopReason::Interrupted);
             break;
         }
-        let (entropy, n_bad) = kernels::entropy_bits(ctx.logits()?);
-        if n_bad > 0 {
-            return Err(Error::NanLogits(n_gen));
-        }
-        let tok = sampler.sample(ctx);
+        let (tok, entropy) = match &mut draw {
+            Draw::Host(s) => {
+                let (entropy, n_bad) = kernels::entropy_bits(ctx.logits()?);
+                if n_bad > 0 {
+                    return Err(Error::NanLogits(n_gen));
+                }
+                (s.sample(ctx), entropy)
+            }
+            Draw::Backend(p) => {
+                let tok = ctx.sample_attached()?;
+                let entropy = match ctx.sampled_probs() {
+                    Some(v) => v[0],
+                    None => p.host_bits(),
+                };
+                if !entropy.is_finite() {
+                    return Err(Error::NanLogits(n_gen));
+                }
+                (tok, entropy)
+            }
+        };
         if model.is_eog(tok) {
             stop_reason = Some(StopReason::Eos);
             break;
@@ -249,6 +335,11 @@ pub fn generate(
         }
     }
     let stop_reason = stop_reason.expect("loop ends with a reason");
+    let entropy_on = match &draw {
+        Draw::Backend(p) if p.on_backend() => EntropyPlace::Backend,
+        _ => EntropyPlace::Host,
+    };
+    ctx.detach_sampler();
     if stop_reason != StopReason::StopWord {
         let (tail, _) = stops.push(&utf8.finish());
         let tail = tail + &stops.finish();
@@ -306,6 +397,7 @@ pub fn generate(
             0.0
         },
         stop_reason,
+        entropy_on,
         gears: gear_stats,
     })
 }

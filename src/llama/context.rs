@@ -6,7 +6,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::{sys, Model, Token};
+use super::{sys, Model, Sampler, Token};
 use crate::error::{Error, Result};
 
 /// Context settings (llama.cpp's names).
@@ -30,6 +30,8 @@ pub struct Context<'m> {
     /// Set from another thread (Ctrl-C) to abort a running decode; kept alive by this Arc
     /// because llama.cpp holds a raw pointer to it.
     abort: Arc<AtomicBool>,
+    /// A sampler chain attached for backend sampling (llama.cpp keeps a pointer to it).
+    attached: Option<Sampler>,
     _not_sync: PhantomData<*mut ()>,
 }
 
@@ -68,6 +70,7 @@ impl<'m> Context<'m> {
             n_batch: p.n_batch,
             n_past: 0,
             abort,
+            attached: None,
             _not_sync: PhantomData,
         })
     }
@@ -158,8 +161,59 @@ impl<'m> Context<'m> {
         self.abort.load(Ordering::Relaxed)
     }
 
+    /// Attaches `sampler` to sequence 0 for backend sampling: from the next decode on, the
+    /// backend-capable prefix of the chain runs inside the graph. Replaces (and frees) any
+    /// sampler attached before. While attached, [`Context::logits`] is unavailable.
+    pub fn attach_sampler(&mut self, sampler: Sampler) -> Result<()> {
+        // SAFETY: both pointers are valid; the context keeps the sampler pointer, so the
+        // Sampler is stored in self and outlives the attachment (detach or drop).
+        let ok = unsafe { sys::llama_set_sampler(self.ptr.as_ptr(), 0, sampler.as_ptr()) };
+        if !ok {
+            return Err(Error::Llama(
+                "this context cannot run samplers on the backend".into(),
+            ));
+        }
+        self.attached = Some(sampler);
+        Ok(())
+    }
+
+    /// Detaches the backend sampler, if any; decodes produce host logits again.
+    pub fn detach_sampler(&mut self) {
+        if self.attached.take().is_some() {
+            // SAFETY: ptr is valid; a null sampler removes the attachment.
+            unsafe { sys::llama_set_sampler(self.ptr.as_ptr(), 0, std::ptr::null_mut()) };
+        }
+    }
+
+    /// Samples from the last decode with the attached chain (the token the backend drew, or
+    /// the chain's host part over the backend's output) and records it in the chain.
+    pub fn sample_attached(&mut self) -> Result<Token> {
+        let s = self
+            .attached
+            .as_mut()
+            .ok_or_else(|| Error::Llama("no sampler is attached".into()))?;
+        Ok(s.sample_ptr(self.ptr.as_ptr()))
+    }
+
+    /// The backend's `probs` output of the last decode's last token (None when the backend
+    /// produced none).
+    pub fn sampled_probs(&self) -> Option<&[f32]> {
+        // SAFETY: ptr is valid; -1 is the last output; the row stays valid until the next
+        // decode, which needs &mut self.
+        unsafe {
+            let p = sys::llama_get_sampled_probs_ith(self.ptr.as_ptr(), -1);
+            let n = sys::llama_get_sampled_probs_count_ith(self.ptr.as_ptr(), -1);
+            (!p.is_null() && n > 0).then(|| std::slice::from_raw_parts(p, n as usize))
+        }
+    }
+
     /// The logits of the last decoded token (one per vocabulary entry).
     pub fn logits(&self) -> Result<&[f32]> {
+        if self.attached.is_some() {
+            return Err(Error::Llama(
+                "host logits are not produced while a backend sampler is attached".into(),
+            ));
+        }
         // SAFETY: ptr is valid; -1 means the last output of the last decode.
         let p = unsafe { sys::llama_get_logits_ith(self.ptr.as_ptr(), -1) };
         if p.is_null() {

@@ -2,6 +2,7 @@
 //! raw FFI calls live. Model and context own their pointers and free them on drop; a context
 //! borrows its model so it cannot outlive it.
 
+pub mod backend_entropy;
 mod context;
 mod log;
 mod model;

@@ -24,6 +24,7 @@ impl Default for ModelParams {
 pub struct Model {
     ptr: NonNull<sys::llama_model>,
     vocab: *const sys::llama_vocab,
+    offloaded: bool,
 }
 
 // SAFETY: a llama_model is immutable after loading and llama.cpp allows using one model from
@@ -60,7 +61,17 @@ impl Model {
         })?;
         // SAFETY: ptr is a valid model; the vocab it returns lives as long as the model.
         let vocab = unsafe { sys::llama_model_get_vocab(ptr.as_ptr()) };
-        Ok(Self { ptr, vocab })
+        Ok(Self {
+            ptr,
+            vocab,
+            // SAFETY: a plain query of the build's capabilities.
+            offloaded: params.n_gpu_layers != 0 && unsafe { sys::llama_supports_gpu_offload() },
+        })
+    }
+
+    /// Whether layers were offloaded to a GPU (the build supports it and it was asked for).
+    pub fn offloaded(&self) -> bool {
+        self.offloaded
     }
 
     pub(super) fn as_ptr(&self) -> *mut sys::llama_model {

@@ -1,8 +1,10 @@
 //! A llama.cpp sampler chain built from Ollama/llama.cpp-style sampling parameters.
 
 use std::ptr::NonNull;
+use std::rc::Rc;
 
-use super::{sys, Context, Token};
+use super::backend_entropy::{self, Probe};
+use super::{sys, Context, Model, Token};
 use crate::error::{Error, Result};
 
 /// Sampling settings; `temperature <= 0` means greedy.
@@ -15,6 +17,9 @@ pub struct SamplingParams {
     pub repeat_penalty: f32,
     pub repeat_last_n: i32,
     pub seed: u32,
+    /// Never sample an end-of-generation token (llama.cpp's --ignore-eos): generation runs
+    /// to the token limit or a full context.
+    pub ignore_eos: bool,
 }
 
 impl SamplingParams {
@@ -63,14 +68,49 @@ pub struct Sampler {
 
 impl Sampler {
     /// penalties → (greedy | top-k → top-p → min-p → temperature → seeded draw).
-    pub fn new(p: &SamplingParams, n_vocab: usize, n_ctx: u32) -> Result<Self> {
+    pub fn new(p: &SamplingParams, model: &Model, n_ctx: u32) -> Result<Self> {
+        Self::build(p, model, n_ctx, None)
+    }
+
+    /// The same chain between the entropy probe's head and tail, for backend sampling
+    /// ([`Context::attach_sampler`]); the probe says where the entropy was computed.
+    pub fn with_entropy_probe(
+        p: &SamplingParams,
+        model: &Model,
+        n_ctx: u32,
+    ) -> Result<(Self, Rc<Probe>)> {
+        let probe = Rc::new(Probe::default());
+        Ok((Self::build(p, model, n_ctx, Some(&probe))?, probe))
+    }
+
+    fn build(
+        p: &SamplingParams,
+        model: &Model,
+        n_ctx: u32,
+        probe: Option<&Rc<Probe>>,
+    ) -> Result<Self> {
         p.validate()?;
+        let n_vocab = model.n_vocab();
+        let eog_bias: Vec<sys::llama_logit_bias> = if p.ignore_eos {
+            (0..n_vocab as Token)
+                .filter(|&t| model.is_eog(t))
+                .map(|token| sys::llama_logit_bias {
+                    token,
+                    bias: f32::NEG_INFINITY,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         // SAFETY: plain constructors; the chain takes ownership of every sampler added to it.
         unsafe {
             let raw = sys::llama_sampler_chain_init(sys::llama_sampler_chain_default_params());
             let ptr = NonNull::new(raw)
                 .ok_or_else(|| Error::Llama("could not create a sampler chain".into()))?;
             let add = |s: *mut sys::llama_sampler| sys::llama_sampler_chain_add(ptr.as_ptr(), s);
+            if let Some(probe) = probe {
+                add(backend_entropy::head(probe));
+            }
             let last_n = if p.repeat_last_n < 0 {
                 n_ctx as i32
             } else {
@@ -83,6 +123,14 @@ impl Sampler {
                 0.0,
                 0.0,
             ));
+            if !eog_bias.is_empty() {
+                // The sampler copies the biases.
+                add(sys::llama_sampler_init_logit_bias(
+                    n_vocab as i32,
+                    eog_bias.len() as i32,
+                    eog_bias.as_ptr(),
+                ));
+            }
             if p.is_greedy() {
                 add(sys::llama_sampler_init_greedy());
             } else {
@@ -94,14 +142,25 @@ impl Sampler {
                 add(sys::llama_sampler_init_temp(p.temperature));
                 add(sys::llama_sampler_init_dist(p.seed));
             }
+            if let Some(probe) = probe {
+                add(backend_entropy::tail(probe));
+            }
             Ok(Self { ptr })
         }
     }
 
+    pub(crate) fn as_ptr(&self) -> *mut sys::llama_sampler {
+        self.ptr.as_ptr()
+    }
+
     /// Samples the next token from the context's last logits and records it in the chain.
     pub fn sample(&mut self, ctx: &Context<'_>) -> Token {
+        self.sample_ptr(ctx.as_ptr())
+    }
+
+    pub(super) fn sample_ptr(&mut self, ctx: *mut sys::llama_context) -> Token {
         // SAFETY: both pointers are valid; idx -1 is the last output of the last decode.
-        unsafe { sys::llama_sampler_sample(self.ptr.as_ptr(), ctx.as_ptr(), -1) }
+        unsafe { sys::llama_sampler_sample(self.ptr.as_ptr(), ctx, -1) }
     }
 }
 

@@ -195,7 +195,8 @@ pub fn to_f32(ty: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
     // SAFETY: ty < GGML_TYPE_COUNT is checked by ggml_type_layout before use.
     let layout =
         super::ggml_type_layout(ty).ok_or_else(|| Error::Llama(format!("unknown type {ty}")))?;
-    if (n as u64) % layout.0 != 0 || bytes.len() as u64 != n as u64 / layout.0 * layout.1 {
+    if !(n as u64).is_multiple_of(layout.0) || bytes.len() as u64 != n as u64 / layout.0 * layout.1
+    {
         return Err(Error::Llama(format!(
             "{} bytes do not hold {n} values of type {}",
             bytes.len(),
@@ -216,7 +217,7 @@ pub fn to_f32(ty: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
 pub fn quantize(ty: u32, data: &[f32], rows: usize, n_per_row: usize) -> Result<Vec<u8>> {
     let (blck, _) =
         super::ggml_type_layout(ty).ok_or_else(|| Error::Llama(format!("unknown type {ty}")))?;
-    if n_per_row as u64 % blck != 0 {
+    if !(n_per_row as u64).is_multiple_of(blck) {
         return Err(Error::Llama(format!(
             "rows of {n_per_row} do not fit {} blocks of {blck}",
             type_name(ty)

@@ -42,7 +42,7 @@ impl Part {
 }
 
 /// Splits `s` at the last `sep`; `None` when `sep` is absent.
-fn cut_last<'a>(s: &'a str, sep: char) -> Option<(&'a str, &'a str)> {
+fn cut_last(s: &str, sep: char) -> Option<(&str, &str)> {
     s.rfind(sep).map(|i| (&s[..i], &s[i + 1..]))
 }
 

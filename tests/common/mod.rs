@@ -185,6 +185,10 @@ pub fn gbx() -> Command {
     c.env("OLLAMA_MODELS", f.store.path())
         .env("GEARBX_CACHE_DIR", default_model::cache_dir().unwrap())
         .env("GEARBX_THREADS", "1")
+        .env(
+            "GEARBX_TIER_CACHE",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("tier-cache"),
+        )
         .stdin(Stdio::null());
     c
 }
