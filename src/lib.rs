@@ -1,13 +1,15 @@
 //! gearbx: LLM inference on llama.cpp that shifts weight precision per generated token.
 //!
 //! Layers: [`store`] resolves a model (Ollama store, GGUF path, default model), [`llama`] owns
-//! the llama.cpp handles, [`engine`] runs the decode loop, [`kernels`] are our own C kernels.
+//! the llama.cpp handles, [`engine`] runs the decode loop, [`kernels`] are our own C kernels,
+//! [`measure`] is the benchmark and quality harness.
 
 pub mod engine;
 pub mod error;
 pub mod gearbox;
 pub mod kernels;
 pub mod llama;
+pub mod measure;
 pub mod monitor;
 pub mod store;
 

@@ -161,6 +161,13 @@ impl<'m> Context<'m> {
         self.abort.load(Ordering::Relaxed)
     }
 
+    /// Empties the KV cache: the next decode starts at position 0.
+    pub fn clear(&mut self) {
+        // SAFETY: ptr is valid; the memory handle belongs to it; clearing data too is allowed.
+        unsafe { sys::llama_memory_clear(sys::llama_get_memory(self.ptr.as_ptr()), true) };
+        self.n_past = 0;
+    }
+
     /// Attaches `sampler` to sequence 0 for backend sampling: from the next decode on, the
     /// backend-capable prefix of the chain runs inside the graph. Replaces (and frees) any
     /// sampler attached before. While attached, [`Context::logits`] is unavailable.

@@ -347,8 +347,8 @@ fn cpu_supports_weight_in(buft: sys::ggml_backend_buffer_type_t, ty: u32, ne: [i
         let w = sys::ggml_new_tensor_4d(ctx, ty as sys::ggml_type, ne[0], ne[1], ne[2], ne[3]);
         let b = sys::ggml_new_tensor_4d(ctx, sys::GGML_TYPE_F32, ne[0], 512, ne[2], ne[3]);
         let op = sys::ggml_mul_mat(ctx, w, b);
+        // Only the weight sits in the buffer under test, as in llama.cpp's loader.
         (*w).buffer = buf;
-        (*b).buffer = buf;
         let ok = !buf.is_null() && sys::ggml_backend_dev_supports_op(dev, op);
         if !buf.is_null() {
             sys::ggml_backend_buffer_free(buf);
