@@ -41,7 +41,7 @@ fn rel_speed(q: &[LaneResult], l: &LaneResult) -> f64 {
 }
 
 /// Auto lanes that some fixed lane beats on both axes (at least as fast, lower KL).
-fn dominated<'a>(q: &'a [LaneResult]) -> Vec<(&'a LaneResult, &'a LaneResult)> {
+fn dominated(q: &[LaneResult]) -> Vec<(&LaneResult, &LaneResult)> {
     let fixed: Vec<&LaneResult> = q.iter().filter(|l| l.policy != "auto").collect();
     q.iter()
         .filter(|l| l.policy == "auto")

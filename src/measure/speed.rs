@@ -187,8 +187,8 @@ pub fn measure(
             .sum();
         auto_tps.push(o.decode_tokens_per_s);
         predicted.push(1.0 / mix);
-        for i in 0..3 {
-            passes[i] += gs.passes[i];
+        for (p, n) in passes.iter_mut().zip(gs.passes) {
+            *p += n;
         }
         shifts += gs.shifts;
         gearbox.shift(gear_ctx, Gear::High);

@@ -355,6 +355,7 @@ mod tests {
     #[test]
     fn ticks_are_round_numbers_inside_the_range() {
         let t = nice_ticks(0.0, 10.0, 5);
-        assert_eq!(t, vec![0.0, 2.5, 5.0, 7.5, 10.0]);
+        assert_eq!(t, vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
+        assert_eq!(nice_ticks(0.0, 1.0, 4), vec![0.0, 0.25, 0.5, 0.75, 1.0]);
     }
 }

@@ -1,0 +1,122 @@
+//! The measurement harness, small: gearbx-bench on the real SmolLM2 and a real Austen novel
+//! (prepared by scripts/fetch-austen.py from Debian's r-cran-janeaustenr), a few dozen
+//! positions. Asserts the outputs are well formed and the numbers that must hold do.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+
+fn austen() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("austen");
+    let st = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/fetch-austen.py"
+        ))
+        .arg(&dir)
+        .status()
+        .expect("running python3");
+    assert!(st.success(), "scripts/fetch-austen.py failed");
+    dir.join("pride-and-prejudice.txt")
+}
+
+#[test]
+fn quick_report_is_well_formed_and_consistent() {
+    fixture();
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_gearbx-bench"))
+        .args([
+            "--positions",
+            "30",
+            "--window",
+            "40",
+            "--prompt",
+            "8",
+            "--rounds",
+            "1",
+        ])
+        .args([
+            "--tokens",
+            "12",
+            "--sweep",
+            "1,3",
+            "--gen-tokens",
+            "12",
+            "-t",
+            "2",
+        ])
+        .arg("--text")
+        .arg(austen())
+        .arg("--out")
+        .arg(out.path())
+        .env(
+            "GEARBX_CACHE_DIR",
+            gearbx::store::default_model::cache_dir().unwrap(),
+        )
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
+    let r = &json[0];
+    let lanes = r["quality"].as_array().unwrap();
+    let lane = |name: &str| {
+        lanes
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("no lane {name}"))
+    };
+    assert_eq!(lane("source (reference)")["positions"], 30);
+    // The high gear is the source tensors: identical distributions at every position.
+    assert_eq!(lane("high gear")["kl_max"].as_f64(), Some(0.0));
+    assert_eq!(lane("high gear")["top1_agreement"].as_f64(), Some(1.0));
+    // A fixed tier is the static llama.cpp model of the same types, bit for bit.
+    for g in ["mid", "low"] {
+        let fixed = lane(&format!("{g} gear"));
+        let stat = lane(&format!("static {g} (llama.cpp)"));
+        assert_eq!(fixed["kl_mean"], stat["kl_mean"], "{g}");
+        assert_eq!(fixed["perplexity"], stat["perplexity"], "{g}");
+        assert!(
+            fixed["kl_mean"].as_f64().unwrap() > 0.0,
+            "{g} tier is not the source"
+        );
+    }
+    // Auto lanes route: fractions sum to 1; a 3x threshold sends more to low than 1x.
+    let f = |n: &str| -> Vec<f64> {
+        lane(n)["gear_fraction"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    assert!((f("auto x1").iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    assert!(f("auto x3")[0] >= f("auto x1")[0]);
+    // Speed: one ratio per gear, positive and finite.
+    for g in r["speed"]["gears"].as_array().unwrap() {
+        let x = g["ratio"]["median"].as_f64().unwrap();
+        assert!(x.is_finite() && x > 0.0);
+    }
+    assert_eq!(r["separation"]["trivial"].as_array().unwrap().len(), 6);
+    let md = std::fs::read_to_string(out.path().join("results.md")).unwrap();
+    assert!(
+        md.contains("| high gear | 0.0000 | 0.0000 | 1.000 |"),
+        "{md}"
+    );
+    for chart in ["frontier", "speed", "timeline"] {
+        let svg = std::fs::read_dir(out.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(chart))
+            .unwrap_or_else(|| panic!("no {chart} chart"));
+        let s = std::fs::read_to_string(svg).unwrap();
+        assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>") && !s.contains("NaN"));
+        assert!(
+            md.contains(&format!("]({chart}-")),
+            "results.md links the {chart} chart"
+        );
+    }
+}
