@@ -11,7 +11,7 @@ use std::time::Instant;
 use gearbx::engine::{self, EntropySource, GenerateParams};
 use gearbx::gearbox::{CacheOptions, Gear, Gearbox, GearboxOptions, TierOrigin};
 use gearbx::kernels::entropy_bits;
-use gearbx::llama::{Context, ContextParams, Model, ModelParams, SamplingParams, Token};
+use gearbx::llama::{Context, ContextParams, Model, ModelParams, Token};
 use gearbx::monitor::{Monitor, MonitorConfig};
 use gearbx::store::{default_model, gguf};
 
@@ -231,19 +231,8 @@ fn entropy_sources(model: &Model, threads: i32) {
         )
         .unwrap();
         let params = GenerateParams {
-            n_predict: Some(96),
-            stop: vec![],
-            sampling: SamplingParams {
-                temperature: 0.0,
-                top_k: 40,
-                top_p: 0.9,
-                min_p: 0.0,
-                repeat_penalty: 1.1,
-                repeat_last_n: 64,
-                seed: 1,
-                ignore_eos: false,
-            },
             entropy: src,
+            ..GenerateParams::greedy(96, false)
         };
         engine::generate(&mut ctx, &prompt, &params, None, |_| {})
             .unwrap()

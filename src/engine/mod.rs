@@ -30,6 +30,28 @@ pub struct GenerateParams {
     pub entropy: EntropySource,
 }
 
+impl GenerateParams {
+    /// Greedy decoding of up to `n` tokens with the default repeat penalty (1.1 over 64) and
+    /// host entropy: what the benchmarks and the report generate with.
+    pub fn greedy(n: usize, ignore_eos: bool) -> Self {
+        Self {
+            n_predict: Some(n),
+            stop: vec![],
+            sampling: SamplingParams {
+                temperature: 0.0,
+                top_k: 40,
+                top_p: 0.9,
+                min_p: 0.0,
+                repeat_penalty: 1.1,
+                repeat_last_n: 64,
+                seed: 1,
+                ignore_eos,
+            },
+            entropy: EntropySource::Host,
+        }
+    }
+}
+
 /// Where to compute entropy: from host logits, or inside the graph through backend sampling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EntropySource {

@@ -11,10 +11,10 @@ use sha2::{Digest, Sha256};
 use super::baseline;
 use super::quality::{self, EvalOptions, Lane, LaneResult, Policy};
 use super::speed::{self, SpeedReport, SpeedSetup};
-use crate::engine::{self, prompt, EntropySource, GearControl, GenerateParams, PromptSpec};
+use crate::engine::{self, prompt, GearControl, GenerateParams, PromptSpec};
 use crate::error::{Error, Result};
 use crate::gearbox::{BuildReport, CacheOptions, Gear, Gearbox, GearboxOptions};
-use crate::llama::{weights, Context, ContextParams, Model, ModelParams, SamplingParams, Token};
+use crate::llama::{weights, Context, ContextParams, Model, ModelParams, Token};
 use crate::monitor::{classifier, Monitor, MonitorConfig};
 use crate::store::{digest, verify::hex, ResolvedModel};
 
@@ -127,24 +127,6 @@ fn context<'m>(model: &'m Model, n_ctx: u32, threads: usize) -> Result<Context<'
     )
 }
 
-fn greedy(n: usize, ignore_eos: bool) -> GenerateParams {
-    GenerateParams {
-        n_predict: Some(n),
-        stop: vec![],
-        sampling: SamplingParams {
-            temperature: 0.0,
-            top_k: 40,
-            top_p: 0.9,
-            min_p: 0.0,
-            repeat_penalty: 1.1,
-            repeat_last_n: 64,
-            seed: 1,
-            ignore_eos,
-        },
-        entropy: EntropySource::Host,
-    }
-}
-
 /// Text windows for scoring: the novel from its first chapter on, tokenized, cut into windows
 /// that each start with the model's BOS (if it uses one).
 pub fn text_windows(
@@ -196,7 +178,7 @@ fn auto_run(
     let o = engine::generate(
         &mut ctx,
         &p.tokens,
-        &greedy(n, ignore_eos),
+        &GenerateParams::greedy(n, ignore_eos),
         Some(GearControl {
             gearbox: gb,
             monitor: Some(monitor),

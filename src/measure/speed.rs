@@ -4,10 +4,10 @@
 
 use serde::Serialize;
 
-use crate::engine::{self, EntropySource, GearControl, GenerateParams, Outcome};
+use crate::engine::{self, GearControl, GenerateParams, Outcome};
 use crate::error::Result;
 use crate::gearbox::{Gear, Gearbox};
-use crate::llama::{Context, SamplingParams, Token};
+use crate::llama::{Context, Token};
 use crate::monitor::{Monitor, MonitorConfig};
 
 /// Median and range of one series.
@@ -90,24 +90,6 @@ pub struct SpeedSetup<'a, 'm, 's> {
     pub prefill: Vec<Token>,
 }
 
-fn params(n: usize) -> GenerateParams {
-    GenerateParams {
-        n_predict: Some(n),
-        stop: vec![],
-        sampling: SamplingParams {
-            temperature: 0.0,
-            top_k: 40,
-            top_p: 0.9,
-            min_p: 0.0,
-            repeat_penalty: 1.1,
-            repeat_last_n: 64,
-            seed: 1,
-            ignore_eos: true,
-        },
-        entropy: EntropySource::Host,
-    }
-}
-
 fn run(
     ctx: &mut Context<'_>,
     prompt: &[Token],
@@ -115,7 +97,7 @@ fn run(
     gears: Option<GearControl<'_, '_>>,
 ) -> Result<Outcome> {
     ctx.clear();
-    engine::generate(ctx, prompt, &params(n), gears, |_| {})
+    engine::generate(ctx, prompt, &GenerateParams::greedy(n, true), gears, |_| {})
 }
 
 fn prefill_rate(ctx: &mut Context<'_>, prompt: &[Token]) -> Result<f64> {
