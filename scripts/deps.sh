@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs the system packages the build needs (Debian/Ubuntu), only if they are missing:
-# cmake and a C/C++ compiler build llama.cpp; libclang lets bindgen read llama.h.
+# cmake and a C/C++ compiler build llama.cpp; libclang lets bindgen read llama.h; pkg-config
+# is how the C tests (and C users) find libgearbx; llvm-ar makes libgearbx-host.a.
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
 command -v clang >/dev/null || missing+=(clang)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+{ command -v llvm-ar || ls /usr/bin/llvm-ar-*; } >/dev/null 2>&1 || missing+=(llvm)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then

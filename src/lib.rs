@@ -2,8 +2,9 @@
 //!
 //! Layers: [`store`] resolves a model (Ollama store, GGUF path, default model), [`llama`] owns
 //! the llama.cpp handles, [`engine`] runs the decode loop, [`kernels`] are our own C kernels,
-//! [`measure`] is the benchmark and quality harness.
+//! [`measure`] is the benchmark and quality harness, [`capi`] the C ABI of include/gearbx.h.
 
+pub mod capi;
 pub mod engine;
 pub mod error;
 pub mod gearbox;

@@ -491,13 +491,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         let cache = if cli.no_tier_cache {
             None
         } else {
-            let dir = match &cli.tier_cache {
-                Some(d) => d.clone(),
-                None => store::default_model::cache_dir()?.join("tiers"),
-            };
-            let memo = dir.join("digests");
-            let source_sha256 = store::digest::source_sha256(m, &memo, progress)?;
-            Some(CacheOptions { dir, source_sha256 })
+            Some(CacheOptions::for_model(cli.tier_cache.clone(), m, progress)?)
         };
         let opts = GearboxOptions {
             manage,

@@ -139,6 +139,8 @@ pub struct GearStats {
     pub mode: String,
     /// Forward passes (after the prompt) per gear: low, mid, high.
     pub passes: [usize; 3],
+    /// Generated tokens whose distribution came from each gear.
+    pub tokens: [usize; 3],
     /// Fraction of generated tokens whose distribution came from each gear.
     pub token_fraction: [f64; 3],
     pub tokens_per_s: [f64; 3],
@@ -386,6 +388,7 @@ pub fn generate(
             g.fixed.to_string()
         },
         passes,
+        tokens: tokens_at,
         token_fraction: tokens_at.map(|n| {
             if n_gen > 0 {
                 n as f64 / n_gen as f64

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::llama::weights::{self, TensorTiers, WeightTensor};
 use crate::llama::{Context, Model};
-use crate::store::GgufInfo;
+use crate::store::{GgufInfo, ResolvedModel};
 pub use plan::{Gear, Manage, TierOverrides};
 
 /// How to build the gearbox.
@@ -38,6 +38,19 @@ pub struct CacheOptions {
     pub dir: PathBuf,
     /// The source model's sha256 (the cache key starts from it).
     pub source_sha256: String,
+}
+
+impl CacheOptions {
+    /// The cache for model `m` in `dir` (default: `$GEARBX_TIER_CACHE`, else `<cache>/tiers`);
+    /// hashes a GGUF given by path once and memoises the digest under `<dir>/digests`.
+    pub fn for_model(dir: Option<PathBuf>, m: &ResolvedModel, progress: bool) -> Result<Self> {
+        let dir = match dir.or_else(|| std::env::var_os("GEARBX_TIER_CACHE").map(PathBuf::from)) {
+            Some(d) => d,
+            None => crate::store::default_model::cache_dir()?.join("tiers"),
+        };
+        let source_sha256 = crate::store::digest::source_sha256(m, &dir.join("digests"), progress)?;
+        Ok(Self { dir, source_sha256 })
+    }
 }
 
 /// Where the tiers of this run came from.
@@ -94,6 +107,39 @@ fn source_bytes(w: &WeightTensor, file: &File, gguf: &GgufInfo) -> Result<Vec<u8
     file.read_exact_at(&mut buf, t.file_offset)
         .map_err(|e| Error::io(format!("reading {name} from the model file"), e))?;
     Ok(buf)
+}
+
+/// Checks that the GGUF at `path` holds the tensors of the loaded model: every managed tensor
+/// is in it with the same type and size, and its first bytes are the loaded ones (where the
+/// loaded copy is readable; repacked tensors are compared by type and size). A host that names
+/// a different file than it loaded would otherwise get tiers of the wrong weights from the
+/// cache.
+fn check_source_file(weights: &[WeightTensor], file: &File, gguf: &GgufInfo, path: &Path) -> Result<()> {
+    for w in weights {
+        let name = w.name();
+        let bad = |why: String| Error::InvalidParam(format!(
+            "{} is not the file this model was loaded from: {why}",
+            path.display()
+        ));
+        let t = gguf
+            .tensors
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| bad(format!("it has no tensor {name}")))?;
+        if t.ggml_type != w.ggml_type() || t.size as usize != w.nbytes() {
+            return Err(bad(format!("{name} differs in type or size")));
+        }
+        if !w.is_repacked() {
+            let loaded = w.read_prefix(64)?;
+            let mut on_disk = vec![0u8; loaded.len()];
+            file.read_exact_at(&mut on_disk, t.file_offset)
+                .map_err(|e| Error::io(format!("reading {name} from {}", path.display()), e))?;
+            if loaded != on_disk {
+                return Err(bad(format!("the values of {name} differ")));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn type_summary(types: impl Iterator<Item = u32>) -> String {
@@ -174,6 +220,9 @@ impl<'m> Gearbox<'m> {
                 "no weight matrices match --manage/--layers".into(),
             ));
         }
+        let file = File::open(model_path)
+            .map_err(|e| Error::io(format!("opening {}", model_path.display()), e))?;
+        check_source_file(&managed, &file, gguf, model_path)?;
         let src_types: Vec<u32> = managed.iter().map(|w| w.ggml_type()).collect();
         let warnings = plan::plan_warnings(&src_types, &opts.overrides);
         let per_tensor: Vec<[Option<u32>; 3]> = managed
@@ -262,8 +311,6 @@ impl<'m> Gearbox<'m> {
         }
 
         if origin == TierOrigin::Built {
-            let file = File::open(model_path)
-                .map_err(|e| Error::io(format!("opening {}", model_path.display()), e))?;
             // Saving is best effort: a full disk costs the next start a rebuild, not this run.
             let writer = cache_at.as_ref().and_then(|(path, key, c)| {
                 cache::Writer::create(path, key, &c.source_sha256, &entries)
@@ -336,6 +383,21 @@ impl<'m> Gearbox<'m> {
         let t = Instant::now();
         self.tiers
             .activate_synced(ctx, self.gear_set[gear as usize]);
+        self.gear = gear;
+        t.elapsed()
+    }
+
+    /// [`Gearbox::shift`] on a context a host program owns (the attach API).
+    ///
+    /// # Safety
+    /// `ctx` must be a live `llama_context` of the model this gearbox was built for.
+    pub unsafe fn shift_host(&mut self, ctx: *mut crate::llama::sys::llama_context, gear: Gear) -> Duration {
+        let t = Instant::now();
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            self.tiers
+                .activate_synced_raw(ctx, self.gear_set[gear as usize])
+        };
         self.gear = gear;
         t.elapsed()
     }

@@ -231,7 +231,7 @@ impl<'m> Context<'m> {
         Ok(unsafe { std::slice::from_raw_parts(p, self.model.n_vocab()) })
     }
 
-    pub(super) fn as_ptr(&self) -> *mut sys::llama_context {
+    pub(crate) fn as_ptr(&self) -> *mut sys::llama_context {
         self.ptr.as_ptr()
     }
 }

@@ -20,11 +20,13 @@ impl Default for ModelParams {
     }
 }
 
-/// An owned `llama_model`, freed on drop.
+/// A `llama_model`: loaded and owned (freed on drop), or borrowed from a host program.
 pub struct Model {
     ptr: NonNull<sys::llama_model>,
     vocab: *const sys::llama_vocab,
     offloaded: bool,
+    /// False for a host's model ([`Model::from_host`]): the host frees it.
+    owned: bool,
 }
 
 // SAFETY: a llama_model is immutable after loading and llama.cpp allows using one model from
@@ -66,6 +68,26 @@ impl Model {
             vocab,
             // SAFETY: a plain query of the build's capabilities.
             offloaded: params.n_gpu_layers != 0 && unsafe { sys::llama_supports_gpu_offload() },
+            owned: true,
+        })
+    }
+
+    /// Wraps a model a host program loaded through llama.h; dropping the wrapper leaves it
+    /// alone.
+    ///
+    /// # Safety
+    /// `ptr` must be a live `llama_model` that outlives the returned value and everything
+    /// built on it.
+    pub unsafe fn from_host(ptr: *mut sys::llama_model) -> Option<Self> {
+        let ptr = NonNull::new(ptr)?;
+        // SAFETY: the caller guarantees ptr is a live model.
+        let vocab = unsafe { sys::llama_model_get_vocab(ptr.as_ptr()) };
+        Some(Self {
+            ptr,
+            vocab,
+            // The host decides placement; entropy is read from the host's logits anyway.
+            offloaded: false,
+            owned: false,
         })
     }
 
@@ -258,8 +280,10 @@ impl Model {
 
 impl Drop for Model {
     fn drop(&mut self) {
-        // SAFETY: ptr came from llama_model_load_from_file and is freed exactly once; contexts
-        // borrow the model, so none is alive here.
-        unsafe { sys::llama_model_free(self.ptr.as_ptr()) }
+        if self.owned {
+            // SAFETY: ptr came from llama_model_load_from_file and is freed exactly once;
+            // contexts borrow the model, so none is alive here.
+            unsafe { sys::llama_model_free(self.ptr.as_ptr()) }
+        }
     }
 }

@@ -93,14 +93,19 @@ impl WeightTensor {
 
     /// Reads the tensor's bytes (in its current type) from whatever device holds them.
     pub fn read_bytes(&self) -> Result<Vec<u8>> {
+        self.read_prefix(self.nbytes())
+    }
+
+    /// Reads the first `len` bytes (at most the whole tensor).
+    pub fn read_prefix(&self, len: usize) -> Result<Vec<u8>> {
         if self.is_repacked() {
             return Err(Error::Llama(format!(
                 "{} is repacked; read it from the GGUF file",
                 self.name()
             )));
         }
-        let mut out = vec![0u8; self.nbytes()];
-        // SAFETY: out holds nbytes; the tensor has a buffer (it was used in a decode).
+        let mut out = vec![0u8; len.min(self.nbytes())];
+        // SAFETY: out holds at most nbytes; the tensor has a buffer (it was used in a decode).
         unsafe {
             sys::ggml_backend_tensor_get(
                 self.ptr.as_ptr(),
@@ -562,9 +567,18 @@ impl<'m> TensorTiers<'m> {
 
     /// Waits for the context's pending work, then switches to set `s`.
     pub fn activate_synced(&mut self, ctx: &Context<'_>, s: usize) {
+        // SAFETY: a Context holds a live llama_context.
+        unsafe { self.activate_synced_raw(ctx.as_ptr(), s) }
+    }
+
+    /// [`TensorTiers::activate_synced`] on a context a host program owns.
+    ///
+    /// # Safety
+    /// `ctx` must be a live `llama_context` of this model.
+    pub unsafe fn activate_synced_raw(&mut self, ctx: *mut sys::llama_context, s: usize) {
         if s != self.active {
-            // SAFETY: ctx is valid; synchronize only waits.
-            unsafe { sys::llama_synchronize(ctx.as_ptr()) };
+            // SAFETY: the caller guarantees ctx is live; synchronize only waits.
+            unsafe { sys::llama_synchronize(ctx) };
             self.activate(s);
         }
     }

@@ -1,0 +1,198 @@
+//! The C API from C: two programs under tests/c, compiled with the system C compiler against
+//! the installed libraries (scripts/install-lib.sh, found through pkg-config) and run on the
+//! real model. engine.c uses the engine API through libgearbx.a; frontend.c is a llama.cpp
+//! frontend with its own llama.cpp (the static libraries of the llama.cpp build gearbx was
+//! built against, standing in for the host's) that attaches gearbx through libgearbx-host.a.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use common::*;
+
+struct Installed {
+    prefix: PathBuf,
+    /// The llama.cpp install (include/, lib/) the frontend links as "its own".
+    llama: PathBuf,
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tmp() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("capi")
+}
+
+/// Builds and installs the libraries once per test binary.
+fn installed() -> &'static Installed {
+    static I: OnceLock<Installed> = OnceLock::new();
+    I.get_or_init(|| {
+        let prefix = tmp().join("prefix");
+        let _ = std::fs::remove_dir_all(&prefix);
+        let o = Command::new("bash")
+            .arg(root().join("scripts/install-lib.sh"))
+            .arg(&prefix)
+            .output()
+            .expect("running scripts/install-lib.sh");
+        assert!(o.status.success(), "install-lib.sh failed: {}", stderr(&o));
+        // Where cargo built llama.cpp (the same query install-lib.sh makes).
+        let o = Command::new(env!("CARGO"))
+            .args(["build", "--release", "--lib", "--message-format=json"])
+            .current_dir(root())
+            .output()
+            .unwrap();
+        let llama = stdout(&o)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|m| {
+                m["reason"] == "build-script-executed"
+                    && m["package_id"].as_str().is_some_and(|p| p.contains("llama-cpp-sys-2"))
+            })
+            .and_then(|m| m["out_dir"].as_str().map(PathBuf::from))
+            .expect("llama-cpp-sys-2 out_dir");
+        Installed { prefix, llama }
+    })
+}
+
+fn pkg_config(args: &[&str]) -> Vec<String> {
+    let o = Command::new("pkg-config")
+        .args(args)
+        .env("PKG_CONFIG_PATH", installed().prefix.join("lib/pkgconfig"))
+        .output()
+        .expect("pkg-config (scripts/deps.sh installs it)");
+    assert!(o.status.success(), "pkg-config {args:?}: {}", stderr(&o));
+    stdout(&o).split_whitespace().map(String::from).collect()
+}
+
+/// Compiles tests/c/NAME.c with warnings as errors; `extra` goes after the pkg-config flags.
+fn compile(name: &str, pkg: &str, pre: &[String], extra: &[String]) -> PathBuf {
+    let out = tmp().join(name);
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let o = Command::new(&cc)
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-pthread"])
+        .args(pre)
+        .arg(root().join(format!("tests/c/{name}.c")))
+        .args(pkg_config(&["--cflags", "--libs", pkg]))
+        .args(extra)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("running the C compiler");
+    assert!(o.status.success(), "{cc} {name}.c failed:\n{}", stderr(&o));
+    out
+}
+
+fn value<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key}= missing in:\n{out}"))
+}
+
+fn between<'a>(out: &'a str, tag: &str) -> &'a str {
+    let start = out.find(&format!("{tag}<<")).expect(tag) + tag.len() + 2;
+    let end = out.find(&format!(">>{tag}")).expect(tag);
+    &out[start..end]
+}
+
+fn run_checked(mut c: Command, what: &str) -> (Output, String) {
+    let o = c.output().unwrap_or_else(|e| panic!("running {what}: {e}"));
+    let out = stdout(&o);
+    assert!(
+        o.status.success(),
+        "{what} failed ({:?}):\nstdout:\n{out}\nstderr:\n{}",
+        o.status,
+        stderr(&o)
+    );
+    (o, out)
+}
+
+const PROMPT: &str = "Write one sentence about the sea.";
+
+#[test]
+fn c_program_generates_through_the_engine_api_of_the_static_library() {
+    let f = fixture();
+    let exe = compile("engine", "gearbx", &[], &[]);
+    let mut c = Command::new(&exe);
+    c.args([f.store.path().to_str().unwrap(), "smollm2:135m", PROMPT, "24"])
+        .env("GEARBX_TIER_CACHE", Path::new(env!("CARGO_TARGET_TMPDIR")).join("tier-cache"));
+    let (_, out) = run_checked(c, "tests/c/engine.c");
+    assert_eq!(out.lines().last(), Some("OK"));
+    // The same generation through gearbx-run: same model, store defaults, greedy, auto gears.
+    let cli = run_json(&["smollm2:135m", "--temp", "0", "--seed", "1", "-n", "24", "-p", PROMPT]);
+    let text = between(&out, "TEXT");
+    assert_eq!(text, cli["text"].as_str().unwrap(), "engine API text != gearbx-run text");
+    assert!(!text.trim().is_empty());
+    let n: usize = value(&out, "TOKENS").parse().unwrap();
+    assert_eq!(n as u64, cli["generated_tokens"].as_u64().unwrap());
+    let fractions = &cli["gears"]["token_fraction"];
+    for (i, k) in ["LOW", "MID", "HIGH"].iter().enumerate() {
+        let got: f64 = value(&out, k).parse().unwrap();
+        let want = fractions[i].as_f64().unwrap() * n as f64;
+        assert!((got - want).abs() < 0.5, "{k}: C {got}, CLI {want}");
+    }
+    assert!(value(&out, "CANCELLED_AFTER").parse::<u32>().unwrap() >= 5);
+}
+
+#[test]
+fn c_frontend_attaches_to_its_own_llama_cpp_and_gears_shift() {
+    let f = fixture();
+    let inst = installed();
+    let llama_lib = inst.llama.join("lib");
+    let exe = compile(
+        "frontend",
+        "gearbx-host",
+        &[format!("-I{}", inst.llama.join("include").display())],
+        // The frontend's own llama.cpp, after gearbx-host (static link order).
+        &[
+            format!("-L{}", llama_lib.display()),
+            "-lllama".into(),
+            "-lggml".into(),
+            "-lggml-cpu".into(),
+            "-lggml-base".into(),
+            "-lstdc++".into(),
+            "-lm".into(),
+        ],
+    );
+    // One copy of llama.cpp in the program: gearbx-host defines no llama_/ggml_ symbols.
+    let nm = Command::new("nm")
+        .args(["--defined-only", "-g"])
+        .arg(inst.prefix.join("lib/libgearbx-host.a"))
+        .output()
+        .unwrap();
+    let defined = stdout(&nm);
+    assert!(
+        !defined.lines().any(|l| l.contains(" T llama_") || l.contains(" T ggml_")),
+        "libgearbx-host.a still holds llama.cpp"
+    );
+    let mut c = Command::new(&exe);
+    c.args([f.model.to_str().unwrap(), "The capital of France is", "48"])
+        .env("GEARBX_TIER_CACHE", Path::new(env!("CARGO_TARGET_TMPDIR")).join("tier-cache"));
+    let (o, out) = run_checked(c, "tests/c/frontend.c");
+    assert_eq!(value(&out, "RESTORED"), "1", "detach did not restore the model");
+    assert!(value(&out, "MISMATCH_ERROR").contains("sizeof(llama_context_params)"));
+    let (low, mid, high): (u32, u32, u32) = (
+        value(&out, "LOW").parse().unwrap(),
+        value(&out, "MID").parse().unwrap(),
+        value(&out, "HIGH").parse().unwrap(),
+    );
+    let shifts: u32 = value(&out, "SHIFTS").parse().unwrap();
+    let tokens: u32 = value(&out, "TOKENS").parse().unwrap();
+    assert!(shifts >= 1 && low + mid > 0, "no shifting: {out}\n{}", stderr(&o));
+    assert_eq!(low + mid + high, value(&out, "OBSERVED").parse::<u32>().unwrap());
+    assert!(tokens >= 8, "{out}");
+    // The first token comes from the prompt's decode at the high gear: the plain model's.
+    assert_eq!(value(&out, "FIRST_TOKEN_EQUAL"), "1");
+    // Coherent text: words, not byte soup.
+    let text = between(&out, "GEARS");
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let ok_chars = text
+        .chars()
+        .filter(|c| c.is_alphanumeric() || c.is_whitespace() || ".,;:'\"!?()-".contains(*c))
+        .count();
+    assert!(words.len() >= 5, "{text:?}");
+    assert!(ok_chars * 10 >= text.chars().count() * 9, "{text:?}");
+    assert_eq!(between(&out, "PLAIN"), between(&out, "AFTER"));
+}
