@@ -1,7 +1,7 @@
 # The two commands of the README. Each installs what the build needs first.
 PROMPT ?= Why is the sky blue?
 
-.PHONY: run test deps report
+.PHONY: run test deps report lib header memcheck
 deps:
 	@bash scripts/deps.sh
 
@@ -22,3 +22,17 @@ report: deps
 	cargo run --release --bin gearbx-bench -- --text $(DATA)/austen/pride-and-prejudice.txt \
 		--out docs -m $(HOME)/.cache/gearbx/models/SmolLM2-135M-Instruct.Q4_1.gguf \
 		-m $(DATA)/gemma-3-270m-q4_k_m.gguf
+
+# The C libraries, header and pkg-config files under PREFIX (see "The C API" in the README).
+PREFIX ?= $(HOME)/.local
+lib: deps
+	bash scripts/install-lib.sh $(PREFIX)
+
+# Regenerates include/gearbx.h from src/capi (cbindgen, pinned in Cargo.toml).
+header:
+	GEARBX_UPDATE_HEADER=1 cargo test --release --test header
+
+# The two C programs of tests/c under valgrind (built by `cargo test --release --test capi`).
+memcheck: deps
+	cargo test --release --test capi
+	bash scripts/memcheck.sh

@@ -196,3 +196,35 @@ fn c_frontend_attaches_to_its_own_llama_cpp_and_gears_shift() {
     assert!(ok_chars * 10 >= text.chars().count() * 9, "{text:?}");
     assert_eq!(between(&out, "PLAIN"), between(&out, "AFTER"));
 }
+
+#[test]
+fn shared_library_exports_exactly_the_functions_of_the_header() {
+    let inst = installed();
+    let header = std::fs::read_to_string(root().join("include/gearbx.h")).unwrap();
+    // Declared functions: "gearbx_xxx(" at the start of a declaration line.
+    let mut declared: Vec<String> = header
+        .lines()
+        .filter(|l| !l.starts_with("//") && !l.starts_with(' ') && !l.starts_with("static"))
+        .filter_map(|l| {
+            // The identifier directly followed by "(" is the function's name.
+            let open = l.find('(')?;
+            let name = l[..open].rsplit(|c: char| !(c.is_alphanumeric() || c == '_')).next()?;
+            name.starts_with("gearbx_").then(|| name.to_string())
+        })
+        .collect();
+    declared.sort();
+    declared.dedup();
+    let o = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(inst.prefix.join("lib/libgearbx.so"))
+        .output()
+        .unwrap();
+    let mut exported: Vec<String> = stdout(&o)
+        .lines()
+        .filter(|l| l.contains(" T "))
+        .filter_map(|l| l.split_whitespace().last().map(String::from))
+        .collect();
+    exported.sort();
+    assert!(declared.len() >= 20, "{declared:?}");
+    assert_eq!(exported, declared, "libgearbx.so exports != gearbx.h declares");
+}
