@@ -49,7 +49,9 @@ fn installed() -> &'static Installed {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .find(|m| {
                 m["reason"] == "build-script-executed"
-                    && m["package_id"].as_str().is_some_and(|p| p.contains("llama-cpp-sys-2"))
+                    && m["package_id"]
+                        .as_str()
+                        .is_some_and(|p| p.contains("llama-cpp-sys-2"))
             })
             .and_then(|m| m["out_dir"].as_str().map(PathBuf::from))
             .expect("llama-cpp-sys-2 out_dir");
@@ -72,7 +74,9 @@ fn compile(name: &str, pkg: &str, pre: &[String], extra: &[String]) -> PathBuf {
     let out = tmp().join(name);
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let o = Command::new(&cc)
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-pthread"])
+        .args([
+            "-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-pthread",
+        ])
         .args(pre)
         .arg(root().join(format!("tests/c/{name}.c")))
         .args(pkg_config(&["--cflags", "--libs", pkg]))
@@ -116,14 +120,36 @@ fn c_program_generates_through_the_engine_api_of_the_static_library() {
     let f = fixture();
     let exe = compile("engine", "gearbx", &[], &[]);
     let mut c = Command::new(&exe);
-    c.args([f.store.path().to_str().unwrap(), "smollm2:135m", PROMPT, "24"])
-        .env("GEARBX_TIER_CACHE", Path::new(env!("CARGO_TARGET_TMPDIR")).join("tier-cache"));
+    c.args([
+        f.store.path().to_str().unwrap(),
+        "smollm2:135m",
+        PROMPT,
+        "24",
+    ])
+    .env(
+        "GEARBX_TIER_CACHE",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("tier-cache"),
+    );
     let (_, out) = run_checked(c, "tests/c/engine.c");
     assert_eq!(out.lines().last(), Some("OK"));
     // The same generation through gearbx-run: same model, store defaults, greedy, auto gears.
-    let cli = run_json(&["smollm2:135m", "--temp", "0", "--seed", "1", "-n", "24", "-p", PROMPT]);
+    let cli = run_json(&[
+        "smollm2:135m",
+        "--temp",
+        "0",
+        "--seed",
+        "1",
+        "-n",
+        "24",
+        "-p",
+        PROMPT,
+    ]);
     let text = between(&out, "TEXT");
-    assert_eq!(text, cli["text"].as_str().unwrap(), "engine API text != gearbx-run text");
+    assert_eq!(
+        text,
+        cli["text"].as_str().unwrap(),
+        "engine API text != gearbx-run text"
+    );
     assert!(!text.trim().is_empty());
     let n: usize = value(&out, "TOKENS").parse().unwrap();
     assert_eq!(n as u64, cli["generated_tokens"].as_u64().unwrap());
@@ -164,14 +190,23 @@ fn c_frontend_attaches_to_its_own_llama_cpp_and_gears_shift() {
         .unwrap();
     let defined = stdout(&nm);
     assert!(
-        !defined.lines().any(|l| l.contains(" T llama_") || l.contains(" T ggml_")),
+        !defined
+            .lines()
+            .any(|l| l.contains(" T llama_") || l.contains(" T ggml_")),
         "libgearbx-host.a still holds llama.cpp"
     );
     let mut c = Command::new(&exe);
     c.args([f.model.to_str().unwrap(), "The capital of France is", "48"])
-        .env("GEARBX_TIER_CACHE", Path::new(env!("CARGO_TARGET_TMPDIR")).join("tier-cache"));
+        .env(
+            "GEARBX_TIER_CACHE",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("tier-cache"),
+        );
     let (o, out) = run_checked(c, "tests/c/frontend.c");
-    assert_eq!(value(&out, "RESTORED"), "1", "detach did not restore the model");
+    assert_eq!(
+        value(&out, "RESTORED"),
+        "1",
+        "detach did not restore the model"
+    );
     assert!(value(&out, "MISMATCH_ERROR").contains("sizeof(llama_context_params)"));
     let (low, mid, high): (u32, u32, u32) = (
         value(&out, "LOW").parse().unwrap(),
@@ -180,8 +215,15 @@ fn c_frontend_attaches_to_its_own_llama_cpp_and_gears_shift() {
     );
     let shifts: u32 = value(&out, "SHIFTS").parse().unwrap();
     let tokens: u32 = value(&out, "TOKENS").parse().unwrap();
-    assert!(shifts >= 1 && low + mid > 0, "no shifting: {out}\n{}", stderr(&o));
-    assert_eq!(low + mid + high, value(&out, "OBSERVED").parse::<u32>().unwrap());
+    assert!(
+        shifts >= 1 && low + mid > 0,
+        "no shifting: {out}\n{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        low + mid + high,
+        value(&out, "OBSERVED").parse::<u32>().unwrap()
+    );
     assert!(tokens >= 8, "{out}");
     // The first token comes from the prompt's decode at the high gear: the plain model's.
     assert_eq!(value(&out, "FIRST_TOKEN_EQUAL"), "1");
@@ -208,7 +250,9 @@ fn shared_library_exports_exactly_the_functions_of_the_header() {
         .filter_map(|l| {
             // The identifier directly followed by "(" is the function's name.
             let open = l.find('(')?;
-            let name = l[..open].rsplit(|c: char| !(c.is_alphanumeric() || c == '_')).next()?;
+            let name = l[..open]
+                .rsplit(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .next()?;
             name.starts_with("gearbx_").then(|| name.to_string())
         })
         .collect();
@@ -226,5 +270,8 @@ fn shared_library_exports_exactly_the_functions_of_the_header() {
         .collect();
     exported.sort();
     assert!(declared.len() >= 20, "{declared:?}");
-    assert_eq!(exported, declared, "libgearbx.so exports != gearbx.h declares");
+    assert_eq!(
+        exported, declared,
+        "libgearbx.so exports != gearbx.h declares"
+    );
 }

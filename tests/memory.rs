@@ -57,4 +57,3 @@ fn switching_every_token_for_2000_tokens_keeps_memory_flat() {
         "RSS grew from {at_200} KiB to {end} KiB over 1800 switching tokens"
     );
 }
-

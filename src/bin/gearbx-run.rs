@@ -491,7 +491,11 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         let cache = if cli.no_tier_cache {
             None
         } else {
-            Some(CacheOptions::for_model(cli.tier_cache.clone(), m, progress)?)
+            Some(CacheOptions::for_model(
+                cli.tier_cache.clone(),
+                m,
+                progress,
+            )?)
         };
         let opts = GearboxOptions {
             manage,

@@ -4,7 +4,7 @@
 
 use std::ffi::CStr;
 
-use super::{arg, guard, ApiError, ApiResult, gearbx_status, GEARBX_ERR_VERSION_MISMATCH};
+use super::{arg, gearbx_status, guard, ApiError, ApiResult, GEARBX_ERR_VERSION_MISMATCH};
 use crate::llama::sys;
 
 /// ggml's version string in the pinned llama-cpp-sys-2 (checked by a unit test, so a new pin
@@ -64,20 +64,34 @@ pub(crate) fn check(host: &gearbx_llama_abi, host_ggml_version: &str) -> ApiResu
     }
     let mut diffs = Vec::new();
     let fields = [
-        ("sizeof(llama_model_params)", host.model_params_size, built.model_params_size),
-        ("sizeof(llama_context_params)", host.context_params_size, built.context_params_size),
+        (
+            "sizeof(llama_model_params)",
+            host.model_params_size,
+            built.model_params_size,
+        ),
+        (
+            "sizeof(llama_context_params)",
+            host.context_params_size,
+            built.context_params_size,
+        ),
         ("sizeof(llama_batch)", host.batch_size, built.batch_size),
         (
             "sizeof(llama_sampler_chain_params)",
             host.sampler_chain_params_size,
             built.sampler_chain_params_size,
         ),
-        ("GGML_TYPE_COUNT", host.ggml_type_count, built.ggml_type_count),
+        (
+            "GGML_TYPE_COUNT",
+            host.ggml_type_count,
+            built.ggml_type_count,
+        ),
         ("GGML_OP_COUNT", host.ggml_op_count, built.ggml_op_count),
     ];
     for (what, h, b) in fields {
         if h != b {
-            diffs.push(format!("{what} is {h} in the host's llama.h, {b} in gearbx's"));
+            diffs.push(format!(
+                "{what} is {h} in the host's llama.h, {b} in gearbx's"
+            ));
         }
     }
     if host_ggml_version != GGML_VERSION {
@@ -108,7 +122,9 @@ pub(crate) fn check(host: &gearbx_llama_abi, host_ggml_version: &str) -> ApiResu
 /// # Safety
 /// `host_abi` must be NULL or point to a `gearbx_llama_abi`.
 #[no_mangle]
-pub unsafe extern "C" fn gearbx_check_llama_abi(host_abi: *const gearbx_llama_abi) -> gearbx_status {
+pub unsafe extern "C" fn gearbx_check_llama_abi(
+    host_abi: *const gearbx_llama_abi,
+) -> gearbx_status {
     guard(|| {
         // SAFETY: the caller passes NULL or a valid struct.
         let host = unsafe { arg(host_abi, "host_abi") }?;

@@ -12,8 +12,8 @@ use self_cell::self_cell;
 use super::abi::{self, gearbx_llama_abi};
 use super::types::*;
 use super::{
-    arg, gearbx_status, guard, guard_value, opt_str, req_str, ApiError, ApiResult,
-    GEARBX_ERR_BUSY, GEARBX_ERR_INTERNAL, GEARBX_ERR_RUNTIME,
+    arg, gearbx_status, guard, guard_value, opt_str, req_str, ApiError, ApiResult, GEARBX_ERR_BUSY,
+    GEARBX_ERR_INTERNAL, GEARBX_ERR_RUNTIME,
 };
 use crate::gearbox::{CacheOptions, Gear, Gearbox};
 use crate::kernels;
@@ -113,16 +113,21 @@ pub unsafe extern "C" fn gearbx_attach(
             return Err(ApiError::invalid("ctx is NULL"));
         }
         // SAFETY: ctx is a live context (the caller's contract).
-        if unsafe { sys::llama_get_model(ctx) } != model as *const _ {
+        let ctx_model = unsafe { sys::llama_get_model(ctx) };
+        if !std::ptr::eq(ctx_model, model) {
             return Err(ApiError::invalid("ctx was not created from model"));
         }
         // SAFETY: model is NULL or a live model that outlives the attachment.
-        let host_model = unsafe { Model::from_host(model) }
-            .ok_or_else(|| ApiError::invalid("model is NULL"))?;
+        let host_model =
+            unsafe { Model::from_host(model) }.ok_or_else(|| ApiError::invalid("model is NULL"))?;
         let policy = check_mode(p.gears.mode, false)?;
         let threads = match p.n_threads {
             0 => std::thread::available_parallelism().map_or(4, |n| n.get()),
-            n if n < 0 => return Err(ApiError::invalid(format!("n_threads must be >= 0, got {n}"))),
+            n if n < 0 => {
+                return Err(ApiError::invalid(format!(
+                    "n_threads must be >= 0, got {n}"
+                )))
+            }
             n => n as usize,
         };
         // SAFETY: the params' strings are NULL or NUL-terminated (the caller's contract).
@@ -144,7 +149,11 @@ pub unsafe extern "C" fn gearbx_attach(
             source: Source::File,
         };
         if !p.gears.no_tier_cache {
-            opts.cache = Some(CacheOptions::for_model(cache_dir, &resolved, p.gears.progress)?);
+            opts.cache = Some(CacheOptions::for_model(
+                cache_dir,
+                &resolved,
+                p.gears.progress,
+            )?);
         }
         let n_vocab = host_model.n_vocab();
         let attached = Attached::try_new(host_model, |m| {
@@ -216,7 +225,12 @@ pub unsafe extern "C" fn gearbx_attach_begin(
 ) -> gearbx_status {
     guard(|| {
         // SAFETY: the caller's contract.
-        let (a, text) = unsafe { (arg(attachment, "attachment")?, opt_str(prompt_text, "prompt_text")?) };
+        let (a, text) = unsafe {
+            (
+                arg(attachment, "attachment")?,
+                opt_str(prompt_text, "prompt_text")?,
+            )
+        };
         let mut s = lock(a)?;
         let cold = text.map_or(Gear::High, |t| classifier::classify(t).gear);
         if s.policy == GEARBX_GEAR_AUTO {
@@ -357,7 +371,11 @@ pub unsafe extern "C" fn gearbx_attach_stats(
             },
             tokens_per_gear: s.tokens.map(|n| n as u32),
             shifts: s.shifts as u32,
-            swap_us_mean: if s.shifts > 0 { s.swap_sum / s.shifts as f64 } else { 0.0 },
+            swap_us_mean: if s.shifts > 0 {
+                s.swap_sum / s.shifts as f64
+            } else {
+                0.0
+            },
             swap_us_max: s.swap_max,
             tier_bytes: report.bytes,
             tier_build_ms: report.build_ms,
@@ -411,7 +429,10 @@ mod tests {
         assert!(out.is_null());
         // SAFETY: gearbx_last_error returns a valid C string.
         let msg = unsafe { std::ffi::CStr::from_ptr(super::super::gearbx_last_error()) };
-        assert!(msg.to_str().unwrap().contains("gearbx_host_llama_abi"), "{msg:?}");
+        assert!(
+            msg.to_str().unwrap().contains("gearbx_host_llama_abi"),
+            "{msg:?}"
+        );
         let mut p = p;
         p.llama_abi = abi::built_abi();
         // SAFETY: as above.
@@ -420,7 +441,8 @@ mod tests {
         // SAFETY: NULL is documented as accepted.
         unsafe { gearbx_detach(std::ptr::null_mut()) };
         // SAFETY: NULL handle: reported.
-        let rc = unsafe { gearbx_attach_after_decode(std::ptr::null_mut(), -1, std::ptr::null_mut()) };
+        let rc =
+            unsafe { gearbx_attach_after_decode(std::ptr::null_mut(), -1, std::ptr::null_mut()) };
         assert_eq!(rc, super::super::GEARBX_ERR_INVALID_ARGUMENT);
     }
 }

@@ -9,8 +9,8 @@ use self_cell::self_cell;
 
 use super::types::*;
 use super::{
-    arg, gearbx_status, guard, guard_value, opt_str, req_str, ApiError, ApiResult,
-    GEARBX_ERR_BUSY, GEARBX_ERR_CANCELLED, GEARBX_ERR_INTERNAL,
+    arg, gearbx_status, guard, guard_value, opt_str, req_str, ApiError, ApiResult, GEARBX_ERR_BUSY,
+    GEARBX_ERR_CANCELLED, GEARBX_ERR_INTERNAL,
 };
 use crate::engine::{self, GearControl, GenerateParams, PromptSpec, StopReason};
 use crate::gearbox::{CacheOptions, Gear, Gearbox};
@@ -172,7 +172,9 @@ pub unsafe extern "C" fn gearbx_generate_default_params(
 fn threads_or_all(n: i32) -> ApiResult<i32> {
     match n {
         0 => Ok(std::thread::available_parallelism().map_or(4, |n| n.get() as i32)),
-        n if n < 0 => Err(ApiError::invalid(format!("n_threads must be >= 0, got {n}"))),
+        n if n < 0 => Err(ApiError::invalid(format!(
+            "n_threads must be >= 0, got {n}"
+        ))),
         n => Ok(n),
     }
 }
@@ -231,7 +233,10 @@ fn open(name: Option<&str>, p: &gearbx_engine_params) -> ApiResult<gearbx_engine
             n_gpu_layers: p.n_gpu_layers,
         },
     )?;
-    let store_params = resolved.store_entry().map(|s| s.params.clone()).unwrap_or_default();
+    let store_params = resolved
+        .store_entry()
+        .map(|s| s.params.clone())
+        .unwrap_or_default();
     let n_ctx = match (p.n_ctx, store_params.num_ctx) {
         (0, Some(n)) if n > 0 => n,
         (0, _) => 4096.min(model.n_ctx_train().max(1)),
@@ -256,7 +261,12 @@ fn open(name: Option<&str>, p: &gearbx_engine_params) -> ApiResult<gearbx_engine
         let gearbox = if mode == GEARBX_GEAR_OFF {
             None
         } else {
-            Some(Gearbox::build(model, &resolved.path, &resolved.info, &gb_opts)?)
+            Some(Gearbox::build(
+                model,
+                &resolved.path,
+                &resolved.info,
+                &gb_opts,
+            )?)
         };
         let ctx = Context::new(
             model,
@@ -320,7 +330,12 @@ pub unsafe extern "C" fn gearbx_engine_generate(
         let (e, p) = unsafe { (arg(engine, "engine")?, arg(params, "params")?) };
         let mut inner = lock(e)?;
         // SAFETY: the caller's contract for the params' strings.
-        let (user, system) = unsafe { (req_str(p.prompt, "params.prompt")?, opt_str(p.system, "params.system")?) };
+        let (user, system) = unsafe {
+            (
+                req_str(p.prompt, "params.prompt")?,
+                opt_str(p.system, "params.system")?,
+            )
+        };
         let mut stop = Vec::with_capacity(p.n_stop);
         if p.n_stop > 0 && p.stop.is_null() {
             return Err(ApiError::invalid("params.stop is NULL but n_stop > 0"));
@@ -333,7 +348,11 @@ pub unsafe extern "C" fn gearbx_engine_generate(
         let n_predict = match p.n_predict {
             -1 => None,
             n if n > 0 => Some(n as usize),
-            n => return Err(ApiError::invalid(format!("n_predict must be -1 or positive, got {n}"))),
+            n => {
+                return Err(ApiError::invalid(format!(
+                    "n_predict must be -1 or positive, got {n}"
+                )))
+            }
         };
         let gen = GenerateParams {
             n_predict,
@@ -386,7 +405,12 @@ pub unsafe extern "C" fn gearbx_engine_generate(
                 // SAFETY: the callback is the caller's C function; piece and info live
                 // through the call.
                 let go_on = unsafe {
-                    cb(piece.as_ptr() as *const c_char, ev.text.len(), &info, user_data)
+                    cb(
+                        piece.as_ptr() as *const c_char,
+                        ev.text.len(),
+                        &info,
+                        user_data,
+                    )
                 };
                 if !go_on {
                     by_callback = true;
@@ -402,7 +426,10 @@ pub unsafe extern "C" fn gearbx_engine_generate(
             unsafe { *stats = inner.last };
         }
         if outcome.stop_reason == StopReason::Interrupted && !by_callback {
-            return Err(ApiError::new(GEARBX_ERR_CANCELLED, "the generation was cancelled"));
+            return Err(ApiError::new(
+                GEARBX_ERR_CANCELLED,
+                "the generation was cancelled",
+            ));
         }
         Ok(())
     })

@@ -167,11 +167,10 @@ pub extern "C" fn gearbx_last_error() -> *const c_char {
 /// gearbx's version, e.g. "0.1.0". A static string; never NULL.
 #[no_mangle]
 pub extern "C" fn gearbx_version() -> *const c_char {
-    static VERSION: &CStr = match CStr::from_bytes_with_nul(
-        concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes(),
-    ) {
-        Ok(v) => v,
-        Err(_) => c"unknown",
-    };
+    static VERSION: &CStr =
+        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(v) => v,
+            Err(_) => c"unknown",
+        };
     VERSION.as_ptr()
 }

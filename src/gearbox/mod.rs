@@ -114,13 +114,20 @@ fn source_bytes(w: &WeightTensor, file: &File, gguf: &GgufInfo) -> Result<Vec<u8
 /// loaded copy is readable; repacked tensors are compared by type and size). A host that names
 /// a different file than it loaded would otherwise get tiers of the wrong weights from the
 /// cache.
-fn check_source_file(weights: &[WeightTensor], file: &File, gguf: &GgufInfo, path: &Path) -> Result<()> {
+fn check_source_file(
+    weights: &[WeightTensor],
+    file: &File,
+    gguf: &GgufInfo,
+    path: &Path,
+) -> Result<()> {
     for w in weights {
         let name = w.name();
-        let bad = |why: String| Error::InvalidParam(format!(
-            "{} is not the file this model was loaded from: {why}",
-            path.display()
-        ));
+        let bad = |why: String| {
+            Error::InvalidParam(format!(
+                "{} is not the file this model was loaded from: {why}",
+                path.display()
+            ))
+        };
         let t = gguf
             .tensors
             .iter()
@@ -391,7 +398,11 @@ impl<'m> Gearbox<'m> {
     ///
     /// # Safety
     /// `ctx` must be a live `llama_context` of the model this gearbox was built for.
-    pub unsafe fn shift_host(&mut self, ctx: *mut crate::llama::sys::llama_context, gear: Gear) -> Duration {
+    pub unsafe fn shift_host(
+        &mut self,
+        ctx: *mut crate::llama::sys::llama_context,
+        gear: Gear,
+    ) -> Duration {
         let t = Instant::now();
         // SAFETY: forwarded from the caller.
         unsafe {
