@@ -88,8 +88,8 @@ typedef struct gearbx_gear_params {
   const char *manage;
   // Layers that shift: "N" or "A-B"; NULL: every layer.
   const char *layers;
-  // Where built tiers are kept between runs; NULL: `$GEARBX_CACHE_DIR/tiers` or
-  // `~/.cache/gearbx/tiers`.
+  // Where built tiers are kept between runs; NULL: `$GEARBX_TIER_CACHE`, else
+  // `$GEARBX_CACHE_DIR/tiers` or `~/.cache/gearbx/tiers`.
   const char *tier_cache_dir;
   // Build the tiers every time; neither read nor write the tier cache. Default false.
   bool no_tier_cache;
@@ -394,8 +394,9 @@ void gearbx_detach(struct gearbx_attachment *attachment);
 struct gearbx_engine_params gearbx_engine_default_params(void);
 
 // Defaults for a generation: the built-in sampling defaults, or, given an engine whose model
-// came from an Ollama store, that model's parameters (temperature, top_k, ...) where it has
-// them. `engine` may be NULL.
+// came from an Ollama store, that model's parameters (temperature, top_k, ..., stop strings)
+// where it has them; the stop strings belong to the engine and stay valid until it is
+// closed. `engine` may be NULL.
 //
 // # Safety
 // `engine` must be NULL or an open engine not being closed concurrently.
