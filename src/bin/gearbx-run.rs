@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::Parser;
-use gearbx::engine::{self, EntropySource, GearControl, GenerateParams, PromptSpec, StopReason};
+use gearbx::engine::lossless::LosslessParams;
+use gearbx::engine::{
+    self, EntropySource, GearControl, GenerateParams, PromptSpec, StopReason, TokenEvent,
+};
 use gearbx::error::{exit, Error};
 use gearbx::gearbox::{plan, CacheOptions, Gear, Gearbox, GearboxOptions, Manage, TierOrigin};
 use gearbx::llama::{self, Context, ContextParams, Model, ModelParams, SamplingParams};
@@ -203,6 +206,16 @@ struct Cli {
     /// a threshold given with --low-bits/--high-bits is kept.
     #[arg(long)]
     calibrate: bool,
+
+    /// Lossless mode: draft tokens at the low gear and verify them at the high gear in one
+    /// batch (self-speculative decoding); the output is the high gear's, token for token.
+    /// Greedy only (--temp 0).
+    #[arg(long)]
+    lossless: bool,
+
+    /// Lossless: longest draft per verification (adapts below it to entropy and acceptance).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    draft_max: usize,
 
     /// Write one JSON line per token (and a summary line) to FILE.
     #[arg(long, value_name = "FILE")]
@@ -471,6 +484,21 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
 
     // The gearbox: build tiers unless --gear off.
     let gear_mode = cli.gear.to_ascii_lowercase();
+    if cli.lossless {
+        let bad = |m: &str| Err(Failure(exit::USAGE, format!("--lossless {m}")));
+        if gear_mode != "auto" {
+            return bad("drafts at the low gear and verifies at the high gear; drop --gear");
+        }
+        if cli.calibrate {
+            return bad("has no thresholds to calibrate; drop --calibrate");
+        }
+        if cli.entropy == EntropySource::Backend {
+            return bad("reads the logits of every verified position on the host; drop --entropy backend");
+        }
+        if cli.draft_max == 0 {
+            return bad("needs --draft-max of at least 1");
+        }
+    }
     let mut gearbox = if gear_mode == "off" {
         None
     } else {
@@ -587,7 +615,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             .calibrate
             .then_some((cli.low_bits.is_some(), cli.high_bits.is_some())),
     });
-    let outcome = engine::generate(&mut ctx, &prompt.tokens, &params, control, |ev| {
+    let on_token = |ev: &TokenEvent<'_>| {
         if let Some(t) = trace.as_mut() {
             if ev.token >= 0 {
                 let line = json!({
@@ -613,7 +641,19 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             };
             broken_pipe = r.and_then(|_| out.flush()).is_err();
         }
-    })?;
+    };
+    let outcome = if cli.lossless {
+        let gb = control
+            .map(|c| c.gearbox)
+            .ok_or_else(|| Failure(exit::USAGE, "--lossless needs the gearbox (not --gear off)".into()))?;
+        let lp = LosslessParams {
+            draft_max: cli.draft_max,
+            ..Default::default()
+        };
+        engine::lossless::generate(&mut ctx, &prompt.tokens, &params, gb, &lp, on_token)?
+    } else {
+        engine::generate(&mut ctx, &prompt.tokens, &params, control, on_token)?
+    };
     if let Some(mut t) = trace.take() {
         let _ = writeln!(t, "{}", json!({ "summary": &outcome }));
         let _ = t.flush();
@@ -639,6 +679,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             "seed": params.sampling.seed,
             "temperature": params.sampling.temperature,
             "gears": outcome.gears,
+            "lossless": outcome.lossless,
         });
         let _ = writeln!(out, "{v}");
     } else {
@@ -654,7 +695,17 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
                 .and_then(|v| v.as_str().map(String::from))
                 .unwrap_or_default()
         );
-        if let Some(g) = &outcome.gears {
+        if let Some(l) = &outcome.lossless {
+            eprintln!(
+                "[gearbx] lossless: {} verifies, {} drafted, {} accepted ({:.0}%), {:.2} accepted per verify, {} plain steps",
+                l.verifies,
+                l.drafted,
+                l.accepted,
+                l.acceptance_rate * 100.0,
+                l.mean_accepted_len,
+                l.plain_steps
+            );
+        } else if let Some(g) = &outcome.gears {
             eprintln!(
                 "[gearbx] gear {}: low {:.0}% mid {:.0}% high {:.0}% | {} shifts, {:.1} us mean | tok/s low {:.1} mid {:.1} high {:.1}",
                 g.mode,

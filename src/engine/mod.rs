@@ -1,6 +1,7 @@
 //! The decode loop: prompt → llama_decode → logits → entropy → sampler → streamed text, with
 //! stop conditions and timing.
 
+pub mod lossless;
 pub mod prompt;
 pub mod text;
 
@@ -168,6 +169,9 @@ pub struct Outcome {
     pub stop_reason: StopReason,
     pub entropy_on: EntropyPlace,
     pub gears: Option<GearStats>,
+    /// Drafting statistics of a lossless generation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lossless: Option<lossless::LosslessStats>,
 }
 
 /// How tokens are drawn and entropy read: a host chain over host logits, or a chain attached
@@ -177,12 +181,27 @@ enum Draw {
     Backend(Rc<Probe>),
 }
 
-fn per_s(n: usize, ms: f64) -> f64 {
+pub(crate) fn per_s(n: usize, ms: f64) -> f64 {
     if ms > 0.0 {
         n as f64 * 1000.0 / ms
     } else {
         0.0
     }
+}
+
+/// Refuses an empty prompt and one that leaves no room in the context.
+pub(crate) fn check_prompt(ctx: &Context<'_>, prompt: &[Token]) -> Result<()> {
+    if prompt.is_empty() {
+        return Err(Error::InvalidParam("the prompt is empty".into()));
+    }
+    if prompt.len() as u64 + ctx.n_past() as u64 >= ctx.n_ctx() as u64 {
+        return Err(Error::PromptTooLong {
+            n_prompt: prompt.len(),
+            n_ctx: ctx.n_ctx(),
+            n_ctx_train: ctx.model().n_ctx_train(),
+        });
+    }
+    Ok(())
 }
 
 /// Generates from `prompt` in a fresh context, calling `on_token` for every token.
@@ -194,16 +213,7 @@ pub fn generate(
     mut on_token: impl FnMut(&TokenEvent<'_>),
 ) -> Result<Outcome> {
     let model = ctx.model();
-    if prompt.is_empty() {
-        return Err(Error::InvalidParam("the prompt is empty".into()));
-    }
-    if prompt.len() as u64 + ctx.n_past() as u64 >= ctx.n_ctx() as u64 {
-        return Err(Error::PromptTooLong {
-            n_prompt: prompt.len(),
-            n_ctx: ctx.n_ctx(),
-            n_ctx_train: model.n_ctx_train(),
-        });
-    }
+    check_prompt(ctx, prompt)?;
     ctx.detach_sampler();
     let calibrating = gears
         .as_ref()
@@ -424,5 +434,6 @@ pub fn generate(
         stop_reason,
         entropy_on,
         gears: gear_stats,
+        lossless: None,
     })
 }

@@ -156,6 +156,70 @@ impl<'m> Context<'m> {
         Ok(out)
     }
 
+    /// Appends `tokens` as one batch with logits at every position (for verifying a draft);
+    /// [`Context::logits_at`] reads them.
+    pub fn decode_all_logits(&mut self, tokens: &[Token]) -> Result<()> {
+        if tokens.len() > self.n_batch as usize
+            || self.n_past as usize + tokens.len() > self.n_ctx as usize
+        {
+            return Err(Error::Llama(format!(
+                "a batch of {} tokens does not fit ({} of {} positions used, batch {})",
+                tokens.len(),
+                self.n_past,
+                self.n_ctx,
+                self.n_batch
+            )));
+        }
+        // SAFETY: a batch for tokens.len() tokens with one sequence id each, freed below.
+        let rc = unsafe {
+            let mut b = sys::llama_batch_init(tokens.len() as i32, 0, 1);
+            for (i, &t) in tokens.iter().enumerate() {
+                *b.token.add(i) = t;
+                *b.pos.add(i) = (self.n_past as usize + i) as i32;
+                *b.n_seq_id.add(i) = 1;
+                *(*b.seq_id.add(i)) = 0;
+                *b.logits.add(i) = 1;
+            }
+            b.n_tokens = tokens.len() as i32;
+            let rc = sys::llama_decode(self.ptr.as_ptr(), b);
+            sys::llama_batch_free(b);
+            rc
+        };
+        decode_status(rc)?;
+        self.n_past += tokens.len() as u32;
+        Ok(())
+    }
+
+    /// The logits of output `i` of the last decode.
+    pub fn logits_at(&self, i: usize) -> Result<&[f32]> {
+        // SAFETY: ptr is valid; llama.cpp returns NULL for an output that does not exist.
+        let p = unsafe { sys::llama_get_logits_ith(self.ptr.as_ptr(), i as i32) };
+        if p.is_null() {
+            return Err(Error::Llama(format!("no logits at output {i}")));
+        }
+        // SAFETY: a row of n_vocab floats, valid until the next decode (needs &mut self).
+        Ok(unsafe { std::slice::from_raw_parts(p, self.model.n_vocab()) })
+    }
+
+    /// Drops every cached position from `n` on (rejected draft tokens); the next decode
+    /// continues at position `n`.
+    pub fn truncate(&mut self, n: u32) -> Result<()> {
+        if n >= self.n_past {
+            return Ok(());
+        }
+        // SAFETY: ptr is valid; the memory handle belongs to it.
+        let ok = unsafe {
+            sys::llama_memory_seq_rm(sys::llama_get_memory(self.ptr.as_ptr()), 0, n as i32, -1)
+        };
+        if !ok {
+            return Err(Error::Llama(format!(
+                "the KV cache cannot drop positions from {n} on (a recurrent model?)"
+            )));
+        }
+        self.n_past = n;
+        Ok(())
+    }
+
     /// True when the abort flag is set (decode returns an "aborted" error then).
     pub fn aborted(&self) -> bool {
         self.abort.load(Ordering::Relaxed)

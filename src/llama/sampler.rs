@@ -158,6 +158,23 @@ impl Sampler {
         self.sample_ptr(ctx.as_ptr())
     }
 
+    /// Samples from the logits of output `idx` of the last decode (a batch decoded with
+    /// [`Context::decode_all_logits`]) and records the token in the chain.
+    pub fn sample_at(&mut self, ctx: &Context<'_>, idx: usize) -> Token {
+        // SAFETY: both pointers are valid; the caller decoded a batch with output idx.
+        unsafe { sys::llama_sampler_sample(self.ptr.as_ptr(), ctx.as_ptr(), idx as i32) }
+    }
+
+    /// A copy of the chain with its state (penalty history, RNG) for a draft that may be
+    /// thrown away.
+    pub fn fork(&self) -> Result<Self> {
+        // SAFETY: ptr is a valid chain; clone returns a new owned chain or NULL.
+        let raw = unsafe { sys::llama_sampler_clone(self.ptr.as_ptr()) };
+        NonNull::new(raw)
+            .map(|ptr| Self { ptr })
+            .ok_or_else(|| Error::Llama("could not clone the sampler chain".into()))
+    }
+
     pub(super) fn sample_ptr(&mut self, ctx: *mut sys::llama_context) -> Token {
         // SAFETY: both pointers are valid; idx -1 is the last output of the last decode.
         unsafe { sys::llama_sampler_sample(self.ptr.as_ptr(), ctx, -1) }

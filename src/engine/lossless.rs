@@ -1,0 +1,340 @@
+//! Lossless mode: entropy-gated self-speculative decoding. Draft a few tokens at the low gear,
+//! verify them all at the high gear in one batched forward pass, keep the longest prefix the
+//! high gear agrees with plus the high gear's own next token, and drop the rest from the KV
+//! cache, which therefore only ever holds high-gear state for accepted tokens.
+//!
+//! Greedy decoding gives the high gear's tokens exactly: each emitted token is the high
+//! chain's choice over the high gear's logits at its position, with the same penalty history
+//! (a forked chain drafts; the main chain only ever sees emitted tokens).
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::text::{StopFilter, Utf8Stream};
+use super::{
+    check_prompt, per_s, EntropyPlace, GearStats, GenerateParams, Outcome, StopReason, TokenEvent,
+};
+use crate::error::{Error, Result};
+use crate::gearbox::{Gear, Gearbox};
+use crate::kernels;
+use crate::llama::{Context, Sampler, Token};
+use crate::monitor::REF_VOCAB;
+
+/// Drafting settings.
+#[derive(Debug, Clone)]
+pub struct LosslessParams {
+    /// Longest draft (tokens) per verification.
+    pub draft_max: usize,
+    /// Drafting stops after a token whose low-gear entropy exceeds this (bits at a 32768
+    /// vocabulary, scaled to the model's).
+    pub draft_stop_bits: f64,
+    /// No draft at all when the high gear's last entropy exceeds this (same scale): the next
+    /// token is decoded at the high gear alone.
+    pub gate_bits: f64,
+}
+
+impl Default for LosslessParams {
+    fn default() -> Self {
+        Self {
+            draft_max: 8,
+            draft_stop_bits: 3.5,
+            gate_bits: 5.0,
+        }
+    }
+}
+
+/// What drafting did over one generation.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LosslessStats {
+    /// Batched high-gear passes that checked a draft.
+    pub verifies: usize,
+    /// High-gear passes without a draft (entropy gate or no room).
+    pub plain_steps: usize,
+    /// Draft tokens proposed by the low gear, and how many the high gear accepted.
+    pub drafted: usize,
+    pub accepted: usize,
+    /// accepted / drafted.
+    pub acceptance_rate: f64,
+    /// Accepted draft tokens per verification.
+    pub mean_accepted_len: f64,
+    /// Draft tokens per verification.
+    pub drafts_per_verify: f64,
+    /// Time drafting (low gear) and verifying (high gear), milliseconds.
+    pub draft_ms: f64,
+    pub verify_ms: f64,
+    /// Per verification: (drafted, accepted), for replaying acceptance at other shapes.
+    pub cycles: Vec<(usize, usize)>,
+}
+
+impl LosslessStats {
+    fn finish(&mut self) {
+        let ratio = |a: usize, b: usize| if b > 0 { a as f64 / b as f64 } else { 0.0 };
+        self.acceptance_rate = ratio(self.accepted, self.drafted);
+        self.mean_accepted_len = ratio(self.accepted, self.verifies);
+        self.drafts_per_verify = ratio(self.drafted, self.verifies);
+    }
+}
+
+/// Streams emitted tokens as text: end-of-generation, stop strings, the token budget and the
+/// context limit, exactly as the plain loop applies them.
+struct Emitter<'p> {
+    params: &'p GenerateParams,
+    utf8: Utf8Stream,
+    stops: StopFilter,
+    text: String,
+    n_gen: usize,
+    entropy_sum: f64,
+}
+
+impl Emitter<'_> {
+    /// Emits `tok`; `n_past_after` is where the plain loop's KV cache would stand after it.
+    fn emit(
+        &mut self,
+        ctx: &Context<'_>,
+        tok: Token,
+        entropy: f32,
+        n_past_after: u32,
+        on_token: &mut impl FnMut(&TokenEvent<'_>),
+    ) -> Option<StopReason> {
+        let model = ctx.model();
+        if model.is_eog(tok) {
+            return Some(StopReason::Eos);
+        }
+        self.entropy_sum += entropy as f64;
+        let piece = self.utf8.push(&model.token_bytes(tok, false));
+        let (visible, hit) = self.stops.push(&piece);
+        self.text.push_str(&visible);
+        on_token(&TokenEvent {
+            index: self.n_gen,
+            token: tok,
+            text: &visible,
+            entropy_bits: entropy,
+            gear: Some(Gear::High),
+            next_gear: None,
+            swap_us: 0.0,
+        });
+        self.n_gen += 1;
+        if hit {
+            Some(StopReason::StopWord)
+        } else if self.params.n_predict.is_some_and(|n| self.n_gen >= n) {
+            Some(StopReason::Length)
+        } else if n_past_after + 1 >= ctx.n_ctx() {
+            Some(StopReason::Context)
+        } else {
+            None
+        }
+    }
+}
+
+fn entropy_of(row: &[f32], n_gen: usize) -> Result<f32> {
+    let (bits, n_bad) = kernels::entropy_bits(row);
+    if n_bad > 0 {
+        return Err(Error::NanLogits(n_gen));
+    }
+    Ok(bits)
+}
+
+/// Generates from `prompt` in a fresh context with drafts at the low gear and verification at
+/// the high gear. Greedy sampling only (temperature > 0 is refused).
+pub fn generate(
+    ctx: &mut Context<'_>,
+    prompt: &[Token],
+    params: &GenerateParams,
+    gearbox: &mut Gearbox<'_>,
+    lp: &LosslessParams,
+    mut on_token: impl FnMut(&TokenEvent<'_>),
+) -> Result<Outcome> {
+    check_prompt(ctx, prompt)?;
+    if !params.sampling.is_greedy() {
+        return Err(Error::InvalidParam(
+            "--lossless needs greedy decoding (--temp 0): sampling with temperature is not \
+             implemented in lossless mode yet"
+                .into(),
+        ));
+    }
+    if lp.draft_max == 0 {
+        return Err(Error::InvalidParam("--draft-max must be at least 1".into()));
+    }
+    let model = ctx.model();
+    ctx.detach_sampler();
+    let mut sampler = Sampler::new(&params.sampling, model, ctx.n_ctx())?;
+    let scale = (model.n_vocab() as f64).log2() / REF_VOCAB.log2();
+    let (stop_bits, gate_bits) = (lp.draft_stop_bits * scale, lp.gate_bits * scale);
+    let mut out = Emitter {
+        params,
+        utf8: Utf8Stream::default(),
+        stops: StopFilter::new(params.stop.clone()),
+        text: String::new(),
+        n_gen: 0,
+        entropy_sum: 0.0,
+    };
+    let mut st = LosslessStats::default();
+    let (mut shifts, mut passes) = (0usize, [0usize; 3]);
+    let mut shift = |gb: &mut Gearbox<'_>, ctx: &Context<'_>, g: Gear| {
+        if gb.gear() != g {
+            gb.shift(ctx, g);
+            shifts += 1;
+        }
+    };
+    let interrupted = |e: Error, ctx: &Context<'_>| if ctx.aborted() { Ok(()) } else { Err(e) };
+
+    shift(gearbox, ctx, Gear::High);
+    let t0 = Instant::now();
+    let mut stop = None;
+    if let Err(e) = ctx.decode(prompt) {
+        interrupted(e, ctx)?;
+        stop = Some(StopReason::Interrupted);
+    }
+    let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let t1 = Instant::now();
+    let mut pending: Token = -1;
+    let mut last_h = 0f32;
+    if stop.is_none() {
+        last_h = entropy_of(ctx.logits()?, 0)?;
+        pending = sampler.sample(ctx);
+        stop = out.emit(ctx, pending, last_h, ctx.n_past(), &mut on_token);
+    }
+    let mut k_next = lp.draft_max.div_ceil(2);
+    while stop.is_none() {
+        if ctx.aborted() {
+            stop = Some(StopReason::Interrupted);
+            break;
+        }
+        let p0 = ctx.n_past();
+        // Room: the batch [pending, drafts...] must fit, and drafting past the token budget
+        // is wasted work.
+        let room = (ctx.n_ctx() - p0).saturating_sub(2) as usize;
+        let budget = params
+            .n_predict
+            .map_or(usize::MAX, |n| n.saturating_sub(out.n_gen + 1));
+        let k = if last_h as f64 > gate_bits {
+            0
+        } else {
+            k_next.min(room).min(budget)
+        };
+
+        // Draft at the low gear with a fork of the chain; its KV entries are dropped after.
+        let mut drafts: Vec<Token> = Vec::with_capacity(k);
+        if k > 0 {
+            let td = Instant::now();
+            shift(gearbox, ctx, Gear::Low);
+            let mut fork = sampler.fork()?;
+            let mut cur = pending;
+            for _ in 0..k {
+                if let Err(e) = ctx.decode(&[cur]) {
+                    interrupted(e, ctx)?;
+                    stop = Some(StopReason::Interrupted);
+                    break;
+                }
+                passes[Gear::Low as usize] += 1;
+                let (h, n_bad) = kernels::entropy_bits(ctx.logits()?);
+                if n_bad > 0 {
+                    break; // a broken draft; the high gear decides alone
+                }
+                let d = fork.sample(ctx);
+                drafts.push(d);
+                if model.is_eog(d) || h as f64 > stop_bits {
+                    break;
+                }
+                cur = d;
+            }
+            ctx.truncate(p0)?;
+            st.draft_ms += td.elapsed().as_secs_f64() * 1e3;
+            if stop.is_some() {
+                break;
+            }
+        }
+
+        // Verify: one high-gear pass over [pending, drafts...].
+        let tv = Instant::now();
+        shift(gearbox, ctx, Gear::High);
+        let mut batch = Vec::with_capacity(drafts.len() + 1);
+        batch.push(pending);
+        batch.extend_from_slice(&drafts);
+        if let Err(e) = ctx.decode_all_logits(&batch) {
+            interrupted(e, ctx)?;
+            stop = Some(StopReason::Interrupted);
+            break;
+        }
+        passes[Gear::High as usize] += 1;
+        let mut j = 0;
+        for i in 0..=drafts.len() {
+            last_h = entropy_of(ctx.logits_at(i)?, out.n_gen)?;
+            let s = sampler.sample_at(ctx, i);
+            pending = s;
+            stop = out.emit(ctx, s, last_h, p0 + i as u32 + 1, &mut on_token);
+            if stop.is_some() || i == drafts.len() || s != drafts[i] {
+                break;
+            }
+            j += 1;
+        }
+        if drafts.is_empty() {
+            st.plain_steps += 1;
+        } else {
+            st.verifies += 1;
+            st.drafted += drafts.len();
+            st.accepted += j;
+            st.cycles.push((drafts.len(), j));
+            k_next = if j == drafts.len() {
+                (k_next + 1).min(lp.draft_max)
+            } else {
+                (j + 1).min(lp.draft_max)
+            };
+        }
+        ctx.truncate(p0 + j as u32 + 1)?;
+        st.verify_ms += tv.elapsed().as_secs_f64() * 1e3;
+    }
+    let stop_reason = stop.expect("loop ends with a reason");
+    if stop_reason != StopReason::StopWord {
+        let (tail, _) = out.stops.push(&out.utf8.finish());
+        let tail = tail + &out.stops.finish();
+        if !tail.is_empty() {
+            out.text.push_str(&tail);
+            on_token(&TokenEvent {
+                index: out.n_gen,
+                token: -1,
+                text: &tail,
+                entropy_bits: f32::NAN,
+                gear: None,
+                next_gear: None,
+                swap_us: 0.0,
+            });
+        }
+    }
+    st.finish();
+    let eval_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let n_gen = out.n_gen;
+    // Every emitted token after the first needed the forward passes of the loop.
+    let eval_count = n_gen.saturating_sub(1);
+    Ok(Outcome {
+        text: out.text,
+        prompt_tokens: prompt.len(),
+        generated_tokens: n_gen,
+        prompt_ms,
+        prompt_tokens_per_s: per_s(prompt.len(), prompt_ms),
+        eval_count,
+        eval_ms,
+        decode_tokens_per_s: per_s(eval_count, eval_ms),
+        mean_entropy_bits: if n_gen > 0 {
+            out.entropy_sum / n_gen as f64
+        } else {
+            0.0
+        },
+        stop_reason,
+        entropy_on: EntropyPlace::Host,
+        gears: Some(GearStats {
+            mode: "lossless".into(),
+            passes,
+            tokens: [0, 0, n_gen],
+            token_fraction: [0.0, 0.0, if n_gen > 0 { 1.0 } else { 0.0 }],
+            tokens_per_s: [0.0, 0.0, per_s(eval_count, eval_ms)],
+            shifts,
+            swap_us_mean: 0.0,
+            swap_us_max: 0.0,
+            thresholds_bits: None,
+            tiers: gearbox.report().clone(),
+        }),
+        lossless: Some(st),
+    })
+}
