@@ -493,7 +493,9 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             return bad("has no thresholds to calibrate; drop --calibrate");
         }
         if cli.entropy == EntropySource::Backend {
-            return bad("reads the logits of every verified position on the host; drop --entropy backend");
+            return bad(
+                "reads the logits of every verified position on the host; drop --entropy backend",
+            );
         }
         if cli.draft_max == 0 {
             return bad("needs --draft-max of at least 1");
@@ -643,9 +645,12 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         }
     };
     let outcome = if cli.lossless {
-        let gb = control
-            .map(|c| c.gearbox)
-            .ok_or_else(|| Failure(exit::USAGE, "--lossless needs the gearbox (not --gear off)".into()))?;
+        let gb = control.map(|c| c.gearbox).ok_or_else(|| {
+            Failure(
+                exit::USAGE,
+                "--lossless needs the gearbox (not --gear off)".into(),
+            )
+        })?;
         let lp = LosslessParams {
             draft_max: cli.draft_max,
             ..Default::default()

@@ -1,0 +1,208 @@
+//! Lossless mode on the real model: greedy output identical to the high gear alone over long
+//! generations, across turns that reuse the KV cache, and with a draft tier that disagrees
+//! often; the drafting statistics add up.
+
+mod common;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use common::*;
+use gearbx::engine::lossless::{self, LosslessParams, LosslessStats};
+use gearbx::engine::{self, GearControl, GenerateParams, Outcome};
+use gearbx::gearbox::{plan, Gear, Gearbox, GearboxOptions};
+use gearbx::llama::{Context, ContextParams, Model, ModelParams, Token};
+use gearbx::store::gguf;
+
+const PROMPTS: [&str; 3] = [
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "The three most important inventions of the nineteenth century were",
+];
+
+fn load() -> (Model, gguf::GgufInfo) {
+    let f = fixture();
+    (
+        Model::load(&f.model, &ModelParams::default()).unwrap(),
+        gguf::inspect(&f.model).unwrap(),
+    )
+}
+
+fn gearbox<'m>(model: &'m Model, info: &gguf::GgufInfo, tiers: Option<&str>) -> Gearbox<'m> {
+    let opts = GearboxOptions {
+        threads: 1,
+        overrides: tiers
+            .map(|t| plan::parse_overrides(t).unwrap())
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    Gearbox::build(model, &fixture().model, info, &opts).unwrap()
+}
+
+fn context(model: &Model) -> Context<'_> {
+    Context::new(
+        model,
+        &ContextParams {
+            n_ctx: 2048,
+            n_batch: 512,
+            n_threads: 1,
+        },
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap()
+}
+
+fn tokens_of(o: &Outcome, toks: &[Token]) -> Vec<Token> {
+    assert_eq!(o.generated_tokens, toks.len());
+    toks.to_vec()
+}
+
+/// Greedy tokens of the high gear alone, one turn per prompt in one context.
+fn high_alone(
+    gb: &mut Gearbox<'_>,
+    ctx: &mut Context<'_>,
+    prompts: &[Vec<Token>],
+    n: usize,
+) -> Vec<Vec<Token>> {
+    let params = GenerateParams::greedy(n, true);
+    prompts
+        .iter()
+        .map(|p| {
+            let mut toks = Vec::new();
+            let control = GearControl {
+                gearbox: &mut *gb,
+                monitor: None,
+                fixed: Gear::High,
+                calibrate: None,
+            };
+            let o = engine::generate(ctx, p, &params, Some(control), |ev| {
+                if ev.token >= 0 {
+                    toks.push(ev.token)
+                }
+            })
+            .unwrap();
+            tokens_of(&o, &toks)
+        })
+        .collect()
+}
+
+fn lossless_turns(
+    gb: &mut Gearbox<'_>,
+    ctx: &mut Context<'_>,
+    prompts: &[Vec<Token>],
+    n: usize,
+) -> Vec<(Vec<Token>, LosslessStats, usize)> {
+    let params = GenerateParams::greedy(n, true);
+    prompts
+        .iter()
+        .map(|p| {
+            let mut toks = Vec::new();
+            let o = lossless::generate(ctx, p, &params, gb, &LosslessParams::default(), |ev| {
+                if ev.token >= 0 {
+                    toks.push(ev.token)
+                }
+            })
+            .unwrap();
+            let n_gen = o.generated_tokens;
+            (tokens_of(&o, &toks), o.lossless.unwrap(), n_gen)
+        })
+        .collect()
+}
+
+fn check_stats(l: &LosslessStats, n_gen: usize) {
+    let drafted: usize = l.cycles.iter().map(|c| c.0).sum();
+    let accepted: usize = l.cycles.iter().map(|c| c.1).sum();
+    assert_eq!(drafted, l.drafted);
+    assert_eq!(accepted, l.accepted);
+    assert_eq!(l.cycles.len(), l.verifies);
+    assert!(l.cycles.iter().all(|(d, a)| a <= d && *d >= 1));
+    // The prompt's pass gives the first token; each verify emits its accepted drafts plus the
+    // high gear's own token; a pass without a draft emits one.
+    assert_eq!(n_gen, 1 + l.accepted + l.verifies + l.plain_steps, "{l:?}");
+    assert!((l.acceptance_rate - l.accepted as f64 / l.drafted as f64).abs() < 1e-12);
+}
+
+#[test]
+fn lossless_equals_the_high_gear_token_for_token_across_prompts_and_turns() {
+    let (model, info) = load();
+    let mut gb = gearbox(&model, &info, None);
+    let prompts: Vec<Vec<Token>> = PROMPTS
+        .iter()
+        .map(|p| model.tokenize(p, true, false).unwrap())
+        .collect();
+    // Three turns in one context each: the second and third reuse the KV cache.
+    let want = high_alone(&mut gb, &mut context(&model), &prompts, 160);
+    let got = lossless_turns(&mut gb, &mut context(&model), &prompts, 160);
+    for (i, ((toks, stats, n_gen), want)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(toks, want, "turn {i} differs from the high gear");
+        check_stats(stats, *n_gen);
+        assert!(
+            stats.verifies > 0 && stats.accepted > 0,
+            "turn {i}: {stats:?}"
+        );
+    }
+    // The model is back at the high gear as loaded.
+    assert_eq!(gb.gear(), Gear::High);
+}
+
+#[test]
+fn a_draft_tier_that_disagrees_often_still_gives_the_high_gears_tokens() {
+    let (model, info) = load();
+    // A 2-bit low tier (double quantization of the 4-bit source): a poor drafter.
+    let mut gb = gearbox(&model, &info, Some("low=Q2_K"));
+    let prompts = vec![model.tokenize(PROMPTS[0], true, false).unwrap()];
+    let want = high_alone(&mut gb, &mut context(&model), &prompts, 120);
+    let got = lossless_turns(&mut gb, &mut context(&model), &prompts, 120);
+    let (toks, stats, n_gen) = &got[0];
+    assert_eq!(toks, &want[0]);
+    check_stats(stats, *n_gen);
+    let rejected = stats.drafted - stats.accepted;
+    assert!(
+        rejected >= 10,
+        "the poor drafter was rejected only {rejected} times: {stats:?}"
+    );
+}
+
+#[test]
+fn cli_lossless_prints_the_high_gears_text_and_refuses_what_it_cannot_do() {
+    let args = [
+        "smollm2:135m",
+        "--temp",
+        "0",
+        "-n",
+        "40",
+        "-p",
+        "Name three rivers in Europe.",
+    ];
+    let high = run_json(&[&args[..], &["--gear", "high"]].concat());
+    let lossless = run_json(&[&args[..], &["--lossless"]].concat());
+    assert_eq!(lossless["text"], high["text"]);
+    let l = &lossless["lossless"];
+    assert!(
+        l["verifies"].as_u64().unwrap() + l["plain_steps"].as_u64().unwrap() > 0,
+        "{l}"
+    );
+    assert_eq!(lossless["gears"]["mode"], "lossless");
+    for (extra, what) in [
+        (&["--gear", "low"][..], "--gear"),
+        (&["--calibrate"][..], "--calibrate"),
+        (&["--draft-max", "0"][..], "--draft-max"),
+        (&["--entropy", "backend"][..], "--entropy"),
+    ] {
+        let o = run(&[&args[..], &["--lossless"], extra].concat());
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(what), "{extra:?}: {}", stderr(&o));
+    }
+    let o = run(&[
+        "smollm2:135m",
+        "--temp",
+        "0.8",
+        "--lossless",
+        "-n",
+        "4",
+        "-p",
+        "Hi",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("greedy"), "{}", stderr(&o));
+}
