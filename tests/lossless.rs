@@ -193,16 +193,24 @@ fn cli_lossless_prints_the_high_gears_text_and_refuses_what_it_cannot_do() {
         assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(what), "{extra:?}: {}", stderr(&o));
     }
-    let o = run(&[
+    // With temperature: seeded runs repeat; the drafting statistics are there.
+    let hot = [
         "smollm2:135m",
         "--temp",
         "0.8",
+        "--seed",
+        "5",
         "--lossless",
         "-n",
-        "4",
+        "40",
         "-p",
         "Hi",
-    ]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("greedy"), "{}", stderr(&o));
+    ];
+    let (a, b) = (run_json(&hot), run_json(&hot));
+    assert_eq!(a["text"], b["text"]);
+    assert!(
+        a["lossless"]["drafted"].as_u64().unwrap() > 0,
+        "{}",
+        a["lossless"]
+    );
 }

@@ -208,8 +208,8 @@ struct Cli {
     calibrate: bool,
 
     /// Lossless mode: draft tokens at the low gear and verify them at the high gear in one
-    /// batch (self-speculative decoding); the output is the high gear's, token for token.
-    /// Greedy only (--temp 0).
+    /// batch (self-speculative decoding). Greedy (--temp 0): the high gear's tokens exactly;
+    /// with temperature: distributed as the high gear's sampling.
     #[arg(long)]
     lossless: bool,
 

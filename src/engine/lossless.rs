@@ -5,12 +5,16 @@
 //!
 //! Greedy decoding gives the high gear's tokens exactly: each emitted token is the high
 //! chain's choice over the high gear's logits at its position, with the same penalty history
-//! (a forked chain drafts; the main chain only ever sees emitted tokens).
+//! (a forked chain drafts; the main chain only ever sees emitted tokens). With temperature,
+//! drafts are drawn from the low gear's shaped distribution and checked with the
+//! speculative-sampling rule ([`super::speculative`]): the output is distributed as the high
+//! gear's sampling, though not the same draws as a plain run with the same seed.
 
 use std::time::Instant;
 
 use serde::Serialize;
 
+use super::speculative::{self, Rng};
 use super::text::{StopFilter, Utf8Stream};
 use super::{
     check_prompt, per_s, EntropyPlace, GearStats, GenerateParams, Outcome, StopReason, TokenEvent,
@@ -127,6 +131,87 @@ impl Emitter<'_> {
     }
 }
 
+/// How tokens are chosen: the greedy chain itself, or shaped distributions and the
+/// speculative-sampling rule.
+enum Decider {
+    Greedy(Sampler),
+    Stochastic { shaper: Sampler, rng: Rng },
+}
+
+/// A draft chooser: a fork of the decider's chain (its penalty history included).
+enum Drafter {
+    Greedy(Sampler),
+    /// The forked shaper, and the draft distribution of every drafted position.
+    Stochastic(Sampler, Vec<Vec<(Token, f32)>>),
+}
+
+impl Decider {
+    /// The first token, from the prompt's last logits.
+    fn first(&mut self, ctx: &Context<'_>) -> Result<Token> {
+        Ok(match self {
+            Decider::Greedy(s) => s.sample(ctx),
+            Decider::Stochastic { shaper, rng } => {
+                let p = shaper.distribution(ctx.logits()?);
+                let t = speculative::draw(&p, rng);
+                shaper.accept(t);
+                t
+            }
+        })
+    }
+
+    fn drafter(&self) -> Result<Drafter> {
+        Ok(match self {
+            Decider::Greedy(s) => Drafter::Greedy(s.fork()?),
+            Decider::Stochastic { shaper, .. } => Drafter::Stochastic(shaper.fork()?, Vec::new()),
+        })
+    }
+
+    /// Draws the next draft token from the low gear's last logits.
+    fn draft(&mut self, d: &mut Drafter, ctx: &Context<'_>) -> Result<Token> {
+        Ok(match (d, self) {
+            (Drafter::Greedy(f), _) => f.sample(ctx),
+            (Drafter::Stochastic(f, qs), Decider::Stochastic { rng, .. }) => {
+                let q = f.distribution(ctx.logits()?);
+                let t = speculative::draw(&q, rng);
+                f.accept(t);
+                qs.push(q);
+                t
+            }
+            (Drafter::Stochastic(..), Decider::Greedy(_)) => {
+                unreachable!("drafter of another kind")
+            }
+        })
+    }
+
+    /// The high gear's token at verified output `i`, and whether it keeps `draft` (the draft
+    /// token at that position, if any).
+    fn verify(
+        &mut self,
+        d: &Drafter,
+        ctx: &Context<'_>,
+        i: usize,
+        draft: Option<Token>,
+    ) -> Result<(Token, bool)> {
+        Ok(match self {
+            Decider::Greedy(s) => {
+                let t = s.sample_at(ctx, i);
+                (t, draft == Some(t))
+            }
+            Decider::Stochastic { shaper, rng } => {
+                let p = shaper.distribution(ctx.logits_at(i)?);
+                let (t, kept) = match (draft, d) {
+                    (Some(dt), Drafter::Stochastic(_, qs)) => {
+                        speculative::verify(&p, &qs[i], dt, rng)
+                    }
+                    _ => (speculative::draw(&p, rng), false),
+                };
+                shaper.accept(t);
+                (t, kept)
+            }
+        })
+    }
+}
+
 fn entropy_of(row: &[f32], n_gen: usize) -> Result<f32> {
     let (bits, n_bad) = kernels::entropy_bits(row);
     if n_bad > 0 {
@@ -135,8 +220,7 @@ fn entropy_of(row: &[f32], n_gen: usize) -> Result<f32> {
     Ok(bits)
 }
 
-/// Generates from `prompt` in a fresh context with drafts at the low gear and verification at
-/// the high gear. Greedy sampling only (temperature > 0 is refused).
+/// Generates from `prompt` with drafts at the low gear and verification at the high gear.
 pub fn generate(
     ctx: &mut Context<'_>,
     prompt: &[Token],
@@ -146,19 +230,19 @@ pub fn generate(
     mut on_token: impl FnMut(&TokenEvent<'_>),
 ) -> Result<Outcome> {
     check_prompt(ctx, prompt)?;
-    if !params.sampling.is_greedy() {
-        return Err(Error::InvalidParam(
-            "--lossless needs greedy decoding (--temp 0): sampling with temperature is not \
-             implemented in lossless mode yet"
-                .into(),
-        ));
-    }
     if lp.draft_max == 0 {
         return Err(Error::InvalidParam("--draft-max must be at least 1".into()));
     }
     let model = ctx.model();
     ctx.detach_sampler();
-    let mut sampler = Sampler::new(&params.sampling, model, ctx.n_ctx())?;
+    let mut decider = if params.sampling.is_greedy() {
+        Decider::Greedy(Sampler::new(&params.sampling, model, ctx.n_ctx())?)
+    } else {
+        Decider::Stochastic {
+            shaper: Sampler::shaper(&params.sampling, model, ctx.n_ctx())?,
+            rng: Rng::new(params.sampling.seed as u64),
+        }
+    };
     let scale = (model.n_vocab() as f64).log2() / REF_VOCAB.log2();
     let (stop_bits, gate_bits) = (lp.draft_stop_bits * scale, lp.gate_bits * scale);
     let mut out = Emitter {
@@ -192,7 +276,7 @@ pub fn generate(
     let mut last_h = 0f32;
     if stop.is_none() {
         last_h = entropy_of(ctx.logits()?, 0)?;
-        pending = sampler.sample(ctx);
+        pending = decider.first(ctx)?;
         stop = out.emit(ctx, pending, last_h, ctx.n_past(), &mut on_token);
     }
     let mut k_next = lp.draft_max.div_ceil(2);
@@ -216,10 +300,10 @@ pub fn generate(
 
         // Draft at the low gear with a fork of the chain; its KV entries are dropped after.
         let mut drafts: Vec<Token> = Vec::with_capacity(k);
+        let mut drafter = decider.drafter()?;
         if k > 0 {
             let td = Instant::now();
             shift(gearbox, ctx, Gear::Low);
-            let mut fork = sampler.fork()?;
             let mut cur = pending;
             for _ in 0..k {
                 if let Err(e) = ctx.decode(&[cur]) {
@@ -232,7 +316,7 @@ pub fn generate(
                 if n_bad > 0 {
                     break; // a broken draft; the high gear decides alone
                 }
-                let d = fork.sample(ctx);
+                let d = decider.draft(&mut drafter, ctx)?;
                 drafts.push(d);
                 if model.is_eog(d) || h as f64 > stop_bits {
                     break;
@@ -261,10 +345,10 @@ pub fn generate(
         let mut j = 0;
         for i in 0..=drafts.len() {
             last_h = entropy_of(ctx.logits_at(i)?, out.n_gen)?;
-            let s = sampler.sample_at(ctx, i);
+            let (s, kept) = decider.verify(&drafter, ctx, i, drafts.get(i).copied())?;
             pending = s;
             stop = out.emit(ctx, s, last_h, p0 + i as u32 + 1, &mut on_token);
-            if stop.is_some() || i == drafts.len() || s != drafts[i] {
+            if stop.is_some() || !kept {
                 break;
             }
             j += 1;

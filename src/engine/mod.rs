@@ -3,6 +3,7 @@
 
 pub mod lossless;
 pub mod prompt;
+pub mod speculative;
 pub mod text;
 
 use std::rc::Rc;

@@ -69,7 +69,14 @@ pub struct Sampler {
 impl Sampler {
     /// penalties → (greedy | top-k → top-p → min-p → temperature → seeded draw).
     pub fn new(p: &SamplingParams, model: &Model, n_ctx: u32) -> Result<Self> {
-        Self::build(p, model, n_ctx, None)
+        Self::build(p, model, n_ctx, None, true)
+    }
+
+    /// The chain without its final draw (penalties, EOG bias, top-k, top-p, min-p,
+    /// temperature): [`Sampler::distribution`] gives the distribution the draw would sample
+    /// from (speculative sampling compares two of them).
+    pub fn shaper(p: &SamplingParams, model: &Model, n_ctx: u32) -> Result<Self> {
+        Self::build(p, model, n_ctx, None, false)
     }
 
     /// The same chain between the entropy probe's head and tail, for backend sampling
@@ -80,7 +87,7 @@ impl Sampler {
         n_ctx: u32,
     ) -> Result<(Self, Rc<Probe>)> {
         let probe = Rc::new(Probe::default());
-        Ok((Self::build(p, model, n_ctx, Some(&probe))?, probe))
+        Ok((Self::build(p, model, n_ctx, Some(&probe), true)?, probe))
     }
 
     fn build(
@@ -88,6 +95,7 @@ impl Sampler {
         model: &Model,
         n_ctx: u32,
         probe: Option<&Rc<Probe>>,
+        draw: bool,
     ) -> Result<Self> {
         p.validate()?;
         let n_vocab = model.n_vocab();
@@ -132,7 +140,9 @@ impl Sampler {
                 ));
             }
             if p.is_greedy() {
-                add(sys::llama_sampler_init_greedy());
+                if draw {
+                    add(sys::llama_sampler_init_greedy());
+                }
             } else {
                 if p.top_k > 0 {
                     add(sys::llama_sampler_init_top_k(p.top_k));
@@ -140,7 +150,9 @@ impl Sampler {
                 add(sys::llama_sampler_init_top_p(p.top_p, 1));
                 add(sys::llama_sampler_init_min_p(p.min_p, 1));
                 add(sys::llama_sampler_init_temp(p.temperature));
-                add(sys::llama_sampler_init_dist(p.seed));
+                if draw {
+                    add(sys::llama_sampler_init_dist(p.seed));
+                }
             }
             if let Some(probe) = probe {
                 add(backend_entropy::tail(probe));
@@ -173,6 +185,52 @@ impl Sampler {
         NonNull::new(raw)
             .map(|ptr| Self { ptr })
             .ok_or_else(|| Error::Llama("could not clone the sampler chain".into()))
+    }
+
+    /// Applies the chain to `logits` and returns the softmax over the candidates it leaves:
+    /// (token, probability) pairs, the distribution a draw after this chain samples from.
+    pub fn distribution(&mut self, logits: &[f32]) -> Vec<(Token, f32)> {
+        let mut data: Vec<sys::llama_token_data> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &logit)| sys::llama_token_data {
+                id: i as Token,
+                logit,
+                p: 0.0,
+            })
+            .collect();
+        let mut arr = sys::llama_token_data_array {
+            data: data.as_mut_ptr(),
+            size: data.len(),
+            selected: -1,
+            sorted: false,
+        };
+        // SAFETY: arr describes `data`, alive and writable for the call; samplers reorder and
+        // shrink the array in place.
+        let cands = unsafe {
+            sys::llama_sampler_apply(self.ptr.as_ptr(), &mut arr);
+            std::slice::from_raw_parts(arr.data, arr.size)
+        };
+        let max = cands
+            .iter()
+            .map(|c| c.logit)
+            .fold(f32::NEG_INFINITY, f32::max);
+        let exps: Vec<f64> = cands
+            .iter()
+            .map(|c| ((c.logit - max) as f64).exp())
+            .collect();
+        let sum: f64 = exps.iter().sum();
+        cands
+            .iter()
+            .zip(exps)
+            .map(|(c, e)| (c.id, (e / sum) as f32))
+            .collect()
+    }
+
+    /// Records `t` as generated (the penalty history).
+    pub fn accept(&mut self, t: Token) {
+        // SAFETY: ptr is a valid chain.
+        unsafe { sys::llama_sampler_accept(self.ptr.as_ptr(), t) }
     }
 
     pub(super) fn sample_ptr(&mut self, ctx: *mut sys::llama_context) -> Token {
