@@ -164,6 +164,10 @@ typedef struct gearbx_stats {
   double tier_build_ms;
   // The tiers were read from the tier cache instead of being built.
   bool tiers_from_cache;
+  // Lossless: batched high-gear verifications, draft tokens proposed and accepted.
+  uint32_t verifies;
+  uint32_t drafted;
+  uint32_t accepted;
 } gearbx_stats;
 
 // How to open an engine. Get defaults from `gearbx_engine_default_params()`.
@@ -218,6 +222,12 @@ typedef struct gearbx_generate_params {
   const char *const *stop;
   size_t n_stop;
   struct gearbx_sampling_params sampling;
+  // Lossless mode: draft at the low gear, verify at the high gear (self-speculative
+  // decoding). Greedy: the high gear's tokens exactly; with temperature: distributed as the
+  // high gear's sampling. Needs tiers (not `GEARBX_GEAR_OFF`); ignores the gear policy.
+  bool lossless;
+  // Lossless: the longest draft per verification; 0: 8.
+  uint32_t draft_max;
 } gearbx_generate_params;
 
 // Receives each piece of generated text with its telemetry, on the thread that called

@@ -12,6 +12,7 @@ use super::{
     arg, gearbx_status, guard, guard_value, opt_str, req_str, ApiError, ApiResult, GEARBX_ERR_BUSY,
     GEARBX_ERR_CANCELLED, GEARBX_ERR_INTERNAL,
 };
+use crate::engine::lossless::LosslessParams;
 use crate::engine::{self, GearControl, GenerateParams, PromptSpec, StopReason};
 use crate::gearbox::{CacheOptions, Gear, Gearbox};
 use crate::llama::{Context, ContextParams, Model, ModelParams};
@@ -54,6 +55,12 @@ pub struct gearbx_generate_params {
     pub stop: *const *const c_char,
     pub n_stop: usize,
     pub sampling: gearbx_sampling_params,
+    /// Lossless mode: draft at the low gear, verify at the high gear (self-speculative
+    /// decoding). Greedy: the high gear's tokens exactly; with temperature: distributed as the
+    /// high gear's sampling. Needs tiers (not `GEARBX_GEAR_OFF`); ignores the gear policy.
+    pub lossless: bool,
+    /// Lossless: the longest draft per verification; 0: 8.
+    pub draft_max: u32,
 }
 
 /// Receives each piece of generated text with its telemetry, on the thread that called
@@ -137,6 +144,8 @@ pub unsafe extern "C" fn gearbx_generate_default_params(
         stop: std::ptr::null(),
         n_stop: 0,
         sampling: gearbx_sampling_default_params(),
+        lossless: false,
+        draft_max: 0,
     };
     guard_value((), || {
         // SAFETY: NULL or an open engine (the caller's contract).
@@ -371,53 +380,87 @@ pub unsafe extern "C" fn gearbx_engine_generate(
         e.cancel.store(false, Ordering::SeqCst);
         let monitor_cfg = inner.monitor.clone();
         let mut by_callback = false;
-        let result = inner.loaded.with_dependent_mut(|model, parts| {
-            let prompt = engine::prompt::build(model, &spec)?;
-            parts.ctx.clear();
-            let control = parts.gearbox.as_mut().map(|gb| {
-                let cold = classifier::classify(&spec.user).gear;
-                let monitor = (policy == GEARBX_GEAR_AUTO)
-                    .then(|| Monitor::new(monitor_cfg.clone(), model.n_vocab(), cold));
-                GearControl {
-                    gearbox: gb,
-                    monitor,
-                    fixed: gear_from_c(policy).unwrap_or(Gear::High),
-                    calibrate: None,
+        let (lossless, draft_max) = (p.lossless, p.draft_max);
+        let result = inner
+            .loaded
+            .with_dependent_mut(|model, parts| -> ApiResult<_> {
+                let prompt = engine::prompt::build(model, &spec)?;
+                parts.ctx.clear();
+                let control = parts.gearbox.as_mut().map(|gb| {
+                    let cold = classifier::classify(&spec.user).gear;
+                    let monitor = (policy == GEARBX_GEAR_AUTO)
+                        .then(|| Monitor::new(monitor_cfg.clone(), model.n_vocab(), cold));
+                    GearControl {
+                        gearbox: gb,
+                        monitor,
+                        fixed: gear_from_c(policy).unwrap_or(Gear::High),
+                        calibrate: None,
+                    }
+                });
+                let cancel = e.cancel.clone();
+                let on_token = |ev: &engine::TokenEvent<'_>| {
+                    let Some(cb) = callback else { return };
+                    if by_callback {
+                        return;
+                    }
+                    let info = gearbx_token_info {
+                        index: ev.index as i32,
+                        token: ev.token,
+                        entropy_bits: ev.entropy_bits,
+                        gear: gear_to_c(ev.gear),
+                        next_gear: gear_to_c(ev.next_gear.map(|g| g.0)),
+                        swap_us: ev.swap_us,
+                    };
+                    let mut piece = Vec::with_capacity(ev.text.len() + 1);
+                    piece.extend_from_slice(ev.text.as_bytes());
+                    piece.push(0);
+                    // SAFETY: the callback is the caller's C function; piece and info live
+                    // through the call.
+                    let go_on = unsafe {
+                        cb(
+                            piece.as_ptr() as *const c_char,
+                            ev.text.len(),
+                            &info,
+                            user_data,
+                        )
+                    };
+                    if !go_on {
+                        by_callback = true;
+                        cancel.store(true, Ordering::SeqCst);
+                    }
+                };
+                if lossless {
+                    let gb = control.map(|c| c.gearbox).ok_or_else(|| {
+                        ApiError::invalid(
+                            "lossless needs tiers: the engine was opened with GEARBX_GEAR_OFF",
+                        )
+                    })?;
+                    let lp = LosslessParams {
+                        draft_max: if draft_max == 0 {
+                            8
+                        } else {
+                            draft_max as usize
+                        },
+                        ..Default::default()
+                    };
+                    Ok(engine::lossless::generate(
+                        &mut parts.ctx,
+                        &prompt.tokens,
+                        &gen,
+                        gb,
+                        &lp,
+                        on_token,
+                    )?)
+                } else {
+                    Ok(engine::generate(
+                        &mut parts.ctx,
+                        &prompt.tokens,
+                        &gen,
+                        control,
+                        on_token,
+                    )?)
                 }
             });
-            let cancel = e.cancel.clone();
-            engine::generate(&mut parts.ctx, &prompt.tokens, &gen, control, |ev| {
-                let Some(cb) = callback else { return };
-                if by_callback {
-                    return;
-                }
-                let info = gearbx_token_info {
-                    index: ev.index as i32,
-                    token: ev.token,
-                    entropy_bits: ev.entropy_bits,
-                    gear: gear_to_c(ev.gear),
-                    next_gear: gear_to_c(ev.next_gear.map(|g| g.0)),
-                    swap_us: ev.swap_us,
-                };
-                let mut piece = Vec::with_capacity(ev.text.len() + 1);
-                piece.extend_from_slice(ev.text.as_bytes());
-                piece.push(0);
-                // SAFETY: the callback is the caller's C function; piece and info live
-                // through the call.
-                let go_on = unsafe {
-                    cb(
-                        piece.as_ptr() as *const c_char,
-                        ev.text.len(),
-                        &info,
-                        user_data,
-                    )
-                };
-                if !go_on {
-                    by_callback = true;
-                    cancel.store(true, Ordering::SeqCst);
-                }
-            })
-        });
         e.cancel.store(false, Ordering::SeqCst);
         let outcome = result?;
         inner.last = stats_of(&outcome, by_callback);

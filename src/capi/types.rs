@@ -151,6 +151,10 @@ pub struct gearbx_stats {
     pub tier_build_ms: f64,
     /// The tiers were read from the tier cache instead of being built.
     pub tiers_from_cache: bool,
+    /// Lossless: batched high-gear verifications, draft tokens proposed and accepted.
+    pub verifies: u32,
+    pub drafted: u32,
+    pub accepted: u32,
 }
 
 /// The built-in gear defaults (auto, gearbx's thresholds, tier cache on).
@@ -336,6 +340,11 @@ pub(crate) fn stats_of(o: &Outcome, by_callback: bool) -> gearbx_stats {
     };
     if let Some(g) = &o.gears {
         fill_gear_stats(&mut s, g);
+    }
+    if let Some(l) = &o.lossless {
+        s.verifies = l.verifies as u32;
+        s.drafted = l.drafted as u32;
+        s.accepted = l.accepted as u32;
     }
     s
 }

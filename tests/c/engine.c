@@ -136,6 +136,19 @@ int main(int argc, char **argv) {
     CHECK(c2.per_gear[GEARBX_GEAR_LOW] == c2.tokens - 1 && c2.per_gear[GEARBX_GEAR_HIGH] == 1,
           "low %d of %d", c2.per_gear[GEARBX_GEAR_LOW], c2.tokens);
     printf("LOW_FIXED_TOKENS=%d\n", c2.tokens);
+
+    /* 2b. Lossless: drafts at the low gear, the high gear's text exactly. */
+    CHECK(gearbx_engine_set_gear(engine, GEARBX_GEAR_HIGH) == GEARBX_OK, "set high");
+    struct collect ch = {0};
+    CHECK(gearbx_engine_generate(engine, &gp, on_token, &ch, &st) == GEARBX_OK, "generate high");
+    gearbx_generate_params lp = gp;
+    lp.lossless = true;
+    struct collect cl = {0};
+    CHECK(gearbx_engine_generate(engine, &lp, on_token, &cl, &st) == GEARBX_OK, "lossless");
+    CHECK(strcmp(cl.text, ch.text) == 0, "lossless text differs:\n%s\nvs\n%s", cl.text, ch.text);
+    CHECK(st.drafted > 0 && st.accepted <= st.drafted && cl.per_gear[GEARBX_GEAR_HIGH] == cl.tokens,
+          "drafted %u accepted %u", st.drafted, st.accepted);
+    printf("LOSSLESS_DRAFTED=%u\nLOSSLESS_ACCEPTED=%u\n", st.drafted, st.accepted);
     CHECK(gearbx_engine_set_gear(engine, GEARBX_GEAR_AUTO) == GEARBX_OK, "set auto");
 
     /* 3. The callback stops the generation. */
