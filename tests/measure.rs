@@ -45,6 +45,10 @@ fn quick_report_is_well_formed_and_consistent() {
             "1,3",
             "--gen-tokens",
             "12",
+            "--lossless-prompts",
+            "2",
+            "--lossless-tokens",
+            "24",
             "-t",
             "2",
         ])
@@ -101,6 +105,17 @@ fn quick_report_is_well_formed_and_consistent() {
         assert!(x.is_finite() && x > 0.0);
     }
     assert_eq!(r["separation"]["trivial"].as_array().unwrap().len(), 6);
+    // Lossless mode gives the high gear's tokens in every window; the trace adds up.
+    let l = &r["lossless"];
+    assert_eq!(l["identical"], 2, "{l}");
+    assert_eq!(l["prompts"], 2);
+    let cycles = l["cycles"].as_array().unwrap();
+    let accepted: u64 = cycles.iter().map(|c| c[1].as_u64().unwrap()).sum();
+    let drafted: u64 = cycles.iter().map(|c| c[0].as_u64().unwrap()).sum();
+    assert!(drafted > 0 && accepted <= drafted);
+    assert!(
+        (l["acceptance_rate"].as_f64().unwrap() - accepted as f64 / drafted as f64).abs() < 1e-9
+    );
     let md = std::fs::read_to_string(out.path().join("results.md")).unwrap();
     assert!(
         md.contains("| high gear | 0.0000 | 0.0000 | 1.000 |"),

@@ -60,6 +60,14 @@ struct Cli {
     #[arg(long, default_value_t = 64)]
     gen_tokens: usize,
 
+    /// Lossless mode vs the high gear: windows of the text (48 tokens each) continued...
+    #[arg(long, default_value_t = 8)]
+    lossless_prompts: usize,
+
+    /// ... by this many greedy tokens each (both runs of a window interleaved).
+    #[arg(long, default_value_t = 256)]
+    lossless_tokens: usize,
+
     /// CPU threads (default: all cores).
     #[arg(short, long, env = "GEARBX_THREADS")]
     threads: Option<usize>,
@@ -106,9 +114,17 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> gearbx::Result<()> {
-    if cli.positions == 0 || cli.rounds == 0 || cli.tokens == 0 || cli.sweep.is_empty() {
+    if cli.positions == 0
+        || cli.rounds == 0
+        || cli.tokens == 0
+        || cli.sweep.is_empty()
+        || cli.lossless_prompts == 0
+        || cli.lossless_tokens == 0
+    {
         return Err(gearbx::Error::InvalidParam(
-            "--positions, --rounds, --tokens and --sweep must be non-empty".into(),
+            "--positions, --rounds, --tokens, --sweep, --lossless-prompts and --lossless-tokens \
+             must be non-empty"
+                .into(),
         ));
     }
     if !cli.text.is_file() {
@@ -133,6 +149,8 @@ fn run(cli: &Cli) -> gearbx::Result<()> {
         cache_dir: default_model::cache_dir()?,
         separation_tokens: cli.gen_tokens,
         timeline_tokens: cli.gen_tokens * 2,
+        lossless_prompts: cli.lossless_prompts,
+        lossless_tokens: cli.lossless_tokens,
     };
     let names: Vec<Option<&str>> = if cli.models.is_empty() {
         vec![None]

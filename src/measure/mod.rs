@@ -1,7 +1,9 @@
 //! The measurement harness: static llama.cpp baselines, interleaved speed ratios, quality
-//! against the high tier on real text, prompt-class entropy, and the report built from them.
+//! against the high tier on real text, prompt-class entropy, lossless mode against the high
+//! gear, and the report built from them.
 
 pub mod baseline;
+pub mod lossless;
 pub mod markdown;
 pub mod quality;
 pub mod report;

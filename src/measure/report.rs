@@ -9,6 +9,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::baseline;
+use super::lossless::{self, LosslessReport};
 use super::quality::{self, EvalOptions, Lane, LaneResult, Policy};
 use super::speed::{self, SpeedReport, SpeedSetup};
 use crate::engine::{self, prompt, GearControl, GenerateParams, PromptSpec};
@@ -35,6 +36,9 @@ pub struct ReportOptions {
     pub cache_dir: PathBuf,
     pub separation_tokens: usize,
     pub timeline_tokens: usize,
+    /// Lossless mode: windows of the text used as prompts, and tokens generated after each.
+    pub lossless_prompts: usize,
+    pub lossless_tokens: usize,
 }
 
 /// A static llama.cpp model standing in for one gear.
@@ -89,6 +93,7 @@ pub struct ModelReport {
     pub tiers: BuildReport,
     pub baselines: Vec<StaticBaseline>,
     pub speed: SpeedReport,
+    pub lossless: LosslessReport,
     pub text_file: String,
     pub window: usize,
     pub window_prompt: usize,
@@ -363,6 +368,22 @@ pub fn run(
     )?;
     drop((gear_ctx, plain_ctx, low_ctx, mid_ctx));
 
+    // Lossless against the high gear alone, continuing windows of the text.
+    let lossless_prompts: Vec<Vec<Token>> =
+        text_windows(&model, &opts.text, 48, opts.lossless_prompts)?
+            .chunks(48)
+            .map(<[Token]>::to_vec)
+            .collect();
+    let mut ctx = context(&model, (48 + opts.lossless_tokens + 16) as u32, t)?;
+    let lossless = lossless::measure(
+        &mut ctx,
+        &mut gb,
+        &lossless_prompts,
+        opts.lossless_tokens,
+        |i, n| log(&format!("lossless {i}/{n}")),
+    )?;
+    drop(ctx);
+
     // Quality: all lanes in lockstep over the text.
     let per = opts.window - opts.prompt;
     let n_windows = opts.positions.div_ceil(per - 1);
@@ -466,6 +487,7 @@ pub fn run(
         tiers: gb.report().clone(),
         baselines,
         speed,
+        lossless,
         text_file: opts.text.display().to_string(),
         window: opts.window,
         window_prompt: opts.prompt,
