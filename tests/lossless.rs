@@ -214,3 +214,25 @@ fn cli_lossless_prints_the_high_gears_text_and_refuses_what_it_cannot_do() {
         a["lossless"]
     );
 }
+
+#[test]
+fn verification_is_capped_where_batched_kernels_round_differently() {
+    let (model, info) = load();
+    // A Q4_K high tier lives in llama.cpp's repacked buffer, whose CPU kernel for 4 or more
+    // columns rounds differently from the single-column one: the probe must find that and cap
+    // the verification batch, so the output stays the high gear's.
+    let mut gb = gearbox(&model, &info, Some("high=Q4_K"));
+    let prompts = vec![model.tokenize(PROMPTS[2], true, false).unwrap()];
+    let want = high_alone(&mut gb, &mut context(&model), &prompts, 120);
+    let got = lossless_turns(&mut gb, &mut context(&model), &prompts, 120);
+    let (toks, stats, n_gen) = &got[0];
+    assert!(stats.verify_width < 4, "{stats:?}");
+    assert_eq!(toks, &want[0]);
+    check_stats(stats, *n_gen);
+    assert!(stats.cycles.iter().all(|(d, _)| *d < stats.verify_width));
+    // The source model's kernels agree at every width tried: long drafts are allowed.
+    drop(gb);
+    let mut plain = gearbox(&model, &info, None);
+    let got = lossless_turns(&mut plain, &mut context(&model), &prompts, 16);
+    assert!(got[0].1.verify_width >= 8, "{:?}", got[0].1);
+}

@@ -702,13 +702,14 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         );
         if let Some(l) = &outcome.lossless {
             eprintln!(
-                "[gearbx] lossless: {} verifies, {} drafted, {} accepted ({:.0}%), {:.2} accepted per verify, {} plain steps",
+                "[gearbx] lossless: {} verifies, {} drafted, {} accepted ({:.0}%), {:.2} accepted per verify, {} plain steps, verify width {}",
                 l.verifies,
                 l.drafted,
                 l.accepted,
                 l.acceptance_rate * 100.0,
                 l.mean_accepted_len,
-                l.plain_steps
+                l.plain_steps,
+                l.verify_width
             );
         } else if let Some(g) = &outcome.gears {
             eprintln!(

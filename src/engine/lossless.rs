@@ -64,6 +64,9 @@ pub struct LosslessStats {
     pub mean_accepted_len: f64,
     /// Draft tokens per verification.
     pub drafts_per_verify: f64,
+    /// The widest verification batch whose logits equal single-token decoding bit for bit
+    /// here (probed at the start; drafts are capped at one less).
+    pub verify_width: usize,
     /// Time drafting (low gear) and verifying (high gear), milliseconds.
     pub draft_ms: f64,
     pub verify_ms: f64,
@@ -212,6 +215,48 @@ impl Decider {
     }
 }
 
+/// Batch widths tried by [`exact_verify_width`], widest first.
+const WIDTHS: [usize; 6] = [16, 9, 8, 4, 3, 2];
+
+/// The widest batch whose logits are bit-identical to decoding the same tokens one at a
+/// time, on this context at the current gear. llama.cpp picks kernels by batch width (on CPU,
+/// repacked 4-bit weights switch from a per-column kernel to a blocked one at 4 columns, with
+/// different rounding), and a verification that rounds differently from the plain loop could
+/// flip a near-tie and change the output. Kernel choice depends on shapes and types, not on
+/// values, so a probe over `probe` tokens stands for every batch. Leaves the cache as it was.
+pub fn exact_verify_width(ctx: &mut Context<'_>, probe: &[Token]) -> Result<usize> {
+    let p0 = ctx.n_past();
+    let n = WIDTHS[0]
+        .min(probe.len())
+        .min((ctx.n_ctx() - p0).saturating_sub(1) as usize);
+    if n < 2 {
+        return Ok(1);
+    }
+    let mut single = Vec::with_capacity(n);
+    for &t in &probe[..n] {
+        ctx.decode(&[t])?;
+        single.push(ctx.logits()?.to_vec());
+    }
+    ctx.truncate(p0)?;
+    for w in WIDTHS.into_iter().filter(|&w| w <= n) {
+        ctx.decode_all_logits(&probe[..w])?;
+        let same = (0..w).try_fold(true, |ok, i| {
+            Ok::<_, Error>(
+                ok && ctx
+                    .logits_at(i)?
+                    .iter()
+                    .zip(&single[i])
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+            )
+        })?;
+        ctx.truncate(p0)?;
+        if same {
+            return Ok(w);
+        }
+    }
+    Ok(1)
+}
+
 fn entropy_of(row: &[f32], n_gen: usize) -> Result<f32> {
     let (bits, n_bad) = kernels::entropy_bits(row);
     if n_bad > 0 {
@@ -264,6 +309,10 @@ pub fn generate(
     let interrupted = |e: Error, ctx: &Context<'_>| if ctx.aborted() { Ok(()) } else { Err(e) };
 
     shift(gearbox, ctx, Gear::High);
+    // Drafts are capped so that verification rounds exactly as the plain loop does.
+    let probe: Vec<Token> = prompt.iter().copied().cycle().take(WIDTHS[0]).collect();
+    st.verify_width = exact_verify_width(ctx, &probe)?;
+    let draft_max = lp.draft_max.min(st.verify_width - 1);
     let t0 = Instant::now();
     let mut stop = None;
     if let Err(e) = ctx.decode(prompt) {
@@ -279,7 +328,7 @@ pub fn generate(
         pending = decider.first(ctx)?;
         stop = out.emit(ctx, pending, last_h, ctx.n_past(), &mut on_token);
     }
-    let mut k_next = lp.draft_max.div_ceil(2);
+    let mut k_next = draft_max.div_ceil(2);
     while stop.is_none() {
         if ctx.aborted() {
             stop = Some(StopReason::Interrupted);
@@ -292,7 +341,7 @@ pub fn generate(
         let budget = params
             .n_predict
             .map_or(usize::MAX, |n| n.saturating_sub(out.n_gen + 1));
-        let k = if last_h as f64 > gate_bits {
+        let k = if draft_max == 0 || last_h as f64 > gate_bits {
             0
         } else {
             k_next.min(room).min(budget)
@@ -361,9 +410,9 @@ pub fn generate(
             st.accepted += j;
             st.cycles.push((drafts.len(), j));
             k_next = if j == drafts.len() {
-                (k_next + 1).min(lp.draft_max)
+                (k_next + 1).min(draft_max)
             } else {
-                (j + 1).min(lp.draft_max)
+                (j + 1).min(draft_max)
             };
         }
         ctx.truncate(p0 + j as u32 + 1)?;

@@ -16,6 +16,8 @@ pub struct LosslessReport {
     pub prompts: usize,
     pub tokens_per_prompt: usize,
     pub draft_max: usize,
+    /// The verification batch width the exactness probe allowed (drafts ≤ width − 1).
+    pub verify_width: usize,
     /// Decode tok/s of each window's run, and lossless / high per window.
     pub high_tokens_per_s: Series,
     pub lossless_tokens_per_s: Series,
@@ -78,6 +80,7 @@ pub fn measure(
     let (mut drafted, mut accepted, mut verifies) = (0usize, 0usize, 0usize);
     let (mut draft_ms, mut loop_ms) = (0f64, 0f64);
     let mut cycles = Vec::new();
+    let mut verify_width = 0;
     for (i, p) in prompts.iter().enumerate() {
         progress(i + 1, prompts.len());
         let (h, l) = if i % 2 == 0 {
@@ -92,6 +95,7 @@ pub fn measure(
         ratio.push(l.0.decode_tokens_per_s / h.0.decode_tokens_per_s);
         identical += usize::from(h.1 == l.1);
         let st = l.0.lossless.expect("lossless stats");
+        verify_width = st.verify_width;
         drafted += st.drafted;
         accepted += st.accepted;
         verifies += st.verifies;
@@ -104,6 +108,7 @@ pub fn measure(
         prompts: prompts.len(),
         tokens_per_prompt: tokens,
         draft_max: lp.draft_max,
+        verify_width,
         high_tokens_per_s: Series::of(high),
         lossless_tokens_per_s: Series::of(fast),
         ratio: Series::of(ratio),

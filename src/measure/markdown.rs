@@ -198,7 +198,8 @@ fn model_section(o: &mut String, r: &ModelReport, files: &[(String, String); 3])
     let l = &r.lossless;
     let _ = writeln!(
         o,
-        "### Lossless mode ({} windows of the text continued by {} greedy tokens; draft max {})\n\n\
+        "### Lossless mode ({} windows of the text continued by {} greedy tokens; draft max {}, \
+         exact verification width {})\n\n\
          | | high gear alone | lossless | ratio median (min-max) |\n|---|---|---|---|\n\
          | decode tok/s | {:.1} | {:.1} | **{:.3}** ({:.3}-{:.3}) |\n\n\
          Output identical to the high gear in **{} of {}** windows. Acceptance {:.1}% of draft \
@@ -208,6 +209,7 @@ fn model_section(o: &mut String, r: &ModelReport, files: &[(String, String); 3])
         l.prompts,
         l.tokens_per_prompt,
         l.draft_max,
+        l.verify_width,
         l.high_tokens_per_s.median,
         l.lossless_tokens_per_s.median,
         l.ratio.median,
