@@ -236,3 +236,30 @@ fn verification_is_capped_where_batched_kernels_round_differently() {
     let got = lossless_turns(&mut plain, &mut context(&model), &prompts, 16);
     assert!(got[0].1.verify_width >= 8, "{:?}", got[0].1);
 }
+
+#[test]
+fn identity_holds_past_the_first_kv_block_with_two_threads() {
+    // With 2 threads, llama.cpp's single-query attention over 512 cells rounds differently
+    // from a batched one (over 256 it does not): the per-block probe must stop drafting there.
+    let (model, info) = load();
+    let mut gb = gearbox(&model, &info, None);
+    let two = |m| {
+        Context::new(
+            m,
+            &ContextParams {
+                n_ctx: 1024,
+                n_batch: 512,
+                n_threads: 2,
+            },
+            Arc::new(AtomicBool::new(false)),
+        )
+        .unwrap()
+    };
+    let prompts = vec![model.tokenize(PROMPTS[0], true, false).unwrap()];
+    let want = high_alone(&mut gb, &mut two(&model), &prompts, 300);
+    let got = lossless_turns(&mut gb, &mut two(&model), &prompts, 300);
+    let (toks, stats, n_gen) = &got[0];
+    assert_eq!(toks, &want[0]);
+    check_stats(stats, *n_gen);
+    assert!(stats.verifies > 0, "{stats:?}");
+}

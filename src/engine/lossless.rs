@@ -64,9 +64,12 @@ pub struct LosslessStats {
     pub mean_accepted_len: f64,
     /// Draft tokens per verification.
     pub drafts_per_verify: f64,
-    /// The widest verification batch whose logits equal single-token decoding bit for bit
-    /// here (probed at the start; drafts are capped at one less).
+    /// The narrowest of the per-block widths: the widest verification batch whose logits equal
+    /// single-token decoding bit for bit (probed per block of 256 KV positions; drafts there
+    /// are capped at one less).
     pub verify_width: usize,
+    /// Time spent probing those widths, milliseconds (inside the loop's time).
+    pub probe_ms: f64,
     /// Time drafting (low gear) and verifying (high gear), milliseconds.
     pub draft_ms: f64,
     pub verify_ms: f64,
@@ -215,6 +218,13 @@ impl Decider {
     }
 }
 
+/// llama.cpp pads the number of KV cells a pass attends over to a multiple of this (at least
+/// 256; `llama_kv_cache::get_n_kv`), and picks attention kernels and thread splits by that
+/// length (on CPU with 2 threads, single-query attention over 512 cells rounds differently from
+/// a batched one, over 256 it does not). So exactness is probed per block of KV_PAD positions,
+/// and a verification batch never crosses a block.
+const KV_PAD: u32 = 256;
+
 /// Batch widths tried by [`exact_verify_width`], widest first.
 const WIDTHS: [usize; 6] = [16, 9, 8, 4, 3, 2];
 
@@ -309,10 +319,9 @@ pub fn generate(
     let interrupted = |e: Error, ctx: &Context<'_>| if ctx.aborted() { Ok(()) } else { Err(e) };
 
     shift(gearbox, ctx, Gear::High);
-    // Drafts are capped so that verification rounds exactly as the plain loop does.
+    // Drafts are capped per KV block so that verification rounds as the plain loop does.
     let probe: Vec<Token> = prompt.iter().copied().cycle().take(WIDTHS[0]).collect();
-    st.verify_width = exact_verify_width(ctx, &probe)?;
-    let draft_max = lp.draft_max.min(st.verify_width - 1);
+    let mut block_width: Option<(u32, usize)> = None;
     let t0 = Instant::now();
     let mut stop = None;
     if let Err(e) = ctx.decode(prompt) {
@@ -328,23 +337,41 @@ pub fn generate(
         pending = decider.first(ctx)?;
         stop = out.emit(ctx, pending, last_h, ctx.n_past(), &mut on_token);
     }
-    let mut k_next = draft_max.div_ceil(2);
+    let mut k_next = lp.draft_max.div_ceil(2);
     while stop.is_none() {
         if ctx.aborted() {
             stop = Some(StopReason::Interrupted);
             break;
         }
         let p0 = ctx.n_past();
+        let block = p0 / KV_PAD;
+        let width = match block_width {
+            Some((b, w)) if b == block => w,
+            _ => {
+                let tp = Instant::now();
+                let w = exact_verify_width(ctx, &probe)?;
+                st.probe_ms += tp.elapsed().as_secs_f64() * 1e3;
+                st.verify_width = if block_width.is_none() {
+                    w
+                } else {
+                    st.verify_width.min(w)
+                };
+                block_width = Some((block, w));
+                w
+            }
+        };
+        let draft_max = lp.draft_max.min(width - 1);
         // Room: the batch [pending, drafts...] must fit, and drafting past the token budget
         // is wasted work.
         let room = (ctx.n_ctx() - p0).saturating_sub(2) as usize;
+        let in_block = (KV_PAD - 1 - p0 % KV_PAD) as usize;
         let budget = params
             .n_predict
             .map_or(usize::MAX, |n| n.saturating_sub(out.n_gen + 1));
         let k = if draft_max == 0 || last_h as f64 > gate_bits {
             0
         } else {
-            k_next.min(room).min(budget)
+            k_next.min(draft_max).min(room).min(budget).min(in_block)
         };
 
         // Draft at the low gear with a fork of the chain; its KV entries are dropped after.

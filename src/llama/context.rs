@@ -124,33 +124,9 @@ impl<'m> Context<'m> {
         }
         let mut out = Vec::with_capacity(tokens.len());
         for chunk in tokens.chunks(self.n_batch as usize) {
-            // SAFETY: a batch for chunk.len() tokens with one sequence id each, freed below.
-            let rc = unsafe {
-                let mut b = sys::llama_batch_init(chunk.len() as i32, 0, 1);
-                for (i, &t) in chunk.iter().enumerate() {
-                    *b.token.add(i) = t;
-                    *b.pos.add(i) = (self.n_past as usize + i) as i32;
-                    *b.n_seq_id.add(i) = 1;
-                    *(*b.seq_id.add(i)) = 0;
-                    *b.logits.add(i) = 1;
-                }
-                b.n_tokens = chunk.len() as i32;
-                let rc = sys::llama_decode(self.ptr.as_ptr(), b);
-                sys::llama_batch_free(b);
-                rc
-            };
-            decode_status(rc)?;
-            self.n_past += chunk.len() as u32;
+            self.decode_all_logits(chunk)?;
             for i in 0..chunk.len() {
-                // SAFETY: output i exists (its logits flag was set); the row has n_vocab floats.
-                let row = unsafe {
-                    let p = sys::llama_get_logits_ith(self.ptr.as_ptr(), i as i32);
-                    if p.is_null() {
-                        return Err(Error::Llama("missing logits".into()));
-                    }
-                    std::slice::from_raw_parts(p, self.model.n_vocab())
-                };
-                out.push(crate::kernels::entropy_bits(row).0);
+                out.push(crate::kernels::entropy_bits(self.logits_at(i)?).0);
             }
         }
         Ok(out)
