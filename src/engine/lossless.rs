@@ -193,7 +193,7 @@ impl Decider {
     /// token at that position, if any).
     fn verify(
         &mut self,
-        d: &Drafter,
+        d: Option<&Drafter>,
         ctx: &Context<'_>,
         i: usize,
         draft: Option<Token>,
@@ -206,7 +206,7 @@ impl Decider {
             Decider::Stochastic { shaper, rng } => {
                 let p = shaper.distribution(ctx.logits_at(i)?);
                 let (t, kept) = match (draft, d) {
-                    (Some(dt), Drafter::Stochastic(_, qs)) => {
+                    (Some(dt), Some(Drafter::Stochastic(_, qs))) => {
                         speculative::verify(&p, &qs[i], dt, rng)
                     }
                     _ => (speculative::draw(&p, rng), false),
@@ -376,8 +376,13 @@ pub fn generate(
 
         // Draft at the low gear with a fork of the chain; its KV entries are dropped after.
         let mut drafts: Vec<Token> = Vec::with_capacity(k);
-        let mut drafter = decider.drafter()?;
-        if k > 0 {
+        // Forked only when drafting: a plain step needs no copy of the chain.
+        let mut drafter = if k > 0 {
+            Some(decider.drafter()?)
+        } else {
+            None
+        };
+        if let Some(drafter) = drafter.as_mut() {
             let td = Instant::now();
             shift(gearbox, ctx, Gear::Low);
             let mut cur = pending;
@@ -392,7 +397,7 @@ pub fn generate(
                 if n_bad > 0 {
                     break; // a broken draft; the high gear decides alone
                 }
-                let d = decider.draft(&mut drafter, ctx)?;
+                let d = decider.draft(drafter, ctx)?;
                 drafts.push(d);
                 if model.is_eog(d) || h as f64 > stop_bits {
                     break;
@@ -421,7 +426,7 @@ pub fn generate(
         let mut j = 0;
         for i in 0..=drafts.len() {
             last_h = entropy_of(ctx.logits_at(i)?, out.n_gen)?;
-            let (s, kept) = decider.verify(&drafter, ctx, i, drafts.get(i).copied())?;
+            let (s, kept) = decider.verify(drafter.as_ref(), ctx, i, drafts.get(i).copied())?;
             pending = s;
             stop = out.emit(ctx, s, last_h, p0 + i as u32 + 1, &mut on_token);
             if stop.is_some() || !kept {
