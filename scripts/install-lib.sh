@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the C libraries and installs them under PREFIX (default /usr/local):
 #   lib/libgearbx.a        gearbx with its llama.cpp inside (the engine API; llama.h too)
-#   lib/libgearbx.so       the same as a shared library (exports only gearbx_*)
+#   lib/libgearbx.so       the same as a shared library (exports only gearbx_*; CPU builds:
+#                          with --features cuda its static CUDA objects are not PIC)
 #   lib/libgearbx-host.a   gearbx without llama.cpp, for programs that link their own
 #                          llama.cpp (the attach API; one copy of llama.cpp in the program)
 #   include/gearbx.h
@@ -21,6 +22,8 @@ for line in sys.stdin:
     if m.get("reason") == "build-script-executed" and "llama-cpp-sys-2" in m["package_id"]:
         print(m["out_dir"])')"
 [ -d "$LLAMA_OUT/lib" ] || { echo "install-lib.sh: llama.cpp build output not found" >&2; exit 1; }
+# The shared library: not a default crate type (see Cargo.toml), so built on its own.
+cargo rustc --release --lib ${CARGO_FLAGS:-} --crate-type cdylib >&2
 
 mkdir -p "$PREFIX/lib/pkgconfig" "$PREFIX/include"
 install -m 644 target/release/libgearbx.a "$PREFIX/lib/libgearbx.a"
