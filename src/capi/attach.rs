@@ -5,15 +5,15 @@
 
 use std::ffi::c_char;
 use std::path::PathBuf;
-use std::sync::{Mutex, TryLockError};
+use std::sync::Mutex;
 
 use self_cell::self_cell;
 
 use super::abi::{self, gearbx_llama_abi};
 use super::types::*;
 use super::{
-    arg, gearbx_status, guard, guard_value, opt_str, req_str, ApiError, ApiResult, GEARBX_ERR_BUSY,
-    GEARBX_ERR_INTERNAL, GEARBX_ERR_RUNTIME,
+    arg, gearbx_status, guard, guard_value, lock_handle, opt_str, req_str, ApiError, ApiResult,
+    GEARBX_ERR_RUNTIME,
 };
 use crate::gearbox::{CacheOptions, Gear, Gearbox};
 use crate::kernels;
@@ -185,17 +185,7 @@ pub unsafe extern "C" fn gearbx_attach(
 }
 
 fn lock(a: &gearbx_attachment) -> ApiResult<std::sync::MutexGuard<'_, State>> {
-    match a.state.try_lock() {
-        Ok(g) => Ok(g),
-        Err(TryLockError::WouldBlock) => Err(ApiError::new(
-            GEARBX_ERR_BUSY,
-            "the attachment is in use by another thread",
-        )),
-        Err(TryLockError::Poisoned(_)) => Err(ApiError::new(
-            GEARBX_ERR_INTERNAL,
-            "the attachment is unusable after an internal error; detach it",
-        )),
-    }
+    lock_handle(&a.state, "attachment", "detach")
 }
 
 impl State {

@@ -3,14 +3,14 @@
 
 use std::ffi::{c_char, c_void, CString};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Arc, Mutex};
 
 use self_cell::self_cell;
 
 use super::types::*;
 use super::{
-    arg, gearbx_status, guard, guard_value, opt_str, req_str, ApiError, ApiResult, GEARBX_ERR_BUSY,
-    GEARBX_ERR_CANCELLED, GEARBX_ERR_INTERNAL,
+    arg, gearbx_status, guard, guard_value, lock_handle, opt_str, req_str, ApiError, ApiResult,
+    GEARBX_ERR_CANCELLED,
 };
 use crate::engine::lossless::LosslessParams;
 use crate::engine::{self, GearControl, GenerateParams, PromptSpec, StopReason};
@@ -305,17 +305,7 @@ fn open(name: Option<&str>, p: &gearbx_engine_params) -> ApiResult<gearbx_engine
 
 /// Locks the engine for one call; a second concurrent call gets `GEARBX_ERR_BUSY`.
 fn lock(e: &gearbx_engine) -> ApiResult<std::sync::MutexGuard<'_, Inner>> {
-    match e.inner.try_lock() {
-        Ok(g) => Ok(g),
-        Err(TryLockError::WouldBlock) => Err(ApiError::new(
-            GEARBX_ERR_BUSY,
-            "the engine is in use by another call (another thread, or a callback calling back)",
-        )),
-        Err(TryLockError::Poisoned(_)) => Err(ApiError::new(
-            GEARBX_ERR_INTERNAL,
-            "the engine is unusable after an internal error; close it",
-        )),
-    }
+    lock_handle(&e.inner, "engine", "close")
 }
 
 /// Generates a reply to `params->prompt` from an empty context (each call starts afresh),

@@ -119,6 +119,28 @@ pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
     catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
 }
 
+/// Locks a handle's state for one call: another thread (or a callback calling back) gets
+/// `GEARBX_ERR_BUSY`; a handle whose call panicked is reported unusable.
+pub(crate) fn lock_handle<'a, T>(
+    m: &'a std::sync::Mutex<T>,
+    what: &str,
+    close: &str,
+) -> ApiResult<std::sync::MutexGuard<'a, T>> {
+    match m.try_lock() {
+        Ok(g) => Ok(g),
+        Err(std::sync::TryLockError::WouldBlock) => Err(ApiError::new(
+            GEARBX_ERR_BUSY,
+            format!(
+                "the {what} is in use by another call (another thread, or a callback calling back)"
+            ),
+        )),
+        Err(std::sync::TryLockError::Poisoned(_)) => Err(ApiError::new(
+            GEARBX_ERR_INTERNAL,
+            format!("the {what} is unusable after an internal error; {close} it"),
+        )),
+    }
+}
+
 /// A reference from a pointer the caller passed, or an error naming the argument.
 ///
 /// # Safety

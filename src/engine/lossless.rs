@@ -17,7 +17,8 @@ use serde::Serialize;
 use super::speculative::{self, Rng};
 use super::text::{StopFilter, Utf8Stream};
 use super::{
-    check_prompt, per_s, EntropyPlace, GearStats, GenerateParams, Outcome, StopReason, TokenEvent,
+    check_prompt, flush_held_text, per_s, EntropyPlace, GearStats, GenerateParams, Outcome,
+    StopReason, TokenEvent,
 };
 use crate::error::{Error, Result};
 use crate::gearbox::{Gear, Gearbox};
@@ -451,22 +452,14 @@ pub fn generate(
         st.verify_ms += tv.elapsed().as_secs_f64() * 1e3;
     }
     let stop_reason = stop.expect("loop ends with a reason");
-    if stop_reason != StopReason::StopWord {
-        let (tail, _) = out.stops.push(&out.utf8.finish());
-        let tail = tail + &out.stops.finish();
-        if !tail.is_empty() {
-            out.text.push_str(&tail);
-            on_token(&TokenEvent {
-                index: out.n_gen,
-                token: -1,
-                text: &tail,
-                entropy_bits: f32::NAN,
-                gear: None,
-                next_gear: None,
-                swap_us: 0.0,
-            });
-        }
-    }
+    flush_held_text(
+        &mut out.utf8,
+        &mut out.stops,
+        stop_reason,
+        &mut out.text,
+        out.n_gen,
+        &mut on_token,
+    );
     st.finish();
     let eval_ms = t1.elapsed().as_secs_f64() * 1e3;
     let n_gen = out.n_gen;

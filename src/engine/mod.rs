@@ -190,6 +190,35 @@ pub(crate) fn per_s(n: usize, ms: f64) -> f64 {
     }
 }
 
+/// After a loop ends: text held back (a split UTF-8 character, a possible stop-string prefix)
+/// is appended and passed on as a final event without a token, unless a stop string ended it.
+pub(crate) fn flush_held_text(
+    utf8: &mut Utf8Stream,
+    stops: &mut StopFilter,
+    stop_reason: StopReason,
+    text: &mut String,
+    n_gen: usize,
+    on_token: &mut impl FnMut(&TokenEvent<'_>),
+) {
+    if stop_reason == StopReason::StopWord {
+        return;
+    }
+    let (tail, _) = stops.push(&utf8.finish());
+    let tail = tail + &stops.finish();
+    if !tail.is_empty() {
+        text.push_str(&tail);
+        on_token(&TokenEvent {
+            index: n_gen,
+            token: -1,
+            text: &tail,
+            entropy_bits: f32::NAN,
+            gear: None,
+            next_gear: None,
+            swap_us: 0.0,
+        });
+    }
+}
+
 /// Refuses an empty prompt and one that leaves no room in the context.
 pub(crate) fn check_prompt(ctx: &Context<'_>, prompt: &[Token]) -> Result<()> {
     if prompt.is_empty() {
@@ -375,22 +404,14 @@ pub fn generate(
         _ => EntropyPlace::Host,
     };
     ctx.detach_sampler();
-    if stop_reason != StopReason::StopWord {
-        let (tail, _) = stops.push(&utf8.finish());
-        let tail = tail + &stops.finish();
-        if !tail.is_empty() {
-            text.push_str(&tail);
-            on_token(&TokenEvent {
-                index: n_gen,
-                token: -1,
-                text: &tail,
-                entropy_bits: f32::NAN,
-                gear: None,
-                next_gear: None,
-                swap_us: 0.0,
-            });
-        }
-    }
+    flush_held_text(
+        &mut utf8,
+        &mut stops,
+        stop_reason,
+        &mut text,
+        n_gen,
+        &mut on_token,
+    );
     let eval_ms = t1.elapsed().as_secs_f64() * 1e3;
     let gear_stats = gears.as_ref().map(|g| GearStats {
         mode: if g.monitor.is_some() {
