@@ -1,16 +1,99 @@
-//! Safe wrappers over gearbx's own C kernels in csrc/ (compiled by build.rs).
+//! Safe wrappers over gearbx's own kernels in csrc/ (compiled by build.rs): entropy, and
+//! requantization on the CPU (the scalar twin) and, with `--features cuda`, on the GPU.
 
-use std::ffi::c_float;
+use std::ffi::{c_float, c_int, c_void};
+
+use crate::llama::sys;
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod parity;
 
 mod ffi {
-    use std::ffi::c_float;
+    use std::ffi::{c_float, c_int, c_void};
     unsafe extern "C" {
         pub fn gearbx_entropy_bits(
             logits: *const c_float,
             n: usize,
             n_nonfinite: *mut usize,
         ) -> c_float;
+        pub fn gearbx_fp32_to_fp16(f: c_float) -> u16;
+        pub fn gearbx_fp16_to_fp32(h: u16) -> c_float;
+        pub fn gearbx_requant_supported(src_type: c_int, dst_type: c_int) -> c_int;
+        pub fn gearbx_requant_ref(
+            src_type: c_int,
+            src: *const c_void,
+            dst_type: c_int,
+            dst: *mut c_void,
+            n: i64,
+        ) -> c_int;
     }
+}
+
+/// IEEE half of `f`, rounded to nearest even (the kernels' conversion).
+pub fn fp32_to_fp16(f: f32) -> u16 {
+    // SAFETY: pure function.
+    unsafe { ffi::gearbx_fp32_to_fp16(f) }
+}
+
+/// The float value of IEEE half `h` (exact).
+pub fn fp16_to_fp32(h: u16) -> f32 {
+    // SAFETY: pure function.
+    unsafe { ffi::gearbx_fp16_to_fp32(h) }
+}
+
+/// Values per block of the types the requantization kernels write (Q8_0, Q4_0).
+pub const REQUANT_BLOCK: usize = 32;
+
+/// Whether our kernels requantize `src_type` (ggml id: F32, F16, BF16) into `dst_type` (Q8_0,
+/// Q4_0).
+pub fn requant_supported(src_type: u32, dst_type: u32) -> bool {
+    // SAFETY: pure function of two integers.
+    unsafe { ffi::gearbx_requant_supported(src_type as c_int, dst_type as c_int) != 0 }
+}
+
+/// Bytes of one element of a requantization source type.
+pub fn source_elem_bytes(src_type: u32) -> Option<usize> {
+    match src_type {
+        sys::GGML_TYPE_F32 => Some(4),
+        sys::GGML_TYPE_F16 | sys::GGML_TYPE_BF16 => Some(2),
+        _ => None,
+    }
+}
+
+/// Bytes `n` values take in `dst_type` (Q8_0: 34 per block of 32, Q4_0: 18).
+pub fn requant_bytes(dst_type: u32, n: usize) -> Option<usize> {
+    let per_block = match dst_type {
+        sys::GGML_TYPE_Q8_0 => 34,
+        sys::GGML_TYPE_Q4_0 => 18,
+        _ => return None,
+    };
+    n.is_multiple_of(REQUANT_BLOCK)
+        .then(|| n / REQUANT_BLOCK * per_block)
+}
+
+/// The scalar C twin of the CUDA kernels: `src` (bytes of `src_type` values, a multiple of 32
+/// of them) requantized into `dst_type`, bit-identical to ggml's reference quantizer.
+/// None for an unsupported pair or a length that is not whole blocks.
+pub fn requant_ref(src_type: u32, src: &[u8], dst_type: u32) -> Option<Vec<u8>> {
+    let elem = source_elem_bytes(src_type)?;
+    if !src.len().is_multiple_of(elem) || !requant_supported(src_type, dst_type) {
+        return None;
+    }
+    let n = src.len() / elem;
+    let mut out = vec![0u8; requant_bytes(dst_type, n)?];
+    // SAFETY: src holds n values of src_type; out holds the bytes of n values of dst_type;
+    // the pair and n are checked above (the C side checks them again).
+    let rc = unsafe {
+        ffi::gearbx_requant_ref(
+            src_type as c_int,
+            src.as_ptr() as *const c_void,
+            dst_type as c_int,
+            out.as_mut_ptr() as *mut c_void,
+            n as i64,
+        )
+    };
+    (rc == 0).then_some(out)
 }
 
 /// Entropy of softmax(logits) in bits, and the number of NaN/+inf logits (then it is NaN).
@@ -24,6 +107,7 @@ pub fn entropy_bits(logits: &[f32]) -> (f32, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llama::weights;
 
     /// Naive two-pass reference in f64: softmax, then -sum p log2 p.
     fn reference(l: &[f32]) -> f64 {
@@ -74,6 +158,76 @@ mod tests {
                 reference(&l)
             );
         }
+    }
+
+    #[test]
+    fn half_conversions_match_ggml() {
+        for h in 0..=u16::MAX {
+            // SAFETY: pure conversion functions of ggml.
+            let g = unsafe { sys::ggml_fp16_to_fp32(h) };
+            let ours = fp16_to_fp32(h);
+            assert!(
+                ours.to_bits() == g.to_bits() || (ours.is_nan() && g.is_nan()),
+                "half {h:#06x}: {ours} vs {g}"
+            );
+        }
+        let mut x = 0x9E37_79B9u32;
+        for i in 0..2_000_000u32 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            // Every exponent, and the neighbourhood of every half's rounding boundary.
+            let f = f32::from_bits(if i % 2 == 0 {
+                x
+            } else {
+                (x & 0xc7ff_ffff) | 0x3800_0000
+            });
+            // SAFETY: pure conversion function of ggml.
+            let g = unsafe { sys::ggml_fp32_to_fp16(f) };
+            let ours = fp32_to_fp16(f);
+            if f.is_nan() {
+                assert!(ours & 0x7c00 == 0x7c00 && ours & 0x3ff != 0, "{f}");
+            } else {
+                assert_eq!(ours, g, "{f:e} ({:#010x})", f.to_bits());
+            }
+        }
+    }
+
+    /// The CPU twin of the CUDA kernels against ggml's quantizer, every block of every class
+    /// of input, for each source and target type (the GPU side: `gearbx-bench kernels`).
+    #[test]
+    fn requant_twin_is_bit_identical_to_ggml() {
+        for src in parity::SOURCES {
+            for case in parity::cases(src, 2048, 7) {
+                for dst in parity::TARGETS {
+                    let ours = requant_ref(src, &case.bytes, dst).expect("supported pair");
+                    let ggml = parity::ggml_reference(src, &case.bytes, dst).unwrap();
+                    assert_eq!(
+                        parity::first_mismatch(&ours, &ggml, dst),
+                        None,
+                        "{} -> {} on {}: {} of 2048 blocks differ",
+                        weights::type_name(src),
+                        weights::type_name(dst),
+                        case.class,
+                        parity::mismatches(&ours, &ggml, dst)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn requant_refuses_what_it_cannot_do() {
+        let f16 = vec![0u8; 64];
+        assert!(requant_ref(sys::GGML_TYPE_F16, &f16, sys::GGML_TYPE_Q4_K).is_none());
+        assert!(requant_ref(sys::GGML_TYPE_Q8_0, &f16, sys::GGML_TYPE_Q4_0).is_none());
+        assert!(requant_ref(sys::GGML_TYPE_F16, &f16[..62], sys::GGML_TYPE_Q4_0).is_none());
+        assert_eq!(
+            requant_ref(sys::GGML_TYPE_F16, &f16, sys::GGML_TYPE_Q8_0)
+                .unwrap()
+                .len(),
+            34
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #define GEARBX_KERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -12,6 +13,16 @@ extern "C" {
  * *n_nonfinite (may be NULL) and returns NaN when there are any, or when n == 0.
  * -inf logits are allowed (masked tokens, probability 0). */
 float gearbx_entropy_bits(const float *logits, size_t n, size_t *n_nonfinite);
+
+/* Requantization (csrc/generic/requant.c): n values (a multiple of 32) of src_type (ggml ids:
+ * F32 0, F16 1, BF16 30) into dst_type (Q4_0 2, Q8_0 8), bit-identical to ggml's reference
+ * quantizers as llama.cpp builds them. Returns 0, or -1 for an unsupported pair or bad n. */
+int gearbx_requant_supported(int src_type, int dst_type);
+int gearbx_requant_ref(int src_type, const void *src, int dst_type, void *dst, int64_t n);
+
+/* Exact IEEE half conversions (round to nearest even), as the kernels use them. */
+uint16_t gearbx_fp32_to_fp16(float f);
+float gearbx_fp16_to_fp32(uint16_t h);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,121 @@
+//! The CUDA requantization kernels of csrc/cuda (built with `--features cuda`): on weights
+//! already on the device, and a host round trip for the parity tests and benchmarks.
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+use crate::error::{Error, Result};
+
+mod ffi {
+    use std::ffi::{c_char, c_int, c_void};
+    unsafe extern "C" {
+        pub fn gearbx_cuda_requant(
+            device: c_int,
+            src_type: c_int,
+            src: *const c_void,
+            dst_type: c_int,
+            dst: *mut c_void,
+            n: i64,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
+        pub fn gearbx_cuda_synchronize(device: c_int, err: *mut c_char, err_len: usize) -> c_int;
+        pub fn gearbx_cuda_device_count() -> c_int;
+        pub fn gearbx_cuda_requant_host(
+            device: c_int,
+            src_type: c_int,
+            src: *const c_void,
+            src_bytes: usize,
+            dst_type: c_int,
+            dst: *mut c_void,
+            dst_bytes: usize,
+            n: i64,
+            kernel_ms: *mut f32,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
+    }
+}
+
+fn check(rc: c_int, err: &[c_char; 256]) -> Result<()> {
+    if rc == 0 {
+        return Ok(());
+    }
+    // SAFETY: the C side writes a NUL-terminated message into err (zeroed beforehand).
+    let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
+    Err(Error::Llama(format!("CUDA: {msg}")))
+}
+
+/// Number of CUDA devices the driver reports (0 without a driver or GPU).
+pub fn device_count() -> usize {
+    // SAFETY: no arguments; returns 0 on any CUDA error.
+    unsafe { ffi::gearbx_cuda_device_count() }.max(0) as usize
+}
+
+/// Queues the requantization of `n` values at device pointer `src` into `dst` on `device`.
+///
+/// # Safety
+/// `src` and `dst` must be device allocations on `device` holding `n` values of `src_type`
+/// and of `dst_type`, alive until [`synchronize`] returns.
+pub unsafe fn requant_device(
+    device: i32,
+    src_type: u32,
+    src: *const c_void,
+    dst_type: u32,
+    dst: *mut c_void,
+    n: usize,
+) -> Result<()> {
+    let mut err = [0 as c_char; 256];
+    // SAFETY: forwarded from the caller; err is a writable buffer of its stated length.
+    let rc = unsafe {
+        ffi::gearbx_cuda_requant(
+            device,
+            src_type as c_int,
+            src,
+            dst_type as c_int,
+            dst,
+            n as i64,
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    check(rc, &err)
+}
+
+/// Waits for every queued kernel on `device`.
+pub fn synchronize(device: i32) -> Result<()> {
+    let mut err = [0 as c_char; 256];
+    // SAFETY: err is a writable buffer of its stated length.
+    let rc = unsafe { ffi::gearbx_cuda_synchronize(device, err.as_mut_ptr(), err.len()) };
+    check(rc, &err)
+}
+
+/// Uploads `src` (values of `src_type`), requantizes it on device 0 into `dst_type` and
+/// returns the bytes and the kernel's time in milliseconds.
+pub fn requant_host(src_type: u32, src: &[u8], dst_type: u32) -> Result<(Vec<u8>, f32)> {
+    let elem = super::source_elem_bytes(src_type)
+        .ok_or_else(|| Error::InvalidParam(format!("source type {src_type} not supported")))?;
+    let n = src.len() / elem;
+    let bytes = super::requant_bytes(dst_type, n)
+        .ok_or_else(|| Error::InvalidParam(format!("{n} values of type {dst_type}")))?;
+    let mut out = vec![0u8; bytes];
+    let mut ms = 0f32;
+    let mut err = [0 as c_char; 256];
+    // SAFETY: src and out are host buffers of the stated sizes; err as above.
+    let rc = unsafe {
+        ffi::gearbx_cuda_requant_host(
+            0,
+            src_type as c_int,
+            src.as_ptr() as *const c_void,
+            src.len(),
+            dst_type as c_int,
+            out.as_mut_ptr() as *mut c_void,
+            out.len(),
+            n as i64,
+            &mut ms,
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    check(rc, &err)?;
+    Ok((out, ms))
+}

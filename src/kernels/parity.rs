@@ -1,0 +1,186 @@
+//! Inputs that try to break the requantization kernels (random weights at several scales,
+//! zeros, constants, rounding ties, the largest finite values, subnormals, random bit
+//! patterns, infinities and NaN), and ggml's own quantizer as the reference to compare with.
+//! Used by the unit tests (CPU twin) and by `gearbx-bench kernels` (GPU).
+
+use crate::error::Result;
+use crate::llama::{sys, weights};
+
+use super::REQUANT_BLOCK;
+
+/// One class of test input: its name and its bytes in the source type.
+pub struct Case {
+    pub class: &'static str,
+    pub bytes: Vec<u8>,
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    fn normal(&mut self) -> f32 {
+        let (u, v) = (self.unit().max(1e-7), self.unit());
+        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+    }
+}
+
+fn encode(src_type: u32, values: &[f32]) -> Vec<u8> {
+    match src_type {
+        sys::GGML_TYPE_F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        sys::GGML_TYPE_F16 => values
+            .iter()
+            .flat_map(|&v| super::fp32_to_fp16(v).to_le_bytes())
+            .collect(),
+        _ => values
+            .iter()
+            .flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes())
+            .collect(),
+    }
+}
+
+/// Random bit patterns of the source type; `finite` leaves out infinities and NaN.
+fn random_bits(src_type: u32, n: usize, rng: &mut Rng, finite: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n * 4);
+    for _ in 0..n {
+        let r = rng.next();
+        match src_type {
+            sys::GGML_TYPE_F32 => {
+                let mut b = r as u32;
+                if finite && (b >> 23) & 0xff == 0xff {
+                    b &= !(1 << 30);
+                }
+                out.extend(b.to_le_bytes());
+            }
+            t => {
+                let mut b = r as u16;
+                let exp_all = if t == sys::GGML_TYPE_F16 {
+                    0x7c00
+                } else {
+                    0x7f80
+                };
+                if finite && b & exp_all == exp_all {
+                    b &= !(1 << 14);
+                }
+                out.extend(b.to_le_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// Every input class for `src_type` (F32, F16 or BF16), `blocks` blocks of 32 each.
+pub fn cases(src_type: u32, blocks: usize, seed: u64) -> Vec<Case> {
+    let mut rng = Rng(seed ^ src_type as u64);
+    let n = blocks * REQUANT_BLOCK;
+    let (max_finite, min_sub) = match src_type {
+        sys::GGML_TYPE_F32 => (f32::MAX, f32::from_bits(1)),
+        sys::GGML_TYPE_F16 => (65504.0, 5.960_464_5e-8),
+        _ => (f32::from_bits(0x7f7f_0000), f32::from_bits(0x0001_0000)),
+    };
+    let mut v = |f: &mut dyn FnMut(usize, &mut Rng) -> f32| -> Vec<f32> {
+        (0..n).map(|i| f(i, &mut rng)).collect()
+    };
+    let mut out = vec![
+        ("normal-0.02", v(&mut |_, r| r.normal() * 0.02)),
+        ("normal-1", v(&mut |_, r| r.normal())),
+        ("uniform-1000", v(&mut |_, r| (r.unit() - 0.5) * 2000.0)),
+        ("zeros", vec![0.0; n]),
+        ("negative-zeros", vec![-0.0; n]),
+        ("constant-blocks", {
+            let c: Vec<f32> = v(&mut |_, r| r.normal());
+            (0..n).map(|i| c[i / REQUANT_BLOCK]).collect()
+        }),
+        // Q8_0: a block maximum of 127 makes d = 1, so k + 0.5 rounds on a tie.
+        (
+            "ties-q8",
+            v(&mut |i, r| {
+                if i % REQUANT_BLOCK == 0 {
+                    127.0
+                } else {
+                    (r.next() % 253) as f32 - 126.0 + 0.5
+                }
+            }),
+        ),
+        // Q4_0: a block maximum of -8 makes id = 1, so k - 0.5 lands x + 8.5 on an integer.
+        (
+            "ties-q4",
+            v(&mut |i, r| {
+                if i % REQUANT_BLOCK == 0 {
+                    -8.0
+                } else {
+                    (r.next() % 16) as f32 - 7.0 - 0.5
+                }
+            }),
+        ),
+        (
+            "largest-finite",
+            v(&mut |_, r| match r.next() % 4 {
+                0 => max_finite,
+                1 => -max_finite,
+                _ => r.normal() * max_finite / 4.0,
+            }),
+        ),
+        (
+            "subnormals",
+            v(&mut |_, r| match r.next() % 4 {
+                0 => 0.0,
+                k => min_sub * (r.next() % 1000) as f32 * if k == 1 { -1.0 } else { 1.0 },
+            }),
+        ),
+    ]
+    .into_iter()
+    .map(|(class, vals)| Case {
+        class,
+        bytes: encode(src_type, &vals),
+    })
+    .collect::<Vec<_>>();
+    out.push(Case {
+        class: "random-bits",
+        bytes: random_bits(src_type, n, &mut rng, true),
+    });
+    out.push(Case {
+        class: "inf-and-nan",
+        bytes: random_bits(src_type, n, &mut rng, false),
+    });
+    out
+}
+
+/// ggml's reference: the source converted to f32 by ggml, quantized by `ggml_quantize_chunk`
+/// (what llama.cpp's quantizer and gearbx's CPU tier build run).
+pub fn ggml_reference(src_type: u32, bytes: &[u8], dst_type: u32) -> Result<Vec<u8>> {
+    let elem = super::source_elem_bytes(src_type).expect("a requantization source type");
+    let n = bytes.len() / elem;
+    let f = weights::to_f32(src_type, bytes, n)?;
+    weights::quantize(dst_type, &f, n / REQUANT_BLOCK, REQUANT_BLOCK)
+}
+
+/// Index of the first block where `a` and `b` differ.
+pub fn first_mismatch(a: &[u8], b: &[u8], dst_type: u32) -> Option<usize> {
+    let bb = super::requant_bytes(dst_type, REQUANT_BLOCK).expect("a requantization type");
+    if a.len() != b.len() {
+        return Some(0);
+    }
+    a.chunks(bb).zip(b.chunks(bb)).position(|(x, y)| x != y)
+}
+
+/// Number of blocks where `a` and `b` differ.
+pub fn mismatches(a: &[u8], b: &[u8], dst_type: u32) -> usize {
+    let bb = super::requant_bytes(dst_type, REQUANT_BLOCK).expect("a requantization type");
+    a.chunks(bb)
+        .zip(b.chunks(bb))
+        .filter(|(x, y)| x != y)
+        .count()
+}
+
+/// The source and destination types the kernels cover.
+pub const SOURCES: [u32; 3] = [sys::GGML_TYPE_F32, sys::GGML_TYPE_F16, sys::GGML_TYPE_BF16];
+pub const TARGETS: [u32; 2] = [sys::GGML_TYPE_Q8_0, sys::GGML_TYPE_Q4_0];
