@@ -13,5 +13,6 @@ pub mod llama;
 pub mod measure;
 pub mod monitor;
 pub mod store;
+pub mod synth;
 
 pub use error::{Error, Result};

@@ -1,13 +1,19 @@
-//! `gearbx-bench`: the measurement harness. Runs speed (against static llama.cpp models) and
-//! quality (against the high tier, on real text) for each model and writes the report.
+//! `gearbx-bench`: the measurement harness. Without a subcommand: speed (against static
+//! llama.cpp models) and quality (against the high tier, on real text) for each model, written
+//! as the report. Subcommands: `gpu` (the GPU harness on a float model), `kernels` (our
+//! requantization kernels against ggml's quantizer), `synth` (random-weight models of real
+//! shapes).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::Parser;
-use gearbx::measure::{markdown, report};
+use clap::{Parser, Subcommand};
+use gearbx::kernels::{self, parity};
+use gearbx::llama::weights::type_name;
+use gearbx::measure::{gpu, markdown, report};
 use gearbx::store::{self, default_model, OllamaStore};
+use gearbx::synth;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -17,16 +23,81 @@ use gearbx::store::{self, default_model, OllamaStore};
              real text, prompt-class entropy; writes results.md, results.json and SVG charts.",
     after_help = "Prepare the text first: python3 scripts/fetch-austen.py DIR (make report does \
                   it). Exit codes as gearbx-run's (0 ok, 2 usage, 3 not found, 4 bad model, 7 \
-                  runtime)."
+                  runtime; `kernels`: 1 when a kernel differs from ggml).",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    report: ReportArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Write a random-weight F16 GGUF of a real model shape (normal weights, std 0.02, no
+    /// tokenizer): real speed for benchmarking hardware, meaningless text and entropy.
+    Synth {
+        /// llama-3.2-1b, llama-3.1-8b or tiny.
+        #[arg(long, value_name = "SHAPE")]
+        shape: String,
+        /// Output .gguf path.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Check our requantization kernels against ggml's quantizer on random and adversarial
+    /// blocks (zeros, ties, largest values, subnormals, random bits, inf/NaN): the scalar C
+    /// twin always, the CUDA kernel when built with --features cuda and a GPU is present.
+    Kernels {
+        /// Blocks of 32 per input class and type pair.
+        #[arg(long, default_value_t = 65536)]
+        blocks: usize,
+        /// Also time the CUDA kernel on this many million F16 values.
+        #[arg(long, default_value_t = 256, value_name = "M")]
+        bench_mvalues: usize,
+    },
+    /// The GPU harness on a float GGUF (e.g. from `synth`): tier build time, static Q8_0/
+    /// Q4_0/Q4_K baselines, fixed gears vs those, a replayed gear trace vs the harmonic mix,
+    /// shift cost, entropy in the graph vs on the host. Writes gpu.md and gpu.json.
+    Gpu {
+        /// Float (F16/BF16/F32) GGUF.
+        #[arg(long, value_name = "FILE")]
+        model: PathBuf,
+        /// Gear trace (l/m/h per forward pass) recorded from a real model, replayed as auto
+        /// mode (repeatable; docs/traces holds SmolLM2's on Austen).
+        #[arg(long, value_name = "FILE")]
+        trace: Vec<PathBuf>,
+        #[arg(long, default_value_t = 128)]
+        tokens: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Shift low/high every N tokens, for each N (the cost of a shift).
+        #[arg(long, default_value = "1,2,4,16", value_delimiter = ',')]
+        shift_periods: Vec<usize>,
+        /// Directory for gpu.md and gpu.json.
+        #[arg(long, default_value = "gpu-results", value_name = "DIR")]
+        out: PathBuf,
+        /// Directory for the static baseline GGUFs (default: OUT/baselines).
+        #[arg(long, value_name = "DIR")]
+        baselines: Option<PathBuf>,
+        /// CPU threads (default: all cores).
+        #[arg(short, long, env = "GEARBX_THREADS")]
+        threads: Option<usize>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ReportArgs {
     /// Models (Ollama names or .gguf paths); default: the default model.
     #[arg(short, long = "model", value_name = "MODEL")]
     models: Vec<String>,
 
     /// Plain-text file to score (e.g. a prepared Austen novel).
-    #[arg(long, value_name = "FILE")]
-    text: PathBuf,
+    #[arg(long, value_name = "FILE", required = true)]
+    text: Option<PathBuf>,
 
     /// Directory for results.md, results.json and the charts.
     #[arg(long, default_value = "docs", value_name = "DIR")]
@@ -104,7 +175,38 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    match run(&cli) {
+    let result = match &cli.cmd {
+        None => run(&cli.report),
+        Some(Cmd::Synth { shape, out, seed }) => run_synth(shape, out, *seed),
+        Some(Cmd::Kernels {
+            blocks,
+            bench_mvalues,
+        }) => match run_kernels(*blocks, *bench_mvalues) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
+        Some(Cmd::Gpu {
+            model,
+            trace,
+            tokens,
+            rounds,
+            shift_periods,
+            out,
+            baselines,
+            threads,
+        }) => run_gpu(
+            model,
+            trace,
+            *tokens,
+            *rounds,
+            shift_periods,
+            out,
+            baselines.clone().unwrap_or_else(|| out.join("baselines")),
+            *threads,
+        ),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gearbx-bench: error: {e}");
@@ -113,7 +215,185 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> gearbx::Result<()> {
+fn threads_or_all(t: Option<usize>) -> usize {
+    t.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+}
+
+fn run_synth(shape: &str, out: &std::path::Path, seed: u64) -> gearbx::Result<()> {
+    let s = synth::Shape::preset(shape).ok_or_else(|| {
+        gearbx::Error::InvalidParam(format!(
+            "unknown shape {shape:?} (one of {})",
+            synth::Shape::PRESETS.join(", ")
+        ))
+    })?;
+    let pb = indicatif::ProgressBar::new(s.file_bytes());
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {eta}")
+            .expect("valid template"),
+    );
+    pb.set_message(format!("writing {}", out.display()));
+    let r = synth::write(&s, out, seed, |w, _| pb.set_position(w))?;
+    pb.finish_and_clear();
+    println!(
+        "{}: {} ({} parameters), {} tensors, {:.2} GB in {:.1} s",
+        out.display(),
+        s.name,
+        s.n_params(),
+        r.tensors,
+        r.bytes as f64 / 1e9,
+        r.seconds
+    );
+    Ok(())
+}
+
+/// Prints one line per (source, target, class); true when every block matched.
+fn run_kernels(blocks: usize, bench_mvalues: usize) -> gearbx::Result<bool> {
+    #[cfg(feature = "cuda")]
+    let gpu = kernels::cuda::device_count() > 0;
+    #[cfg(not(feature = "cuda"))]
+    let gpu = false;
+    println!(
+        "requantization kernels vs ggml_quantize_chunk, {blocks} blocks per class; GPU: {}",
+        if gpu {
+            gpu::device_name()
+        } else {
+            "none (CPU twin only)".into()
+        }
+    );
+    println!(
+        "| source | target | class | twin mismatches | GPU mismatches |\n|---|---|---|---|---|"
+    );
+    let mut ok = true;
+    for src in parity::SOURCES {
+        for case in parity::cases(src, blocks, 1) {
+            for dst in parity::TARGETS {
+                let ggml = parity::ggml_reference(src, &case.bytes, dst)?;
+                let twin = kernels::requant_ref(src, &case.bytes, dst)
+                    .ok_or_else(|| gearbx::Error::Llama("twin refused a supported pair".into()))?;
+                let tw = parity::mismatches(&twin, &ggml, dst);
+                let gpu_cell = if gpu {
+                    gpu_mismatches(src, &case.bytes, dst, &ggml)?.to_string()
+                } else {
+                    "-".into()
+                };
+                ok &= tw == 0 && (gpu_cell == "-" || gpu_cell == "0");
+                println!(
+                    "| {} | {} | {} | {tw} | {gpu_cell} |",
+                    type_name(src),
+                    type_name(dst),
+                    case.class
+                );
+            }
+        }
+    }
+    #[cfg(feature = "cuda")]
+    if gpu && bench_mvalues > 0 {
+        let n = bench_mvalues << 20;
+        let src: Vec<u8> = (0..n)
+            .flat_map(|i| {
+                kernels::fp32_to_fp16(((i * 2654435761usize) % 2001) as f32 * 1e-3 - 1.0)
+                    .to_le_bytes()
+            })
+            .collect();
+        for dst in parity::TARGETS {
+            let (_, ms) =
+                kernels::cuda::requant_host(gearbx::llama::sys::GGML_TYPE_F16, &src, dst)?;
+            println!(
+                "F16 -> {}: {n} values in {ms:.2} ms on the GPU ({:.0} GB/s of F16 read)",
+                type_name(dst),
+                src.len() as f64 / ms as f64 / 1e6
+            );
+        }
+    }
+    let _ = bench_mvalues;
+    println!(
+        "{}",
+        if ok {
+            "all blocks bit-identical"
+        } else {
+            "MISMATCH"
+        }
+    );
+    Ok(ok)
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_mismatches(src: u32, bytes: &[u8], dst: u32, ggml: &[u8]) -> gearbx::Result<usize> {
+    let (out, _) = kernels::cuda::requant_host(src, bytes, dst)?;
+    Ok(parity::mismatches(&out, ggml, dst))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_mismatches(_: u32, _: &[u8], _: u32, _: &[u8]) -> gearbx::Result<usize> {
+    unreachable!("no GPU without --features cuda")
+}
+
+fn run_gpu(
+    model: &std::path::Path,
+    traces: &[PathBuf],
+    tokens: usize,
+    rounds: usize,
+    shift_periods: &[usize],
+    out: &std::path::Path,
+    baselines_dir: PathBuf,
+    threads: Option<usize>,
+) -> gearbx::Result<()> {
+    if tokens == 0 || rounds == 0 || shift_periods.contains(&0) {
+        return Err(gearbx::Error::InvalidParam(
+            "--tokens, --rounds and every --shift-periods value must be at least 1".into(),
+        ));
+    }
+    if !model.is_file() {
+        return Err(gearbx::Error::FileNotFound(model.to_path_buf()));
+    }
+    let mut trace_gears = Vec::new();
+    for p in traces {
+        let s = std::fs::read_to_string(p)
+            .map_err(|e| gearbx::Error::io(format!("reading {}", p.display()), e))?;
+        let name = p.file_stem().map_or_else(
+            || p.display().to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        );
+        trace_gears.push((name, gpu::parse_trace(&s)?));
+    }
+    let info = gearbx::store::gguf::inspect(model)?;
+    let opts = gpu::GpuOptions {
+        tokens,
+        rounds,
+        threads: threads_or_all(threads),
+        traces: trace_gears,
+        shift_periods: shift_periods.to_vec(),
+        baselines_dir,
+    };
+    let t0 = Instant::now();
+    let r = gpu::run_all(model, &info, &opts, |s| {
+        eprintln!("  [{:>5.0} s] {s}", t0.elapsed().as_secs_f64())
+    })?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let date = std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let md = gpu::markdown(&r, &command, &date);
+    std::fs::create_dir_all(out)
+        .map_err(|e| gearbx::Error::io(format!("creating {}", out.display()), e))?;
+    let write = |name: &str, body: &str| {
+        std::fs::write(out.join(name), body)
+            .map_err(|e| gearbx::Error::io(format!("writing {}", out.join(name).display()), e))
+    };
+    write("gpu.md", &md)?;
+    write(
+        "gpu.json",
+        &serde_json::to_string_pretty(&r).expect("report serializes"),
+    )?;
+    print!("{md}");
+    Ok(())
+}
+
+fn run(cli: &ReportArgs) -> gearbx::Result<()> {
+    let text = cli.text.clone().expect("clap requires --text");
     if cli.positions == 0
         || cli.rounds == 0
         || cli.tokens == 0
@@ -127,18 +407,16 @@ fn run(cli: &Cli) -> gearbx::Result<()> {
                 .into(),
         ));
     }
-    if !cli.text.is_file() {
-        return Err(gearbx::Error::FileNotFound(cli.text.clone()));
+    if !text.is_file() {
+        return Err(gearbx::Error::FileNotFound(text.clone()));
     }
-    let threads = cli
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let threads = threads_or_all(cli.threads);
     let store = match &cli.ollama_models {
         Some(d) => OllamaStore::new(d.clone()),
         None => OllamaStore::from_env()?,
     };
     let opts = report::ReportOptions {
-        text: cli.text.clone(),
+        text,
         positions: cli.positions,
         window: cli.window,
         prompt: cli.prompt,

@@ -543,11 +543,13 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             let how = match r.origin {
                 TierOrigin::Built => "built",
                 TierOrigin::Cache => "read from the tier cache",
+                TierOrigin::Gpu => "built on the GPU",
             };
             eprintln!(
-                "gearbx-run: tiers of {} tensors {how} in {:.0} ms; low {} ({:.1} MB), mid {} ({:.1} MB), high {} ({:.1} MB)",
-                r.managed_tensors, r.build_ms, r.types[0], r.bytes[0] as f64 / 1e6, r.types[1], r.bytes[1] as f64 / 1e6,
-                r.types[2], r.bytes[2] as f64 / 1e6
+                "gearbx-run: tiers of {} tensors {how} in {:.0} ms; low {} ({:.1} MB, {}), mid {} ({:.1} MB, {}), high {} ({:.1} MB, {})",
+                r.managed_tensors, r.build_ms, r.types[0], r.bytes[0] as f64 / 1e6, r.placement[0],
+                r.types[1], r.bytes[1] as f64 / 1e6, r.placement[1],
+                r.types[2], r.bytes[2] as f64 / 1e6, r.placement[2]
             );
         }
         Some(gb)

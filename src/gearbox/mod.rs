@@ -2,6 +2,7 @@
 //! source bytes, and shifts gears by swapping every managed tensor's storage in place.
 
 pub mod cache;
+mod device;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -61,6 +62,9 @@ pub enum TierOrigin {
     Built,
     /// Read back from the tier cache.
     Cache,
+    /// Requantized on the GPU that holds the weights (by our CUDA kernels; never cached: it
+    /// is faster than reading a cache file).
+    Gpu,
 }
 
 /// What building produced, for the user and for `--json`.
@@ -76,6 +80,11 @@ pub struct BuildReport {
     pub bytes: [u64; 3],
     /// Types at each gear, e.g. "Q4_0 x180, Q3_K x30".
     pub types: [String; 3],
+    /// Buffer types holding each gear's weights, e.g. "CUDA0" or "CPU_REPACK, CPU".
+    pub placement: [String; 3],
+    /// Shadow tensors requantized on the GPU, and on the CPU (0 and 0 when read from cache).
+    pub built_on_gpu: usize,
+    pub built_on_cpu: usize,
     pub warnings: Vec<String>,
 }
 
@@ -279,7 +288,12 @@ impl<'m> Gearbox<'m> {
             }
         }
         let mut warnings = warnings;
-        let cache_at = opts.cache.as_ref().map(|c| {
+        // Tiers the GPU builds are not worth caching; the cache is used only when some must
+        // be built on the CPU.
+        let all_on_gpu = entries
+            .iter()
+            .all(|e| device::can_build(&tiers, e.set, e.index, e.ggml_type));
+        let cache_at = opts.cache.as_ref().filter(|_| !all_on_gpu).map(|c| {
             let plans: Vec<cache::TensorPlan<'_>> = tiers
                 .weights()
                 .iter()
@@ -317,6 +331,7 @@ impl<'m> Gearbox<'m> {
             }
         }
 
+        let (mut built_on_gpu, mut built_on_cpu) = (0, 0);
         if origin == TierOrigin::Built {
             // Saving is best effort: a full disk costs the next start a rebuild, not this run.
             let writer = cache_at.as_ref().and_then(|(path, key, c)| {
@@ -325,17 +340,45 @@ impl<'m> Gearbox<'m> {
                     .ok()
             });
             let write_error: Mutex<Option<Error>> = Mutex::new(None);
-            // Each worker takes a tensor, dequantizes its source once and writes every set
-            // that needs a copy of it.
+            let gpus: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+            let on_gpu = AtomicUsize::new(0);
+            // Each worker takes a tensor and builds every set that needs a copy of it: on the
+            // GPU where the weight lives there, else from its source dequantized once.
             for_each_tensor(n, threads, "building tiers", opts.progress, |i| {
                 let w = tiers.weights()[i];
-                let bytes = source_bytes(&w, &file, gguf)?;
-                let f32s = weights::to_f32(w.ggml_type(), &bytes, w.n_elements())?;
+                let mut f32s = None;
                 let ne = w.ne();
                 let rows = (ne[1] * ne[2] * ne[3]) as usize;
                 for &k in &entries_of[i] {
                     let e = &entries[k];
-                    let q = weights::quantize(e.ggml_type, &f32s, rows, ne[0] as usize)?;
+                    if let Some(dev) = device::build(&tiers, e.set, i, e.ggml_type)? {
+                        on_gpu.fetch_add(1, Ordering::Relaxed);
+                        let mut g = gpus.lock().unwrap_or_else(|p| p.into_inner());
+                        if !g.contains(&dev) {
+                            g.push(dev);
+                        }
+                        drop(g);
+                        if let Some(wr) = &writer {
+                            // Read back after the kernel (the copy's stream waits for it).
+                            if let Err(err) =
+                                tiers.read_shadow(e.set, i).and_then(|q| wr.write(k, &q))
+                            {
+                                write_error
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .get_or_insert(err);
+                            }
+                        }
+                        continue;
+                    }
+                    let f32s = match &mut f32s {
+                        Some(f) => f,
+                        None => {
+                            let bytes = source_bytes(&w, &file, gguf)?;
+                            f32s.insert(weights::to_f32(w.ggml_type(), &bytes, w.n_elements())?)
+                        }
+                    };
+                    let q = weights::quantize(e.ggml_type, f32s, rows, ne[0] as usize)?;
                     tiers.fill(e.set, i, &q)?;
                     if let Some(wr) = &writer {
                         if let Err(err) = wr.write(k, &q) {
@@ -348,6 +391,12 @@ impl<'m> Gearbox<'m> {
                 }
                 Ok(())
             })?;
+            device::synchronize(&gpus.into_inner().unwrap_or_else(|p| p.into_inner()))?;
+            built_on_gpu = on_gpu.into_inner();
+            built_on_cpu = entries.len() - built_on_gpu;
+            if all_on_gpu {
+                origin = TierOrigin::Gpu;
+            }
             if let Some(wr) = writer {
                 let saved = match write_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
                     Some(e) => Err(e),
@@ -366,6 +415,9 @@ impl<'m> Gearbox<'m> {
             cache_file: cache_at.map(|(p, _, _)| p),
             bytes: gear_set.map(|s| set_bytes[s]),
             types: gear_set.map(|s| type_summary((0..n).map(|i| tiers.type_in_set(s, i)))),
+            placement: gear_set.map(|s| tiers.set_placement(s).join(", ")),
+            built_on_gpu,
+            built_on_cpu,
             warnings,
         };
         Ok(Self {

@@ -138,6 +138,14 @@ impl Model {
         unsafe { sys::llama_vocab_is_eog(self.vocab, t) }
     }
 
+    /// False for a model without a tokenizer (vocab type NONE, e.g. the random-weight
+    /// benchmark models of `gearbx-bench synth`): llama.cpp aborts on tokenizing or rendering
+    /// tokens of such a model, so both are refused here first.
+    pub fn has_tokenizer(&self) -> bool {
+        // SAFETY: vocab is valid for the model's lifetime.
+        unsafe { sys::llama_vocab_type(self.vocab) != sys::LLAMA_VOCAB_TYPE_NONE }
+    }
+
     /// Tokenizes `text`; `add_special` adds BOS where the model wants it, `parse_special`
     /// turns control-token text (`<|im_start|>`) into control tokens.
     pub fn tokenize(
@@ -146,6 +154,13 @@ impl Model {
         add_special: bool,
         parse_special: bool,
     ) -> Result<Vec<Token>> {
+        if !self.has_tokenizer() {
+            return Err(Error::InvalidParam(
+                "this model has no tokenizer (tokenizer.ggml.model = none, e.g. a synthetic \
+                 benchmark model): it can only be driven with token ids (gearbx-bench gpu)"
+                    .into(),
+            ));
+        }
         let len = i32::try_from(text.len())
             .map_err(|_| Error::InvalidParam("prompt is larger than 2 GiB".into()))?;
         let mut out: Vec<Token> = vec![0; text.len() + 2];
@@ -174,8 +189,12 @@ impl Model {
         Err(Error::Llama("tokenization failed".into()))
     }
 
-    /// The bytes a token stands for (control tokens render as nothing unless `special`).
+    /// The bytes a token stands for (control tokens render as nothing unless `special`;
+    /// every token of a model without a tokenizer renders as nothing).
     pub fn token_bytes(&self, t: Token, special: bool) -> Vec<u8> {
+        if !self.has_tokenizer() {
+            return Vec::new();
+        }
         let mut buf = vec![0u8; 64];
         for _ in 0..2 {
             // SAFETY: buf is writable for buf.len() bytes.

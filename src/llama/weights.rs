@@ -169,7 +169,16 @@ pub fn find_matmul_weights(model: &Model, n_threads: i32) -> Result<Vec<WeightTe
     if ctx.is_null() {
         return Err(Error::Llama("could not create the probe context".into()));
     }
-    let mut toks = model.tokenize("Hello world", true, false)?;
+    // A model without a tokenizer (a `crate::synth` benchmark model) cannot tokenize, and
+    // any decode finds the same matrices: probe it, or an empty tokenization, with token 0.
+    let mut toks = if model.has_tokenizer() {
+        model.tokenize("Hello world", true, false)?
+    } else {
+        Vec::new()
+    };
+    if toks.is_empty() {
+        toks.push(0);
+    }
     // SAFETY: ctx is valid and toks is a live buffer for the call.
     let rc = unsafe {
         sys::llama_decode(
@@ -281,6 +290,41 @@ pub fn type_from_name(name: &str) -> Option<u32> {
 /// Bits per weight of a type.
 pub fn bits_per_weight(ty: u32) -> f64 {
     super::ggml_type_layout(ty).map_or(0.0, |(b, s)| s as f64 * 8.0 / b as f64)
+}
+
+/// The CUDA device whose memory holds `buffer` (buffer types named `CUDA<n>`); None for host
+/// memory (`CUDA_Host` included) and every other backend.
+fn cuda_device_of(buffer: sys::ggml_backend_buffer_t) -> Option<i32> {
+    if buffer.is_null() {
+        return None;
+    }
+    // SAFETY: a live buffer; its type's name is a static string.
+    let name = unsafe {
+        CStr::from_ptr(sys::ggml_backend_buft_name(
+            sys::ggml_backend_buffer_get_type(buffer),
+        ))
+    };
+    name.to_str().ok()?.strip_prefix("CUDA")?.parse().ok()
+}
+
+/// Distinct names of the buffer types in `buffers` ("CUDA0", "CPU_REPACK", "CPU").
+fn buffer_type_names(buffers: impl Iterator<Item = sys::ggml_backend_buffer_t>) -> Vec<String> {
+    let mut names: Vec<String> = buffers
+        .filter(|b| !b.is_null())
+        // SAFETY: live buffers; type names are static strings.
+        .map(|b| {
+            unsafe {
+                CStr::from_ptr(sys::ggml_backend_buft_name(
+                    sys::ggml_backend_buffer_get_type(b),
+                ))
+            }
+            .to_string_lossy()
+            .into_owned()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// A ggml context plus the one backend buffer its tensors live in.
@@ -518,6 +562,44 @@ impl<'m> TensorTiers<'m> {
     pub fn shadow_nbytes(&self, s: usize, i: usize) -> Option<usize> {
         // SAFETY: shadow tensors live as long as self; nbytes reads their own fields.
         self.sets[s - 1][i].map(|t| unsafe { sys::ggml_nbytes(t.as_ptr()) })
+    }
+
+    /// Where the loaded weight `i` lives when that is CUDA memory: (device, data pointer).
+    pub fn source_on_cuda(&self, i: usize) -> Option<(i32, *const c_void)> {
+        let f = self.original[i];
+        cuda_device_of(f.buffer).map(|d| (d, f.data as *const c_void))
+    }
+
+    /// Where weight `i`'s shadow in set `s` lives when that is CUDA memory.
+    pub fn shadow_on_cuda(&self, s: usize, i: usize) -> Option<(i32, *mut c_void)> {
+        let t = self.sets[s - 1][i]?;
+        // SAFETY: shadow tensors live as long as self.
+        let t = unsafe { t.as_ref() };
+        cuda_device_of(t.buffer).map(|d| (d, t.data))
+    }
+
+    /// The buffer types holding set `s` (set 0: the loaded weights), e.g. `["CUDA0"]`.
+    pub fn set_placement(&self, s: usize) -> Vec<String> {
+        if s == 0 {
+            return buffer_type_names(self.original.iter().map(|f| f.buffer));
+        }
+        buffer_type_names(self.sets[s - 1].iter().enumerate().map(|(i, t)| match t {
+            // SAFETY: shadow tensors live as long as self.
+            Some(t) => unsafe { t.as_ref() }.buffer,
+            None => self.original[i].buffer,
+        }))
+    }
+
+    /// Reads weight `i`'s shadow in set `s` back to the host.
+    pub fn read_shadow(&self, s: usize, i: usize) -> Result<Vec<u8>> {
+        let t =
+            self.sets[s - 1][i].ok_or_else(|| Error::Llama("no shadow for this weight".into()))?;
+        // SAFETY: t is a shadow allocated by add_set; nbytes reads its own fields.
+        let n = unsafe { sys::ggml_nbytes(t.as_ptr()) };
+        let mut out = vec![0u8; n];
+        // SAFETY: t has n bytes of backend storage; out holds n bytes.
+        unsafe { sys::ggml_backend_tensor_get(t.as_ptr(), out.as_mut_ptr() as *mut c_void, 0, n) };
+        Ok(out)
     }
 
     /// Writes `bytes` (already in the set's type) into weight `i`'s shadow in set `s`.

@@ -3,6 +3,7 @@
 //! gear, and the report built from them.
 
 pub mod baseline;
+pub mod gpu;
 pub mod lossless;
 pub mod markdown;
 pub mod quality;

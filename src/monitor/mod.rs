@@ -85,6 +85,8 @@ pub enum Reason {
     Fallback,
     /// A fixed gear (`--gear low|mid|high`).
     Fixed,
+    /// Replaying a recorded gear trace ([`Monitor::replay`]).
+    Replay,
 }
 
 /// The entropy → gear state machine.
@@ -99,6 +101,8 @@ pub struct Monitor {
     gear: Gear,
     in_gear: usize,
     above_fallback: usize,
+    /// A recorded gear sequence to replay instead of reading entropy, and the next position.
+    script: Option<(Vec<Gear>, usize)>,
 }
 
 impl Monitor {
@@ -118,8 +122,19 @@ impl Monitor {
             gear: cold_start,
             in_gear: 0,
             above_fallback: 0,
+            script: None,
             cfg,
         }
+    }
+
+    /// A monitor that ignores entropy and replays `trace` (the gear of each forward pass
+    /// after the prompt, cycling when the generation is longer): drives a model whose
+    /// entropies mean nothing (random weights) with the gear pattern of a real one.
+    pub fn replay(trace: Vec<Gear>, n_vocab: usize) -> Self {
+        let first = trace.first().copied().unwrap_or(Gear::High);
+        let mut m = Self::new(MonitorConfig::default(), n_vocab, first);
+        m.script = Some((trace, 1));
+        m
     }
 
     /// Effective (low, high) thresholds in bits.
@@ -169,6 +184,14 @@ impl Monitor {
 
     /// Feeds the entropy of the token just sampled; returns the gear for the next forward pass.
     pub fn update(&mut self, bits: f64) -> (Gear, Reason) {
+        if let Some((trace, pos)) = &mut self.script {
+            let g = trace
+                .get(*pos % trace.len().max(1))
+                .copied()
+                .unwrap_or(Gear::High);
+            *pos += 1;
+            return (self.set(g), Reason::Replay);
+        }
         if self.window.len() == self.cfg.window {
             self.window.pop_front();
         }

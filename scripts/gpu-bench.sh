@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The H100 measurements of the README, run on the GPU machine (no Rust there: the binaries are
+# built here with --features cuda, see README "CUDA"). Each step writes its results under
+# $OUT (default ./gpu-results). Steps:
+#   kernels            kernel parity (CUDA and C twin vs ggml) and kernel throughput
+#   bench SHAPE [R]    synthetic F16 model of SHAPE (llama-3.2-1b | llama-3.1-8b), then
+#                      gearbx-bench gpu on it with R rounds (default 3), CUDA graphs on;
+#                      with NOGRAPHS=1 also again with GGML_CUDA_DISABLE_GRAPHS=1
+#   smollm2 GGUF       high gear vs plain greedy tokens on a real model, and auto mode
+# BIN (default: the directory of this script's ../target/release) holds gearbx-bench and
+# gearbx-run; MODELS (default /tmp/gearbx-models) the generated models.
+set -euo pipefail
+BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
+OUT=${OUT:-gpu-results}
+MODELS=${MODELS:-/tmp/gearbx-models}
+TRACES=$(cd "$(dirname "$0")/.." && pwd)/docs/traces
+mkdir -p "$OUT" "$MODELS"
+step=${1:?step: kernels, bench SHAPE [ROUNDS] or smollm2 GGUF}
+case $step in
+kernels)
+    "$BIN/gearbx-bench" kernels --blocks 65536 | tee "$OUT/kernels.md"
+    ;;
+bench)
+    shape=${2:?shape}
+    rounds=${3:-3}
+    model=$MODELS/$shape-f16.gguf
+    [ -f "$model" ] || "$BIN/gearbx-bench" synth --shape "$shape" --out "$model"
+    # Auto mode replays SmolLM2's gears on Austen (monitor min-duration 2, the default, and 8).
+    traces=(--trace "$TRACES/smollm2-austen-min2.txt" --trace "$TRACES/smollm2-austen-min8.txt")
+    "$BIN/gearbx-bench" gpu --model "$model" "${traces[@]}" --rounds "$rounds" \
+        --out "$OUT/$shape" --baselines "$MODELS" 2>&1 | tee "$OUT/$shape.log"
+    if [ "${NOGRAPHS:-0}" = 1 ]; then
+        GGML_CUDA_DISABLE_GRAPHS=1 "$BIN/gearbx-bench" gpu --model "$model" "${traces[@]}" \
+            --rounds "$rounds" --out "$OUT/$shape-nographs" --baselines "$MODELS" 2>&1 | tee "$OUT/$shape-nographs.log"
+    fi
+    ;;
+smollm2)
+    gguf=${2:?gguf}
+    run() { "$BIN/gearbx-run" "$gguf" --temp 0 -n 256 --json "$@" -p "Write a short story about a lighthouse keeper."; }
+    run --gear off >"$OUT/smollm2-off.json"
+    run --gear high >"$OUT/smollm2-high.json"
+    run --gear auto >"$OUT/smollm2-auto.json"
+    run --gear auto --lossless >"$OUT/smollm2-lossless.json"
+    python3 - "$OUT" <<'PY'
+import json, sys
+o = sys.argv[1]
+r = {k: json.load(open(f"{o}/smollm2-{k}.json")) for k in ("off", "high", "auto", "lossless")}
+same = r["off"]["text"] == r["high"]["text"]
+print(f"high gear greedy text == plain: {same}; lossless == high: {r['lossless']['text'] == r['high']['text']}")
+for k, v in r.items():
+    print(k, {x: v.get(x) for x in ("decode_tokens_per_s", "generated_tokens", "entropy_on")}, (v.get("gears") or {}).get("token_fraction"))
+PY
+    ;;
+*)
+    echo "unknown step $step" >&2
+    exit 2
+    ;;
+esac
