@@ -51,6 +51,7 @@ fn generate_tokens(
             n_ctx: 512,
             n_batch: 512,
             n_threads: 1,
+            rebuild_graphs: false,
         },
         Arc::new(AtomicBool::new(false)),
     )
@@ -82,6 +83,7 @@ fn forcing_each_gear_sets_every_managed_tensor_to_its_tier_type() {
             n_ctx: 64,
             n_batch: 64,
             n_threads: 1,
+            rebuild_graphs: false,
         },
         Arc::new(AtomicBool::new(false)),
     )

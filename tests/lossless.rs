@@ -46,6 +46,7 @@ fn context(model: &Model) -> Context<'_> {
             n_ctx: 2048,
             n_batch: 512,
             n_threads: 1,
+            rebuild_graphs: false,
         },
         Arc::new(AtomicBool::new(false)),
     )
@@ -250,6 +251,7 @@ fn identity_holds_past_the_first_kv_block_with_two_threads() {
                 n_ctx: 1024,
                 n_batch: 512,
                 n_threads: 2,
+                rebuild_graphs: false,
             },
             Arc::new(AtomicBool::new(false)),
         )

@@ -35,6 +35,7 @@ fn switching_every_token_for_2000_tokens_keeps_memory_flat() {
             n_ctx: 2048,
             n_batch: 64,
             n_threads: 1,
+            rebuild_graphs: false,
         },
         Arc::new(AtomicBool::new(false)),
     )

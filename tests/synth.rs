@@ -43,6 +43,7 @@ fn context(model: &Model) -> Context<'_> {
             n_ctx: 64,
             n_batch: 64,
             n_threads: 2,
+            rebuild_graphs: false,
         },
         Arc::new(AtomicBool::new(false)),
     )

@@ -581,6 +581,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             n_ctx,
             n_batch: 2048,
             n_threads: threads,
+            rebuild_graphs: gearbox.is_some() && model.offloaded(),
         },
         abort,
     )?;

@@ -244,6 +244,13 @@ pub fn generate(
 ) -> Result<Outcome> {
     let model = ctx.model();
     check_prompt(ctx, prompt)?;
+    if gears.is_some() && model.offloaded() && !ctx.rebuilds_graphs() {
+        return Err(Error::InvalidParam(
+            "shifting gears on a GPU needs a context made with rebuild_graphs (llama.cpp's \
+             reused graphs would keep the old weights)"
+                .into(),
+        ));
+    }
     ctx.detach_sampler();
     let calibrating = gears
         .as_ref()

@@ -18,6 +18,10 @@ pub struct ContextParams {
     pub n_batch: u32,
     /// Threads for generation and for prompt processing.
     pub n_threads: i32,
+    /// Rebuild llama.cpp's graph for every decode (LLAMA_GRAPH_REUSE_DISABLE): needed where a
+    /// gearbox shifts weights on a GPU. A reused graph keeps its CUDA graph, whose kernels
+    /// hold the old weights' pointers and types, so a shift would not take effect.
+    pub rebuild_graphs: bool,
 }
 
 /// An owned `llama_context`, freed on drop; it cannot outlive the model it borrows.
@@ -32,6 +36,7 @@ pub struct Context<'m> {
     abort: Arc<AtomicBool>,
     /// A sampler chain attached for backend sampling (llama.cpp keeps a pointer to it).
     attached: Option<Sampler>,
+    rebuilds_graphs: bool,
     _not_sync: PhantomData<*mut ()>,
 }
 
@@ -52,8 +57,20 @@ impl<'m> Context<'m> {
         p.n_threads_batch = params.n_threads;
         p.abort_callback = Some(abort_callback);
         p.abort_callback_data = Arc::as_ptr(&abort) as *mut c_void;
+        // llama.cpp reads this switch once, when the context is made.
+        const REUSE_OFF: &str = "LLAMA_GRAPH_REUSE_DISABLE";
+        let before = std::env::var_os(REUSE_OFF);
+        if params.rebuild_graphs {
+            std::env::set_var(REUSE_OFF, "1");
+        }
         // SAFETY: the model pointer is valid for 'm, which outlives the context.
         let raw = unsafe { sys::llama_init_from_model(model.as_ptr(), p) };
+        if params.rebuild_graphs {
+            match before {
+                Some(v) => std::env::set_var(REUSE_OFF, v),
+                None => std::env::remove_var(REUSE_OFF),
+            }
+        }
         let ptr = NonNull::new(raw).ok_or_else(|| {
             Error::Llama(format!(
                 "could not create a context of {} tokens: {}",
@@ -71,8 +88,14 @@ impl<'m> Context<'m> {
             n_past: 0,
             abort,
             attached: None,
+            rebuilds_graphs: params.rebuild_graphs,
             _not_sync: PhantomData,
         })
+    }
+
+    /// Whether llama.cpp rebuilds this context's graph for every decode.
+    pub fn rebuilds_graphs(&self) -> bool {
+        self.rebuilds_graphs
     }
 
     pub fn model(&self) -> &'m Model {

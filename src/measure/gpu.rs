@@ -143,13 +143,15 @@ fn alternating(period: usize) -> Vec<Gear> {
         .collect()
 }
 
-fn context<'m>(model: &'m Model, n_ctx: u32, threads: usize) -> Result<Context<'m>> {
+/// A context; `gears`: one whose weights a gearbox shifts (llama.cpp rebuilds its graph).
+fn context<'m>(model: &'m Model, n_ctx: u32, threads: usize, gears: bool) -> Result<Context<'m>> {
     Context::new(
         model,
         &ContextParams {
             n_ctx,
             n_batch: n_ctx.min(512),
             n_threads: threads as i32,
+            rebuild_graphs: gears,
         },
         Arc::new(AtomicBool::new(false)),
     )
@@ -354,12 +356,12 @@ pub fn run_all(
 
     let prompt: Vec<Token> = (1..=16).collect();
     let n_ctx = (n + prompt.len() + 64) as u32;
-    let mut gear_ctx = context(&model, n_ctx, t)?;
+    let mut gear_ctx = context(&model, n_ctx, t, true)?;
     // The plain model: the same weights at the high gear (set 0 is the loaded storage).
-    let mut plain_ctx = context(&model, n_ctx, t)?;
+    let mut plain_ctx = context(&model, n_ctx, t, false)?;
     let mut static_ctx: Vec<Context<'_>> = static_models
         .iter()
-        .map(|m| context(m, n_ctx, t))
+        .map(|m| context(m, n_ctx, t, false))
         .collect::<Result<_>>()?;
     let auto = EntropySource::Auto;
 

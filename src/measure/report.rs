@@ -127,6 +127,7 @@ fn context<'m>(model: &'m Model, n_ctx: u32, threads: usize) -> Result<Context<'
             n_ctx,
             n_batch: n_ctx.min(512),
             n_threads: threads as i32,
+            rebuild_graphs: model.offloaded(),
         },
         Arc::new(AtomicBool::new(false)),
     )
