@@ -343,7 +343,9 @@ struct gearbx_attach_params gearbx_attach_default_params(void);
 // frees one small probe context of its own on `model`; does not touch the host's log
 // callback. On success `*out` owns the attachment: call `gearbx_detach` before freeing
 // `ctx` or `model`. Not thread-safe: call the attachment's functions from the thread that
-// runs the host's decodes, between decodes.
+// runs the host's decodes, between decodes. On a GPU, create `ctx` with
+// `LLAMA_GRAPH_REUSE_DISABLE=1` in the environment: a graph llama.cpp reuses keeps its CUDA
+// graph, which still holds the previous gear's weights, so shifts would not take effect.
 //
 // # Safety
 // `model` and `ctx` are live llama.cpp handles, `ctx` created from `model`, both outliving

@@ -274,6 +274,23 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn replay_follows_the_trace_and_ignores_entropy() {
+        use Gear::*;
+        let mut m = Monitor::replay(vec![Low, Low, High, Mid], 32768);
+        assert_eq!(m.gear(), Low);
+        let got: Vec<Gear> = [9.0, 0.0, 9.0, 0.0, 9.0]
+            .iter()
+            .map(|&h| {
+                let (g, why) = m.update(h);
+                assert_eq!(why, Reason::Replay);
+                g
+            })
+            .collect();
+        // Positions 1, 2, 3, then the trace again from 0.
+        assert_eq!(got, vec![Low, High, Mid, Low, Low]);
+    }
+
     fn cfg() -> MonitorConfig {
         MonitorConfig {
             window: 1,
