@@ -290,9 +290,10 @@ impl<'m> Gearbox<'m> {
         let mut warnings = warnings;
         // Tiers the GPU builds are not worth caching; the cache is used only when some must
         // be built on the CPU.
-        let all_on_gpu = entries
-            .iter()
-            .all(|e| device::can_build(&tiers, e.set, e.index, e.ggml_type));
+        let all_on_gpu = !entries.is_empty()
+            && entries
+                .iter()
+                .all(|e| device::can_build(&tiers, e.set, e.index, e.ggml_type));
         let cache_at = opts.cache.as_ref().filter(|_| !all_on_gpu).map(|c| {
             let plans: Vec<cache::TensorPlan<'_>> = tiers
                 .weights()

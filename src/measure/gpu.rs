@@ -5,20 +5,19 @@
 //! Every speed is a ratio of runs interleaved round by round in this one process.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
 use super::baseline;
+use super::report::context_with;
 use super::speed::Series;
 use crate::engine::{self, EntropySource, GearControl, GenerateParams, Outcome};
 use crate::error::{Error, Result};
 use crate::gearbox::plan::{TierOverrides, TierType};
 use crate::gearbox::{BuildReport, Gear, Gearbox, GearboxOptions};
 use crate::llama::weights::type_name;
-use crate::llama::{sys, Context, ContextParams, Model, ModelParams, Token};
+use crate::llama::{sys, Context, Model, ModelParams, Token};
 use crate::monitor::Monitor;
 use crate::store::GgufInfo;
 
@@ -141,20 +140,6 @@ fn alternating(period: usize) -> Vec<Gear> {
         .iter()
         .flat_map(|&g| std::iter::repeat_n(g, period))
         .collect()
-}
-
-/// A context; `gears`: one whose weights a gearbox shifts (llama.cpp rebuilds its graph).
-fn context<'m>(model: &'m Model, n_ctx: u32, threads: usize, gears: bool) -> Result<Context<'m>> {
-    Context::new(
-        model,
-        &ContextParams {
-            n_ctx,
-            n_batch: n_ctx.min(512),
-            n_threads: threads as i32,
-            rebuild_graphs: gears,
-        },
-        Arc::new(AtomicBool::new(false)),
-    )
 }
 
 fn params(n: usize, entropy: EntropySource) -> GenerateParams {
@@ -356,12 +341,12 @@ pub fn run_all(
 
     let prompt: Vec<Token> = (1..=16).collect();
     let n_ctx = (n + prompt.len() + 64) as u32;
-    let mut gear_ctx = context(&model, n_ctx, t, true)?;
+    let mut gear_ctx = context_with(&model, n_ctx, t, true)?;
     // The plain model: the same weights at the high gear (set 0 is the loaded storage).
-    let mut plain_ctx = context(&model, n_ctx, t, false)?;
+    let mut plain_ctx = context_with(&model, n_ctx, t, false)?;
     let mut static_ctx: Vec<Context<'_>> = static_models
         .iter()
-        .map(|m| context(m, n_ctx, t, false))
+        .map(|m| context_with(m, n_ctx, t, false))
         .collect::<Result<_>>()?;
     let auto = EntropySource::Auto;
 

@@ -120,17 +120,27 @@ pub const HARD: &[&str] = &[
     "What is 17 * 23? Work it out step by step.",
 ];
 
-fn context<'m>(model: &'m Model, n_ctx: u32, threads: usize) -> Result<Context<'m>> {
+/// A measurement context; `rebuild_graphs` for one whose weights a gearbox shifts on a GPU.
+pub(crate) fn context_with<'m>(
+    model: &'m Model,
+    n_ctx: u32,
+    threads: usize,
+    rebuild_graphs: bool,
+) -> Result<Context<'m>> {
     Context::new(
         model,
         &ContextParams {
             n_ctx,
             n_batch: n_ctx.min(512),
             n_threads: threads as i32,
-            rebuild_graphs: model.offloaded(),
+            rebuild_graphs,
         },
         Arc::new(AtomicBool::new(false)),
     )
+}
+
+fn context<'m>(model: &'m Model, n_ctx: u32, threads: usize) -> Result<Context<'m>> {
+    context_with(model, n_ctx, threads, model.offloaded())
 }
 
 /// Text windows for scoring: the novel from its first chapter on, tokenized, cut into windows
