@@ -22,18 +22,18 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::llama::sys;
 
 /// GGUF data alignment (`general.alignment`, also llama.cpp's default).
 const ALIGNMENT: u64 = 32;
 const GGUF_VERSION: u32 = 3;
-const GGML_TYPE_F32: u32 = 0;
-const GGML_TYPE_F16: u32 = 1;
-/// `general.file_type` LLAMA_FTYPE_MOSTLY_F16.
-const FTYPE_MOSTLY_F16: u32 = 1;
-/// GGUF metadata value types.
-const GGUF_U32: u32 = 4;
-const GGUF_F32: u32 = 6;
-const GGUF_STRING: u32 = 8;
+// Type ids from ggml's and llama.cpp's headers (the bindings), as the file stores them.
+const GGML_TYPE_F32: u32 = sys::GGML_TYPE_F32;
+const GGML_TYPE_F16: u32 = sys::GGML_TYPE_F16;
+const FTYPE_MOSTLY_F16: u32 = sys::LLAMA_FTYPE_MOSTLY_F16;
+const GGUF_U32: u32 = sys::GGUF_TYPE_UINT32;
+const GGUF_F32: u32 = sys::GGUF_TYPE_FLOAT32;
+const GGUF_STRING: u32 = sys::GGUF_TYPE_STRING;
 /// Standard deviation of the weights.
 const WEIGHT_STD: f64 = 0.02;
 /// Distinct offsets into the value pool.
