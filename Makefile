@@ -1,7 +1,7 @@
 # The two commands of the README. Each installs what the build needs first.
 PROMPT ?= Why is the sky blue?
 
-.PHONY: run test deps report lib header memcheck
+.PHONY: run test deps report lib header memcheck patches patches-edit
 deps:
 	@bash scripts/deps.sh
 
@@ -36,3 +36,11 @@ header:
 memcheck: deps
 	cargo test --release --test capi
 	bash scripts/memcheck.sh
+
+# Our patch series on the pinned llama.cpp (vendor/; README "Build notes"): patches-edit makes
+# vendor/work/llama.cpp, a git tree with one commit per patch; patches writes vendor/patches
+# back from its commits.
+patches-edit:
+	bash scripts/patches.sh edit
+patches:
+	bash scripts/patches.sh export

@@ -276,6 +276,8 @@ typedef bool (*gearbx_token_callback)(const char *piece,
 // `gearbx_engine_cancel` stopped the generation; what was generated was delivered.
 #define GEARBX_ERR_CANCELLED 130
 
+
+
 // No gearbox / no gear (telemetry of a model running without tiers).
 #define GEARBX_GEAR_NONE -1
 
@@ -343,7 +345,11 @@ struct gearbx_attach_params gearbx_attach_default_params(void);
 // frees one small probe context of its own on `model`; does not touch the host's log
 // callback. On success `*out` owns the attachment: call `gearbx_detach` before freeing
 // `ctx` or `model`. Not thread-safe: call the attachment's functions from the thread that
-// runs the host's decodes, between decodes. On a GPU, create `ctx` with
+// runs the host's decodes, between decodes: each shift also selects the gear's CUDA graph
+// variant on the calling thread. On a GPU whose llama.cpp carries gearbx's ggml-cuda patches
+// (vendor/patches; `ggml_backend_cuda_set_graph_variant` is then found through
+// `ggml_backend_reg_get_proc_address`), every gear keeps its own captured CUDA graph and nothing
+// else is needed. With an unpatched llama.cpp, or another GPU backend, create `ctx` with
 // `LLAMA_GRAPH_REUSE_DISABLE=1` in the environment: a graph llama.cpp reuses keeps its CUDA
 // graph, which still holds the previous gear's weights, so shifts would not take effect.
 //

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the system packages the build needs (Debian/Ubuntu), only if they are missing:
-# cmake and a C/C++ compiler build llama.cpp; libclang lets bindgen read llama.h; pkg-config
+# cmake and a C/C++ compiler build llama.cpp; GNU patch applies our patch series to it
+# (vendor/patches); libclang lets bindgen read llama.h; pkg-config
 # is how the C tests (and C users) find libgearbx; llvm-ar makes libgearbx-host.a.
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
+command -v patch >/dev/null || missing+=(patch)
 command -v clang >/dev/null || missing+=(clang)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v pkg-config >/dev/null || missing+=(pkg-config)

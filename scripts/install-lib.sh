@@ -19,7 +19,7 @@ LLAMA_OUT="$(cargo build --release --lib ${CARGO_FLAGS:-} --message-format=json 
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "build-script-executed" and "llama-cpp-sys-2" in m["package_id"]:
+    if m.get("reason") == "build-script-executed" and "gearbx-llama-sys" in m["package_id"]:
         print(m["out_dir"])')"
 [ -d "$LLAMA_OUT/lib" ] || { echo "install-lib.sh: llama.cpp build output not found" >&2; exit 1; }
 # The shared library: not a default crate type (see Cargo.toml), so built on its own.

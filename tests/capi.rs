@@ -51,10 +51,10 @@ fn installed() -> &'static Installed {
                 m["reason"] == "build-script-executed"
                     && m["package_id"]
                         .as_str()
-                        .is_some_and(|p| p.contains("llama-cpp-sys-2"))
+                        .is_some_and(|p| p.contains("gearbx-llama-sys"))
             })
             .and_then(|m| m["out_dir"].as_str().map(PathBuf::from))
-            .expect("llama-cpp-sys-2 out_dir");
+            .expect("gearbx-llama-sys out_dir");
         Installed { prefix, llama }
     })
 }

@@ -86,6 +86,11 @@ enum Cmd {
         /// CPU threads (default: all cores).
         #[arg(short, long, env = "GEARBX_THREADS")]
         threads: Option<usize>,
+        /// Control: rebuild llama.cpp's graph every token in the gearbox context (how gears ran
+        /// before each had its own CUDA graph). Other controls are llama.cpp's environment:
+        /// LLAMA_GRAPH_REUSE_DISABLE=1 (no graph reuse anywhere), GGML_CUDA_DISABLE_GRAPHS=1.
+        #[arg(long)]
+        rebuild_graphs: bool,
     },
 }
 
@@ -195,6 +200,7 @@ fn main() -> ExitCode {
             out,
             baselines,
             threads,
+            rebuild_graphs,
         }) => run_gpu(
             model,
             trace,
@@ -204,6 +210,7 @@ fn main() -> ExitCode {
             out,
             baselines.clone().unwrap_or_else(|| out.join("baselines")),
             *threads,
+            *rebuild_graphs,
         ),
     };
     match result {
@@ -328,6 +335,7 @@ fn gpu_mismatches(_: u32, _: &[u8], _: u32, _: &[u8]) -> gearbx::Result<usize> {
     unreachable!("no GPU without --features cuda")
 }
 
+#[allow(clippy::too_many_arguments)] // one per CLI option of `gearbx-bench gpu`
 fn run_gpu(
     model: &std::path::Path,
     traces: &[PathBuf],
@@ -337,6 +345,7 @@ fn run_gpu(
     out: &std::path::Path,
     baselines_dir: PathBuf,
     threads: Option<usize>,
+    rebuild_graphs: bool,
 ) -> gearbx::Result<()> {
     if tokens == 0 || rounds == 0 || shift_periods.contains(&0) {
         return Err(gearbx::Error::InvalidParam(
@@ -364,6 +373,7 @@ fn run_gpu(
         traces: trace_gears,
         shift_periods: shift_periods.to_vec(),
         baselines_dir,
+        rebuild_graphs,
     };
     let t0 = Instant::now();
     let r = gpu::run_all(model, &info, &opts, |s| {

@@ -38,7 +38,7 @@ Environment:
 
 /// Run an LLM from your Ollama store, a .gguf file, or the default model (SmolLM2-135M).
 #[derive(Parser, Debug)]
-#[command(name = "gearbx-run", version, after_help = EXIT_CODES)]
+#[command(name = "gearbx-run", disable_version_flag = true, after_help = EXIT_CODES)]
 struct Cli {
     /// Ollama model name ([host/][namespace/]model[:tag], e.g. llama3.2:1b) or path to a .gguf
     /// file; omitted (or a quoted prompt in its place): the default model, obtained on first use.
@@ -228,6 +228,11 @@ struct Cli {
     /// Show llama.cpp's log and the formatted prompt on stderr.
     #[arg(short, long)]
     verbose: bool,
+
+    /// Print the version, the llama.cpp it was built from (pinned source and our patches) and
+    /// the backends it runs on, then exit.
+    #[arg(short = 'V', long)]
+    version: bool,
 }
 
 /// An error with its exit code.
@@ -263,6 +268,14 @@ fn main() -> ExitCode {
 
 fn run(mut cli: Cli) -> Result<u8, Failure> {
     llama::set_verbose(cli.verbose);
+    if cli.version {
+        println!(
+            "gearbx-run {}\n{}",
+            env!("CARGO_PKG_VERSION"),
+            llama::build_info()
+        );
+        return Ok(exit::OK);
+    }
     // First Ctrl-C: stop generating (also during loading or the prompt) and print the
     // statistics; a second one exits at once.
     let abort = Arc::new(AtomicBool::new(false));
@@ -581,7 +594,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             n_ctx,
             n_batch: 2048,
             n_threads: threads,
-            rebuild_graphs: gearbox.is_some() && model.offloaded(),
+            rebuild_graphs: gearbox.is_some() && model.shifts_need_graph_rebuild(),
         },
         abort,
     )?;

@@ -7,10 +7,10 @@ use std::ffi::CStr;
 use super::{arg, gearbx_status, guard, ApiError, ApiResult, GEARBX_ERR_VERSION_MISMATCH};
 use crate::llama::sys;
 
-/// ggml's version string in the pinned llama-cpp-sys-2 (checked by a unit test, so a new pin
-/// cannot leave it stale). llama.cpp exposes no finer build identifier at run time:
+/// ggml's version string in the pinned llama.cpp (vendor/llama.cpp.pin; checked by a unit test,
+/// so a new pin cannot leave it stale). llama.cpp exposes no finer build identifier at run time:
 /// `ggml_commit()` is "unknown" in builds made outside a git checkout, as ours are.
-pub const GGML_VERSION: &str = "0.26.0";
+pub const GGML_VERSION: &str = sys::GGML_VERSION;
 
 /// The shape of a llama.h, as the compiler of one translation unit saw it. Hosts fill it with
 /// `gearbx_host_llama_abi()` (defined in gearbx.h when llama.h is included before it).
@@ -106,10 +106,11 @@ pub(crate) fn check(host: &gearbx_llama_abi, host_ggml_version: &str) -> ApiResu
     Err(ApiError::new(
         GEARBX_ERR_VERSION_MISMATCH,
         format!(
-            "the host's llama.cpp is not the one gearbx {} was built against (llama-cpp-sys-2 \
-             0.1.161, ggml {GGML_VERSION}): {}; rebuild gearbx against the host's llama.cpp \
-             version or the host against gearbx's",
+            "the host's llama.cpp is not the one gearbx {} was built against ({}, ggml \
+             {GGML_VERSION}): {}; rebuild gearbx against the host's llama.cpp version or the \
+             host against gearbx's",
             env!("CARGO_PKG_VERSION"),
+            sys::PRISTINE_SOURCE.split(" sha256:").next().unwrap_or_default(),
             diffs.join("; ")
         ),
     ))

@@ -283,7 +283,7 @@ fn open(name: Option<&str>, p: &gearbx_engine_params) -> ApiResult<gearbx_engine
                 n_ctx,
                 n_batch,
                 n_threads: threads,
-                rebuild_graphs: gearbox.is_some() && model.offloaded(),
+                rebuild_graphs: gearbox.is_some() && model.shifts_need_graph_rebuild(),
             },
             cancel.clone(),
         )?;

@@ -244,10 +244,11 @@ pub fn generate(
 ) -> Result<Outcome> {
     let model = ctx.model();
     check_prompt(ctx, prompt)?;
-    if gears.is_some() && model.offloaded() && !ctx.rebuilds_graphs() {
+    if gears.is_some() && model.shifts_need_graph_rebuild() && !ctx.rebuilds_graphs() {
         return Err(Error::InvalidParam(
-            "shifting gears on a GPU needs a context made with rebuild_graphs (llama.cpp's \
-             reused graphs would keep the old weights)"
+            "shifting gears on this GPU backend needs a context made with rebuild_graphs (it \
+             cannot keep a captured graph per gear, so llama.cpp's reused graphs would keep the \
+             old weights)"
                 .into(),
         ));
     }

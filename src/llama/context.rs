@@ -18,9 +18,10 @@ pub struct ContextParams {
     pub n_batch: u32,
     /// Threads for generation and for prompt processing.
     pub n_threads: i32,
-    /// Rebuild llama.cpp's graph for every decode (LLAMA_GRAPH_REUSE_DISABLE): needed where a
-    /// gearbox shifts weights on a GPU. A reused graph keeps its CUDA graph, whose kernels
-    /// hold the old weights' pointers and types, so a shift would not take effect.
+    /// Rebuild llama.cpp's graph for every decode (LLAMA_GRAPH_REUSE_DISABLE). Needed only
+    /// where a gearbox shifts weights on a GPU that cannot keep a captured graph per weight set
+    /// ([`Model::shifts_need_graph_rebuild`]): there a reused graph would replay the old
+    /// weights. With our ggml-cuda patch every gear keeps its own CUDA graph instead.
     pub rebuild_graphs: bool,
 }
 
@@ -123,6 +124,7 @@ impl<'m> Context<'m> {
                 self.n_ctx
             )));
         }
+        self.select_graph_variant();
         let mut buf = tokens.to_vec();
         for chunk in buf.chunks_mut(self.n_batch as usize) {
             // SAFETY: chunk is a live, writable token buffer for the duration of the call;
@@ -137,6 +139,12 @@ impl<'m> Context<'m> {
             self.n_past += chunk.len() as u32;
         }
         Ok(())
+    }
+
+    /// Runs this thread's next decodes under the CUDA graph variant of the model's current
+    /// weights (a no-op without our ggml-cuda patch).
+    fn select_graph_variant(&self) {
+        super::cuda_graphs::set_variant(self.model.weight_variant());
     }
 
     /// Like [`Context::decode`], but computes logits at every position and returns the
@@ -169,6 +177,7 @@ impl<'m> Context<'m> {
                 self.n_batch
             )));
         }
+        self.select_graph_variant();
         // SAFETY: a batch for tokens.len() tokens with one sequence id each, freed below.
         let rc = unsafe {
             let mut b = sys::llama_batch_init(tokens.len() as i32, 0, 1);

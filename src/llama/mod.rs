@@ -1,18 +1,20 @@
-//! Owning, safe handles over llama.cpp (the pinned `llama-cpp-sys-2`): the only module where
-//! raw FFI calls live. Model and context own their pointers and free them on drop; a context
-//! borrows its model so it cannot outlive it.
+//! Owning, safe handles over llama.cpp (built by llama-sys: the pinned source plus our patch
+//! series): the only module where raw FFI calls live. Model and context own their pointers and
+//! free them on drop; a context borrows its model so it cannot outlive it.
 
 pub mod backend_entropy;
 mod context;
+pub mod cuda_graphs;
 mod log;
 mod model;
 mod sampler;
 pub mod weights;
 
+use std::ffi::CStr;
 use std::sync::Once;
 
 pub use context::{Context, ContextParams};
-pub use llama_cpp_sys_2 as sys;
+pub use gearbx_llama_sys as sys;
 pub use log::{set_verbose, take_last_error};
 pub use model::{ChatMessage, Model, ModelParams};
 pub use sampler::{Sampler, SamplingParams};
@@ -21,6 +23,44 @@ pub use sampler::{Sampler, SamplingParams};
 pub type Token = sys::llama_token;
 
 static INIT: Once = Once::new();
+
+/// What llama.cpp this build carries and which backends it runs on, for `--version`:
+/// the pinned source, the patches applied, the registered backends and whether the CUDA
+/// backend keeps a captured graph per gear.
+pub fn build_info() -> String {
+    init();
+    let patches: Vec<&str> = sys::PATCHES_APPLIED.split(';').collect();
+    // SAFETY: reads the backend registry, initialized by init().
+    let n = unsafe { sys::ggml_backend_reg_count() };
+    let backends: Vec<String> = (0..n)
+        .map(|i| {
+            // SAFETY: i < the registry's count; names are static NUL-terminated strings.
+            let name =
+                unsafe { CStr::from_ptr(sys::ggml_backend_reg_name(sys::ggml_backend_reg_get(i))) };
+            name.to_string_lossy().into_owned()
+        })
+        .collect();
+    let (source, sha) = sys::PRISTINE_SOURCE
+        .split_once(" sha256:")
+        .unwrap_or((sys::PRISTINE_SOURCE, ""));
+    format!(
+        "llama.cpp: {source} (ggml {}, sha256 {}…) + {} patches: {}\nbackends: {}{}",
+        sys::GGML_VERSION,
+        &sha[..sha.len().min(12)],
+        patches.len(),
+        patches.join(", "),
+        backends.join(", "),
+        if backends.iter().any(|b| b == "CUDA") {
+            if cuda_graphs::variants_available() {
+                " (CUDA: one captured graph per gear)"
+            } else {
+                " (CUDA: no graph variants, gears rebuild the graph every token)"
+            }
+        } else {
+            ""
+        }
+    )
+}
 
 /// Initializes llama.cpp once per process (backends, logging hook). Called by [`Model::load`].
 pub fn init() {

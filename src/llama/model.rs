@@ -3,6 +3,7 @@
 use std::ffi::{c_char, CStr, CString};
 use std::path::Path;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{sys, Token};
 use crate::error::{Error, Result};
@@ -27,6 +28,9 @@ pub struct Model {
     offloaded: bool,
     /// False for a host's model ([`Model::from_host`]): the host frees it.
     owned: bool,
+    /// Which weight set the model's tensors point at (0 = as loaded; a gearbox sets it on every
+    /// shift): the CUDA graph variant its contexts decode with.
+    weight_variant: AtomicU64,
 }
 
 // SAFETY: a llama_model is immutable after loading and llama.cpp allows using one model from
@@ -69,6 +73,7 @@ impl Model {
             // SAFETY: a plain query of the build's capabilities.
             offloaded: params.n_gpu_layers != 0 && unsafe { sys::llama_supports_gpu_offload() },
             owned: true,
+            weight_variant: AtomicU64::new(0),
         })
     }
 
@@ -88,12 +93,31 @@ impl Model {
             // The host decides placement; entropy is read from the host's logits anyway.
             offloaded: false,
             owned: false,
+            weight_variant: AtomicU64::new(0),
         })
     }
 
     /// Whether layers were offloaded to a GPU (the build supports it and it was asked for).
     pub fn offloaded(&self) -> bool {
         self.offloaded
+    }
+
+    /// Records which weight set the tensors now point at (see [`Model::weight_variant`]).
+    pub(crate) fn set_weight_variant(&self, v: u64) {
+        self.weight_variant.store(v, Ordering::Relaxed);
+    }
+
+    /// The weight set the tensors point at: every decode of this model's contexts runs under
+    /// that CUDA graph variant, so each set keeps its own captured graph.
+    pub fn weight_variant(&self) -> u64 {
+        self.weight_variant.load(Ordering::Relaxed)
+    }
+
+    /// Whether a gearbox on this model needs its contexts to rebuild llama.cpp's graph for every
+    /// decode: on a GPU whose backend cannot keep a captured graph per weight set (not CUDA,
+    /// or a llama.cpp without our patch 0001), a reused graph would replay the old weights.
+    pub fn shifts_need_graph_rebuild(&self) -> bool {
+        self.offloaded && !super::cuda_graphs::variants_available()
     }
 
     pub(super) fn as_ptr(&self) -> *mut sys::llama_model {

@@ -417,7 +417,7 @@ pub struct TensorTiers<'m> {
     groups: Vec<ShadowGroup>,
     set_bytes: Vec<u64>,
     active: usize,
-    _model: std::marker::PhantomData<&'m Model>,
+    model: &'m Model,
 }
 
 // SAFETY: all raw pointers are owned by this object or by the model it borrows; mutation needs
@@ -429,7 +429,7 @@ unsafe impl Sync for TensorTiers<'_> {}
 
 impl<'m> TensorTiers<'m> {
     /// Takes charge of `weights` (from [`find_matmul_weights`] on `model`).
-    pub fn new(_model: &'m Model, weights: Vec<WeightTensor>) -> Self {
+    pub fn new(model: &'m Model, weights: Vec<WeightTensor>) -> Self {
         let original = weights.iter().map(|w| w.fields()).collect();
         let bytes = weights.iter().map(|w| w.nbytes() as u64).sum();
         Self {
@@ -439,7 +439,7 @@ impl<'m> TensorTiers<'m> {
             groups: Vec::new(),
             set_bytes: vec![bytes],
             active: 0,
-            _model: std::marker::PhantomData,
+            model,
         }
     }
 
@@ -645,6 +645,8 @@ impl<'m> TensorTiers<'m> {
             }
         }
         self.active = s;
+        // Decodes from now on run under set s's CUDA graph variant (Context::decode).
+        self.model.set_weight_variant(s as u64);
     }
 
     /// Waits for the context's pending work, then switches to set `s`.
@@ -663,6 +665,9 @@ impl<'m> TensorTiers<'m> {
             unsafe { sys::llama_synchronize(ctx) };
             self.activate(s);
         }
+        // A host's decodes do not pass through Context::decode: select the variant on this
+        // thread, which the attach API asks hosts to make their decoding thread.
+        super::cuda_graphs::set_variant(s as u64);
     }
 
     /// The active set.

@@ -34,8 +34,11 @@ pub struct GpuOptions {
     pub traces: Vec<(String, Vec<Gear>)>,
     /// Shift every N tokens, for each N here (what a shift costs).
     pub shift_periods: Vec<usize>,
-    /// Directory for the static baseline GGUFs.
+    /// Directory for the static baseline GGUFs (reused when newer than the source).
     pub baselines_dir: PathBuf,
+    /// Control: the gearbox context rebuilds llama.cpp's graph every decode (as gearbx did
+    /// before each gear had its own CUDA graph), so a gap to that is visible.
+    pub rebuild_graphs: bool,
 }
 
 /// One tier plan's build.
@@ -87,11 +90,30 @@ pub struct EntropyPlacement {
     pub host_extra_us: Series,
 }
 
+/// Tokens under reused graphs (greedy, host logits): gears must take effect exactly.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShiftCheck {
+    pub tokens: usize,
+    /// The high gear (the loaded weights) gives the plain model's tokens.
+    pub high_equals_plain: bool,
+    /// Alternating low/high every token, with each gear's captured graph replayed, gives the
+    /// same tokens as the same alternation with llama.cpp's graph rebuilt every token.
+    pub alternation_equals_rebuilt: bool,
+    /// Positions where the alternation's token differs from the high gear alone's (above 0:
+    /// the gears really differ, so the check above could fail).
+    pub alternation_differs_from_high: usize,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct GpuReport {
     pub model: String,
     pub device: String,
     pub cuda_graphs: bool,
+    /// The CUDA backend keeps a captured graph per gear (our ggml-cuda patch is present).
+    pub graph_variants: bool,
+    /// The gearbox context rebuilt llama.cpp's graph every decode.
+    pub rebuild_graphs: bool,
+    pub shift_check: Option<ShiftCheck>,
     pub n_params: u64,
     pub rounds: usize,
     pub tokens_per_run: usize,
@@ -230,7 +252,57 @@ impl ReplayRounds {
     }
 }
 
-/// The static model of `ty` for every managed tensor of `gb` (written once into `dir`).
+/// Greedy tokens of one run (host logits, so no sampler in the graph).
+fn tokens(
+    ctx: &mut Context<'_>,
+    prompt: &[Token],
+    n: usize,
+    gears: Option<GearControl<'_, '_>>,
+) -> Result<Vec<Token>> {
+    let mut out = Vec::with_capacity(n);
+    ctx.clear();
+    engine::generate(
+        ctx,
+        prompt,
+        &params(n, EntropySource::Host),
+        gears,
+        |e| out.push(e.token),
+    )?;
+    Ok(out)
+}
+
+/// [`ShiftCheck`]: run after the timed rounds, when every gear's CUDA graph is captured.
+fn shift_check(
+    model: &Model,
+    gear_ctx: &mut Context<'_>,
+    plain_ctx: &mut Context<'_>,
+    gb: &mut Gearbox<'_>,
+    prompt: &[Token],
+    n: usize,
+    threads: usize,
+) -> Result<ShiftCheck> {
+    let n_vocab = model.n_vocab();
+    let high = tokens(gear_ctx, prompt, n, fixed(gb, Gear::High))?;
+    let plain = tokens(plain_ctx, prompt, n, None)?;
+    let alt = tokens(gear_ctx, prompt, n, replayed(gb, &alternating(1), n_vocab))?;
+    let mut rebuilt_ctx = context_with(model, gear_ctx.n_ctx(), threads, true)?;
+    let rebuilt = tokens(
+        &mut rebuilt_ctx,
+        prompt,
+        n,
+        replayed(gb, &alternating(1), n_vocab),
+    )?;
+    gb.shift(gear_ctx, Gear::High);
+    Ok(ShiftCheck {
+        tokens: n,
+        high_equals_plain: high == plain,
+        alternation_equals_rebuilt: alt == rebuilt,
+        alternation_differs_from_high: alt.iter().zip(&high).filter(|(a, b)| a != b).count(),
+    })
+}
+
+/// The static model of `ty` for every managed tensor of `gb`, written into `dir` unless a file
+/// written after the source is already there (the baselines take ~90 s each at 8B).
 fn static_model(
     path: &Path,
     info: &GgufInfo,
@@ -251,16 +323,24 @@ fn static_model(
         .file_stem()
         .map_or("model".into(), |s| s.to_string_lossy().into_owned());
     let file = dir.join(format!("{stem}-{}.gguf", type_name(ty).to_lowercase()));
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fresh = matches!((modified(&file), modified(path)), (Some(f), Some(s)) if f >= s);
     let t = Instant::now();
-    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-    baseline::write_static(path, info, &types, &tmp, threads)?;
-    std::fs::rename(&tmp, &file)
-        .map_err(|e| Error::io(format!("renaming into {}", file.display()), e))?;
-    let quantize_s = t.elapsed().as_secs_f64();
-    log(&format!(
-        "static {} written by llama_model_quantize in {quantize_s:.1} s",
-        type_name(ty)
-    ));
+    if fresh {
+        log(&format!("static {} reused: {}", type_name(ty), file.display()));
+    } else {
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        baseline::write_static(path, info, &types, &tmp, threads)?;
+        std::fs::rename(&tmp, &file)
+            .map_err(|e| Error::io(format!("renaming into {}", file.display()), e))?;
+    }
+    let quantize_s = if fresh { 0.0 } else { t.elapsed().as_secs_f64() };
+    if !fresh {
+        log(&format!(
+            "static {} written by llama_model_quantize in {quantize_s:.1} s",
+            type_name(ty)
+        ));
+    }
     let model = Model::load(&file, &ModelParams::default())?;
     let file_bytes = std::fs::metadata(&file).map_or(0, |m| m.len());
     Ok((
@@ -341,7 +421,8 @@ pub fn run_all(
 
     let prompt: Vec<Token> = (1..=16).collect();
     let n_ctx = (n + prompt.len() + 64) as u32;
-    let mut gear_ctx = context_with(&model, n_ctx, t, true)?;
+    let rebuild = opts.rebuild_graphs || model.shifts_need_graph_rebuild();
+    let mut gear_ctx = context_with(&model, n_ctx, t, rebuild)?;
     // The plain model: the same weights at the high gear (set 0 is the loaded storage).
     let mut plain_ctx = context_with(&model, n_ctx, t, false)?;
     let mut static_ctx: Vec<Context<'_>> = static_models
@@ -419,6 +500,9 @@ pub fn run_all(
             static_tps[2][r]
         ));
     }
+    log("checking tokens under reused graphs");
+    let check = shift_check(&model, &mut gear_ctx, &mut plain_ctx, &mut gb, &prompt, n, t)?;
+    log(&format!("  {check:?}"));
     let tier_types = [type_name(q4), type_name(q8), type_name(sys::GGML_TYPE_F16)];
     let mut fixed_report: Vec<FixedVsStatic> = Gear::ALL
         .iter()
@@ -477,6 +561,9 @@ pub fn run_all(
         model: path.display().to_string(),
         device: device_name(),
         cuda_graphs: std::env::var_os("GGML_CUDA_DISABLE_GRAPHS").is_none(),
+        graph_variants: crate::llama::cuda_graphs::variants_available(),
+        rebuild_graphs: rebuild,
+        shift_check: Some(check),
         n_params,
         rounds: opts.rounds,
         tokens_per_run: n,
@@ -503,15 +590,31 @@ pub fn run_all(
 /// The report as a Markdown section (the README's H100 table is copied from it).
 pub fn markdown(r: &GpuReport, command: &str, date: &str) -> String {
     let mut s = format!(
-        "## {} on {}\n\n{} parameters, {} rounds of {} generated tokens, CUDA graphs {}; {date}.\n\
-         Command: `{command}`\n\n",
+        "## {} on {}\n\n{} parameters, {} rounds of {} generated tokens, CUDA graphs {}, {}; \
+         {date}.\nCommand: `{command}`\n\n",
         r.model,
         r.device,
         r.n_params,
         r.rounds,
         r.tokens_per_run,
-        if r.cuda_graphs { "on" } else { "off" }
+        if r.cuda_graphs { "on" } else { "off" },
+        match (r.rebuild_graphs, r.graph_variants) {
+            (true, _) => "gearbox graph rebuilt every token",
+            (false, true) => "one captured graph per gear (graph reuse on)",
+            (false, false) => "graph reuse on, no graph variants",
+        }
     );
+    if let Some(c) = &r.shift_check {
+        s += &format!(
+            "Tokens ({} greedy): high gear == plain model: {}; low/high alternating every token \
+             with reused graphs == the same with graphs rebuilt: {} (the alternation differs \
+             from high alone at {} positions).\n\n",
+            c.tokens,
+            c.high_equals_plain,
+            c.alternation_equals_rebuilt,
+            c.alternation_differs_from_high
+        );
+    }
     s += "| tier build | ms | where | on GPU / on CPU | bytes low / mid / high |\n|---|---|---|---|---|\n";
     for b in &r.builds {
         s += &format!(
