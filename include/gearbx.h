@@ -160,6 +160,10 @@ typedef struct gearbx_stats {
   double high_bits;
   // Bytes of the managed weights at each gear (low, mid, high); 0 without tiers.
   uint64_t tier_bytes[3];
+  // Bytes all tiers hold beside the loaded model (a tensor with the same type at two gears
+  // stored once), and the part of them in GPU memory.
+  uint64_t tier_resident_bytes;
+  uint64_t tier_gpu_bytes;
   // Milliseconds it took to make the tiers ready (build or cache read).
   double tier_build_ms;
   // The tiers were read from the tier cache instead of being built.

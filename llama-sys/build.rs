@@ -87,8 +87,8 @@ fn main() {
 }
 
 fn read_pin(path: &Path) -> Pin {
-    let text = fs::read_to_string(path)
-        .unwrap_or_else(|e| fail!("cannot read {}: {e}", path.display()));
+    let text =
+        fs::read_to_string(path).unwrap_or_else(|e| fail!("cannot read {}: {e}", path.display()));
     let get = |key: &str| {
         text.lines()
             .filter(|l| !l.trim_start().starts_with('#'))
@@ -133,27 +133,34 @@ fn locate_crate(manifest: &Path, pin: &Pin) -> PathBuf {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let run = |offline: bool| {
         let mut c = Command::new(&cargo);
-        c.args(["metadata", "--format-version", "1", "--locked", "--manifest-path"])
-            .arg(manifest.join("Cargo.toml"));
+        c.args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--locked",
+            "--manifest-path",
+        ])
+        .arg(manifest.join("Cargo.toml"));
         if offline {
             c.arg("--offline");
         }
         c.stdin(Stdio::null()).output()
     };
-    let o = match run(true) {
-        Ok(o) if o.status.success() => o,
-        _ => match run(false) {
+    let o =
+        match run(true) {
             Ok(o) if o.status.success() => o,
-            Ok(o) => fail!(
+            _ => match run(false) {
+                Ok(o) if o.status.success() => o,
+                Ok(o) => fail!(
                 "the pristine llama.cpp ({} {}) is not in cargo's cache and cargo could not fetch \
                  it: {}; run `cargo fetch` on a machine with access to the crate registry",
                 pin.krate,
                 pin.version,
                 String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("").trim()
             ),
-            Err(e) => fail!("cannot run cargo ({cargo}) to locate the pristine llama.cpp: {e}"),
-        },
-    };
+                Err(e) => fail!("cannot run cargo ({cargo}) to locate the pristine llama.cpp: {e}"),
+            },
+        };
     let meta: serde_json::Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| fail!("cargo metadata printed something unreadable: {e}"));
     let pkg = meta["packages"]
@@ -381,7 +388,10 @@ fn compile(tree: &Path, out: &Path) {
         }
     }
     if libs.is_empty() {
-        fail!("llama.cpp built no static libraries under {}", out.display());
+        fail!(
+            "llama.cpp built no static libraries under {}",
+            out.display()
+        );
     }
     libs.sort();
     for l in libs {
@@ -461,7 +471,13 @@ fn link_cuda() {
     }
     dirs.push("/usr/local/cuda".into());
     for d in dirs {
-        for sub in ["lib64", "lib", "targets/x86_64-linux/lib", "lib64/stubs", "lib/stubs"] {
+        for sub in [
+            "lib64",
+            "lib",
+            "targets/x86_64-linux/lib",
+            "lib64/stubs",
+            "lib/stubs",
+        ] {
             let p = d.join(sub);
             if p.is_dir() {
                 println!("cargo::rustc-link-search=native={}", p.display());

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The H100 measurements of the README, run on the GPU machine (no Rust there: the binaries are
+# The GPU measurements of the README (H200 since 2026-12), run on the GPU machine (no Rust there: the binaries are
 # built here with --features cuda, see README "CUDA"). Each step writes its results under
 # $OUT (default ./gpu-results). Steps:
 #   kernels            kernel parity (CUDA and C twin vs ggml) and kernel throughput
 #   bench SHAPE [R]    synthetic F16 model of SHAPE (llama-3.2-1b | llama-3.1-8b), then
 #                      gearbx-bench gpu on it with R rounds (default 3), CUDA graphs on;
-#                      with NOGRAPHS=1 also again with GGML_CUDA_DISABLE_GRAPHS=1
+#                      with NOGRAPHS=1 also again with GGML_CUDA_DISABLE_GRAPHS=1, with
+#                      REBUILD=1 also with the gearbox graph rebuilt every token (how gears
+#                      ran before each had its own CUDA graph), with REUSEOFF=1 also with
+#                      LLAMA_GRAPH_REUSE_DISABLE=1 for the whole process (the controls)
 #   smollm2 GGUF       high gear vs plain greedy tokens on a real model, and auto mode
 # BIN (default: the directory of this script's ../target/release) holds gearbx-bench and
 # gearbx-run; MODELS (default /tmp/gearbx-models) the generated models.
@@ -29,6 +32,14 @@ bench)
     traces=(--trace "$TRACES/smollm2-austen-min2.txt" --trace "$TRACES/smollm2-austen-min8.txt")
     "$BIN/gearbx-bench" gpu --model "$model" "${traces[@]}" --rounds "$rounds" \
         --out "$OUT/$shape" --baselines "$MODELS" 2>&1 | tee "$OUT/$shape.log"
+    if [ "${REBUILD:-0}" = 1 ]; then
+        "$BIN/gearbx-bench" gpu --model "$model" "${traces[@]}" --rounds "$rounds" --rebuild-graphs \
+            --out "$OUT/$shape-rebuild" --baselines "$MODELS" 2>&1 | tee "$OUT/$shape-rebuild.log"
+    fi
+    if [ "${REUSEOFF:-0}" = 1 ]; then
+        LLAMA_GRAPH_REUSE_DISABLE=1 "$BIN/gearbx-bench" gpu --model "$model" "${traces[@]}" \
+            --rounds "$rounds" --out "$OUT/$shape-reuse-off" --baselines "$MODELS" 2>&1 | tee "$OUT/$shape-reuse-off.log"
+    fi
     if [ "${NOGRAPHS:-0}" = 1 ]; then
         GGML_CUDA_DISABLE_GRAPHS=1 "$BIN/gearbx-bench" gpu --model "$model" "${traces[@]}" \
             --rounds "$rounds" --out "$OUT/$shape-nographs" --baselines "$MODELS" 2>&1 | tee "$OUT/$shape-nographs.log"

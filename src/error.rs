@@ -76,6 +76,10 @@ pub enum Error {
     #[error("invalid parameter: {0}")]
     InvalidParam(String),
 
+    /// A tier plan that does not fit a device's free memory (checked before allocating).
+    #[error("not enough memory for the gear tiers: {0}")]
+    TiersDoNotFit(String),
+
     #[error("llama.cpp failed: {0}")]
     Llama(String),
 
@@ -125,7 +129,7 @@ impl Error {
             }
             Error::DigestMismatch { .. } => exit::DIGEST_MISMATCH,
             Error::PromptTooLong { .. } => exit::PROMPT_TOO_LONG,
-            Error::Llama(_) | Error::NanLogits(_) => exit::RUNTIME,
+            Error::Llama(_) | Error::NanLogits(_) | Error::TiersDoNotFit(_) => exit::RUNTIME,
             Error::Fetch(_) => exit::FETCH,
             Error::Io { .. } | Error::TierCache { .. } => exit::INTERNAL,
         }

@@ -154,9 +154,9 @@ fn c_program_generates_through_the_engine_api_of_the_static_library() {
     let n: usize = value(&out, "TOKENS").parse().unwrap();
     assert_eq!(n as u64, cli["generated_tokens"].as_u64().unwrap());
     let fractions = &cli["gears"]["token_fraction"];
-    for (i, k) in ["LOW", "MID", "HIGH"].iter().enumerate() {
+    for k in ["LOW", "MID", "HIGH"] {
         let got: f64 = value(&out, k).parse().unwrap();
-        let want = fractions[i].as_f64().unwrap() * n as f64;
+        let want = fractions[k.to_lowercase()].as_f64().unwrap() * n as f64;
         assert!((got - want).abs() < 0.5, "{k}: C {got}, CLI {want}");
     }
     assert!(value(&out, "CANCELLED_AFTER").parse::<u32>().unwrap() >= 5);

@@ -25,6 +25,15 @@ fn greedy() -> SamplingParams {
     }
 }
 
+fn greedy_params(n: usize) -> GenerateParams {
+    GenerateParams {
+        n_predict: Some(n),
+        stop: vec![],
+        sampling: greedy(),
+        entropy: Default::default(),
+    }
+}
+
 fn setup() -> (Model, gguf::GgufInfo) {
     let f = fixture();
     let model = Model::load(&f.model, &ModelParams::default()).unwrap();
@@ -57,14 +66,8 @@ fn generate_tokens(
     )
     .unwrap();
     let toks = model.tokenize(prompt, true, false).unwrap();
-    let params = GenerateParams {
-        n_predict: Some(n),
-        stop: vec![],
-        sampling: greedy(),
-        entropy: Default::default(),
-    };
     let mut out = Vec::new();
-    engine::generate(&mut ctx, &toks, &params, gears, |ev| {
+    engine::generate(&mut ctx, &toks, &greedy_params(n), gears, |ev| {
         if ev.token >= 0 {
             out.push(ev.token)
         }
@@ -159,6 +162,85 @@ fn high_gear_after_shifting_reproduces_the_plain_model() {
     );
 }
 
+/// Greedy tokens in an existing context (llama.cpp's graph reuse on), at a fixed gear.
+fn tokens_in(
+    ctx: &mut Context<'_>,
+    prompt: &[Token],
+    n: usize,
+    gb: &mut Gearbox<'_>,
+    g: Gear,
+) -> Vec<Token> {
+    let mut out = Vec::new();
+    ctx.clear();
+    let gears = GearControl {
+        gearbox: gb,
+        monitor: None,
+        fixed: g,
+        calibrate: None,
+    };
+    engine::generate(ctx, prompt, &greedy_params(n), Some(gears), |ev| {
+        out.push(ev.token)
+    })
+    .unwrap();
+    out
+}
+
+#[test]
+fn shifts_take_effect_in_a_reused_context_and_equal_tiers_are_stored_once() {
+    let (model, info) = setup();
+    let mut gb = Gearbox::build(&model, &fixture().model, &info, &opts()).unwrap();
+    let prompt = model
+        .tokenize("Once upon a time, in a quiet village,", true, false)
+        .unwrap();
+    let params = ContextParams {
+        n_ctx: 256,
+        n_batch: 256,
+        n_threads: 1,
+        rebuild_graphs: false,
+    };
+    let abort = || Arc::new(AtomicBool::new(false));
+    // Each gear alone, each in a context of its own.
+    let mut alone = Vec::new();
+    for g in Gear::ALL {
+        let mut ctx = Context::new(&model, &params, abort()).unwrap();
+        alone.push(tokens_in(&mut ctx, &prompt, 24, &mut gb, g));
+    }
+    assert_ne!(alone[0], alone[2], "low and high give different tokens");
+    assert_ne!(alone[1], alone[2], "mid and high give different tokens");
+    // One context through every kind of shift: its reused graphs must follow the weights.
+    let mut ctx = Context::new(&model, &params, abort()).unwrap();
+    for g in [
+        Gear::High,
+        Gear::Low,
+        Gear::Mid,
+        Gear::Low,
+        Gear::High,
+        Gear::Mid,
+    ] {
+        assert_eq!(
+            tokens_in(&mut ctx, &prompt, 24, &mut gb, g),
+            alone[g as usize],
+            "{g} in a context that ran other gears"
+        );
+    }
+    // SmolLM2 (Q4_1): low is Q3_K x30 + Q4_0 x180, mid Q4_K x30 + Q4_0 x180: the 180 Q4_0
+    // shadows are built and stored once.
+    let r = gb.report().clone();
+    let n = gb.current_types().len();
+    let same: Vec<usize> = (0..n)
+        .filter(|&i| gb.type_at(Gear::Low, i) == gb.type_at(Gear::Mid, i))
+        .collect();
+    assert_eq!(same.len(), 180);
+    assert_eq!(r.shared_tensors, same.len());
+    assert!(
+        r.shadow_bytes < r.bytes[0] + r.bytes[1] - r.bytes[0] / 2,
+        "shared tiers are stored once: {} bytes for low {} + mid {}",
+        r.shadow_bytes,
+        r.bytes[0],
+        r.bytes[1]
+    );
+}
+
 #[test]
 fn routing_follows_entropy() {
     // Counting is near-deterministic; an open-ended chat reply is not. (Measured on SmolLM2:
@@ -190,7 +272,7 @@ fn routing_follows_entropy() {
         open["mean_entropy_bits"].as_f64().unwrap(),
     );
     assert!(e1 + 0.5 < e2, "counting {e1} bits vs chat {e2} bits");
-    let low = |v: &serde_json::Value| v["gears"]["token_fraction"][0].as_f64().unwrap();
+    let low = |v: &serde_json::Value| v["gears"]["token_fraction"]["low"].as_f64().unwrap();
     assert!(
         low(&easy) > low(&open),
         "low-gear fraction {} vs {}",

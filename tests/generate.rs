@@ -184,6 +184,34 @@ fn json_is_well_formed() {
         );
     }
     assert!(v["prompt_tokens"].as_u64().unwrap() >= 4);
+    // Per-gear telemetry is keyed by gear name; a gear with no single-token pass has no rate.
+    let g = &v["gears"];
+    let total: f64 = ["low", "mid", "high"]
+        .iter()
+        .map(|k| g["token_fraction"][k].as_f64().unwrap())
+        .sum();
+    assert!((total - 1.0).abs() < 1e-9, "{g}");
+    for k in ["low", "mid", "high"] {
+        let passes = g["passes"][k].as_u64().unwrap();
+        let rate = &g["tokens_per_s"][k];
+        assert_eq!(
+            passes == 0,
+            rate.is_null(),
+            "{k}: {passes} passes, rate {rate}"
+        );
+        assert!(g["tiers"]["bytes"][k].as_u64().unwrap() > 0, "{g}");
+    }
+    // The memory plan: the tiers' bytes per device, with that device's free memory.
+    let mem = &g["tiers"]["memory"][0];
+    assert_eq!(mem["device"], "CPU", "{g}");
+    assert!(
+        mem["need"].as_u64().unwrap() > 0 && mem["free"].as_u64().unwrap() > 0,
+        "{g}"
+    );
+    assert_eq!(
+        g["tiers"]["shared_tensors"], 180,
+        "SmolLM2's Q4_0 shadows of low and mid"
+    );
 }
 
 #[test]

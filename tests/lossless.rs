@@ -184,6 +184,12 @@ fn cli_lossless_prints_the_high_gears_text_and_refuses_what_it_cannot_do() {
         "{l}"
     );
     assert_eq!(lossless["gears"]["mode"], "lossless");
+    // Drafting shifts low and back; those shifts are timed like the plain loop's.
+    let g = &lossless["gears"];
+    if g["shifts"].as_u64().unwrap() > 0 {
+        assert!(g["swap_us_mean"].as_f64().unwrap() > 0.0, "{g}");
+        assert!(g["swap_us_max"].as_f64().unwrap() >= g["swap_us_mean"].as_f64().unwrap());
+    }
     for (extra, what) in [
         (&["--gear", "low"][..], "--gear"),
         (&["--calibrate"][..], "--calibrate"),

@@ -28,7 +28,11 @@ fn every_patch_was_applied_in_order() {
     assert_eq!(sys::PATCHES_APPLIED.split(';').collect::<Vec<_>>(), names);
     let pin = std::fs::read_to_string(root().join("vendor/llama.cpp.pin")).unwrap();
     let sha = sys::PRISTINE_SOURCE.split("sha256:").nth(1).unwrap();
-    assert!(pin.contains(&format!("sha256 = {sha}")), "{}", sys::PRISTINE_SOURCE);
+    assert!(
+        pin.contains(&format!("sha256 = {sha}")),
+        "{}",
+        sys::PRISTINE_SOURCE
+    );
 }
 
 /// Every line a patch adds is in the file it patches, in the tree that was compiled.
@@ -62,14 +66,23 @@ fn the_compiled_tree_holds_each_patch() {
 /// test's making; both must fail before anything is compiled.
 fn build_sys(env: &[(&str, &Path)]) -> (bool, String) {
     let mut c = Command::new(env!("CARGO"));
-    c.args(["build", "--release", "-p", "gearbx-llama-sys", "--target-dir"])
-        .arg(root().join("target/vendor-check"))
-        .current_dir(root());
+    c.args([
+        "build",
+        "--release",
+        "-p",
+        "gearbx-llama-sys",
+        "--target-dir",
+    ])
+    .arg(root().join("target/vendor-check"))
+    .current_dir(root());
     for (k, v) in env {
         c.env(k, v);
     }
     let o = c.output().unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -117,7 +130,10 @@ fn version_names_the_source_and_patches() {
     assert!(o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.starts_with(&format!("gearbx-run {}\n", env!("CARGO_PKG_VERSION"))));
-    assert!(out.contains("llama.cpp: llama-cpp-sys-2 0.1.161 (ggml 0.26.0"), "{out}");
+    assert!(
+        out.contains("llama.cpp: llama-cpp-sys-2 0.1.161 (ggml 0.26.0"),
+        "{out}"
+    );
     for n in patch_names() {
         assert!(out.contains(&n), "{out}");
     }

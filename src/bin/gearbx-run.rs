@@ -88,6 +88,17 @@ struct Cli {
     #[arg(short = 't', long, env = "GEARBX_THREADS", value_name = "N")]
     threads: Option<i32>,
 
+    /// Layers to offload to the GPU, as llama.cpp's -ngl (-1 = all, the default; 0 = none);
+    /// each tier lives on its layer's device. Ignored by a CPU-only build.
+    #[arg(
+        long = "n-gpu-layers",
+        visible_alias = "gpu-layers",
+        value_name = "N",
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(i32).range(-1..=100_000)
+    )]
+    n_gpu_layers: Option<i32>,
+
     /// Temperature; 0 = greedy (default 0.8, or the store's).
     #[arg(long = "temp", visible_alias = "temperature", value_name = "T")]
     temp: Option<f32>,
@@ -244,8 +255,19 @@ impl From<Error> for Failure {
     }
 }
 
+/// llama.cpp spells the layer count `-ngl N` (one dash, three letters), which no option
+/// parser reads as one flag: it becomes `--n-gpu-layers`.
+fn llama_cpp_spellings(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    args.map(|a| match a.to_str() {
+        Some("-ngl") => "--n-gpu-layers".into(),
+        Some(s) if s.starts_with("-ngl=") => format!("--n-gpu-layers={}", &s[5..]).into(),
+        _ => a,
+    })
+    .collect()
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(llama_cpp_spellings(std::env::args_os())) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -454,7 +476,14 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         ));
     }
 
-    let model = Model::load(&m.path, &ModelParams::default())?;
+    let model = Model::load(
+        &m.path,
+        &ModelParams {
+            n_gpu_layers: cli
+                .n_gpu_layers
+                .unwrap_or(ModelParams::default().n_gpu_layers),
+        },
+    )?;
     let n_ctx = cli
         .ctx_size
         .or(defaults.num_ctx)
@@ -563,6 +592,11 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
                 r.managed_tensors, r.build_ms, r.types[0], r.bytes[0] as f64 / 1e6, r.placement[0],
                 r.types[1], r.bytes[1] as f64 / 1e6, r.placement[1],
                 r.types[2], r.bytes[2] as f64 / 1e6, r.placement[2]
+            );
+            eprintln!(
+                "gearbx-run: tiers hold {:.1} MB beside the model ({} tensors shared between gears)",
+                r.shadow_bytes as f64 / 1e6,
+                r.shared_tensors
             );
         }
         Some(gb)
@@ -728,17 +762,18 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
                 l.verify_width
             );
         } else if let Some(g) = &outcome.gears {
+            let rate = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.1}"));
             eprintln!(
-                "[gearbx] gear {}: low {:.0}% mid {:.0}% high {:.0}% | {} shifts, {:.1} us mean | tok/s low {:.1} mid {:.1} high {:.1}",
+                "[gearbx] gear {}: low {:.0}% mid {:.0}% high {:.0}% | {} shifts, {:.1} us mean | tok/s low {} mid {} high {}",
                 g.mode,
                 g.token_fraction[0] * 100.0,
                 g.token_fraction[1] * 100.0,
                 g.token_fraction[2] * 100.0,
                 g.shifts,
                 g.swap_us_mean,
-                g.tokens_per_s[0],
-                g.tokens_per_s[1],
-                g.tokens_per_s[2]
+                rate(g.tokens_per_s[0]),
+                rate(g.tokens_per_s[1]),
+                rate(g.tokens_per_s[2])
             );
         }
     }

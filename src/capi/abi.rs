@@ -110,7 +110,10 @@ pub(crate) fn check(host: &gearbx_llama_abi, host_ggml_version: &str) -> ApiResu
              {GGML_VERSION}): {}; rebuild gearbx against the host's llama.cpp version or the \
              host against gearbx's",
             env!("CARGO_PKG_VERSION"),
-            sys::PRISTINE_SOURCE.split(" sha256:").next().unwrap_or_default(),
+            sys::PRISTINE_SOURCE
+                .split(" sha256:")
+                .next()
+                .unwrap_or_default(),
             diffs.join("; ")
         ),
     ))

@@ -373,7 +373,9 @@ pub unsafe extern "C" fn gearbx_attach_stats(
                 0.0
             },
             swap_us_max: s.swap_max,
-            tier_bytes: report.bytes,
+            tier_bytes: report.bytes.0,
+            tier_resident_bytes: report.shadow_bytes,
+            tier_gpu_bytes: report.gpu_bytes(),
             tier_build_ms: report.build_ms,
             tiers_from_cache: report.origin == crate::gearbox::TierOrigin::Cache,
             ..Default::default()

@@ -147,6 +147,10 @@ pub struct gearbx_stats {
     pub high_bits: f64,
     /// Bytes of the managed weights at each gear (low, mid, high); 0 without tiers.
     pub tier_bytes: [u64; 3],
+    /// Bytes all tiers hold beside the loaded model (a tensor with the same type at two gears
+    /// stored once), and the part of them in GPU memory.
+    pub tier_resident_bytes: u64,
+    pub tier_gpu_bytes: u64,
     /// Milliseconds it took to make the tiers ready (build or cache read).
     pub tier_build_ms: f64,
     /// The tiers were read from the tier cache instead of being built.
@@ -313,7 +317,9 @@ pub(crate) fn fill_gear_stats(out: &mut gearbx_stats, g: &GearStats) {
         out.low_bits = lo;
         out.high_bits = hi;
     }
-    out.tier_bytes = g.tiers.bytes;
+    out.tier_bytes = g.tiers.bytes.0;
+    out.tier_resident_bytes = g.tiers.shadow_bytes;
+    out.tier_gpu_bytes = g.tiers.gpu_bytes();
     out.tier_build_ms = g.tiers.build_ms;
     out.tiers_from_cache = g.tiers.origin == crate::gearbox::TierOrigin::Cache;
 }

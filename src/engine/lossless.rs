@@ -21,7 +21,7 @@ use super::{
     StopReason, TokenEvent,
 };
 use crate::error::{Error, Result};
-use crate::gearbox::{Gear, Gearbox};
+use crate::gearbox::{Gear, Gearbox, PerGear};
 use crate::kernels;
 use crate::llama::{Context, Sampler, Token};
 use crate::monitor::REF_VOCAB;
@@ -311,9 +311,12 @@ pub fn generate(
     };
     let mut st = LosslessStats::default();
     let (mut shifts, mut passes) = (0usize, [0usize; 3]);
+    let (mut swap_sum, mut swap_max) = (0f64, 0f64);
     let mut shift = |gb: &mut Gearbox<'_>, ctx: &Context<'_>, g: Gear| {
         if gb.gear() != g {
-            gb.shift(ctx, g);
+            let us = gb.shift(ctx, g).as_secs_f64() * 1e6;
+            swap_sum += us;
+            swap_max = swap_max.max(us);
             shifts += 1;
         }
     };
@@ -483,13 +486,22 @@ pub fn generate(
         entropy_on: EntropyPlace::Host,
         gears: Some(GearStats {
             mode: "lossless".into(),
-            passes,
-            tokens: [0, 0, n_gen],
-            token_fraction: [0.0, 0.0, if n_gen > 0 { 1.0 } else { 0.0 }],
-            tokens_per_s: [0.0, 0.0, per_s(eval_count, eval_ms)],
+            passes: PerGear(passes),
+            tokens: PerGear([0, 0, n_gen]),
+            token_fraction: PerGear([0.0, 0.0, if n_gen > 0 { 1.0 } else { 0.0 }]),
+            // Draft and verify passes differ in width: only the emitted rate is meaningful.
+            tokens_per_s: PerGear([
+                None,
+                None,
+                (eval_count > 0).then(|| per_s(eval_count, eval_ms)),
+            ]),
             shifts,
-            swap_us_mean: 0.0,
-            swap_us_max: 0.0,
+            swap_us_mean: if shifts > 0 {
+                swap_sum / shifts as f64
+            } else {
+                0.0
+            },
+            swap_us_max: swap_max,
             thresholds_bits: None,
             tiers: gearbox.report().clone(),
         }),

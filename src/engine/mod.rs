@@ -12,7 +12,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::gearbox::{BuildReport, Gear, Gearbox};
+use crate::gearbox::{BuildReport, Gear, Gearbox, PerGear};
 use crate::kernels;
 use crate::llama::backend_entropy::Probe;
 use crate::llama::{Context, Sampler, SamplingParams, Token};
@@ -139,13 +139,15 @@ pub struct GearControl<'a, 'm> {
 #[derive(Debug, Clone, Serialize)]
 pub struct GearStats {
     pub mode: String,
-    /// Forward passes (after the prompt) per gear: low, mid, high.
-    pub passes: [usize; 3],
+    /// Forward passes (after the prompt) per gear.
+    pub passes: PerGear<usize>,
     /// Generated tokens whose distribution came from each gear.
-    pub tokens: [usize; 3],
+    pub tokens: PerGear<usize>,
     /// Fraction of generated tokens whose distribution came from each gear.
-    pub token_fraction: [f64; 3],
-    pub tokens_per_s: [f64; 3],
+    pub token_fraction: PerGear<f64>,
+    /// Single-token forward passes per second at each gear (None: no such pass ran; a token
+    /// can come from a gear without one, as the first token comes from the prompt's pass).
+    pub tokens_per_s: PerGear<Option<f64>>,
     pub shifts: usize,
     pub swap_us_mean: f64,
     pub swap_us_max: f64,
@@ -427,16 +429,18 @@ pub fn generate(
         } else {
             g.fixed.to_string()
         },
-        passes,
-        tokens: tokens_at,
-        token_fraction: tokens_at.map(|n| {
+        passes: PerGear(passes),
+        tokens: PerGear(tokens_at),
+        token_fraction: PerGear(tokens_at.map(|n| {
             if n_gen > 0 {
                 n as f64 / n_gen as f64
             } else {
                 0.0
             }
-        }),
-        tokens_per_s: [0, 1, 2].map(|i| per_s(passes[i], gear_ms[i])),
+        })),
+        tokens_per_s: PerGear(
+            [0, 1, 2].map(|i| (passes[i] > 0).then(|| per_s(passes[i], gear_ms[i]))),
+        ),
         shifts,
         swap_us_mean: if shifts > 0 {
             swap_sum / shifts as f64

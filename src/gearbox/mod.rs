@@ -3,6 +3,7 @@
 
 pub mod cache;
 mod device;
+pub mod memory;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -20,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::llama::weights::{self, TensorTiers, WeightTensor};
 use crate::llama::{Context, Model};
 use crate::store::{GgufInfo, ResolvedModel};
-pub use plan::{Gear, Manage, TierOverrides};
+pub use plan::{Gear, Manage, PerGear, TierOverrides};
 
 /// How to build the gearbox.
 #[derive(Debug, Clone, Default)]
@@ -76,16 +77,34 @@ pub struct BuildReport {
     pub origin: TierOrigin,
     /// The cache file used or written, if any.
     pub cache_file: Option<PathBuf>,
-    /// Bytes of the managed weights at each gear (low, mid, high).
-    pub bytes: [u64; 3],
+    /// Bytes of the managed weights at each gear.
+    pub bytes: PerGear<u64>,
     /// Types at each gear, e.g. "Q4_0 x180, Q3_K x30".
-    pub types: [String; 3],
+    pub types: PerGear<String>,
     /// Buffer types holding each gear's weights, e.g. "CUDA0" or "CPU_REPACK, CPU".
-    pub placement: [String; 3],
+    pub placement: PerGear<String>,
+    /// Bytes of every tier gearbx holds beside the loaded model (a tensor whose type is the
+    /// same at two gears is stored once and counted once).
+    pub shadow_bytes: u64,
+    /// Shadow tensors a gear shares with a lower gear (the same type at both).
+    pub shared_tensors: usize,
+    /// Per device: the bytes the tiers needed there and the free memory before (checked).
+    pub memory: Vec<memory::DeviceMemory>,
     /// Shadow tensors requantized on the GPU, and on the CPU (0 and 0 when read from cache).
     pub built_on_gpu: usize,
     pub built_on_cpu: usize,
     pub warnings: Vec<String>,
+}
+
+impl BuildReport {
+    /// Bytes of the tiers in GPU memory (every device but the CPU).
+    pub fn gpu_bytes(&self) -> u64 {
+        self.memory
+            .iter()
+            .filter(|d| d.device != "CPU")
+            .map(|d| d.need)
+            .sum()
+    }
 }
 
 /// Per-gear tier sets over the managed tensors of one model.
@@ -249,14 +268,26 @@ impl<'m> Gearbox<'m> {
 
         // One set per distinct per-tensor type vector; a gear whose types are all "source"
         // uses set 0 (the loaded tensors).
+        let gear_types: Vec<Vec<Option<u32>>> = Gear::ALL
+            .iter()
+            .map(|&g| per_tensor.iter().map(|t| t[g as usize]).collect())
+            .collect();
+        let mut distinct: Vec<Vec<Option<u32>>> = Vec::new();
+        for types in &gear_types {
+            if !types.iter().all(Option::is_none) && !distinct.contains(types) {
+                distinct.push(types.clone());
+            }
+        }
+        // What that needs on each device, checked before anything is allocated.
+        let memory_plan = memory::plan(&tiers, &distinct);
+        memory::check(&memory_plan)?;
         let mut gear_set = [0usize; 3];
         let mut made: Vec<(Vec<Option<u32>>, usize)> = Vec::new();
-        for g in Gear::ALL {
-            let types: Vec<Option<u32>> = per_tensor.iter().map(|t| t[g as usize]).collect();
+        for (g, types) in Gear::ALL.iter().zip(gear_types) {
             if types.iter().all(Option::is_none) {
                 continue;
             }
-            gear_set[g as usize] = match made.iter().find(|(t, _)| *t == types) {
+            gear_set[*g as usize] = match made.iter().find(|(t, _)| *t == types) {
                 Some((_, s)) => *s,
                 None => {
                     let s = tiers.add_set(&types)?;
@@ -409,14 +440,21 @@ impl<'m> Gearbox<'m> {
             }
         }
         let set_bytes = tiers.set_bytes().to_vec();
+        let shared_tensors = made
+            .iter()
+            .map(|(_, set)| (0..n).filter(|&i| tiers.shadow_is_shared(*set, i)).count())
+            .sum();
         let report = BuildReport {
+            shadow_bytes: tiers.shadow_bytes(),
+            memory: memory_plan,
+            shared_tensors,
             managed_tensors: n,
             build_ms: t0.elapsed().as_secs_f64() * 1e3,
             origin,
             cache_file: cache_at.map(|(p, _, _)| p),
-            bytes: gear_set.map(|s| set_bytes[s]),
-            types: gear_set.map(|s| type_summary((0..n).map(|i| tiers.type_in_set(s, i)))),
-            placement: gear_set.map(|s| tiers.set_placement(s).join(", ")),
+            bytes: PerGear(gear_set.map(|s| set_bytes[s])),
+            types: PerGear(gear_set.map(|s| type_summary((0..n).map(|i| tiers.type_in_set(s, i))))),
+            placement: PerGear(gear_set.map(|s| tiers.set_placement(s).join(", "))),
             built_on_gpu,
             built_on_cpu,
             warnings,

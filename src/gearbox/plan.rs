@@ -49,6 +49,41 @@ impl FromStr for Gear {
     }
 }
 
+/// One value per gear, indexed by position (low 0, mid 1, high 2, i.e. `gear as usize`) and
+/// serialized keyed by gear name: `{"low": …, "mid": …, "high": …}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PerGear<T>(pub [T; 3]);
+
+impl<T> std::ops::Deref for PerGear<T> {
+    type Target = [T; 3];
+    fn deref(&self) -> &[T; 3] {
+        &self.0
+    }
+}
+
+impl<T> std::ops::DerefMut for PerGear<T> {
+    fn deref_mut(&mut self) -> &mut [T; 3] {
+        &mut self.0
+    }
+}
+
+impl<T> From<[T; 3]> for PerGear<T> {
+    fn from(a: [T; 3]) -> Self {
+        Self(a)
+    }
+}
+
+impl<T: Serialize> Serialize for PerGear<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(3))?;
+        for g in Gear::ALL {
+            m.serialize_entry(g.name(), &self.0[g as usize])?;
+        }
+        m.end()
+    }
+}
+
 /// Which weight matrices the gearbox manages.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manage {

@@ -407,6 +407,20 @@ fn cpu_supports_weight_in(buft: sys::ggml_backend_buffer_type_t, ty: u32, ne: [i
     }
 }
 
+/// MemAvailable of /proc/meminfo, in bytes.
+fn available_memory() -> Option<u64> {
+    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 /// Owns shadow copies of a model's weight tensors and swaps the live tensors between their
 /// loaded storage (set 0) and each shadow set. Dropping it restores the loaded storage.
 pub struct TensorTiers<'m> {
@@ -414,6 +428,8 @@ pub struct TensorTiers<'m> {
     original: Vec<Fields>,
     /// Per set: one shadow tensor per weight (None: that weight keeps its loaded storage).
     sets: Vec<Vec<Option<NonNull<sys::ggml_tensor>>>>,
+    /// Per set and weight: the shadow is an earlier set's (same type), stored once.
+    shared: Vec<Vec<bool>>,
     groups: Vec<ShadowGroup>,
     set_bytes: Vec<u64>,
     active: usize,
@@ -438,6 +454,7 @@ impl<'m> TensorTiers<'m> {
             sets: Vec::new(),
             groups: Vec::new(),
             set_bytes: vec![bytes],
+            shared: Vec::new(),
             active: 0,
             model,
         }
@@ -458,15 +475,32 @@ impl<'m> TensorTiers<'m> {
     }
 
     /// Allocates a shadow set: weight i gets type `types[i]` (None: keep the loaded tensor).
-    /// On CPU, types the repacking buffer supports for that shape go there. Returns the set
-    /// index; fill it with [`TensorTiers::fill`].
+    /// A weight that an earlier set already holds in that type shares its shadow (stored
+    /// once). On CPU, types the repacking buffer supports for that shape go there. Returns the
+    /// set index; fill it with [`TensorTiers::fill`].
     pub fn add_set(&mut self, types: &[Option<u32>]) -> Result<usize> {
         assert_eq!(types.len(), self.weights.len());
         let repack = cpu_repack_buft();
+        let mut set = vec![None; self.weights.len()];
+        let mut shared = vec![false; self.weights.len()];
+        let mut bytes = 0u64;
         // Group by destination buffer type.
         let mut by_buft: Vec<(sys::ggml_backend_buffer_type_t, Vec<usize>)> = Vec::new();
         for (i, (w, ty)) in self.weights.iter().zip(types).enumerate() {
             let Some(ty) = *ty else { continue };
+            // SAFETY: shadow tensors live as long as self.
+            let earlier = self
+                .sets
+                .iter()
+                .filter_map(|s| s[i])
+                .find(|t| unsafe { t.as_ref() }.type_ == ty);
+            if let Some(t) = earlier {
+                set[i] = Some(t);
+                shared[i] = true;
+                // SAFETY: as above; nbytes reads the tensor's own fields.
+                bytes += unsafe { sys::ggml_nbytes(t.as_ptr()) } as u64;
+                continue;
+            }
             let f = self.original[i];
             // SAFETY: every weight has a buffer (it took part in a decode).
             let orig_buft = unsafe { sys::ggml_backend_buffer_get_type(f.buffer) };
@@ -487,8 +521,6 @@ impl<'m> TensorTiers<'m> {
                 None => by_buft.push((buft, vec![i])),
             }
         }
-        let mut set = vec![None; self.weights.len()];
-        let mut bytes = 0u64;
         for (i, t) in types.iter().enumerate() {
             if t.is_none() {
                 bytes += self.weights[i].nbytes() as u64;
@@ -545,6 +577,7 @@ impl<'m> TensorTiers<'m> {
             self.groups.push(group);
         }
         self.sets.push(set);
+        self.shared.push(shared);
         self.set_bytes.push(bytes);
         Ok(self.sets.len())
     }
@@ -558,10 +591,73 @@ impl<'m> TensorTiers<'m> {
         }
     }
 
-    /// Bytes of weight `i`'s shadow in set `s` (None: that weight keeps its loaded storage).
+    /// Bytes of weight `i`'s own shadow in set `s` (None: nothing to build there: the weight
+    /// keeps its loaded storage, or shares an earlier set's shadow).
     pub fn shadow_nbytes(&self, s: usize, i: usize) -> Option<usize> {
+        if self.shared[s - 1][i] {
+            return None;
+        }
         // SAFETY: shadow tensors live as long as self; nbytes reads their own fields.
         self.sets[s - 1][i].map(|t| unsafe { sys::ggml_nbytes(t.as_ptr()) })
+    }
+
+    /// The device that weight `i`'s shadows go to (that of its loaded storage): its name, and
+    /// its free and total memory in bytes as the backend reports them (for the CPU: the
+    /// system's available and total memory).
+    pub fn weight_device(&self, i: usize) -> (String, u64, u64) {
+        let f = self.original[i];
+        // SAFETY: every weight has a live buffer; its type and device are static objects. A
+        // host buffer type (the mmap'd model, CPU_REPACK) may name no device: that is the CPU.
+        let dev = unsafe {
+            match sys::ggml_backend_buft_get_device(sys::ggml_backend_buffer_get_type(f.buffer)) {
+                d if d.is_null() => {
+                    sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_CPU)
+                }
+                d => d,
+            }
+        };
+        if dev.is_null() {
+            return ("CPU".into(), 0, 0);
+        }
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: dev is a registered device; the name is a static NUL-terminated string.
+        let (name, ty) = unsafe {
+            sys::ggml_backend_dev_memory(dev, &mut free, &mut total);
+            (
+                CStr::from_ptr(sys::ggml_backend_dev_name(dev))
+                    .to_string_lossy()
+                    .into_owned(),
+                sys::ggml_backend_dev_type(dev),
+            )
+        };
+        let mut free = free as u64;
+        if ty == sys::GGML_BACKEND_DEVICE_TYPE_CPU {
+            // ggml calls all of the system's memory free; MemAvailable is what is.
+            free = available_memory().unwrap_or(free).min(free);
+        }
+        (name, free, total as u64)
+    }
+
+    /// Bytes weight `i` takes in type `ty` (ggml's row size times its rows).
+    pub fn bytes_in_type(&self, i: usize, ty: u32) -> u64 {
+        let ne = self.weights[i].ne();
+        // SAFETY: a pure function of its arguments.
+        let row = unsafe { sys::ggml_row_size(ty as sys::ggml_type, ne[0]) } as u64;
+        row * (ne[1] * ne[2] * ne[3]) as u64
+    }
+
+    /// Whether weight `i`'s shadow in set `s` is an earlier set's (the same type, stored once).
+    pub fn shadow_is_shared(&self, s: usize, i: usize) -> bool {
+        s > 0 && self.shared[s - 1][i]
+    }
+
+    /// Bytes of all shadow buffers together (shared shadows counted once).
+    pub fn shadow_bytes(&self) -> u64 {
+        self.groups
+            .iter()
+            // SAFETY: every group's buffer is live until self drops.
+            .map(|g| unsafe { sys::ggml_backend_buffer_get_size(g.buffer) } as u64)
+            .sum()
     }
 
     /// Where the loaded weight `i` lives when that is CUDA memory: (device, data pointer).

@@ -231,7 +231,7 @@ impl ReplayRounds {
             let excess = 1.0 / o.decode_tokens_per_s - t_pred;
             self.ms_per_shift.push(excess / per_token_shifts * 1e3);
         }
-        for (p, n) in self.passes.iter_mut().zip(gs.passes) {
+        for (p, n) in self.passes.iter_mut().zip(gs.passes.0) {
             *p += n;
         }
         self.shifts += gs.shifts;
@@ -261,13 +261,9 @@ fn tokens(
 ) -> Result<Vec<Token>> {
     let mut out = Vec::with_capacity(n);
     ctx.clear();
-    engine::generate(
-        ctx,
-        prompt,
-        &params(n, EntropySource::Host),
-        gears,
-        |e| out.push(e.token),
-    )?;
+    engine::generate(ctx, prompt, &params(n, EntropySource::Host), gears, |e| {
+        out.push(e.token)
+    })?;
     Ok(out)
 }
 
@@ -327,14 +323,22 @@ fn static_model(
     let fresh = matches!((modified(&file), modified(path)), (Some(f), Some(s)) if f >= s);
     let t = Instant::now();
     if fresh {
-        log(&format!("static {} reused: {}", type_name(ty), file.display()));
+        log(&format!(
+            "static {} reused: {}",
+            type_name(ty),
+            file.display()
+        ));
     } else {
         let tmp = file.with_extension(format!("tmp{}", std::process::id()));
         baseline::write_static(path, info, &types, &tmp, threads)?;
         std::fs::rename(&tmp, &file)
             .map_err(|e| Error::io(format!("renaming into {}", file.display()), e))?;
     }
-    let quantize_s = if fresh { 0.0 } else { t.elapsed().as_secs_f64() };
+    let quantize_s = if fresh {
+        0.0
+    } else {
+        t.elapsed().as_secs_f64()
+    };
     if !fresh {
         log(&format!(
             "static {} written by llama_model_quantize in {quantize_s:.1} s",
@@ -501,7 +505,15 @@ pub fn run_all(
         ));
     }
     log("checking tokens under reused graphs");
-    let check = shift_check(&model, &mut gear_ctx, &mut plain_ctx, &mut gb, &prompt, n, t)?;
+    let check = shift_check(
+        &model,
+        &mut gear_ctx,
+        &mut plain_ctx,
+        &mut gb,
+        &prompt,
+        n,
+        t,
+    )?;
     log(&format!("  {check:?}"));
     let tier_types = [type_name(q4), type_name(q8), type_name(sys::GGML_TYPE_F16)];
     let mut fixed_report: Vec<FixedVsStatic> = Gear::ALL

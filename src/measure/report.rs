@@ -225,7 +225,7 @@ fn class_runs(
                 prompt: p.to_string(),
                 tokens: o.generated_tokens,
                 mean_entropy_bits: o.mean_entropy_bits,
-                token_fraction: o.gears.map_or([0.0; 3], |g| g.token_fraction),
+                token_fraction: o.gears.map_or([0.0; 3], |g| g.token_fraction.0),
             })
         })
         .collect()

@@ -169,7 +169,7 @@ pub fn measure(
             .sum();
         auto_tps.push(o.decode_tokens_per_s);
         predicted.push(1.0 / mix);
-        for (p, n) in passes.iter_mut().zip(gs.passes) {
+        for (p, n) in passes.iter_mut().zip(gs.passes.0) {
             *p += n;
         }
         shifts += gs.shifts;

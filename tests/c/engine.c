@@ -122,6 +122,11 @@ int main(int argc, char **argv) {
     for (int g = 0; g < 3; g++)
         CHECK((int) st.tokens_per_gear[g] == c1.per_gear[g], "gear %d counts", g);
     CHECK(st.tier_bytes[GEARBX_GEAR_LOW] < st.tier_bytes[GEARBX_GEAR_HIGH], "tier bytes");
+    /* Low and mid share SmolLM2's Q4_0 shadows: stored once, so less than the two together. */
+    CHECK(st.tier_resident_bytes > 0 &&
+              st.tier_resident_bytes < st.tier_bytes[GEARBX_GEAR_LOW] + st.tier_bytes[GEARBX_GEAR_MID],
+          "resident tier bytes %llu", (unsigned long long) st.tier_resident_bytes);
+    CHECK(st.tier_gpu_bytes == 0, "no GPU in this test");
     gearbx_stats again;
     CHECK(gearbx_engine_stats(engine, &again) == GEARBX_OK, "stats");
     CHECK(again.generated_tokens == st.generated_tokens, "stats kept");
