@@ -259,11 +259,13 @@ impl<'m> Gearbox<'m> {
             .map_err(|e| Error::io(format!("opening {}", model_path.display()), e))?;
         check_source_file(&managed, &file, gguf, model_path)?;
         let src_types: Vec<u32> = managed.iter().map(|w| w.ggml_type()).collect();
-        let warnings = plan::plan_warnings(&src_types, &opts.overrides);
+        let mut warnings = plan::plan_warnings(&src_types, &opts.overrides);
         let per_tensor: Vec<[Option<u32>; 3]> = managed
             .iter()
             .map(|w| plan::tensor_types(w.ggml_type(), w.ne()[0], &opts.overrides))
             .collect();
+        let rows: Vec<i64> = managed.iter().map(|w| w.ne()[0]).collect();
+        warnings.extend(plan::same_type_warning(&per_tensor, &rows));
         let mut tiers = TensorTiers::new(model, managed);
 
         // One set per distinct per-tensor type vector; a gear whose types are all "source"
@@ -318,7 +320,6 @@ impl<'m> Gearbox<'m> {
                 }
             }
         }
-        let mut warnings = warnings;
         // Tiers the GPU builds are not worth caching; the cache is used only when some must
         // be built on the CPU.
         let all_on_gpu = !entries.is_empty()

@@ -236,7 +236,50 @@ pub fn tensor_types(src: u32, ne0: i64, overrides: &TierOverrides) -> [Option<u3
             }
         };
     }
+    // Rows that fit no K-quant can send low and mid to the same 32-block type (Q3_K and Q4_K
+    // both become Q4_0): give mid the next 32-block type above low, still below high, unless
+    // the user chose mid's type.
+    if let (Some(lo), Some(mid), None) = (out[0], out[1], overrides.0[1]) {
+        let ceiling = bits_per_weight(out[2].unwrap_or(src));
+        let above = BLOCK32.iter().rev().copied().find(|&t| {
+            bits_per_weight(t) > bits_per_weight(lo) && bits_per_weight(t) < ceiling - 1e-9
+        });
+        if let (true, Some(t)) = (lo == mid, above) {
+            out[1] = Some(t);
+        }
+    }
     out
+}
+
+/// Types of 32-value blocks (any row that is a multiple of 32 takes them), largest first.
+const BLOCK32: [u32; 5] = [
+    sys::GGML_TYPE_Q8_0,
+    sys::GGML_TYPE_Q5_1,
+    sys::GGML_TYPE_Q5_0,
+    sys::GGML_TYPE_Q4_1,
+    sys::GGML_TYPE_Q4_0,
+];
+
+/// A warning when some tensors have the same type at low and mid (their rows fit no smaller
+/// type): on those, the two gears do not differ.
+pub fn same_type_warning(per_tensor: &[[Option<u32>; 3]], ne0: &[i64]) -> Option<String> {
+    let same: Vec<usize> = (0..per_tensor.len())
+        .filter(|&i| per_tensor[i][0] == per_tensor[i][1])
+        .collect();
+    if same.is_empty() {
+        return None;
+    }
+    let mut rows: Vec<i64> = same.iter().map(|&i| ne0[i]).collect();
+    rows.sort_unstable();
+    rows.dedup();
+    let rows: Vec<String> = rows.iter().map(i64::to_string).collect();
+    Some(format!(
+        "{} of {} managed tensors have the same type at low and mid (rows of {} fit no smaller \
+         type): the two gears do not differ there",
+        same.len(),
+        per_tensor.len(),
+        rows.join(", ")
+    ))
 }
 
 /// The default ladder. Float source: F16 (BF16 kept) / Q8_0 / Q4_K. Quantized source: the
@@ -332,6 +375,27 @@ mod tests {
         assert_eq!(t[2], None, "BF16 stays BF16");
         let t = tensor_types(sys::GGML_TYPE_F32, 4096, &TierOverrides::default());
         assert_eq!(t[2], Some(sys::GGML_TYPE_F16));
+    }
+
+    #[test]
+    fn rows_that_fit_no_k_quant_still_get_distinct_gears() {
+        // Q5_0 matrices with rows of 896 (Qwen2-0.5B's hidden size): Q4_K and Q3_K both fall
+        // back to Q4_0; mid moves up to Q4_1.
+        let t = tensor_types(sys::GGML_TYPE_Q5_0, 896, &TierOverrides::default());
+        assert_eq!(
+            t,
+            [Some(sys::GGML_TYPE_Q4_0), Some(sys::GGML_TYPE_Q4_1), None]
+        );
+        assert_eq!(same_type_warning(&[t], &[896]), None);
+        // Q4_0 at 896: nothing smaller fits, every gear is the source: said so.
+        let q4 = tensor_types(sys::GGML_TYPE_Q4_0, 896, &TierOverrides::default());
+        assert_eq!(q4, [None, None, None]);
+        let w = same_type_warning(&[t, q4], &[896, 896]).unwrap();
+        assert!(w.starts_with("1 of 2 managed tensors"), "{w}");
+        // A mid the user chose is kept even when it equals low.
+        let o: TierOverrides = "low=Q4_0,mid=Q4_0".parse().unwrap();
+        let t = tensor_types(sys::GGML_TYPE_F16, 896, &o);
+        assert_eq!(t[0], t[1]);
     }
 
     #[test]
