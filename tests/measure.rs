@@ -99,6 +99,38 @@ fn quick_report_is_well_formed_and_consistent() {
     };
     assert!((f("auto x1").iter().sum::<f64>() - 1.0).abs() < 1e-9);
     assert!(f("auto x3")[0] >= f("auto x1")[0]);
+    // Control routers: one pair per auto lane, with its exact gear fractions (the lane names
+    // carry them), the oracle no worse than random (it knows each tier's KL per position).
+    let routers = r["routers"].as_array().unwrap();
+    assert_eq!(routers.len(), 2);
+    for c in routers {
+        let (rk, ok) = (
+            c["random_kl"].as_f64().unwrap(),
+            c["oracle_kl"].as_f64().unwrap(),
+        );
+        assert!(rk.is_finite() && ok.is_finite() && ok >= 0.0, "{c}");
+        for lane in [&c["random"], &c["oracle"]] {
+            assert_eq!(lane["positions"], 30, "{c}");
+            let got: Vec<f64> = lane["gear_fraction"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            let want: Vec<f64> = c["gear_fraction"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1.0 / 30.0 + 1e-9,
+                    "fractions {got:?} vs {want:?}"
+                );
+            }
+        }
+    }
     // Speed: one ratio per gear, positive and finite.
     for g in r["speed"]["gears"].as_array().unwrap() {
         let x = g["ratio"]["median"].as_f64().unwrap();
@@ -119,6 +151,10 @@ fn quick_report_is_well_formed_and_consistent() {
     let md = std::fs::read_to_string(out.path().join("results.md")).unwrap();
     assert!(
         md.contains("| high gear | 0.0000 | 0.0000 | 1.000 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("**Does entropy pick the right positions?**"),
         "{md}"
     );
     for chart in ["frontier", "speed", "timeline"] {

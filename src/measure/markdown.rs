@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use super::quality::LaneResult;
-use super::report::ModelReport;
+use super::report::{ModelReport, RouterControl};
 use super::svg;
 use crate::error::{Error, Result};
 
@@ -55,6 +55,22 @@ fn dominated(q: &[LaneResult]) -> Vec<(&LaneResult, &LaneResult)> {
         .collect()
 }
 
+/// (speed of the auto lane, KL of a control router with its fractions) for each auto lane.
+fn control_points(
+    q: &[LaneResult],
+    routers: &[RouterControl],
+    kl: impl Fn(&RouterControl) -> f64,
+) -> Vec<(f64, f64)> {
+    routers
+        .iter()
+        .filter_map(|c| {
+            q.iter()
+                .find(|l| l.name == c.auto)
+                .map(|a| (rel_speed(q, a), kl(c)))
+        })
+        .collect()
+}
+
 fn charts(r: &ModelReport) -> [(String, String); 3] {
     let q = &r.quality;
     let point = |l: &LaneResult| (rel_speed(q, l), l.kl_mean);
@@ -82,6 +98,21 @@ fn charts(r: &ModelReport) -> [(String, String); 3] {
                 line: true,
                 color: "#c8501e",
                 labels: auto.iter().map(|l| l.name.replace("auto ", "")).collect(),
+            },
+            // The control routers, each at its auto lane's speed (the same gear fractions).
+            svg::Series {
+                name: "random router, same fractions".into(),
+                points: control_points(q, &r.routers, |c| c.random_kl),
+                line: true,
+                color: "#888888",
+                labels: Vec::new(),
+            },
+            svg::Series {
+                name: "oracle router, same fractions".into(),
+                points: control_points(q, &r.routers, |c| c.oracle_kl),
+                line: true,
+                color: "#2a9d3a",
+                labels: Vec::new(),
             },
         ],
     );
@@ -263,6 +294,31 @@ fn model_section(o: &mut String, r: &ModelReport, files: &[(String, String); 3])
         );
     }
     let _ = writeln!(o, "\n![frontier]({})\n", files[0].0);
+    if !r.routers.is_empty() {
+        let _ = writeln!(
+            o,
+            "**Does entropy pick the right positions?** Each auto lane against two routers with \
+             its exact gear fractions, run in lockstep over the same text: *random* (positions \
+             drawn at random, seeded) and *oracle* (low where the low tier's KL is smallest, \
+             then mid where the mid tier's is, from the fixed lanes). Share of the oracle's gain \
+             = (random − auto) / (random − oracle): 0 is no better than random, 1 as good as the \
+             oracle.\n\n| auto lane | low / mid / high % | KL random | KL auto | KL oracle | share of the oracle's gain |\n|---|---|---|---|---|---|"
+        );
+        for c in &r.routers {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {:.4} | {:.4} | {:.4} | {} |",
+                c.auto,
+                pct(c.gear_fraction),
+                c.random_kl,
+                c.auto_kl,
+                c.oracle_kl,
+                c.share_of_oracle_gain
+                    .map_or("-".into(), |g| format!("**{g:.2}**"))
+            );
+        }
+        let _ = writeln!(o);
+    }
     let dom = dominated(q);
     if dom.is_empty() {
         let _ = writeln!(

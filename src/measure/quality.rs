@@ -23,6 +23,9 @@ pub enum Policy {
     Fixed(Gear),
     /// The gearbox model routed by a monitor with this configuration.
     Auto(MonitorConfig),
+    /// The gearbox model following a given gear for every scored position (in order, across
+    /// windows; the prompt at high): the control routers of [`routers`].
+    Sequence(String, Vec<Gear>),
 }
 
 /// One configuration under test: a context (of the source model or of a static model) and how
@@ -69,6 +72,9 @@ pub struct LaneResult {
     /// Single-token decodes per second, timed around llama_decode only, interleaved with the
     /// other lanes token by token.
     pub decode_tokens_per_s: f64,
+    /// KL at every scored position, in order (for the control routers; not in results.json).
+    #[serde(skip)]
+    pub kl_per_position: Vec<f64>,
 }
 
 impl<'m> Lane<'m> {
@@ -104,6 +110,7 @@ impl<'m> Lane<'m> {
                 Policy::Plain => "plain".into(),
                 Policy::Fixed(g) => g.to_string(),
                 Policy::Auto(_) => "auto".into(),
+                Policy::Sequence(kind, _) => kind.clone(),
             },
             thresholds_bits: self.monitor.as_ref().map(|m| m.thresholds()),
             positions: s.n,
@@ -120,6 +127,7 @@ impl<'m> Lane<'m> {
             } else {
                 0.0
             },
+            kl_per_position: s.kl.clone(),
         }
     }
 }
@@ -247,6 +255,7 @@ pub fn evaluate(
                 Policy::Plain => Gear::High,
                 Policy::Fixed(g) => *g,
                 Policy::Auto(_) => cold,
+                Policy::Sequence(..) => Gear::High,
             };
             if !log_softmax(lane.ctx.logits()?, &mut lp) {
                 return Err(Error::NanLogits(0));
@@ -261,6 +270,9 @@ pub fn evaluate(
                 break;
             }
             for (k, lane) in lanes.iter_mut().enumerate() {
+                if let Policy::Sequence(_, seq) = &lane.policy {
+                    lane.gear = seq.get(done).copied().unwrap_or(Gear::High);
+                }
                 if let (true, Some(gb)) = (lane.uses_gearbox(), gearbox.as_deref_mut()) {
                     if gb.gear() != lane.gear {
                         gb.shift(&lane.ctx, lane.gear);
@@ -302,8 +314,80 @@ pub fn evaluate(
     Ok(lanes.iter().map(Lane::result).collect())
 }
 
+/// Gear sequences of two control routers with the fractions `fraction` (low, mid, high) over
+/// `n` positions, to tell whether entropy routing picks the right positions:
+/// - *random*: those fractions at positions drawn at random (seeded);
+/// - *oracle*: knowing each tier's KL at every position (`kl_low`, `kl_mid`, from the fixed
+///   lanes in lockstep), low where low's KL is smallest, then mid where mid's KL is smallest
+///   among the rest, high elsewhere: the cheapest tier whose KL stays under a budget, with the
+///   budgets set so the fractions match.
+pub fn routers(
+    fraction: [f64; 3],
+    kl_low: &[f64],
+    kl_mid: &[f64],
+    seed: u64,
+) -> (Vec<Gear>, Vec<Gear>) {
+    let n = kl_low.len().min(kl_mid.len());
+    let n_low = (fraction[0] * n as f64).round() as usize;
+    let n_mid = ((fraction[1] * n as f64).round() as usize).min(n - n_low.min(n));
+    let n_low = n_low.min(n);
+    // Random: the exact counts, shuffled (Fisher-Yates over a xorshift64* stream).
+    let mut random: Vec<Gear> = std::iter::repeat_n(Gear::Low, n_low)
+        .chain(std::iter::repeat_n(Gear::Mid, n_mid))
+        .chain(std::iter::repeat_n(Gear::High, n - n_low - n_mid))
+        .collect();
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for i in (1..n).rev() {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let j = (x.wrapping_mul(0x2545_F491_4F6C_DD1D) % (i as u64 + 1)) as usize;
+        random.swap(i, j);
+    }
+    // Oracle: by rank of each tier's own KL.
+    let mut oracle = vec![Gear::High; n];
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| kl_low[a].total_cmp(&kl_low[b]));
+    for &i in &order[..n_low] {
+        oracle[i] = Gear::Low;
+    }
+    let mut rest: Vec<usize> = order[n_low..].to_vec();
+    rest.sort_by(|&a, &b| kl_mid[a].total_cmp(&kl_mid[b]));
+    for &i in &rest[..n_mid] {
+        oracle[i] = Gear::Mid;
+    }
+    (random, oracle)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn control_routers_keep_the_fractions_and_the_oracle_picks_the_easy_positions() {
+        use super::{routers, Gear};
+        let kl_low = [0.9, 0.1, 0.5, 0.05, 0.7, 0.3, 0.2, 0.8];
+        let kl_mid = [0.3, 0.05, 0.2, 0.01, 0.1, 0.15, 0.02, 0.4];
+        let (random, oracle) = routers([0.25, 0.25, 0.5], &kl_low, &kl_mid, 7);
+        let count = |v: &[Gear], g| v.iter().filter(|&&x| x == g).count();
+        for v in [&random, &oracle] {
+            assert_eq!((count(v, Gear::Low), count(v, Gear::Mid)), (2, 2));
+        }
+        // Low at the two smallest low KLs (positions 3, 1), mid at the two smallest mid KLs of
+        // the rest (6, 4).
+        assert_eq!(oracle[3], Gear::Low);
+        assert_eq!(oracle[1], Gear::Low);
+        assert_eq!(oracle[6], Gear::Mid);
+        assert_eq!(oracle[4], Gear::Mid);
+        // Seeded: the same seed gives the same draw, another seed another one.
+        assert_eq!(routers([0.25, 0.25, 0.5], &kl_low, &kl_mid, 7).0, random);
+        assert_ne!(
+            (1..20)
+                .map(|s| routers([0.25, 0.25, 0.5], &kl_low, &kl_mid, s).0)
+                .filter(|r| *r != random)
+                .count(),
+            0
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -82,6 +82,23 @@ pub struct Timeline {
     pub thresholds_bits: (f64, f64),
 }
 
+/// Does entropy pick the right positions? One auto lane against two routers with the same
+/// per-gear fractions, run in lockstep over the same text: one that ignores the text (random)
+/// and one that knows every tier's KL at every position (oracle).
+#[derive(Debug, Clone, Serialize)]
+pub struct RouterControl {
+    pub auto: String,
+    pub gear_fraction: [f64; 3],
+    pub auto_kl: f64,
+    pub random_kl: f64,
+    pub oracle_kl: f64,
+    /// (random − auto) / (random − oracle): 0 = no better than random, 1 = as good as the
+    /// oracle (None when the two controls coincide).
+    pub share_of_oracle_gain: Option<f64>,
+    pub random: LaneResult,
+    pub oracle: LaneResult,
+}
+
 /// Everything measured on one model.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelReport {
@@ -98,8 +115,84 @@ pub struct ModelReport {
     pub window: usize,
     pub window_prompt: usize,
     pub quality: Vec<LaneResult>,
+    /// Each auto lane against routers with its gear fractions: random and oracle.
+    pub routers: Vec<RouterControl>,
     pub separation: Separation,
     pub timeline: Timeline,
+}
+
+/// The second lockstep pass: for every auto lane of `quality`, a random and an oracle router
+/// with its fractions (the oracle ranks positions by the fixed low and mid lanes' KL).
+#[allow(clippy::too_many_arguments)] // the pieces of one report pass
+fn router_controls(
+    model: &Model,
+    plain: &Model,
+    gb: &mut Gearbox<'_>,
+    quality: &[LaneResult],
+    tokens: &[Token],
+    opts: &ReportOptions,
+    t: usize,
+    log: &mut impl FnMut(&str),
+) -> Result<Vec<RouterControl>> {
+    let kl_of = |name: &str| {
+        quality
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.kl_per_position.clone())
+            .unwrap_or_default()
+    };
+    let (kl_low, kl_mid) = (kl_of("low gear"), kl_of("mid gear"));
+    let autos: Vec<&LaneResult> = quality.iter().filter(|l| l.policy == "auto").collect();
+    let w = opts.window as u32;
+    let mut lanes = vec![Lane::new(
+        "source (reference)",
+        context(plain, w, t)?,
+        Policy::Plain,
+    )];
+    for (k, a) in autos.iter().enumerate() {
+        let (random, oracle) = quality::routers(a.gear_fraction, &kl_low, &kl_mid, k as u64 + 1);
+        lanes.push(Lane::new(
+            format!("random ({} fractions)", a.name),
+            context(model, w, t)?,
+            Policy::Sequence("random".into(), random),
+        ));
+        lanes.push(Lane::new(
+            format!("oracle ({} fractions)", a.name),
+            context(model, w, t)?,
+            Policy::Sequence("oracle".into(), oracle),
+        ));
+    }
+    log("quality: random and oracle routers");
+    let res = quality::evaluate(
+        &mut lanes,
+        Some(gb),
+        tokens,
+        &EvalOptions {
+            window: opts.window,
+            prompt: opts.prompt,
+            max_positions: opts.positions,
+        },
+        |_, _| {},
+    )?;
+    Ok(autos
+        .iter()
+        .enumerate()
+        .map(|(k, a)| {
+            let (random, oracle) = (res[1 + 2 * k].clone(), res[2 + 2 * k].clone());
+            let gain = random.kl_mean - oracle.kl_mean;
+            RouterControl {
+                auto: a.name.clone(),
+                gear_fraction: a.gear_fraction,
+                auto_kl: a.kl_mean,
+                random_kl: random.kl_mean,
+                oracle_kl: oracle.kl_mean,
+                share_of_oracle_gain: (gain.abs() > 1e-12)
+                    .then(|| (random.kl_mean - a.kl_mean) / gain),
+                random,
+                oracle,
+            }
+        })
+        .collect())
 }
 
 pub const TRIVIAL: &[&str] = &[
@@ -455,6 +548,9 @@ pub fn run(
         },
     )?;
     drop(lanes);
+    let routers = router_controls(
+        &model, &plain, &mut gb, &quality, &tokens, opts, t, &mut log,
+    )?;
 
     log("prompt classes");
     let trivial = class_runs(&model, &mut gb, TRIVIAL, opts.separation_tokens, t)?;
@@ -503,6 +599,7 @@ pub fn run(
         window: opts.window,
         window_prompt: opts.prompt,
         quality,
+        routers,
         separation,
         timeline: Timeline {
             prompt: story.into(),
