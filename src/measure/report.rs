@@ -93,7 +93,8 @@ pub struct RouterControl {
     pub random_kl: f64,
     pub oracle_kl: f64,
     /// (random − auto) / (random − oracle): 0 = no better than random, 1 = as good as the
-    /// oracle (None when the two controls coincide).
+    /// oracle; None where the oracle gains less than a tenth of random's KL (the ratio is
+    /// then noise over a near-zero denominator).
     pub share_of_oracle_gain: Option<f64>,
     pub random: LaneResult,
     pub oracle: LaneResult,
@@ -186,7 +187,7 @@ fn router_controls(
                 auto_kl: a.kl_mean,
                 random_kl: random.kl_mean,
                 oracle_kl: oracle.kl_mean,
-                share_of_oracle_gain: (gain.abs() > 1e-12)
+                share_of_oracle_gain: (gain > 0.1 * random.kl_mean)
                     .then(|| (random.kl_mean - a.kl_mean) / gain),
                 random,
                 oracle,
