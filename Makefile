@@ -9,8 +9,10 @@ deps:
 run: deps
 	cargo run --release --bin gearbx-run -- "$(PROMPT)"
 
-# Unit and integration tests on the real model and llama.cpp.
+# Unit and integration tests on the real model and llama.cpp (benchmarks are built, not run:
+# cargo test compiles none).
 test: deps
+	cargo build --release --benches
 	cargo test --release
 
 # The measurement report: SmolLM2 and Gemma-3-270M against static llama.cpp models, Austen text.

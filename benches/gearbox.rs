@@ -33,6 +33,7 @@ fn decode_rate(model: &Model, threads: i32, n: usize) -> f64 {
             n_ctx: 512,
             n_batch: 64,
             n_threads: threads,
+            rebuild_graphs: false,
         },
         Arc::new(AtomicBool::new(false)),
     )
@@ -125,6 +126,7 @@ fn main() {
             n_ctx: 64,
             n_batch: 64,
             n_threads: threads,
+            rebuild_graphs: false,
         },
         Arc::new(AtomicBool::new(false)),
     )
@@ -174,6 +176,7 @@ fn main() {
             n_ctx: 16,
             n_batch: 16,
             n_threads: threads,
+            rebuild_graphs: false,
         },
         Arc::new(AtomicBool::new(false)),
     )
@@ -226,6 +229,7 @@ fn entropy_sources(model: &Model, threads: i32) {
                 n_ctx: 512,
                 n_batch: 64,
                 n_threads: threads,
+                rebuild_graphs: false,
             },
             Arc::new(AtomicBool::new(false)),
         )
