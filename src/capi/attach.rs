@@ -88,7 +88,9 @@ pub extern "C" fn gearbx_attach_default_params() -> gearbx_attach_params {
 /// callback. On success `*out` owns the attachment: call `gearbx_detach` before freeing
 /// `ctx` or `model`. Not thread-safe: call the attachment's functions from the thread that
 /// runs the host's decodes, between decodes: each shift also selects the gear's CUDA graph
-/// variant on the calling thread. On a GPU whose llama.cpp carries gearbx's ggml-cuda patches
+/// variant on the calling thread (and tells ggml-cuda to check every captured graph before
+/// its next replay, so a decode from another thread is still correct, only slower). On a GPU
+/// whose llama.cpp carries gearbx's ggml-cuda patches
 /// (vendor/patches; `ggml_backend_cuda_set_graph_variant` is then found through
 /// `ggml_backend_reg_get_proc_address`), every gear keeps its own captured CUDA graph and nothing
 /// else is needed. With an unpatched llama.cpp, or another GPU backend, create `ctx` with

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::llama::weights::{self, TensorTiers, WeightTensor};
-use crate::llama::{Context, Model};
+use crate::llama::{cuda_graphs, Context, Model};
 use crate::store::{GgufInfo, ResolvedModel};
 pub use plan::{Gear, Manage, PerGear, TierOverrides};
 
@@ -496,11 +496,17 @@ impl<'m> Gearbox<'m> {
         gear: Gear,
     ) -> Duration {
         let t = Instant::now();
+        let (before, set) = (self.tiers.active(), self.gear_set[gear as usize]);
         // SAFETY: forwarded from the caller.
-        unsafe {
-            self.tiers
-                .activate_synced_raw(ctx, self.gear_set[gear as usize])
-        };
+        unsafe { self.tiers.activate_synced_raw(ctx, set) };
+        // A host's decodes do not pass through Context::decode: select the gear's CUDA graph
+        // variant on this thread (the attach API asks for the decoding thread), and after a
+        // real shift make every captured graph check its nodes before its next replay, so a
+        // decode on another thread re-captures instead of replaying the old weights.
+        cuda_graphs::set_variant(set as u64);
+        if set != before {
+            cuda_graphs::invalidate();
+        }
         self.gear = gear;
         t.elapsed()
     }

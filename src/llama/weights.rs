@@ -761,9 +761,6 @@ impl<'m> TensorTiers<'m> {
             unsafe { sys::llama_synchronize(ctx) };
             self.activate(s);
         }
-        // A host's decodes do not pass through Context::decode: select the variant on this
-        // thread, which the attach API asks hosts to make their decoding thread.
-        super::cuda_graphs::set_variant(s as u64);
     }
 
     /// The active set.
