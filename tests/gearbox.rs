@@ -513,3 +513,51 @@ fn backend_entropy_matches_host_entropy_and_tokens() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--calibrate"), "{}", stderr(&o));
 }
+
+#[test]
+fn gears_left_out_get_no_tiers_and_run_on_the_gear_above() {
+    let args = [
+        "smollm2:135m",
+        "--temp",
+        "0",
+        "-n",
+        "8",
+        "--gear",
+        "mid",
+        "-p",
+        "Hi",
+    ];
+    let all = run_json(&args);
+    let some = run_json(&[&args[..], &["--gears", "low,high"]].concat());
+    let t = |v: &serde_json::Value, k: &str| v["gears"]["tiers"][k].clone();
+    // Mid was left out: it is the high gear's weights, and nothing was built for it.
+    assert_eq!(t(&some, "types")["mid"], t(&some, "types")["high"]);
+    assert_eq!(t(&some, "types")["low"], t(&all, "types")["low"]);
+    let need = |v: &serde_json::Value| t(v, "memory")[0]["need"].as_u64().unwrap();
+    assert!(
+        need(&some) < need(&all),
+        "{} vs {}",
+        need(&some),
+        need(&all)
+    );
+    // Mid at the high gear's weights gives the high gear's text.
+    let high = run_json(&[
+        "smollm2:135m",
+        "--temp",
+        "0",
+        "-n",
+        "8",
+        "--gear",
+        "high",
+        "-p",
+        "Hi",
+    ]);
+    assert_eq!(some["text"], high["text"]);
+    let o = run(&[&args[..], &["--gears", "low,fast"]].concat());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--gears: unknown gear \"fast\""),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -12,7 +12,9 @@ use gearbx::engine::{
     self, EntropySource, GearControl, GenerateParams, PromptSpec, StopReason, TokenEvent,
 };
 use gearbx::error::{exit, Error};
-use gearbx::gearbox::{plan, CacheOptions, Gear, Gearbox, GearboxOptions, Manage, TierOrigin};
+use gearbx::gearbox::{
+    plan, CacheOptions, Gear, GearSet, Gearbox, GearboxOptions, Manage, TierOrigin,
+};
 use gearbx::llama::{self, Context, ContextParams, Model, ModelParams, SamplingParams};
 use gearbx::monitor::{classifier, Monitor, MonitorConfig};
 use gearbx::store::{self, verify, OllamaStore, ResolvedModel};
@@ -164,6 +166,11 @@ struct Cli {
     /// Tier types per gear, e.g. low=Q4_0,mid=Q8_0,high=source (default: derived from the source type).
     #[arg(long, value_name = "SPEC")]
     tiers: Option<String>,
+
+    /// Gears that get tiers of their own, e.g. low,high (high always exists: the loaded
+    /// weights); a gear left out runs on the next one above. Fewer gears, less memory.
+    #[arg(long, default_value = "low,mid,high", value_name = "LIST")]
+    gears: String,
 
     /// Which weight matrices shift: attn, ffn or all.
     #[arg(long, default_value = "all", value_name = "KIND")]
@@ -569,9 +576,14 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
                 progress,
             )?)
         };
+        let gears: GearSet = cli
+            .gears
+            .parse()
+            .map_err(|e| Failure(exit::USAGE, format!("--gears: {e}")))?;
         let opts = GearboxOptions {
             manage,
             overrides,
+            gears,
             threads: threads as usize,
             progress,
             cache,

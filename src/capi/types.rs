@@ -267,6 +267,7 @@ impl gearbx_gear_params {
         Ok(GearboxOptions {
             manage,
             overrides,
+            gears: Default::default(),
             threads,
             progress: self.progress,
             cache: None,

@@ -21,13 +21,15 @@ use crate::error::{Error, Result};
 use crate::llama::weights::{self, TensorTiers, WeightTensor};
 use crate::llama::{cuda_graphs, Context, Model};
 use crate::store::{GgufInfo, ResolvedModel};
-pub use plan::{Gear, Manage, PerGear, TierOverrides};
+pub use plan::{Gear, GearSet, Manage, PerGear, TierOverrides};
 
 /// How to build the gearbox.
 #[derive(Debug, Clone, Default)]
 pub struct GearboxOptions {
     pub manage: Manage,
     pub overrides: TierOverrides,
+    /// Which gears get tiers of their own (default: all three).
+    pub gears: GearSet,
     pub threads: usize,
     pub progress: bool,
     /// Where to keep built tiers between runs (None: always build).
@@ -262,10 +264,18 @@ impl<'m> Gearbox<'m> {
         let mut warnings = plan::plan_warnings(&src_types, &opts.overrides);
         let per_tensor: Vec<[Option<u32>; 3]> = managed
             .iter()
-            .map(|w| plan::tensor_types(w.ggml_type(), w.ne()[0], &opts.overrides))
+            .map(|w| {
+                opts.gears.apply(plan::tensor_types(
+                    w.ggml_type(),
+                    w.ne()[0],
+                    &opts.overrides,
+                ))
+            })
             .collect();
         let rows: Vec<i64> = managed.iter().map(|w| w.ne()[0]).collect();
-        warnings.extend(plan::same_type_warning(&per_tensor, &rows));
+        if opts.gears.0[0] && opts.gears.0[1] {
+            warnings.extend(plan::same_type_warning(&per_tensor, &rows));
+        }
         let mut tiers = TensorTiers::new(model, managed);
 
         // One set per distinct per-tensor type vector; a gear whose types are all "source"

@@ -84,6 +84,41 @@ impl<T: Serialize> Serialize for PerGear<T> {
     }
 }
 
+/// Which gears get tiers of their own (`--gears low,high`): the high gear always exists (the
+/// loaded weights); a lower gear left out runs on the next built gear above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GearSet(pub [bool; 3]);
+
+impl Default for GearSet {
+    fn default() -> Self {
+        Self([true; 3])
+    }
+}
+
+impl FromStr for GearSet {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let mut built = [false, false, true];
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            built[part.parse::<Gear>()? as usize] = true;
+        }
+        Ok(Self(built))
+    }
+}
+
+impl GearSet {
+    /// Makes every left-out gear of `types` (per gear) use the next built gear's types.
+    pub fn apply<T: Copy>(&self, types: [T; 3]) -> [T; 3] {
+        let mut out = types;
+        for g in (0..2).rev() {
+            if !self.0[g] {
+                out[g] = out[g + 1];
+            }
+        }
+        out
+    }
+}
+
 /// Which weight matrices the gearbox manages.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manage {
@@ -375,6 +410,23 @@ mod tests {
         assert_eq!(t[2], None, "BF16 stays BF16");
         let t = tensor_types(sys::GGML_TYPE_F32, 4096, &TierOverrides::default());
         assert_eq!(t[2], Some(sys::GGML_TYPE_F16));
+    }
+
+    #[test]
+    fn left_out_gears_run_on_the_next_built_gear_above() {
+        let g: GearSet = "low,high".parse().unwrap();
+        assert_eq!(g.0, [true, false, true]);
+        assert_eq!(g.apply([1, 2, 3]), [1, 3, 3]);
+        let g: GearSet = "mid".parse().unwrap();
+        assert_eq!(g.0, [false, true, true], "high always exists");
+        assert_eq!(g.apply([1, 2, 3]), [2, 2, 3]);
+        let g: GearSet = "high".parse().unwrap();
+        assert_eq!(g.apply([1, 2, 3]), [3, 3, 3]);
+        assert_eq!(GearSet::default().apply([1, 2, 3]), [1, 2, 3]);
+        assert!("low,fast"
+            .parse::<GearSet>()
+            .unwrap_err()
+            .contains("unknown gear"));
     }
 
     #[test]
