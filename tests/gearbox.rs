@@ -66,8 +66,19 @@ fn generate_tokens(
     )
     .unwrap();
     let toks = model.tokenize(prompt, true, false).unwrap();
+    run_greedy(&mut ctx, &toks, n, gears)
+}
+
+/// Greedy tokens of one generation in `ctx` (cleared first).
+fn run_greedy(
+    ctx: &mut Context<'_>,
+    toks: &[Token],
+    n: usize,
+    gears: Option<GearControl<'_, '_>>,
+) -> Vec<Token> {
     let mut out = Vec::new();
-    engine::generate(&mut ctx, &toks, &greedy_params(n), gears, |ev| {
+    ctx.clear();
+    engine::generate(ctx, toks, &greedy_params(n), gears, |ev| {
         if ev.token >= 0 {
             out.push(ev.token)
         }
@@ -170,19 +181,13 @@ fn tokens_in(
     gb: &mut Gearbox<'_>,
     g: Gear,
 ) -> Vec<Token> {
-    let mut out = Vec::new();
-    ctx.clear();
     let gears = GearControl {
         gearbox: gb,
         monitor: None,
         fixed: g,
         calibrate: None,
     };
-    engine::generate(ctx, prompt, &greedy_params(n), Some(gears), |ev| {
-        out.push(ev.token)
-    })
-    .unwrap();
-    out
+    run_greedy(ctx, prompt, n, Some(gears))
 }
 
 #[test]
@@ -516,17 +521,20 @@ fn backend_entropy_matches_host_entropy_and_tokens() {
 
 #[test]
 fn gears_left_out_get_no_tiers_and_run_on_the_gear_above() {
-    let args = [
-        "smollm2:135m",
-        "--temp",
-        "0",
-        "-n",
-        "8",
-        "--gear",
-        "mid",
-        "-p",
-        "Hi",
-    ];
+    let at = |gear: &'static str| {
+        [
+            "smollm2:135m",
+            "--temp",
+            "0",
+            "-n",
+            "8",
+            "-p",
+            "Hi",
+            "--gear",
+            gear,
+        ]
+    };
+    let args = at("mid");
     let all = run_json(&args);
     let some = run_json(&[&args[..], &["--gears", "low,high"]].concat());
     let t = |v: &serde_json::Value, k: &str| v["gears"]["tiers"][k].clone();
@@ -541,17 +549,7 @@ fn gears_left_out_get_no_tiers_and_run_on_the_gear_above() {
         need(&all)
     );
     // Mid at the high gear's weights gives the high gear's text.
-    let high = run_json(&[
-        "smollm2:135m",
-        "--temp",
-        "0",
-        "-n",
-        "8",
-        "--gear",
-        "high",
-        "-p",
-        "Hi",
-    ]);
+    let high = run_json(&at("high"));
     assert_eq!(some["text"], high["text"]);
     let o = run(&[&args[..], &["--gears", "low,fast"]].concat());
     assert_eq!(o.status.code(), Some(2));

@@ -23,6 +23,14 @@ fn austen() -> PathBuf {
     dir.join("pride-and-prejudice.txt")
 }
 
+fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
 #[test]
 fn quick_report_is_well_formed_and_consistent() {
     fixture();
@@ -89,14 +97,7 @@ fn quick_report_is_well_formed_and_consistent() {
         );
     }
     // Auto lanes route: fractions sum to 1; a 3x threshold sends more to low than 1x.
-    let f = |n: &str| -> Vec<f64> {
-        lane(n)["gear_fraction"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect()
-    };
+    let f = |n: &str| floats(&lane(n)["gear_fraction"]);
     assert!((f("auto x1").iter().sum::<f64>() - 1.0).abs() < 1e-9);
     assert!(f("auto x3")[0] >= f("auto x1")[0]);
     // Control routers: one pair per auto lane, with its exact gear fractions (the lane names
@@ -111,18 +112,7 @@ fn quick_report_is_well_formed_and_consistent() {
         assert!(rk.is_finite() && ok.is_finite() && ok >= 0.0, "{c}");
         for lane in [&c["random"], &c["oracle"]] {
             assert_eq!(lane["positions"], 30, "{c}");
-            let got: Vec<f64> = lane["gear_fraction"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
-            let want: Vec<f64> = c["gear_fraction"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
+            let (got, want) = (floats(&lane["gear_fraction"]), floats(&c["gear_fraction"]));
             for (g, w) in got.iter().zip(&want) {
                 assert!(
                     (g - w).abs() <= 1.0 / 30.0 + 1e-9,
