@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::llama::weights::TensorTiers;
+use crate::llama::weights::{device_memory, TensorTiers};
 
 /// What is held back on every device for what comes after the tiers: the KV cache and the
 /// compute buffers of the contexts (a few hundred MB at 8B with a 4k context).
@@ -34,15 +34,18 @@ pub fn plan(tiers: &TensorTiers<'_>, sets: &[Vec<Option<u32>>]) -> Vec<DeviceMem
             continue;
         }
         let need: u64 = types.iter().map(|&t| tiers.bytes_in_type(i, t)).sum();
-        let (device, free, total) = tiers.weight_device(i);
+        let device = tiers.weight_device(i);
         match out.iter_mut().find(|d| d.device == device) {
             Some(d) => d.need += need,
-            None => out.push(DeviceMemory {
-                device,
-                need,
-                free,
-                total,
-            }),
+            None => {
+                let (free, total) = device_memory(&device);
+                out.push(DeviceMemory {
+                    device,
+                    need,
+                    free,
+                    total,
+                })
+            }
         }
     }
     out

@@ -421,6 +421,31 @@ fn available_memory() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Free and total memory of device `name` in bytes, as its backend reports them; for the CPU,
+/// the system's available and total memory. (0, 0) for an unknown device.
+pub fn device_memory(name: &str) -> (u64, u64) {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return (0, 0);
+    };
+    // SAFETY: the name is NUL-terminated; an unknown name gives null.
+    let dev = unsafe { sys::ggml_backend_dev_by_name(c.as_ptr()) };
+    if dev.is_null() {
+        return (0, 0);
+    }
+    let (mut free, mut total) = (0usize, 0usize);
+    // SAFETY: dev is a registered device; both outputs are writable.
+    let ty = unsafe {
+        sys::ggml_backend_dev_memory(dev, &mut free, &mut total);
+        sys::ggml_backend_dev_type(dev)
+    };
+    let mut free = free as u64;
+    if ty == sys::GGML_BACKEND_DEVICE_TYPE_CPU {
+        // ggml calls all of the system's memory free; MemAvailable is what is.
+        free = available_memory().unwrap_or(free).min(free);
+    }
+    (free, total as u64)
+}
+
 /// Owns shadow copies of a model's weight tensors and swaps the live tensors between their
 /// loaded storage (set 0) and each shadow set. Dropping it restores the loaded storage.
 pub struct TensorTiers<'m> {
@@ -601,41 +626,21 @@ impl<'m> TensorTiers<'m> {
         self.sets[s - 1][i].map(|t| unsafe { sys::ggml_nbytes(t.as_ptr()) })
     }
 
-    /// The device that weight `i`'s shadows go to (that of its loaded storage): its name, and
-    /// its free and total memory in bytes as the backend reports them (for the CPU: the
-    /// system's available and total memory).
-    pub fn weight_device(&self, i: usize) -> (String, u64, u64) {
+    /// The name of the device that weight `i`'s shadows go to (that of its loaded storage).
+    pub fn weight_device(&self, i: usize) -> String {
         let f = self.original[i];
         // SAFETY: every weight has a live buffer; its type and device are static objects. A
         // host buffer type (the mmap'd model, CPU_REPACK) may name no device: that is the CPU.
         let dev = unsafe {
-            match sys::ggml_backend_buft_get_device(sys::ggml_backend_buffer_get_type(f.buffer)) {
-                d if d.is_null() => {
-                    sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_CPU)
-                }
-                d => d,
-            }
+            sys::ggml_backend_buft_get_device(sys::ggml_backend_buffer_get_type(f.buffer))
         };
         if dev.is_null() {
-            return ("CPU".into(), 0, 0);
+            return "CPU".into();
         }
-        let (mut free, mut total) = (0usize, 0usize);
-        // SAFETY: dev is a registered device; the name is a static NUL-terminated string.
-        let (name, ty) = unsafe {
-            sys::ggml_backend_dev_memory(dev, &mut free, &mut total);
-            (
-                CStr::from_ptr(sys::ggml_backend_dev_name(dev))
-                    .to_string_lossy()
-                    .into_owned(),
-                sys::ggml_backend_dev_type(dev),
-            )
-        };
-        let mut free = free as u64;
-        if ty == sys::GGML_BACKEND_DEVICE_TYPE_CPU {
-            // ggml calls all of the system's memory free; MemAvailable is what is.
-            free = available_memory().unwrap_or(free).min(free);
-        }
-        (name, free, total as u64)
+        // SAFETY: dev is a registered device; its name is a static NUL-terminated string.
+        unsafe { CStr::from_ptr(sys::ggml_backend_dev_name(dev)) }
+            .to_string_lossy()
+            .into_owned()
     }
 
     /// Bytes weight `i` takes in type `ty` (ggml's row size times its rows).
