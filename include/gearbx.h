@@ -88,6 +88,9 @@ typedef struct gearbx_gear_params {
   const char *manage;
   // Layers that shift: "N" or "A-B"; NULL: every layer.
   const char *layers;
+  // Gears that get tiers of their own, e.g. "low,high" (high always exists: the loaded
+  // weights; a gear left out runs on the next one above, costing no memory); NULL: all.
+  const char *gears;
   // Where built tiers are kept between runs; NULL: `$GEARBX_TIER_CACHE`, else
   // `$GEARBX_CACHE_DIR/tiers` or `~/.cache/gearbx/tiers`.
   const char *tier_cache_dir;

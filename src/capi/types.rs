@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use super::{opt_str, ApiError, ApiResult};
 use crate::engine::{GearStats, Outcome, StopReason};
-use crate::gearbox::{plan, Gear, GearboxOptions, Manage};
+use crate::gearbox::{plan, Gear, GearSet, GearboxOptions, Manage};
 use crate::llama::SamplingParams;
 use crate::monitor::MonitorConfig;
 
@@ -65,6 +65,9 @@ pub struct gearbx_gear_params {
     pub manage: *const c_char,
     /// Layers that shift: "N" or "A-B"; NULL: every layer.
     pub layers: *const c_char,
+    /// Gears that get tiers of their own, e.g. "low,high" (high always exists: the loaded
+    /// weights; a gear left out runs on the next one above, costing no memory); NULL: all.
+    pub gears: *const c_char,
     /// Where built tiers are kept between runs; NULL: `$GEARBX_TIER_CACHE`, else
     /// `$GEARBX_CACHE_DIR/tiers` or `~/.cache/gearbx/tiers`.
     pub tier_cache_dir: *const c_char,
@@ -175,6 +178,7 @@ pub extern "C" fn gearbx_gear_default_params() -> gearbx_gear_params {
         tiers: std::ptr::null(),
         manage: std::ptr::null(),
         layers: std::ptr::null(),
+        gears: std::ptr::null(),
         tier_cache_dir: std::ptr::null(),
         no_tier_cache: false,
         progress: false,
@@ -246,12 +250,19 @@ impl gearbx_gear_params {
     /// The string fields must be NULL or NUL-terminated strings.
     pub(crate) unsafe fn gearbox_options(&self, threads: usize) -> ApiResult<GearboxOptions> {
         // SAFETY: forwarded from the caller.
-        let (tiers, manage, layers) = unsafe {
+        let (tiers, manage, layers, gears) = unsafe {
             (
                 opt_str(self.tiers, "gears.tiers")?,
                 opt_str(self.manage, "gears.manage")?,
                 opt_str(self.layers, "gears.layers")?,
+                opt_str(self.gears, "gears.gears")?,
             )
+        };
+        let gears: GearSet = match gears {
+            Some(g) => g
+                .parse()
+                .map_err(|e| ApiError::invalid(format!("gears.gears: {e}")))?,
+            None => Default::default(),
         };
         let manage = Manage {
             layers: layers
@@ -267,7 +278,7 @@ impl gearbx_gear_params {
         Ok(GearboxOptions {
             manage,
             overrides,
-            gears: Default::default(),
+            gears,
             threads,
             progress: self.progress,
             cache: None,
@@ -354,4 +365,26 @@ pub(crate) fn stats_of(o: &Outcome, by_callback: bool) -> gearbx_stats {
         s.accepted = l.accepted as u32;
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gear_params_choose_the_gears_that_get_tiers() {
+        let mut p = gearbx_gear_default_params();
+        // SAFETY (here and below): every string field is NULL or a static C string.
+        let built = |p: &gearbx_gear_params| unsafe { p.gearbox_options(1) }.map(|o| o.gears.0);
+        assert_eq!(built(&p).ok(), Some([true; 3]));
+        p.gears = c"low,high".as_ptr();
+        assert_eq!(built(&p).ok(), Some([true, false, true]));
+        p.gears = c"low,fast".as_ptr();
+        let e = built(&p).unwrap_err();
+        assert!(
+            e.message.contains("gears.gears: unknown gear"),
+            "{}",
+            e.message
+        );
+    }
 }
