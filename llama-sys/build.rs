@@ -411,8 +411,6 @@ fn compile(tree: &Path, out: &Path) {
     } else {
         println!("cargo::rustc-link-lib=dylib=stdc++");
     }
-    // For `make lib` and the C tests: where the headers and archives were installed.
-    println!("cargo::metadata=out={}", dst.display());
 }
 
 /// The CPU baseline from rustc's target features (.cargo/config.toml sets x86-64-v3), as

@@ -321,30 +321,26 @@ fn static_model(
     let file = dir.join(format!("{stem}-{}.gguf", type_name(ty).to_lowercase()));
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let fresh = matches!((modified(&file), modified(path)), (Some(f), Some(s)) if f >= s);
-    let t = Instant::now();
-    if fresh {
+    let quantize_s = if fresh {
         log(&format!(
             "static {} reused: {}",
             type_name(ty),
             file.display()
         ));
+        0.0
     } else {
+        let t = Instant::now();
         let tmp = file.with_extension(format!("tmp{}", std::process::id()));
         baseline::write_static(path, info, &types, &tmp, threads)?;
         std::fs::rename(&tmp, &file)
             .map_err(|e| Error::io(format!("renaming into {}", file.display()), e))?;
-    }
-    let quantize_s = if fresh {
-        0.0
-    } else {
-        t.elapsed().as_secs_f64()
-    };
-    if !fresh {
+        let s = t.elapsed().as_secs_f64();
         log(&format!(
-            "static {} written by llama_model_quantize in {quantize_s:.1} s",
+            "static {} written by llama_model_quantize in {s:.1} s",
             type_name(ty)
         ));
-    }
+        s
+    };
     let model = Model::load(&file, &ModelParams::default())?;
     let file_bytes = std::fs::metadata(&file).map_or(0, |m| m.len());
     Ok((
