@@ -226,14 +226,26 @@ struct Cli {
     calibrate: bool,
 
     /// Lossless mode: draft tokens at the low gear and verify them at the high gear in one
-    /// batch (self-speculative decoding). Greedy (--temp 0): the high gear's tokens exactly;
-    /// with temperature: distributed as the high gear's sampling.
-    #[arg(long)]
-    lossless: bool,
+    /// batch (self-speculative decoding), only while that is measured to be faster than plain
+    /// high-gear steps. `strict` (greedy): every token is what single-token decoding at the
+    /// high gear emits. `verified`: every token is the high gear's choice from a verification
+    /// pass of width --draft-max + 1, as llama.cpp's speculative decoding gives (a near-tie can
+    /// round the other way than single-token decoding). Without a value: strict on the CPU,
+    /// verified when layers run on a GPU. With temperature: distributed as the high gear's
+    /// sampling.
+    #[arg(long, value_name = "GUARANTEE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "default", value_parser = ["default", "strict", "verified"])]
+    lossless: Option<String>,
 
-    /// Lossless: longest draft per verification (adapts below it to entropy and acceptance).
-    #[arg(long, default_value_t = 8, value_name = "N")]
+    /// Lossless: longest draft per verification (adapts below it to measured costs, entropy
+    /// and acceptance).
+    #[arg(long, default_value_t = LosslessParams::default().draft_max, value_name = "N")]
     draft_max: usize,
+
+    /// Lossless: draft whenever the entropy gate allows, even where drafting is measured to
+    /// be slower than plain high-gear steps (to see what drafting costs).
+    #[arg(long)]
+    draft_always: bool,
 
     /// Write one JSON line per token (and a summary line) to FILE.
     #[arg(long, value_name = "FILE")]
@@ -533,7 +545,14 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
 
     // The gearbox: build tiers unless --gear off.
     let gear_mode = cli.gear.to_ascii_lowercase();
-    if cli.lossless {
+    if cli.lossless.is_none() && cli.draft_always {
+        return Err(Failure(
+            exit::USAGE,
+            "--draft-always applies to --lossless only".into(),
+        )
+        .into());
+    }
+    if cli.lossless.is_some() {
         let bad = |m: &str| Err(Failure(exit::USAGE, format!("--lossless {m}")));
         if gear_mode != "auto" {
             return bad("drafts at the low gear and verifies at the high gear; drop --gear");
@@ -706,7 +725,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             broken_pipe = r.and_then(|_| out.flush()).is_err();
         }
     };
-    let outcome = if cli.lossless {
+    let outcome = if let Some(g) = &cli.lossless {
         let gb = control.map(|c| c.gearbox).ok_or_else(|| {
             Failure(
                 exit::USAGE,
@@ -715,6 +734,8 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         })?;
         let lp = LosslessParams {
             draft_max: cli.draft_max,
+            guarantee: (g != "default").then(|| g.parse().expect("checked by clap")),
+            adaptive: !cli.draft_always,
             ..Default::default()
         };
         engine::lossless::generate(&mut ctx, &prompt.tokens, &params, gb, &lp, on_token)?
@@ -764,14 +785,16 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         );
         if let Some(l) = &outcome.lossless {
             eprintln!(
-                "[gearbx] lossless: {} verifies, {} drafted, {} accepted ({:.0}%), {:.2} accepted per verify, {} plain steps, verify width {}",
+                "[gearbx] lossless ({}): {} verifies, {} drafted, {} accepted ({:.0}%), {:.2} accepted per verify, {} plain steps, verify width {}, expected gain of drafting {:.2}",
+                l.guarantee,
                 l.verifies,
                 l.drafted,
                 l.accepted,
                 l.acceptance_rate * 100.0,
                 l.mean_accepted_len,
                 l.plain_steps,
-                l.verify_width
+                l.verify_width,
+                l.estimates.expected_gain
             );
         } else if let Some(g) = &outcome.gears {
             let rate = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.1}"));

@@ -12,7 +12,7 @@ use super::{
     arg, gearbx_status, guard, guard_value, lock_handle, opt_str, req_str, ApiError, ApiResult,
     GEARBX_ERR_CANCELLED,
 };
-use crate::engine::lossless::LosslessParams;
+use crate::engine::lossless::{Guarantee, LosslessParams};
 use crate::engine::{self, GearControl, GenerateParams, PromptSpec, StopReason};
 use crate::gearbox::{CacheOptions, Gear, Gearbox};
 use crate::llama::{Context, ContextParams, Model, ModelParams};
@@ -59,8 +59,13 @@ pub struct gearbx_generate_params {
     /// decoding). Greedy: the high gear's tokens exactly; with temperature: distributed as the
     /// high gear's sampling. Needs tiers (not `GEARBX_GEAR_OFF`); ignores the gear policy.
     pub lossless: bool,
-    /// Lossless: the longest draft per verification; 0: 8.
+    /// Lossless: the longest draft per verification; 0: the default (7).
     pub draft_max: u32,
+    /// Lossless: `GEARBX_GUARANTEE_STRICT` (every token as single-token decoding at the high
+    /// gear gives it), `GEARBX_GUARANTEE_VERIFIED` (the high gear's choice from a verification
+    /// pass of width draft_max + 1), or `GEARBX_GUARANTEE_DEFAULT` (strict on the CPU,
+    /// verified when layers run on a GPU).
+    pub guarantee: gearbx_guarantee,
 }
 
 /// Receives each piece of generated text with its telemetry, on the thread that called
@@ -146,6 +151,7 @@ pub unsafe extern "C" fn gearbx_generate_default_params(
         sampling: gearbx_sampling_default_params(),
         lossless: false,
         draft_max: 0,
+        guarantee: GEARBX_GUARANTEE_DEFAULT,
     };
     guard_value((), || {
         // SAFETY: NULL or an open engine (the caller's contract).
@@ -372,6 +378,16 @@ pub unsafe extern "C" fn gearbx_engine_generate(
         let monitor_cfg = inner.monitor.clone();
         let mut by_callback = false;
         let (lossless, draft_max) = (p.lossless, p.draft_max);
+        let guarantee = match p.guarantee {
+            GEARBX_GUARANTEE_DEFAULT => None,
+            GEARBX_GUARANTEE_STRICT => Some(Guarantee::Strict),
+            GEARBX_GUARANTEE_VERIFIED => Some(Guarantee::Verified),
+            g => {
+                return Err(ApiError::invalid(format!(
+                    "guarantee {g} is none of GEARBX_GUARANTEE_DEFAULT, _STRICT, _VERIFIED"
+                )))
+            }
+        };
         let result = inner
             .loaded
             .with_dependent_mut(|model, parts| -> ApiResult<_> {
@@ -426,13 +442,15 @@ pub unsafe extern "C" fn gearbx_engine_generate(
                             "lossless needs tiers: the engine was opened with GEARBX_GEAR_OFF",
                         )
                     })?;
+                    let defaults = LosslessParams::default();
                     let lp = LosslessParams {
                         draft_max: if draft_max == 0 {
-                            8
+                            defaults.draft_max
                         } else {
                             draft_max as usize
                         },
-                        ..Default::default()
+                        guarantee,
+                        ..defaults
                     };
                     Ok(engine::lossless::generate(
                         &mut parts.ctx,

@@ -5,6 +5,7 @@ use std::ffi::c_char;
 use std::path::PathBuf;
 
 use super::{opt_str, ApiError, ApiResult};
+use crate::engine::lossless::Guarantee;
 use crate::engine::{GearStats, Outcome, StopReason};
 use crate::gearbox::{plan, Gear, GearSet, GearboxOptions, Manage};
 use crate::llama::SamplingParams;
@@ -39,6 +40,15 @@ pub const GEARBX_STOP_CONTEXT: gearbx_stop_reason = 3;
 pub const GEARBX_STOP_CANCELLED: gearbx_stop_reason = 4;
 /// The token callback returned false.
 pub const GEARBX_STOP_CALLBACK: gearbx_stop_reason = 5;
+
+/// What lossless mode promises about its tokens (`gearbx_generate_params.guarantee`).
+pub type gearbx_guarantee = i32;
+/// Strict on the CPU, verified when layers run on a GPU (the faster one that holds there).
+pub const GEARBX_GUARANTEE_DEFAULT: gearbx_guarantee = 0;
+/// Greedy: every token is what single-token decoding at the high gear emits.
+pub const GEARBX_GUARANTEE_STRICT: gearbx_guarantee = 1;
+/// Every token is the high gear's choice from a verification pass of width draft_max + 1.
+pub const GEARBX_GUARANTEE_VERIFIED: gearbx_guarantee = 2;
 
 /// How gears are chosen and which tiers exist. Get defaults from
 /// `gearbx_gear_default_params()` and change what you need.
@@ -158,10 +168,14 @@ pub struct gearbx_stats {
     pub tier_build_ms: f64,
     /// The tiers were read from the tier cache instead of being built.
     pub tiers_from_cache: bool,
-    /// Lossless: batched high-gear verifications, draft tokens proposed and accepted.
+    /// Lossless: batched high-gear verifications, draft tokens proposed and accepted, plain
+    /// high-gear steps (drafting gated off or not paying), and the guarantee the tokens were
+    /// generated under (`GEARBX_GUARANTEE_STRICT` or `_VERIFIED`; `_DEFAULT` without lossless).
     pub verifies: u32,
     pub drafted: u32,
     pub accepted: u32,
+    pub plain_steps: u32,
+    pub guarantee: gearbx_guarantee,
 }
 
 /// The built-in gear defaults (auto, gearbx's thresholds, tier cache on).
@@ -363,6 +377,11 @@ pub(crate) fn stats_of(o: &Outcome, by_callback: bool) -> gearbx_stats {
         s.verifies = l.verifies as u32;
         s.drafted = l.drafted as u32;
         s.accepted = l.accepted as u32;
+        s.plain_steps = l.plain_steps as u32;
+        s.guarantee = match l.guarantee {
+            Guarantee::Strict => GEARBX_GUARANTEE_STRICT,
+            Guarantee::Verified => GEARBX_GUARANTEE_VERIFIED,
+        };
     }
     s
 }

@@ -1,19 +1,24 @@
 //! Lossless mode: entropy-gated self-speculative decoding. Draft a few tokens at the low gear,
 //! verify them all at the high gear in one batched forward pass, keep the longest prefix the
 //! high gear agrees with plus the high gear's own next token, and drop the rest from the KV
-//! cache, which therefore only ever holds high-gear state for accepted tokens.
+//! cache, which therefore only ever holds high-gear state for accepted tokens. A controller
+//! ([`super::drafting`]) drafts only while it pays; otherwise the loop runs plain high-gear steps.
 //!
-//! Greedy decoding gives the high gear's tokens exactly: each emitted token is the high
-//! chain's choice over the high gear's logits at its position, with the same penalty history
-//! (a forked chain drafts; the main chain only ever sees emitted tokens). With temperature,
-//! drafts are drawn from the low gear's shaped distribution and checked with the
-//! speculative-sampling rule ([`super::speculative`]): the output is distributed as the high
-//! gear's sampling, though not the same draws as a plain run with the same seed.
+//! Two guarantees ([`Guarantee`]): *strict* (greedy: every token is what single-token decoding
+//! at the high gear emits; verification batches are capped at the widest one whose logits are
+//! bit-identical to single-token decoding, probed per context) and *verified* (every token is
+//! the high gear's choice from a verification pass of one declared width, as llama.cpp's and
+//! vLLM's speculative decoding give; where batched kernels round differently from single-token
+//! ones, a near-tie can flip). With temperature, drafts are drawn from the low gear's shaped
+//! distribution and checked with the speculative-sampling rule ([`super::speculative`]): the
+//! output is distributed as the high gear's sampling, though not the same draws as a plain run
+//! with the same seed.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::drafting::{DraftController, DraftEstimates};
 use super::speculative::{self, Rng};
 use super::text::{StopFilter, Utf8Stream};
 use super::{
@@ -23,13 +28,59 @@ use super::{
 use crate::error::{Error, Result};
 use crate::gearbox::{Gear, Gearbox, PerGear};
 use crate::kernels;
-use crate::llama::{Context, Sampler, Token};
+use crate::llama::{Context, Model, Sampler, Token};
 use crate::monitor::REF_VOCAB;
+
+/// What lossless mode promises about its tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Guarantee {
+    /// Every token is what single-token decoding at the high gear emits (greedy): batches are
+    /// capped where they would round differently, and there is no drafting where none is exact.
+    Strict,
+    /// Every token is the high gear's choice from a verification pass of the declared width
+    /// (`draft_max + 1`); plain steps are single-token decoding.
+    Verified,
+}
+
+impl Guarantee {
+    /// The faster guarantee on this model: strict on the CPU (its kernels are exact at the
+    /// widths drafting uses, so strict loses nothing), verified when layers run on a GPU (no
+    /// CUDA verification width rounds as single-token decoding does, so strict cannot draft).
+    pub fn default_for(model: &Model) -> Self {
+        if model.offloaded() {
+            Guarantee::Verified
+        } else {
+            Guarantee::Strict
+        }
+    }
+}
+
+impl std::str::FromStr for Guarantee {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "strict" => Ok(Self::Strict),
+            "verified" => Ok(Self::Verified),
+            _ => Err(format!("unknown guarantee {s:?}: use strict or verified")),
+        }
+    }
+}
+
+impl std::fmt::Display for Guarantee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Guarantee::Strict => "strict",
+            Guarantee::Verified => "verified",
+        })
+    }
+}
 
 /// Drafting settings.
 #[derive(Debug, Clone)]
 pub struct LosslessParams {
-    /// Longest draft (tokens) per verification.
+    /// Longest draft (tokens) per verification; the verified guarantee verifies
+    /// `draft_max + 1` positions in every pass.
     pub draft_max: usize,
     /// Drafting stops after a token whose low-gear entropy exceeds this (bits at a 32768
     /// vocabulary, scaled to the model's).
@@ -37,24 +88,54 @@ pub struct LosslessParams {
     /// No draft at all when the high gear's last entropy exceeds this (same scale): the next
     /// token is decoded at the high gear alone.
     pub gate_bits: f64,
+    /// None: [`Guarantee::default_for`] the model.
+    pub guarantee: Option<Guarantee>,
+    /// Draft only while the measured costs and acceptance say it pays ([`super::drafting`]);
+    /// false drafts whenever the entropy gate allows (for measuring what drafting costs).
+    pub adaptive: bool,
+    /// Test hook: sleeps added to every draft step and to every high-gear pass, to make one
+    /// of them expensive.
+    #[doc(hidden)]
+    pub penalty: StepPenalty,
+}
+
+/// Test hook of [`LosslessParams`]: extra time per draft step and per high-gear pass.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepPenalty {
+    pub draft: Duration,
+    pub high: Duration,
+}
+
+impl StepPenalty {
+    fn pay(d: Duration) {
+        if !d.is_zero() {
+            std::thread::sleep(d);
+        }
+    }
 }
 
 impl Default for LosslessParams {
     fn default() -> Self {
         Self {
-            draft_max: 8,
+            draft_max: 7,
             draft_stop_bits: 3.5,
             gate_bits: 5.0,
+            guarantee: None,
+            adaptive: true,
+            penalty: StepPenalty::default(),
         }
     }
 }
 
 /// What drafting did over one generation.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct LosslessStats {
+    /// The guarantee the tokens were generated under.
+    pub guarantee: Guarantee,
     /// Batched high-gear passes that checked a draft.
     pub verifies: usize,
-    /// High-gear passes without a draft (entropy gate or no room).
+    /// High-gear passes without a draft (entropy gate, drafting not paying, or no room).
     pub plain_steps: usize,
     /// Draft tokens proposed by the low gear, and how many the high gear accepted.
     pub drafted: usize,
@@ -65,20 +146,49 @@ pub struct LosslessStats {
     pub mean_accepted_len: f64,
     /// Draft tokens per verification.
     pub drafts_per_verify: f64,
-    /// The narrowest of the per-block widths: the widest verification batch whose logits equal
-    /// single-token decoding bit for bit (probed per block of 256 KV positions; drafts there
-    /// are capped at one less).
+    /// Strict: the narrowest of the per-block widths, the widest verification batch whose
+    /// logits equal single-token decoding bit for bit (probed per block of 256 KV positions;
+    /// drafts there are capped at one less; 1: no drafting). Verified: the declared width of
+    /// every verification pass.
     pub verify_width: usize,
     /// Time spent probing those widths, milliseconds (inside the loop's time).
     pub probe_ms: f64,
-    /// Time drafting (low gear) and verifying (high gear), milliseconds.
+    /// Time drafting (low gear) and verifying (high gear, plain steps included), milliseconds.
     pub draft_ms: f64,
     pub verify_ms: f64,
+    /// Times the controller stopped drafting because it did not pay.
+    pub drafting_turned_off: usize,
+    /// The controller's final estimates.
+    pub estimates: DraftEstimates,
     /// Per verification: (drafted, accepted), for replaying acceptance at other shapes.
     pub cycles: Vec<(usize, usize)>,
+    /// Every high-gear pass after the prompt: (width, tokens emitted from it), for re-scoring.
+    #[serde(skip)]
+    pub passes: Vec<(usize, usize)>,
 }
 
 impl LosslessStats {
+    fn new(guarantee: Guarantee) -> Self {
+        Self {
+            guarantee,
+            verifies: 0,
+            plain_steps: 0,
+            drafted: 0,
+            accepted: 0,
+            acceptance_rate: 0.0,
+            mean_accepted_len: 0.0,
+            drafts_per_verify: 0.0,
+            verify_width: 1,
+            probe_ms: 0.0,
+            draft_ms: 0.0,
+            verify_ms: 0.0,
+            drafting_turned_off: 0,
+            estimates: DraftEstimates::default(),
+            cycles: Vec::new(),
+            passes: Vec::new(),
+        }
+    }
+
     fn finish(&mut self) {
         let ratio = |a: usize, b: usize| if b > 0 { a as f64 / b as f64 } else { 0.0 };
         self.acceptance_rate = ratio(self.accepted, self.drafted);
@@ -268,6 +378,59 @@ pub fn exact_verify_width(ctx: &mut Context<'_>, probe: &[Token]) -> Result<usiz
     Ok(1)
 }
 
+/// Re-scores greedy output at the shapes it was generated with: replays the prompt and every
+/// high-gear pass in `stats.passes` (each batch filled with the emitted tokens, padded as the
+/// pass was) and returns the index of the first emitted token that the high gear's greedy
+/// chain does not choose there (None: every one agrees). This is the verified guarantee made
+/// checkable: a row's logits depend on the tokens up to it and on the batch shape, never on
+/// the rejected drafts after it.
+pub fn rescore(
+    ctx: &mut Context<'_>,
+    gearbox: &mut Gearbox<'_>,
+    prompt: &[Token],
+    tokens: &[Token],
+    params: &GenerateParams,
+    stats: &LosslessStats,
+) -> Result<Option<usize>> {
+    if !params.sampling.is_greedy() {
+        return Err(Error::InvalidParam(
+            "re-scoring needs greedy output (--temp 0)".into(),
+        ));
+    }
+    let model = ctx.model();
+    ctx.clear();
+    ctx.detach_sampler();
+    gearbox.shift(ctx, Gear::High);
+    let mut chain = Sampler::new(&params.sampling, model, ctx.n_ctx())?;
+    ctx.decode(prompt)?;
+    let Some(&first) = tokens.first() else {
+        return Ok(None);
+    };
+    if chain.sample(ctx) != first {
+        return Ok(Some(0));
+    }
+    let mut i = 1;
+    for &(width, emitted) in &stats.passes {
+        if i >= tokens.len() || emitted == 0 {
+            break;
+        }
+        let p0 = ctx.n_past();
+        let end = (i + width - 1).min(tokens.len());
+        let mut batch = tokens[i - 1..end].to_vec();
+        batch.resize(width, *batch.last().expect("one token at least"));
+        ctx.decode_all_logits(&batch)?;
+        for r in 0..emitted.min(tokens.len() - i) {
+            let t = chain.sample_at(ctx, r);
+            if t != tokens[i + r] {
+                return Ok(Some(i + r));
+            }
+        }
+        ctx.truncate(p0 + emitted as u32)?;
+        i += emitted;
+    }
+    Ok(None)
+}
+
 fn entropy_of(row: &[f32], n_gen: usize) -> Result<f32> {
     let (bits, n_bad) = kernels::entropy_bits(row);
     if n_bad > 0 {
@@ -289,7 +452,16 @@ pub fn generate(
     if lp.draft_max == 0 {
         return Err(Error::InvalidParam("--draft-max must be at least 1".into()));
     }
+    if lp.draft_max >= ctx.n_batch() as usize {
+        return Err(Error::InvalidParam(format!(
+            "--draft-max {} needs a batch of {} (-b is {})",
+            lp.draft_max,
+            lp.draft_max + 1,
+            ctx.n_batch()
+        )));
+    }
     let model = ctx.model();
+    let guarantee = lp.guarantee.unwrap_or_else(|| Guarantee::default_for(model));
     ctx.detach_sampler();
     let mut decider = if params.sampling.is_greedy() {
         Decider::Greedy(Sampler::new(&params.sampling, model, ctx.n_ctx())?)
@@ -309,7 +481,10 @@ pub fn generate(
         n_gen: 0,
         entropy_sum: 0.0,
     };
-    let mut st = LosslessStats::default();
+    let mut st = LosslessStats::new(guarantee);
+    let mut ctl = DraftController::default();
+    // Verified: every verification has the declared width; strict: as wide as is exact.
+    let fixed_width = (guarantee == Guarantee::Verified).then_some(lp.draft_max + 1);
     let (mut shifts, mut passes) = (0usize, [0usize; 3]);
     let (mut swap_sum, mut swap_max) = (0f64, 0f64);
     let mut shift = |gb: &mut Gearbox<'_>, ctx: &Context<'_>, g: Gear| {
@@ -323,8 +498,13 @@ pub fn generate(
     let interrupted = |e: Error, ctx: &Context<'_>| if ctx.aborted() { Ok(()) } else { Err(e) };
 
     shift(gearbox, ctx, Gear::High);
-    // Drafts are capped per KV block so that verification rounds as the plain loop does.
-    let probe: Vec<Token> = prompt.iter().copied().cycle().take(WIDTHS[0]).collect();
+    // Strict: drafts are capped per KV block so that verification rounds as the plain loop does.
+    let probe: Vec<Token> = prompt
+        .iter()
+        .copied()
+        .cycle()
+        .take(lp.draft_max + 1)
+        .collect();
     let mut block_width: Option<(u32, usize)> = None;
     let t0 = Instant::now();
     let mut stop = None;
@@ -348,34 +528,47 @@ pub fn generate(
             break;
         }
         let p0 = ctx.n_past();
-        let block = p0 / KV_PAD;
-        let width = match block_width {
-            Some((b, w)) if b == block => w,
-            _ => {
-                let tp = Instant::now();
-                let w = exact_verify_width(ctx, &probe)?;
-                st.probe_ms += tp.elapsed().as_secs_f64() * 1e3;
-                st.verify_width = if block_width.is_none() {
-                    w
-                } else {
-                    st.verify_width.min(w)
-                };
-                block_width = Some((block, w));
-                w
-            }
-        };
-        let draft_max = lp.draft_max.min(width - 1);
-        // Room: the batch [pending, drafts...] must fit, and drafting past the token budget
-        // is wasted work.
+        // Room: the batch [pending, drafts...] (padded to the declared width when verified)
+        // must fit, a strict batch must not cross a KV block, and drafting past the token
+        // budget is wasted work.
         let room = (ctx.n_ctx() - p0).saturating_sub(2) as usize;
-        let in_block = (KV_PAD - 1 - p0 % KV_PAD) as usize;
         let budget = params
             .n_predict
             .map_or(usize::MAX, |n| n.saturating_sub(out.n_gen + 1));
-        let k = if draft_max == 0 || last_h as f64 > gate_bits {
+        let cap = match fixed_width {
+            Some(w) if w - 1 > room => 0,
+            Some(w) => (w - 1).min(budget),
+            None => {
+                let block = p0 / KV_PAD;
+                let width = match block_width {
+                    Some((b, w)) if b == block => w,
+                    _ => {
+                        let tp = Instant::now();
+                        let w = exact_verify_width(ctx, &probe)?;
+                        st.probe_ms += tp.elapsed().as_secs_f64() * 1e3;
+                        st.verify_width = if block_width.is_none() {
+                            w
+                        } else {
+                            st.verify_width.min(w)
+                        };
+                        block_width = Some((block, w));
+                        w
+                    }
+                };
+                let in_block = (KV_PAD - 1 - p0 % KV_PAD) as usize;
+                lp.draft_max
+                    .min(width - 1)
+                    .min(room)
+                    .min(budget)
+                    .min(in_block)
+            }
+        };
+        let k = if cap == 0 || last_h as f64 > gate_bits {
             0
+        } else if lp.adaptive {
+            ctl.next(cap, fixed_width)
         } else {
-            k_next.min(draft_max).min(room).min(budget).min(in_block)
+            k_next.min(cap)
         };
 
         // Draft at the low gear with a fork of the chain; its KV entries are dropped after.
@@ -386,6 +579,7 @@ pub fn generate(
         } else {
             None
         };
+        let mut draft_secs = 0.0;
         if let Some(drafter) = drafter.as_mut() {
             let td = Instant::now();
             shift(gearbox, ctx, Gear::Low);
@@ -396,6 +590,7 @@ pub fn generate(
                     stop = Some(StopReason::Interrupted);
                     break;
                 }
+                StepPenalty::pay(lp.penalty.draft);
                 passes[Gear::Low as usize] += 1;
                 let (h, n_bad) = kernels::entropy_bits(ctx.logits()?);
                 if n_bad > 0 {
@@ -409,7 +604,8 @@ pub fn generate(
                 cur = d;
             }
             ctx.truncate(p0)?;
-            st.draft_ms += td.elapsed().as_secs_f64() * 1e3;
+            draft_secs = td.elapsed().as_secs_f64();
+            st.draft_ms += draft_secs * 1e3;
             if stop.is_some() {
                 break;
             }
@@ -418,16 +614,22 @@ pub fn generate(
         // Verify: one high-gear pass over [pending, drafts...].
         let tv = Instant::now();
         shift(gearbox, ctx, Gear::High);
-        let mut batch = Vec::with_capacity(drafts.len() + 1);
+        let mut batch = Vec::with_capacity(fixed_width.unwrap_or(drafts.len() + 1));
         batch.push(pending);
         batch.extend_from_slice(&drafts);
+        if let (Some(w), false) = (fixed_width, drafts.is_empty()) {
+            // Rows past the drafts are never read: causal attention keeps them out of the
+            // rows that are.
+            batch.resize(w, *batch.last().expect("pending"));
+        }
         if let Err(e) = ctx.decode_all_logits(&batch) {
             interrupted(e, ctx)?;
             stop = Some(StopReason::Interrupted);
             break;
         }
+        StepPenalty::pay(lp.penalty.high);
         passes[Gear::High as usize] += 1;
-        let mut j = 0;
+        let (mut j, n_before) = (0, out.n_gen);
         for i in 0..=drafts.len() {
             last_h = entropy_of(ctx.logits_at(i)?, out.n_gen)?;
             let (s, kept) = decider.verify(drafter.as_ref(), ctx, i, drafts.get(i).copied())?;
@@ -438,22 +640,31 @@ pub fn generate(
             }
             j += 1;
         }
+        ctx.truncate(p0 + j as u32 + 1)?;
+        let verify_secs = tv.elapsed().as_secs_f64();
+        st.verify_ms += verify_secs * 1e3;
+        st.passes.push((batch.len(), out.n_gen - n_before));
         if drafts.is_empty() {
             st.plain_steps += 1;
+            ctl.plain(verify_secs);
         } else {
             st.verifies += 1;
             st.drafted += drafts.len();
             st.accepted += j;
             st.cycles.push((drafts.len(), j));
+            ctl.verified(drafts.len(), j, batch.len(), draft_secs, verify_secs);
             k_next = if j == drafts.len() {
-                (k_next + 1).min(draft_max)
+                (k_next + 1).min(lp.draft_max)
             } else {
-                (j + 1).min(draft_max)
+                (j + 1).min(lp.draft_max)
             };
         }
-        ctx.truncate(p0 + j as u32 + 1)?;
-        st.verify_ms += tv.elapsed().as_secs_f64() * 1e3;
     }
+    if let Some(w) = fixed_width {
+        st.verify_width = w;
+    }
+    st.drafting_turned_off = ctl.turned_off;
+    st.estimates = ctl.estimates(lp.draft_max, fixed_width);
     let stop_reason = stop.expect("loop ends with a reason");
     flush_held_text(
         &mut out.utf8,

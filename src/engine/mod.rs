@@ -1,6 +1,7 @@
 //! The decode loop: prompt → llama_decode → logits → entropy → sampler → streamed text, with
 //! stop conditions and timing.
 
+pub mod drafting;
 pub mod lossless;
 pub mod prompt;
 pub mod speculative;

@@ -109,6 +109,11 @@ impl<'m> Context<'m> {
     }
 
     /// Tokens already in the KV cache.
+    /// The most tokens one decode call takes.
+    pub fn n_batch(&self) -> u32 {
+        self.n_batch
+    }
+
     pub fn n_past(&self) -> u32 {
         self.n_past
     }
