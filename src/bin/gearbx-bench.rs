@@ -92,6 +92,37 @@ enum Cmd {
         #[arg(long)]
         rebuild_graphs: bool,
     },
+    /// Lossless mode on one model against its high gear alone. With --cycles: acceptance
+    /// replayed from a report's recorded verifications (every model's in results.json), for
+    /// random-weight models of real shapes (e.g. from `synth`); with --text: end to end on a
+    /// real model, both guarantees, with identity, re-scoring and the width noise floor.
+    /// Writes lossless.md and lossless.json.
+    Lossless {
+        /// GGUF file.
+        #[arg(long, value_name = "FILE")]
+        model: PathBuf,
+        /// results.json of `make report` (its models' `lossless.guarantees[0].cycles`).
+        #[arg(long, value_name = "FILE", conflicts_with = "text", required_unless_present = "text")]
+        cycles: Option<PathBuf>,
+        /// Plain-text file whose windows are continued (e.g. a prepared Austen novel).
+        #[arg(long, value_name = "FILE")]
+        text: Option<PathBuf>,
+        /// Generated tokens per run.
+        #[arg(long, default_value_t = 256)]
+        tokens: usize,
+        /// Interleaved rounds (--cycles) or text windows (--text).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value = "lossless-results", value_name = "DIR")]
+        out: PathBuf,
+        /// Draft wherever the entropy gate allows (--text; the controller off), to check
+        /// identity over many drafted tokens.
+        #[arg(long)]
+        draft_always: bool,
+        /// CPU threads (default: all cores).
+        #[arg(short, long, env = "GEARBX_THREADS")]
+        threads: Option<usize>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -211,6 +242,23 @@ fn main() -> ExitCode {
             baselines.clone().unwrap_or_else(|| out.join("baselines")),
             *threads,
             *rebuild_graphs,
+        ),
+        Some(Cmd::Lossless {
+            model,
+            cycles,
+            text,
+            tokens,
+            rounds,
+            out,
+            draft_always,
+            threads,
+        }) => run_lossless(
+            model,
+            cycles.as_deref(),
+            text.as_deref(),
+            (*tokens, *rounds, !*draft_always),
+            out,
+            threads_or_all(*threads),
         ),
     };
     match result {
@@ -398,6 +446,112 @@ fn run_gpu(
         "gpu.json",
         &serde_json::to_string_pretty(&r).expect("report serializes"),
     )?;
+    print!("{md}");
+    Ok(())
+}
+
+/// Each model's recorded cycles in a report's results.json: (model description, cycles).
+fn recorded_cycles(path: &std::path::Path) -> gearbx::Result<Vec<(String, Vec<(usize, usize)>)>> {
+    let bad = |m: String| gearbx::Error::InvalidParam(format!("{}: {m}", path.display()));
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| gearbx::Error::io(format!("reading {}", path.display()), e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let models = v.as_array().ok_or_else(|| bad("not a list of models".into()))?;
+    models
+        .iter()
+        .map(|m| {
+            let l = &m["lossless"];
+            // This report's layout, or the one before the guarantees.
+            let c = l["guarantees"][0]["cycles"]
+                .as_array()
+                .or_else(|| l["cycles"].as_array())
+                .ok_or_else(|| bad("a model without lossless cycles".into()))?;
+            let cycles = c
+                .iter()
+                .map(|p| match (p[0].as_u64(), p[1].as_u64()) {
+                    (Some(d), Some(a)) if a <= d => Ok((d as usize, a as usize)),
+                    _ => Err(bad(format!("bad cycle {p}"))),
+                })
+                .collect::<gearbx::Result<Vec<_>>>()?;
+            Ok((m["description"].as_str().unwrap_or("model").to_string(), cycles))
+        })
+        .collect()
+}
+
+fn run_lossless(
+    path: &std::path::Path,
+    cycles: Option<&std::path::Path>,
+    text: Option<&std::path::Path>,
+    (tokens, rounds, adaptive): (usize, usize, bool),
+    out: &std::path::Path,
+    threads: usize,
+) -> gearbx::Result<()> {
+    use gearbx::gearbox::{Gearbox, GearboxOptions};
+    use gearbx::measure::{lossless, lossless_replay};
+    if tokens == 0 || rounds == 0 {
+        return Err(gearbx::Error::InvalidParam(
+            "--tokens and --rounds must be at least 1".into(),
+        ));
+    }
+    if !path.is_file() {
+        return Err(gearbx::Error::FileNotFound(path.to_path_buf()));
+    }
+    let info = gearbx::store::gguf::inspect(path)?;
+    let model = gearbx::llama::Model::load(path, &Default::default())?;
+    let gopts = GearboxOptions {
+        threads,
+        ..Default::default()
+    };
+    let mut gb = Gearbox::build(&model, path, &info, &gopts)?;
+    let t0 = Instant::now();
+    let log = |s: &str| eprintln!("  [{:>5.0} s] {s}", t0.elapsed().as_secs_f64());
+    let (md, json) = if let Some(c) = cycles {
+        let mut ctx = report::context_with(&model, (tokens + 64) as u32, threads, false)?;
+        let mut md = String::new();
+        let mut all = Vec::new();
+        for (name, cyc) in recorded_cycles(c)? {
+            log(&format!("replaying {name} ({} verifications)", cyc.len()));
+            let r = lossless_replay::measure(&mut ctx, &mut gb, &name, &cyc, tokens, rounds, log)?;
+            md += &lossless_replay::markdown(&r);
+            md += "\n";
+            all.push(r);
+        }
+        (md, serde_json::to_string_pretty(&all))
+    } else {
+        let text = text.expect("clap requires --cycles or --text");
+        let prompts: Vec<Vec<gearbx::llama::Token>> =
+            report::text_windows(&model, text, 48, rounds)?
+                .chunks(48)
+                .map(<[gearbx::llama::Token]>::to_vec)
+                .collect();
+        let mut ctx = report::context_with(&model, (48 + tokens + 16) as u32, threads, false)?;
+        let r = lossless::measure(
+            &mut ctx,
+            &mut gb,
+            &prompts,
+            tokens,
+            adaptive,
+            rounds.min(4),
+            log,
+        )?;
+        (lossless::markdown(&r), serde_json::to_string_pretty(&r))
+    };
+    std::fs::create_dir_all(out)
+        .map_err(|e| gearbx::Error::io(format!("creating {}", out.display()), e))?;
+    let header = format!(
+        "# Lossless mode: {} on {}\n\nCommand: `{}`\n\n",
+        path.display(),
+        gearbx::measure::gpu::device_name(),
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+    for (name, body) in [
+        ("lossless.md", header + &md),
+        ("lossless.json", json.expect("report serializes")),
+    ] {
+        std::fs::write(out.join(name), &body)
+            .map_err(|e| gearbx::Error::io(format!("writing {}", out.join(name).display()), e))?;
+    }
     print!("{md}");
     Ok(())
 }

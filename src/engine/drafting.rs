@@ -4,16 +4,26 @@
 //! step is faster.
 //!
 //! With per-token acceptance `a`, a draft of `k` tokens yields `E(k) = 1 + a + … + a^k` emitted
-//! tokens (the accepted prefix plus the high gear's own token) for `k · t_draft + t_verify(k+1)`
-//! seconds; a plain step yields one token in `t_high`. Drafting runs only while
-//! `E(k) · t_high / (k · t_draft + t_verify(k+1))` exceeds [`MIN_GAIN`]; when it does not, the
-//! controller runs plain steps and tries one short draft again after a back-off (16 steps,
-//! doubling to 256), so a change of text (more predictable) is noticed at a bounded cost.
+//! tokens (the accepted prefix plus the high gear's own token) for
+//! `k · t_draft + t_high · (1 + c · (w − 1))` seconds, `w` the verification width and `c` the
+//! measured cost of each extra verified column; a plain step yields one token in `t_high`.
+//! Drafting runs only while the expected gain exceeds [`MIN_GAIN`].
+//!
+//! Costs are learned cheaply: the first step is a plain one (`t_high`), the second is also
+//! timed once at the low gear (`t_draft`, one throw-away pass). If even an optimistic
+//! acceptance ([`OPTIMISTIC_ACCEPTANCE`]) with free verification could not pay at that ratio,
+//! nothing else is ever tried (the draft step is re-timed every [`RETIME_STEPS`] plain steps).
+//! Otherwise one short exploring draft measures the verification, and afterwards a draft that
+//! stopped paying is tried again after a back-off (16 plain steps, doubling to 256).
 
 use serde::Serialize;
 
 /// Drafting must promise at least this gain over plain high-gear steps (estimates are noisy).
 pub const MIN_GAIN: f64 = 1.03;
+/// The acceptance assumed when deciding whether drafting could pay at all.
+pub const OPTIMISTIC_ACCEPTANCE: f64 = 0.9;
+/// Plain steps between re-timings of the draft step while drafting cannot pay.
+pub const RETIME_STEPS: usize = 256;
 /// Plain steps before drafting is tried again, first and longest back-off.
 const BACKOFF_FIRST: usize = 16;
 const BACKOFF_MAX: usize = 256;
@@ -47,8 +57,19 @@ pub struct DraftEstimates {
     pub verify_column_cost: Option<f64>,
     /// Chance that the high gear keeps a draft token.
     pub acceptance: f64,
-    /// The expected gain of the best draft length over plain steps (1 = none).
+    /// The expected gain of the best draft length over plain steps (1 = none known).
     pub expected_gain: f64,
+}
+
+/// What the loop should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// A plain high-gear step.
+    Plain,
+    /// Time low-gear passes of the pending token (thrown away), then a plain step.
+    TimeDraft,
+    /// Draft this many tokens.
+    Draft(usize),
 }
 
 /// Chooses the next draft length from measured costs and acceptance.
@@ -56,12 +77,16 @@ pub struct DraftEstimates {
 pub struct DraftController {
     t_high: Ewma,
     t_draft: Ewma,
-    /// (t_verify(w) / t_high − 1) / (w − 1), per verification.
+    /// (t_verify(w) / t_high − 1) / (w − 1), per verification or timed batch.
     column_cost: Ewma,
+    /// Seconds per emitted token of whole draft-and-verify cycles: the model-free check that
+    /// drafting pays (it catches every cost the model above leaves out).
+    cycle_cost: Ewma,
     hits: f64,
     misses: f64,
-    /// Plain steps since the last draft, and the back-off before the next try.
+    /// Plain steps since the last draft or draft timing, and the back-off before the next try.
     idle: usize,
+    since_timing: usize,
     backoff: usize,
     /// Whether the last choice was a draft, and how often drafting was turned off.
     drafting: bool,
@@ -74,9 +99,11 @@ impl Default for DraftController {
             t_high: Ewma::default(),
             t_draft: Ewma::default(),
             column_cost: Ewma::default(),
+            cycle_cost: Ewma::default(),
             hits: 0.0,
             misses: 0.0,
             idle: 0,
+            since_timing: 0,
             backoff: BACKOFF_FIRST,
             drafting: false,
             turned_off: 0,
@@ -96,18 +123,17 @@ impl DraftController {
         (0..=k).map(|i| a.powi(i as i32)).sum()
     }
 
-    /// The verification width for a draft of `k` (`Some(w)`: a fixed width).
-    fn width(k: usize, fixed: Option<usize>) -> usize {
-        fixed.unwrap_or(k + 1)
+    /// Expected gain of a draft of `k` over plain steps at acceptance `a` and extra column
+    /// cost `c`; None until both step times are known.
+    fn gain_at(&self, k: usize, fixed_width: Option<usize>, a: f64, c: f64) -> Option<f64> {
+        let (th, td) = (self.t_high.0?, self.t_draft.0?);
+        let w = fixed_width.unwrap_or(k + 1);
+        let cost = k as f64 * td + th * (1.0 + c.max(0.0) * (w as f64 - 1.0));
+        Some(Self::expected_tokens(a, k) * th / cost)
     }
 
-    /// Expected gain of a draft of `k` over plain steps, once every cost is known.
     fn gain(&self, k: usize, fixed_width: Option<usize>) -> Option<f64> {
-        let (th, td) = (self.t_high.0?, self.t_draft.0?);
-        let c = self.column_cost.0?.max(0.0);
-        let w = Self::width(k, fixed_width);
-        let cost = k as f64 * td + th * (1.0 + c * (w as f64 - 1.0));
-        Some(Self::expected_tokens(self.acceptance(), k) * th / cost)
+        self.gain_at(k, fixed_width, self.acceptance(), self.column_cost.0?)
     }
 
     /// The best draft length in `1..=k_max` and its expected gain.
@@ -117,42 +143,77 @@ impl DraftController {
             .max_by(|a, b| a.1.total_cmp(&b.1))
     }
 
-    /// The next draft length, at most `k_max` (0: a plain high-gear step). `fixed_width`: the
-    /// verification width when it does not follow the draft length.
-    pub fn next(&mut self, k_max: usize, fixed_width: Option<usize>) -> usize {
-        let k = self.choose(k_max, fixed_width);
-        if k == 0 && self.drafting {
+    /// Whether drafting could pay at all: optimistic acceptance, the measured column cost or
+    /// none, at the measured step times.
+    fn could_pay(&self, k_max: usize, fixed_width: Option<usize>) -> bool {
+        let a = OPTIMISTIC_ACCEPTANCE.max(self.acceptance());
+        let c = self.column_cost.0.unwrap_or(0.0);
+        (1..=k_max).any(|k| {
+            self.gain_at(k, fixed_width, a, c)
+                .is_some_and(|g| g >= MIN_GAIN)
+        })
+    }
+
+    /// What to do next, drafting at most `k_max` tokens. `fixed_width`: the verification
+    /// width when it does not follow the draft length.
+    pub fn next(&mut self, k_max: usize, fixed_width: Option<usize>) -> Next {
+        let n = self.choose(k_max, fixed_width);
+        let drafting = matches!(n, Next::Draft(_));
+        if !drafting && self.drafting {
             self.turned_off += 1;
         }
-        self.drafting = k > 0;
-        k
+        self.drafting = drafting;
+        n
     }
 
-    fn choose(&mut self, k_max: usize, fixed_width: Option<usize>) -> usize {
+    fn choose(&mut self, k_max: usize, fixed_width: Option<usize>) -> Next {
         if k_max == 0 || self.t_high.0.is_none() {
-            return 0; // nothing to draft, or a plain step to measure first
+            return Next::Plain; // nothing to draft, or a plain step to time first
         }
+        if self.t_draft.0.is_none() || self.since_timing >= RETIME_STEPS {
+            self.since_timing = 0;
+            return Next::TimeDraft;
+        }
+        if !self.could_pay(k_max, fixed_width) {
+            return Next::Plain;
+        }
+        // Cycles measured slower per token than plain steps do not pay, whatever the model says.
+        let measured_ok = match (self.cycle_cost.0, self.t_high.0) {
+            (Some(cc), Some(th)) => cc * MIN_GAIN <= th,
+            _ => true,
+        };
         match self.best(k_max, fixed_width) {
-            None => FIRST_DRAFT.min(k_max), // explore: costs of drafting not known yet
-            Some((k, g)) if g >= MIN_GAIN => {
+            None => Next::Draft(FIRST_DRAFT.min(k_max)), // explore: verification cost unknown
+            Some((k, g)) if g >= MIN_GAIN && measured_ok => {
                 self.backoff = BACKOFF_FIRST;
-                k
+                Next::Draft(k)
             }
-            Some((k, _)) => {
-                if self.idle >= self.backoff {
-                    self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-                    k.min(2)
-                } else {
-                    0
-                }
+            Some((k, _)) if self.idle >= self.backoff => {
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                Next::Draft(k.min(2))
             }
+            Some(_) => Next::Plain,
         }
     }
 
-    /// A plain high-gear step took `secs`.
+    /// A plain high-gear step (or a single-token pass timed elsewhere) took `secs`.
     pub fn plain(&mut self, secs: f64) {
         self.t_high.add(secs);
         self.idle += 1;
+        self.since_timing += 1;
+    }
+
+    /// One low-gear pass took `secs` (a timing pass, or a draft step timed elsewhere).
+    pub fn draft_step(&mut self, secs: f64) {
+        self.t_draft.add(secs);
+    }
+
+    /// A high-gear batch of `width` took `secs` (a verification, or a timed probe).
+    pub fn batch(&mut self, width: usize, secs: f64) {
+        if let (Some(th), true) = (self.t_high.0, width > 1) {
+            self.column_cost
+                .add((secs / th - 1.0) / (width as f64 - 1.0));
+        }
     }
 
     /// A verification: `k` drafted in `draft_secs`, `accepted` kept, the batch of `width`
@@ -168,16 +229,14 @@ impl DraftController {
         if k == 0 {
             return;
         }
-        self.t_draft.add(draft_secs / k as f64);
-        if let Some(th) = self.t_high.0 {
-            if width > 1 {
-                self.column_cost
-                    .add((verify_secs / th - 1.0) / (width as f64 - 1.0));
-            }
-        }
+        self.draft_step(draft_secs / k as f64);
+        self.batch(width, verify_secs);
+        self.cycle_cost
+            .add((draft_secs + verify_secs) / (accepted + 1) as f64);
         self.hits = self.hits * ACCEPT_DECAY + accepted as f64;
         self.misses = self.misses * ACCEPT_DECAY + f64::from(u8::from(accepted < k));
         self.idle = 0;
+        self.since_timing = 0;
     }
 
     /// The current estimates, `k_max` and `fixed_width` as in [`Self::next`].
@@ -212,35 +271,67 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_step_comes_first_then_one_exploring_draft() {
+    fn a_plain_step_and_a_draft_timing_come_first_then_one_exploring_draft() {
         let mut c = DraftController::default();
-        assert_eq!(c.next(7, None), 0);
+        assert_eq!(c.next(7, None), Next::Plain);
         c.plain(0.01);
-        assert_eq!(c.next(7, None), FIRST_DRAFT);
-        assert_eq!(c.next(2, None), 2);
-        assert_eq!(c.next(0, None), 0);
+        assert_eq!(c.next(7, None), Next::TimeDraft);
+        c.draft_step(0.003);
+        c.plain(0.01);
+        assert_eq!(c.next(7, None), Next::Draft(FIRST_DRAFT));
+        assert_eq!(c.next(2, None), Next::Draft(2));
+        assert_eq!(c.next(0, None), Next::Plain);
+    }
+
+    #[test]
+    fn a_draft_step_nearly_as_slow_as_a_high_step_is_never_tried() {
+        // 0.9 of a high step: even 90% acceptance with free verification cannot pay.
+        let mut c = DraftController::default();
+        c.plain(0.01);
+        assert_eq!(c.next(7, None), Next::TimeDraft);
+        c.draft_step(0.009);
+        let mut timings = 0;
+        for _ in 0..1000 {
+            match c.next(7, None) {
+                Next::Plain => c.plain(0.01),
+                Next::TimeDraft => {
+                    timings += 1;
+                    c.draft_step(0.009);
+                    c.plain(0.01);
+                }
+                Next::Draft(k) => panic!("drafted {k}"),
+            }
+        }
+        assert!((3..=4).contains(&timings), "re-timed every {RETIME_STEPS} steps: {timings}");
+        assert_eq!(c.turned_off, 0);
     }
 
     #[test]
     fn cheap_drafts_that_are_kept_are_long() {
-        // Draft step 1/4 of a high step, verification nearly free per column, 90% kept.
+        // Draft step 1/4 of a high step, verification nearly free per column, all kept.
         let mut c = warmed(0.01, 0.0025, 0.02, (7, 7));
         assert!(c.acceptance() > 0.9, "{}", c.acceptance());
-        assert_eq!(c.next(7, None), 7);
+        assert_eq!(c.next(7, None), Next::Draft(7));
         assert!(c.estimates(7, None).expected_gain > 2.0);
     }
 
     #[test]
-    fn drafts_as_expensive_as_high_steps_turn_drafting_off_with_rare_retries() {
-        let mut c = warmed(0.01, 0.01, 0.1, (4, 2));
+    fn drafts_that_stop_paying_are_turned_off_with_rare_retries() {
+        // Cheap draft steps and verification, but the high gear keeps no draft token: could
+        // pay at a good acceptance, so it is retried now and then.
+        let mut c = warmed(0.01, 0.002, 0.05, (4, 0));
         assert!(c.estimates(7, None).expected_gain < 1.0);
         let mut tries = 0;
         for _ in 0..1000 {
             match c.next(7, None) {
-                0 => c.plain(0.01),
-                k => {
+                Next::Plain => c.plain(0.01),
+                Next::TimeDraft => {
+                    c.draft_step(0.002);
+                    c.plain(0.01);
+                }
+                Next::Draft(k) => {
                     tries += 1;
-                    c.verified(k, 0, k + 1, 0.01 * k as f64, 0.011);
+                    c.verified(k, 0, k + 1, 0.002 * k as f64, 0.01 * (1.0 + 0.05 * k as f64));
                 }
             }
         }

@@ -14,11 +14,12 @@
 //! output is distributed as the high gear's sampling, though not the same draws as a plain run
 //! with the same seed.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::drafting::{DraftController, DraftEstimates};
+use super::drafting::{DraftController, DraftEstimates, Next};
 use super::speculative::{self, Rng};
 use super::text::{StopFilter, Utf8Stream};
 use super::{
@@ -97,6 +98,63 @@ pub struct LosslessParams {
     /// of them expensive.
     #[doc(hidden)]
     pub penalty: StepPenalty,
+    /// Measurement hook: acceptance replayed from a real model's recorded verifications
+    /// (random-weight models of real shapes accept nothing on their own); the entropy gate
+    /// and draft stop are off, since the recorded draft lengths already carry them.
+    #[doc(hidden)]
+    pub replay: Option<Arc<Mutex<AcceptanceReplay>>>,
+}
+
+/// Recorded verifications, (drafted, accepted) each, as a stream of per-draft-token outcomes:
+/// a draft of any length is accepted as far as the stream's run of kept tokens goes.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct AcceptanceReplay {
+    cycles: Vec<(usize, usize)>,
+    /// Per draft token: kept or not, in recorded order.
+    stream: Vec<bool>,
+    pos: usize,
+    at: usize,
+}
+
+impl AcceptanceReplay {
+    /// None when no cycle drafted anything.
+    pub fn new(cycles: &[(usize, usize)]) -> Option<Self> {
+        let cycles: Vec<(usize, usize)> = cycles.iter().copied().filter(|c| c.0 > 0).collect();
+        let mut stream = Vec::new();
+        for &(k, j) in &cycles {
+            stream.extend(std::iter::repeat_n(true, j.min(k)));
+            if j < k {
+                stream.push(false);
+            }
+        }
+        (!stream.is_empty()).then_some(Self {
+            cycles,
+            stream,
+            pos: 0,
+            at: 0,
+        })
+    }
+
+    /// The next recorded draft length.
+    pub fn recorded_len(&self) -> usize {
+        self.cycles[self.at % self.cycles.len()].0
+    }
+
+    /// How many of `k` drafted tokens are kept; advances past them (and the rejected one).
+    pub fn accept(&mut self, k: usize) -> usize {
+        self.at += 1;
+        let mut j = 0;
+        while j < k {
+            let kept = self.stream[self.pos % self.stream.len()];
+            self.pos += 1;
+            if !kept {
+                break;
+            }
+            j += 1;
+        }
+        j
+    }
 }
 
 /// Test hook of [`LosslessParams`]: extra time per draft step and per high-gear pass.
@@ -124,6 +182,7 @@ impl Default for LosslessParams {
             guarantee: None,
             adaptive: true,
             penalty: StepPenalty::default(),
+            replay: None,
         }
     }
 }
@@ -346,6 +405,16 @@ const WIDTHS: [usize; 6] = [16, 9, 8, 4, 3, 2];
 /// flip a near-tie and change the output. Kernel choice depends on shapes and types, not on
 /// values, so a probe over `probe` tokens stands for every batch. Leaves the cache as it was.
 pub fn exact_verify_width(ctx: &mut Context<'_>, probe: &[Token]) -> Result<usize> {
+    exact_verify_width_timed(ctx, probe, |_, _| {})
+}
+
+/// [`exact_verify_width`], reporting the time of every pass it makes: `(1, secs)` for each
+/// single-token pass, `(w, secs)` for each batch of `w`.
+pub fn exact_verify_width_timed(
+    ctx: &mut Context<'_>,
+    probe: &[Token],
+    mut timed: impl FnMut(usize, f64),
+) -> Result<usize> {
     let p0 = ctx.n_past();
     let n = WIDTHS[0]
         .min(probe.len())
@@ -355,11 +424,14 @@ pub fn exact_verify_width(ctx: &mut Context<'_>, probe: &[Token]) -> Result<usiz
     }
     let mut single = Vec::with_capacity(n);
     for &t in &probe[..n] {
+        let t0 = Instant::now();
         ctx.decode(&[t])?;
         single.push(ctx.logits()?.to_vec());
+        timed(1, t0.elapsed().as_secs_f64());
     }
     ctx.truncate(p0)?;
     for w in WIDTHS.into_iter().filter(|&w| w <= n) {
+        let t0 = Instant::now();
         ctx.decode_all_logits(&probe[..w])?;
         let same = (0..w).try_fold(true, |ok, i| {
             Ok::<_, Error>(
@@ -370,6 +442,7 @@ pub fn exact_verify_width(ctx: &mut Context<'_>, probe: &[Token]) -> Result<usiz
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
             )
         })?;
+        timed(w, t0.elapsed().as_secs_f64());
         ctx.truncate(p0)?;
         if same {
             return Ok(w);
@@ -446,6 +519,19 @@ pub fn generate(
     params: &GenerateParams,
     gearbox: &mut Gearbox<'_>,
     lp: &LosslessParams,
+    on_token: impl FnMut(&TokenEvent<'_>),
+) -> Result<Outcome> {
+    let r = run(ctx, prompt, params, gearbox, lp, on_token);
+    ctx.set_width_invariant(false); // strict mode's kernels end with it, also on errors
+    r
+}
+
+fn run(
+    ctx: &mut Context<'_>,
+    prompt: &[Token],
+    params: &GenerateParams,
+    gearbox: &mut Gearbox<'_>,
+    lp: &LosslessParams,
     mut on_token: impl FnMut(&TokenEvent<'_>),
 ) -> Result<Outcome> {
     check_prompt(ctx, prompt)?;
@@ -483,6 +569,9 @@ pub fn generate(
     };
     let mut st = LosslessStats::new(guarantee);
     let mut ctl = DraftController::default();
+    // Strict on CUDA: verification batches with single-token kernels (our patch 0003); the
+    // per-block probe below still proves each width before it is used.
+    ctx.set_width_invariant(guarantee == Guarantee::Strict);
     // Verified: every verification has the declared width; strict: as wide as is exact.
     let fixed_width = (guarantee == Guarantee::Verified).then_some(lp.draft_max + 1);
     let (mut shifts, mut passes) = (0usize, [0usize; 3]);
@@ -538,38 +627,78 @@ pub fn generate(
         let cap = match fixed_width {
             Some(w) if w - 1 > room => 0,
             Some(w) => (w - 1).min(budget),
-            None => {
-                let block = p0 / KV_PAD;
-                let width = match block_width {
-                    Some((b, w)) if b == block => w,
-                    _ => {
-                        let tp = Instant::now();
-                        let w = exact_verify_width(ctx, &probe)?;
-                        st.probe_ms += tp.elapsed().as_secs_f64() * 1e3;
-                        st.verify_width = if block_width.is_none() {
-                            w
-                        } else {
-                            st.verify_width.min(w)
-                        };
-                        block_width = Some((block, w));
-                        w
-                    }
-                };
-                let in_block = (KV_PAD - 1 - p0 % KV_PAD) as usize;
-                lp.draft_max
-                    .min(width - 1)
-                    .min(room)
-                    .min(budget)
-                    .min(in_block)
-            }
+            None => lp
+                .draft_max
+                .min(room)
+                .min(budget)
+                .min((KV_PAD - 1 - p0 % KV_PAD) as usize),
         };
-        let k = if cap == 0 || last_h as f64 > gate_bits {
+        let replay = lp.replay.as_ref().map(|r| r.lock().expect("replay state"));
+        let gated = replay.is_none() && last_h as f64 > gate_bits;
+        let mut k = if cap == 0 || gated {
             0
         } else if lp.adaptive {
-            ctl.next(cap, fixed_width)
+            match ctl.next(cap, fixed_width) {
+                Next::Plain => 0,
+                Next::Draft(k) => k,
+                Next::TimeDraft => {
+                    // Two throw-away passes at the low gear, the second timed (the first
+                    // may pay for a first use): what a draft step costs here.
+                    let td = Instant::now();
+                    shift(gearbox, ctx, Gear::Low);
+                    let mut secs = 0.0;
+                    for _ in 0..2 {
+                        // As a draft step: the pass, its entropy, a draw from a forked chain.
+                        let t = Instant::now();
+                        let mut d = decider.drafter()?;
+                        ctx.decode(&[pending])?;
+                        StepPenalty::pay(lp.penalty.draft);
+                        kernels::entropy_bits(ctx.logits()?);
+                        decider.draft(&mut d, ctx)?;
+                        secs = t.elapsed().as_secs_f64();
+                        ctx.truncate(p0)?;
+                    }
+                    ctl.draft_step(secs);
+                    st.draft_ms += td.elapsed().as_secs_f64() * 1e3;
+                    0
+                }
+            }
+        } else if let Some(r) = &replay {
+            r.recorded_len().min(cap)
         } else {
             k_next.min(cap)
         };
+        drop(replay);
+        // Strict: as wide as this KV block's probe found exact (probed when first needed).
+        if k > 0 && fixed_width.is_none() {
+            let block = p0 / KV_PAD;
+            let width = match block_width {
+                Some((b, w)) if b == block => w,
+                _ => {
+                    let tp = Instant::now();
+                    shift(gearbox, ctx, Gear::High);
+                    // The probe's passes teach the controller too (with the test hook's
+                    // extra high-gear time, as if it had been slept).
+                    let extra = lp.penalty.high.as_secs_f64();
+                    let w = exact_verify_width_timed(ctx, &probe, |w, secs| {
+                        if w == 1 {
+                            ctl.plain(secs + extra);
+                        } else {
+                            ctl.batch(w, secs + extra);
+                        }
+                    })?;
+                    st.probe_ms += tp.elapsed().as_secs_f64() * 1e3;
+                    st.verify_width = if block_width.is_none() {
+                        w
+                    } else {
+                        st.verify_width.min(w)
+                    };
+                    block_width = Some((block, w));
+                    w
+                }
+            };
+            k = k.min(width - 1);
+        }
 
         // Draft at the low gear with a fork of the chain; its KV entries are dropped after.
         let mut drafts: Vec<Token> = Vec::with_capacity(k);
@@ -598,7 +727,7 @@ pub fn generate(
                 }
                 let d = decider.draft(drafter, ctx)?;
                 drafts.push(d);
-                if model.is_eog(d) || h as f64 > stop_bits {
+                if model.is_eog(d) || (h as f64 > stop_bits && lp.replay.is_none()) {
                     break;
                 }
                 cur = d;
@@ -630,9 +759,15 @@ pub fn generate(
         StepPenalty::pay(lp.penalty.high);
         passes[Gear::High as usize] += 1;
         let (mut j, n_before) = (0, out.n_gen);
+        let replayed = lp
+            .replay
+            .as_ref()
+            .filter(|_| !drafts.is_empty())
+            .map(|r| r.lock().expect("replay state").accept(drafts.len()));
         for i in 0..=drafts.len() {
             last_h = entropy_of(ctx.logits_at(i)?, out.n_gen)?;
             let (s, kept) = decider.verify(drafter.as_ref(), ctx, i, drafts.get(i).copied())?;
+            let kept = replayed.map_or(kept, |rj| i < rj);
             pending = s;
             stop = out.emit(ctx, s, last_h, p0 + i as u32 + 1, &mut on_token);
             if stop.is_some() || !kept {

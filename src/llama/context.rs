@@ -38,6 +38,9 @@ pub struct Context<'m> {
     /// A sampler chain attached for backend sampling (llama.cpp keeps a pointer to it).
     attached: Option<Sampler>,
     rebuilds_graphs: bool,
+    /// Batches of up to 8 tokens compute each row as single-token decoding would (CUDA,
+    /// our patch 0003; see [`Context::set_width_invariant`]).
+    width_invariant: bool,
     _not_sync: PhantomData<*mut ()>,
 }
 
@@ -90,6 +93,7 @@ impl<'m> Context<'m> {
             abort,
             attached: None,
             rebuilds_graphs: params.rebuild_graphs,
+            width_invariant: false,
             _not_sync: PhantomData,
         })
     }
@@ -149,7 +153,20 @@ impl<'m> Context<'m> {
     /// Runs this thread's next decodes under the CUDA graph variant of the model's current
     /// weights (a no-op without our ggml-cuda patch).
     fn select_graph_variant(&self) {
-        super::cuda_graphs::set_variant(self.model.weight_variant());
+        let strict = if self.width_invariant {
+            super::cuda_graphs::WIDTH_INVARIANT
+        } else {
+            0
+        };
+        super::cuda_graphs::set_variant(self.model.weight_variant() | strict);
+    }
+
+    /// On CUDA with our patch 0003: batches of up to 8 tokens use the kernels and reduction
+    /// orders of single-token decoding, so each row's logits equal decoding that token alone
+    /// (slower batches; single tokens unchanged). These batches keep CUDA graphs of their own.
+    /// Without a GPU (the CPU kernels are checked by probing instead) it changes nothing.
+    pub fn set_width_invariant(&mut self, on: bool) {
+        self.width_invariant = on;
     }
 
     /// Like [`Context::decode`], but computes logits at every position and returns the

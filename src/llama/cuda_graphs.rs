@@ -1,11 +1,15 @@
-//! gearbx's ggml-cuda patches (vendor/patches/0001, 0002) from Rust: one captured CUDA graph per
-//! weight variant, and an invalidation call. Found at run time in the CUDA backend's
+//! gearbx's ggml-cuda patches (vendor/patches/0001-0003) from Rust: one captured CUDA graph per
+//! weight variant (whose top bit selects width-invariant kernels), and an invalidation call. Found at run time in the CUDA backend's
 //! proc-address table, so they are simply absent in CPU builds and in a host program whose
 //! llama.cpp lacks the patches.
 
 use std::sync::OnceLock;
 
 use super::sys;
+
+/// The variant bit that makes batches of up to 8 tokens compute each row as a single token
+/// would (patch 0003); weight variants never use it.
+pub const WIDTH_INVARIANT: u64 = 1 << 63;
 
 type SetVariant = unsafe extern "C" fn(u64);
 type Invalidate = unsafe extern "C" fn();

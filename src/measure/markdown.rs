@@ -226,39 +226,7 @@ fn model_section(o: &mut String, r: &ModelReport, files: &[(String, String); 3])
         "\nAuto mode shifted {:.1} times per round.\n\n![speed ratios]({})\n",
         a.shifts_per_round, files[1].0
     );
-    let l = &r.lossless;
-    let _ = writeln!(
-        o,
-        "### Lossless mode ({} windows of the text continued by {} greedy tokens; draft max {}, \
-         exact verification width {})\n\n\
-         | | high gear alone | lossless | ratio median (min-max) |\n|---|---|---|---|\n\
-         | decode tok/s | {:.1} | {:.1} | **{:.3}** ({:.3}-{:.3}) |\n\n\
-         Output identical to the high gear in **{} of {}** windows. Acceptance {:.1}% of draft \
-         tokens; {:.2} draft tokens and {:.2} accepted per verification; drafting took {:.0}% of \
-         the lossless loop's time. The acceptance trace ({} verifications) is in results.json \
-         (`lossless.cycles`).{}\n",
-        l.prompts,
-        l.tokens_per_prompt,
-        l.draft_max,
-        l.verify_width,
-        l.high_tokens_per_s.median,
-        l.lossless_tokens_per_s.median,
-        l.ratio.median,
-        l.ratio.min,
-        l.ratio.max,
-        l.identical,
-        l.prompts,
-        l.acceptance_rate * 100.0,
-        l.drafts_per_verify,
-        l.mean_accepted_len,
-        l.draft_time_share * 100.0,
-        l.cycles.len(),
-        if l.ratio.median < 1.0 {
-            "\n\n- **Negative:** lossless mode is slower than the high gear alone on this machine."
-        } else {
-            ""
-        }
-    );
+    let _ = writeln!(o, "{}", super::lossless::markdown(&r.lossless));
     let q = &r.quality;
     let _ = writeln!(
         o,

@@ -5,6 +5,7 @@
 pub mod baseline;
 pub mod gpu;
 pub mod lossless;
+pub mod lossless_replay;
 pub mod markdown;
 pub mod quality;
 pub mod report;

@@ -9,7 +9,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::baseline;
-use super::lossless::{self, LosslessReport};
+use super::lossless::{self, LosslessSection};
 use super::quality::{self, EvalOptions, Lane, LaneResult, Policy};
 use super::speed::{self, SpeedReport, SpeedSetup};
 use crate::engine::{self, prompt, GearControl, GenerateParams, PromptSpec};
@@ -111,7 +111,7 @@ pub struct ModelReport {
     pub tiers: BuildReport,
     pub baselines: Vec<StaticBaseline>,
     pub speed: SpeedReport,
-    pub lossless: LosslessReport,
+    pub lossless: LosslessSection,
     pub text_file: String,
     pub window: usize,
     pub window_prompt: usize,
@@ -215,7 +215,7 @@ pub const HARD: &[&str] = &[
 ];
 
 /// A measurement context; `rebuild_graphs` for one whose weights a gearbox shifts on a GPU.
-pub(crate) fn context_with<'m>(
+pub fn context_with<'m>(
     model: &'m Model,
     n_ctx: u32,
     threads: usize,
@@ -234,8 +234,11 @@ pub(crate) fn context_with<'m>(
 }
 
 fn context<'m>(model: &'m Model, n_ctx: u32, threads: usize) -> Result<Context<'m>> {
-    context_with(model, n_ctx, threads, model.offloaded())
+    context_with(model, n_ctx, threads, model.shifts_need_graph_rebuild())
 }
+
+/// Windows of the lossless section on which the width noise floor is measured.
+const LOSSLESS_NOISE_WINDOWS: usize = 4;
 
 /// Text windows for scoring: the novel from its first chapter on, tokenized, cut into windows
 /// that each start with the model's BOS (if it uses one).
@@ -485,7 +488,9 @@ pub fn run(
         &mut gb,
         &lossless_prompts,
         opts.lossless_tokens,
-        |i, n| log(&format!("lossless {i}/{n}")),
+        true,
+        LOSSLESS_NOISE_WINDOWS,
+        |s| log(s),
     )?;
     drop(ctx);
 
