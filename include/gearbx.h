@@ -138,6 +138,9 @@ typedef struct gearbx_token_info {
 // Why a generation ended (`gearbx_stats.stop_reason`).
 typedef int32_t gearbx_stop_reason;
 
+// What lossless mode promises about its tokens (`gearbx_generate_params.guarantee`).
+typedef int32_t gearbx_guarantee;
+
 // Totals of one generation (engine) or of everything observed so far (attach).
 typedef struct gearbx_stats {
   uint32_t prompt_tokens;
@@ -171,10 +174,14 @@ typedef struct gearbx_stats {
   double tier_build_ms;
   // The tiers were read from the tier cache instead of being built.
   bool tiers_from_cache;
-  // Lossless: batched high-gear verifications, draft tokens proposed and accepted.
+  // Lossless: batched high-gear verifications, draft tokens proposed and accepted, plain
+  // high-gear steps (drafting gated off or not paying), and the guarantee the tokens were
+  // generated under (`GEARBX_GUARANTEE_STRICT` or `_VERIFIED`; `_DEFAULT` without lossless).
   uint32_t verifies;
   uint32_t drafted;
   uint32_t accepted;
+  uint32_t plain_steps;
+  gearbx_guarantee guarantee;
 } gearbx_stats;
 
 // How to open an engine. Get defaults from `gearbx_engine_default_params()`.
@@ -233,8 +240,16 @@ typedef struct gearbx_generate_params {
   // decoding). Greedy: the high gear's tokens exactly; with temperature: distributed as the
   // high gear's sampling. Needs tiers (not `GEARBX_GEAR_OFF`); ignores the gear policy.
   bool lossless;
-  // Lossless: the longest draft per verification; 0: 8.
+  // Lossless: the longest draft per verification; 0: the default (7).
   uint32_t draft_max;
+  // Lossless: `GEARBX_GUARANTEE_STRICT` (every token as single-token decoding at the high
+  // gear gives it), `GEARBX_GUARANTEE_VERIFIED` (the high gear's choice from a verification
+  // pass of width draft_max + 1), or `GEARBX_GUARANTEE_DEFAULT` (strict on the CPU,
+  // verified when layers run on a GPU).
+  gearbx_guarantee guarantee;
+  // Lossless: draft wherever the entropy gate allows, even where drafting is measured to be
+  // slower than plain high-gear steps (false: only while it pays).
+  bool draft_always;
 } gearbx_generate_params;
 
 // Receives each piece of generated text with its telemetry, on the thread that called
@@ -320,6 +335,15 @@ typedef bool (*gearbx_token_callback)(const char *piece,
 
 // The token callback returned false.
 #define GEARBX_STOP_CALLBACK 5
+
+// Strict on the CPU, verified when layers run on a GPU (the faster one that holds there).
+#define GEARBX_GUARANTEE_DEFAULT 0
+
+// Greedy: every token is what single-token decoding at the high gear emits.
+#define GEARBX_GUARANTEE_STRICT 1
+
+// Every token is the high gear's choice from a verification pass of width draft_max + 1.
+#define GEARBX_GUARANTEE_VERIFIED 2
 
 #ifdef __cplusplus
 extern "C" {

@@ -10,6 +10,12 @@
 #                      ran before each had its own CUDA graph), with REUSEOFF=1 also with
 #                      LLAMA_GRAPH_REUSE_DISABLE=1 for the whole process (the controls)
 #   smollm2 GGUF       high gear vs plain greedy tokens on a real model, and auto mode
+#   lossless SHAPE [R] lossless mode on the synthetic model of SHAPE against its high gear,
+#                      acceptance replayed from docs/results.json (R rounds, default 3)
+#   lossless-text GGUF TEXT [N]
+#                      lossless mode end to end on a real model: N windows (default 40) of
+#                      TEXT drafting wherever allowed (identity over N x 256 tokens), then 8
+#                      windows with the controller (speed)
 # BIN (default: the directory of this script's ../target/release) holds gearbx-bench and
 # gearbx-run; MODELS (default /tmp/gearbx-models) the generated models.
 set -euo pipefail
@@ -61,6 +67,24 @@ print(f"high gear greedy text == plain: {same}; lossless == high: {r['lossless']
 for k, v in r.items():
     print(k, {x: v.get(x) for x in ("decode_tokens_per_s", "generated_tokens", "entropy_on")}, (v.get("gears") or {}).get("token_fraction"))
 PY
+    ;;
+lossless)
+    shape=${2:?shape}
+    rounds=${3:-3}
+    model=$MODELS/$shape-f16.gguf
+    [ -f "$model" ] || "$BIN/gearbx-bench" synth --shape "$shape" --out "$model"
+    "$BIN/gearbx-bench" lossless --model "$model" --cycles "$(dirname "$TRACES")/results.json" \
+        --tokens 256 --rounds "$rounds" --out "$OUT/lossless-$shape" 2>&1 | tee "$OUT/lossless-$shape.log"
+    ;;
+lossless-text)
+    gguf=${2:?gguf}
+    text=${3:?text}
+    n=${4:-40}
+    name=$(basename "$gguf" .gguf)
+    "$BIN/gearbx-bench" lossless --model "$gguf" --text "$text" --tokens 256 --rounds "$n" \
+        --draft-always --out "$OUT/lossless-$name-always" 2>&1 | tee "$OUT/lossless-$name-always.log"
+    "$BIN/gearbx-bench" lossless --model "$gguf" --text "$text" --tokens 256 --rounds 8 \
+        --out "$OUT/lossless-$name" 2>&1 | tee "$OUT/lossless-$name.log"
     ;;
 *)
     echo "unknown step $step" >&2

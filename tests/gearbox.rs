@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::*;
 use gearbx::engine::{self, GearControl, GenerateParams};
-use gearbx::gearbox::{CacheOptions, Gear, Gearbox, GearboxOptions, TierOrigin};
+use gearbx::gearbox::{CacheOptions, Gear, Gearbox, GearboxOptions, Manage, TierOrigin};
 use gearbx::llama::{Context, ContextParams, Model, ModelParams, SamplingParams, Token};
 use gearbx::store::gguf;
 
@@ -558,4 +558,54 @@ fn gears_left_out_get_no_tiers_and_run_on_the_gear_above() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn the_output_head_is_managed_when_asked_and_the_high_gear_stays_exact() {
+    // SmolLM2 ties its output head to the Q8_0 token embedding: managed, it gets tiers of its
+    // own below Q8_0 (rows of 576 fit no K-quant), and the high gear is still the plain model.
+    let (model, info) = setup();
+    let prompt = "The three primary colours are";
+    let plain = generate_tokens(&model, prompt, 32, None);
+    let head = GearboxOptions {
+        manage: Manage::parse_kind("all,output").unwrap(),
+        ..opts()
+    };
+    let mut gb = Gearbox::build(&model, &fixture().model, &info, &head).unwrap();
+    let types = gb.current_types();
+    assert_eq!(types.len(), 30 * 7 + 1, "the layers' matrices and the head");
+    let i = types
+        .iter()
+        .position(|(n, _)| n == "token_embd.weight")
+        .expect("the tied head is managed");
+    assert_eq!(gb.type_at(Gear::High, i), gearbx::llama::sys::GGML_TYPE_Q8_0);
+    for g in [Gear::Low, Gear::Mid] {
+        let t = gb.type_at(g, i);
+        assert!(
+            [gearbx::llama::sys::GGML_TYPE_Q5_0, gearbx::llama::sys::GGML_TYPE_Q5_1].contains(&t),
+            "{g}: {}",
+            gearbx::llama::weights::type_name(t)
+        );
+    }
+    let layers_only = {
+        let mut g2 = Gearbox::build(&model, &fixture().model, &info, &opts()).unwrap();
+        g2.report().bytes
+    };
+    assert!(gb.report().bytes[0] > layers_only[0], "the head's low tier is counted");
+    let fixed = |gb: &mut Gearbox<'_>, g| {
+        generate_tokens(
+            &model,
+            prompt,
+            32,
+            Some(GearControl {
+                gearbox: gb,
+                monitor: None,
+                fixed: g,
+                calibrate: None,
+            }),
+        )
+    };
+    let low = fixed(&mut gb, Gear::Low);
+    assert_ne!(low, plain);
+    assert_eq!(fixed(&mut gb, Gear::High), plain, "high gear == the plain model");
 }

@@ -91,6 +91,10 @@ enum Cmd {
         /// LLAMA_GRAPH_REUSE_DISABLE=1 (no graph reuse anywhere), GGML_CUDA_DISABLE_GRAPHS=1.
         #[arg(long)]
         rebuild_graphs: bool,
+        /// Manage the output head too (as gearbx-run --manage all,output); the static
+        /// baselines quantize it to the same types.
+        #[arg(long)]
+        manage_output: bool,
     },
     /// Lossless mode on one model against its high gear alone. With --cycles: acceptance
     /// replayed from a report's recorded verifications (every model's in results.json), for
@@ -232,6 +236,7 @@ fn main() -> ExitCode {
             baselines,
             threads,
             rebuild_graphs,
+            manage_output,
         }) => run_gpu(
             model,
             trace,
@@ -241,7 +246,7 @@ fn main() -> ExitCode {
             out,
             baselines.clone().unwrap_or_else(|| out.join("baselines")),
             *threads,
-            *rebuild_graphs,
+            (*rebuild_graphs, *manage_output),
         ),
         Some(Cmd::Lossless {
             model,
@@ -393,7 +398,7 @@ fn run_gpu(
     out: &std::path::Path,
     baselines_dir: PathBuf,
     threads: Option<usize>,
-    rebuild_graphs: bool,
+    (rebuild_graphs, manage_output): (bool, bool),
 ) -> gearbx::Result<()> {
     if tokens == 0 || rounds == 0 || shift_periods.contains(&0) {
         return Err(gearbx::Error::InvalidParam(
@@ -422,6 +427,7 @@ fn run_gpu(
         shift_periods: shift_periods.to_vec(),
         baselines_dir,
         rebuild_graphs,
+        manage_output,
     };
     let t0 = Instant::now();
     let r = gpu::run_all(model, &info, &opts, |s| {

@@ -172,7 +172,8 @@ struct Cli {
     #[arg(long, default_value = "low,mid,high", value_name = "LIST")]
     gears: String,
 
-    /// Which weight matrices shift: attn, ffn or all.
+    /// Which weight matrices shift: a list of attn, ffn, output (the output head; with a tied
+    /// embedding also the input embedding) and all (= attn,ffn).
     #[arg(long, default_value = "all", value_name = "KIND")]
     manage: String,
 

@@ -66,6 +66,9 @@ pub struct gearbx_generate_params {
     /// pass of width draft_max + 1), or `GEARBX_GUARANTEE_DEFAULT` (strict on the CPU,
     /// verified when layers run on a GPU).
     pub guarantee: gearbx_guarantee,
+    /// Lossless: draft wherever the entropy gate allows, even where drafting is measured to be
+    /// slower than plain high-gear steps (false: only while it pays).
+    pub draft_always: bool,
 }
 
 /// Receives each piece of generated text with its telemetry, on the thread that called
@@ -152,6 +155,7 @@ pub unsafe extern "C" fn gearbx_generate_default_params(
         lossless: false,
         draft_max: 0,
         guarantee: GEARBX_GUARANTEE_DEFAULT,
+        draft_always: false,
     };
     guard_value((), || {
         // SAFETY: NULL or an open engine (the caller's contract).
@@ -377,7 +381,7 @@ pub unsafe extern "C" fn gearbx_engine_generate(
         e.cancel.store(false, Ordering::SeqCst);
         let monitor_cfg = inner.monitor.clone();
         let mut by_callback = false;
-        let (lossless, draft_max) = (p.lossless, p.draft_max);
+        let (lossless, draft_max, draft_always) = (p.lossless, p.draft_max, p.draft_always);
         let guarantee = match p.guarantee {
             GEARBX_GUARANTEE_DEFAULT => None,
             GEARBX_GUARANTEE_STRICT => Some(Guarantee::Strict),
@@ -450,6 +454,7 @@ pub unsafe extern "C" fn gearbx_engine_generate(
                             draft_max as usize
                         },
                         guarantee,
+                        adaptive: !draft_always,
                         ..defaults
                     };
                     Ok(engine::lossless::generate(

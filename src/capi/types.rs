@@ -71,7 +71,8 @@ pub struct gearbx_gear_params {
     /// Tier types per gear, e.g. "low=Q4_0,mid=Q8_0,high=source"; NULL: derived from the
     /// source type.
     pub tiers: *const c_char,
-    /// Which weight matrices shift: "attn", "ffn" or "all"; NULL: "all".
+    /// Which weight matrices shift: a list of "attn", "ffn", "output" (the output head) and
+    /// "all" (= "attn,ffn"); NULL: "all".
     pub manage: *const c_char,
     /// Layers that shift: "N" or "A-B"; NULL: every layer.
     pub layers: *const c_char,

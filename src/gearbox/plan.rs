@@ -124,7 +124,10 @@ impl GearSet {
 pub struct Manage {
     pub attn: bool,
     pub ffn: bool,
-    /// Inclusive layer range; None = every layer.
+    /// The output head (`output.weight`, or `token_embd.weight` where the embedding is tied
+    /// to it: then the input embedding shifts with it on the CPU, where one tensor serves both).
+    pub output: bool,
+    /// Inclusive layer range of the attn/ffn matrices; None = every layer.
     pub layers: Option<(u32, u32)>,
 }
 
@@ -133,28 +136,35 @@ impl Default for Manage {
         Self {
             attn: true,
             ffn: true,
+            output: false,
             layers: None,
         }
     }
 }
 
 impl Manage {
-    /// `attn`, `ffn` or `all`.
+    /// A comma-separated list of `attn`, `ffn`, `output` and `all` (= attn,ffn).
     pub fn parse_kind(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "attn" => Ok(Self {
-                attn: true,
-                ffn: false,
-                layers: None,
-            }),
-            "ffn" => Ok(Self {
-                attn: false,
-                ffn: true,
-                layers: None,
-            }),
-            "all" => Ok(Self::default()),
-            _ => Err(format!("--manage takes attn, ffn or all, not {s:?}")),
+        let mut m = Self {
+            attn: false,
+            ffn: false,
+            output: false,
+            layers: None,
+        };
+        for part in s.split(',').map(str::trim) {
+            match part {
+                "attn" => m.attn = true,
+                "ffn" => m.ffn = true,
+                "output" => m.output = true,
+                "all" => (m.attn, m.ffn) = (true, true),
+                _ => {
+                    return Err(format!(
+                        "--manage takes a list of attn, ffn, output and all, not {part:?}"
+                    ))
+                }
+            }
         }
+        Ok(m)
     }
 
     /// `A-B` or `N` (inclusive).
@@ -176,8 +186,12 @@ impl Manage {
         Ok((a, b))
     }
 
-    /// True for `blk.N.attn_*.weight` / `blk.N.ffn_*.weight` within the layer range.
+    /// True for `blk.N.attn_*.weight` / `blk.N.ffn_*.weight` within the layer range, and for
+    /// the output head's matrix (found as a matmul weight: `token_embd.weight` only when tied).
     pub fn matches(&self, name: &str) -> bool {
+        if name == "output.weight" || name == "token_embd.weight" {
+            return self.output;
+        }
         let Some(rest) = name.strip_prefix("blk.") else {
             return false;
         };
@@ -496,6 +510,12 @@ mod tests {
         assert!(!all.matches("blk.3.attn_norm.weight"));
         assert!(!all.matches("output.weight"));
         assert!(!all.matches("token_embd.weight"));
+        let head = Manage::parse_kind("all,output").unwrap();
+        assert!(head.matches("output.weight") && head.matches("token_embd.weight"));
+        assert!(head.matches("blk.0.ffn_up.weight"));
+        let only = Manage::parse_kind("output").unwrap();
+        assert!(only.matches("output.weight") && !only.matches("blk.0.ffn_up.weight"));
+        assert!(Manage::parse_kind("attn,head").is_err());
         let attn = Manage {
             layers: Some((2, 4)),
             ..Manage::parse_kind("attn").unwrap()

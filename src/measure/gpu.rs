@@ -15,7 +15,7 @@ use super::speed::Series;
 use crate::engine::{self, EntropySource, GearControl, GenerateParams, Outcome};
 use crate::error::{Error, Result};
 use crate::gearbox::plan::{TierOverrides, TierType};
-use crate::gearbox::{BuildReport, Gear, Gearbox, GearboxOptions};
+use crate::gearbox::{BuildReport, Gear, Gearbox, GearboxOptions, Manage};
 use crate::llama::weights::type_name;
 use crate::llama::{sys, Context, Model, ModelParams, Token};
 use crate::monitor::Monitor;
@@ -39,6 +39,9 @@ pub struct GpuOptions {
     /// Control: the gearbox context rebuilds llama.cpp's graph every decode (as gearbx did
     /// before each gear had its own CUDA graph), so a gap to that is visible.
     pub rebuild_graphs: bool,
+    /// Manage the output head too (`--manage all,output`); the static baselines then quantize
+    /// it to the same type.
+    pub manage_output: bool,
 }
 
 /// One tier plan's build.
@@ -113,6 +116,8 @@ pub struct GpuReport {
     pub graph_variants: bool,
     /// The gearbox context rebuilt llama.cpp's graph every decode.
     pub rebuild_graphs: bool,
+    /// The output head had tiers too (and the same type in the static baselines).
+    pub manage_output: bool,
     pub shift_check: Option<ShiftCheck>,
     pub n_params: u64,
     pub rounds: usize,
@@ -318,7 +323,13 @@ fn static_model(
     let stem = path
         .file_stem()
         .map_or("model".into(), |s| s.to_string_lossy().into_owned());
-    let file = dir.join(format!("{stem}-{}.gguf", type_name(ty).to_lowercase()));
+    // The type list decides the file: the output head's type is in the name when managed.
+    let head = if types.iter().any(|(n, _)| !n.starts_with("blk.")) {
+        "-head"
+    } else {
+        ""
+    };
+    let file = dir.join(format!("{stem}-{}{head}.gguf", type_name(ty).to_lowercase()));
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let fresh = matches!((modified(&file), modified(path)), (Some(f), Some(s)) if f >= s);
     let quantize_s = if fresh {
@@ -361,9 +372,8 @@ fn build<'m>(
     model: &'m Model,
     path: &Path,
     info: &GgufInfo,
-    low: u32,
-    mid: u32,
-    threads: usize,
+    (low, mid): (u32, u32),
+    opts: &GpuOptions,
 ) -> Result<Gearbox<'m>> {
     Gearbox::build(
         model,
@@ -371,7 +381,11 @@ fn build<'m>(
         info,
         &GearboxOptions {
             overrides: overrides(low, mid),
-            threads,
+            threads: opts.threads,
+            manage: Manage {
+                output: opts.manage_output,
+                ..Manage::default()
+            },
             ..Default::default()
         },
     )
@@ -402,7 +416,7 @@ pub fn run_all(
     // Tiers Q4_0/Q8_0 (every shadow by our kernels when the weights are on a GPU); the
     // default plan (Q4_K low) is built after the first part, for the Q4_K comparison.
     log("building tiers (low Q4_0, mid Q8_0)");
-    let mut gb = build(&model, path, info, q4, q8, t)?;
+    let mut gb = build(&model, path, info, (q4, q8), opts)?;
     let mut builds = vec![TierBuild {
         plan: "low Q4_0, mid Q8_0".into(),
         report: gb.report().clone(),
@@ -539,7 +553,7 @@ pub fn run_all(
     // The default plan's low gear (Q4_K) against the static Q4_K model.
     drop(gb);
     log("building tiers (low Q4_K, mid Q8_0: the default plan for float weights)");
-    let mut gb = build(&model, path, info, q4k, q8, t)?;
+    let mut gb = build(&model, path, info, (q4k, q8), opts)?;
     builds.push(TierBuild {
         plan: "low Q4_K, mid Q8_0 (default)".into(),
         report: gb.report().clone(),
@@ -571,6 +585,7 @@ pub fn run_all(
         cuda_graphs: std::env::var_os("GGML_CUDA_DISABLE_GRAPHS").is_none(),
         graph_variants: crate::llama::cuda_graphs::variants_available(),
         rebuild_graphs: rebuild,
+        manage_output: opts.manage_output,
         shift_check: Some(check),
         n_params,
         rounds: opts.rounds,
@@ -598,7 +613,7 @@ pub fn run_all(
 /// The report as a Markdown section (the README's H100 table is copied from it).
 pub fn markdown(r: &GpuReport, command: &str, date: &str) -> String {
     let mut s = format!(
-        "## {} on {}\n\n{} parameters, {} rounds of {} generated tokens, CUDA graphs {}, {}; \
+        "## {} on {}\n\n{} parameters, {} rounds of {} generated tokens, CUDA graphs {}, {}{}; \
          {date}.\nCommand: `{command}`\n\n",
         r.model,
         r.device,
@@ -610,6 +625,11 @@ pub fn markdown(r: &GpuReport, command: &str, date: &str) -> String {
             (true, _) => "gearbox graph rebuilt every token",
             (false, true) => "one captured graph per gear (graph reuse on)",
             (false, false) => "graph reuse on, no graph variants",
+        },
+        if r.manage_output {
+            ", the output head managed too"
+        } else {
+            ""
         }
     );
     if let Some(c) = &r.shift_check {

@@ -148,11 +148,22 @@ int main(int argc, char **argv) {
     CHECK(gearbx_engine_generate(engine, &gp, on_token, &ch, &st) == GEARBX_OK, "generate high");
     gearbx_generate_params lp = gp;
     lp.lossless = true;
+    lp.draft_always = true; /* the controller would not draft on this CPU, where it does not pay */
     struct collect cl = {0};
     CHECK(gearbx_engine_generate(engine, &lp, on_token, &cl, &st) == GEARBX_OK, "lossless");
     CHECK(strcmp(cl.text, ch.text) == 0, "lossless text differs:\n%s\nvs\n%s", cl.text, ch.text);
     CHECK(st.drafted > 0 && st.accepted <= st.drafted && cl.per_gear[GEARBX_GEAR_HIGH] == cl.tokens,
           "drafted %u accepted %u", st.drafted, st.accepted);
+    CHECK(st.guarantee == GEARBX_GUARANTEE_STRICT, "CPU default guarantee %d", st.guarantee);
+    gearbx_generate_params vp = lp;
+    vp.guarantee = GEARBX_GUARANTEE_VERIFIED;
+    struct collect cv = {0};
+    CHECK(gearbx_engine_generate(engine, &vp, on_token, &cv, &st) == GEARBX_OK, "verified");
+    CHECK(st.guarantee == GEARBX_GUARANTEE_VERIFIED && st.drafted > 0, "verified: guarantee %d",
+          st.guarantee);
+    vp.guarantee = 7;
+    CHECK(gearbx_engine_generate(engine, &vp, on_token, &cv, &st) == GEARBX_ERR_INVALID_ARGUMENT,
+          "an unknown guarantee is refused");
     printf("LOSSLESS_DRAFTED=%u\nLOSSLESS_ACCEPTED=%u\n", st.drafted, st.accepted);
     CHECK(gearbx_engine_set_gear(engine, GEARBX_GEAR_AUTO) == GEARBX_OK, "set auto");
 
