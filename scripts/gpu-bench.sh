@@ -73,8 +73,9 @@ lossless)
     rounds=${3:-3}
     model=$MODELS/$shape-f16.gguf
     [ -f "$model" ] || "$BIN/gearbx-bench" synth --shape "$shape" --out "$model"
+    # Q4_0 drafts: the fastest low tier on CUDA (built on the GPU).
     "$BIN/gearbx-bench" lossless --model "$model" --cycles "$(dirname "$TRACES")/results.json" \
-        --tokens 256 --rounds "$rounds" --out "$OUT/lossless-$shape" 2>&1 | tee "$OUT/lossless-$shape.log"
+        --tiers low=Q4_0 --tokens 256 --rounds "$rounds" --out "$OUT/lossless-$shape" 2>&1 | tee "$OUT/lossless-$shape.log"
     ;;
 lossless-text)
     gguf=${2:?gguf}

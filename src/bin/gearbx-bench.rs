@@ -123,6 +123,9 @@ enum Cmd {
         /// identity over many drafted tokens.
         #[arg(long)]
         draft_always: bool,
+        /// Tier types per gear, as gearbx-run's --tiers (e.g. low=Q4_0: the fastest drafter).
+        #[arg(long, value_name = "LIST")]
+        tiers: Option<String>,
         /// CPU threads (default: all cores).
         #[arg(short, long, env = "GEARBX_THREADS")]
         threads: Option<usize>,
@@ -256,13 +259,14 @@ fn main() -> ExitCode {
             rounds,
             out,
             draft_always,
+            tiers,
             threads,
         }) => run_lossless(
             model,
             cycles.as_deref(),
             text.as_deref(),
             (*tokens, *rounds, !*draft_always),
-            out,
+            (out, tiers.as_deref()),
             threads_or_all(*threads),
         ),
     };
@@ -490,7 +494,7 @@ fn run_lossless(
     cycles: Option<&std::path::Path>,
     text: Option<&std::path::Path>,
     (tokens, rounds, adaptive): (usize, usize, bool),
-    out: &std::path::Path,
+    (out, tiers): (&std::path::Path, Option<&str>),
     threads: usize,
 ) -> gearbx::Result<()> {
     use gearbx::gearbox::{Gearbox, GearboxOptions};
@@ -507,6 +511,10 @@ fn run_lossless(
     let model = gearbx::llama::Model::load(path, &Default::default())?;
     let gopts = GearboxOptions {
         threads,
+        overrides: tiers
+            .map(gearbx::gearbox::plan::parse_overrides)
+            .transpose()?
+            .unwrap_or_default(),
         ..Default::default()
     };
     let mut gb = Gearbox::build(&model, path, &info, &gopts)?;

@@ -265,6 +265,8 @@ struct Emitter<'p> {
     text: String,
     n_gen: usize,
     entropy_sum: f64,
+    /// Every emitted token (a backend chain attached later replays them for its penalties).
+    tokens: Vec<Token>,
 }
 
 impl Emitter<'_> {
@@ -282,6 +284,7 @@ impl Emitter<'_> {
             return Some(StopReason::Eos);
         }
         self.entropy_sum += entropy as f64;
+        self.tokens.push(tok);
         let piece = self.utf8.push(&model.token_bytes(tok, false));
         let (visible, hit) = self.stops.push(&piece);
         self.text.push_str(&visible);
@@ -322,6 +325,14 @@ enum Drafter {
 }
 
 impl Decider {
+    /// Records `t`, chosen elsewhere (a backend sampler), in the chain's history.
+    fn record(&mut self, t: Token) {
+        match self {
+            Decider::Greedy(s) => s.accept(t),
+            Decider::Stochastic { shaper, .. } => shaper.accept(t),
+        }
+    }
+
     /// The first token, from the prompt's last logits.
     fn first(&mut self, ctx: &Context<'_>) -> Result<Token> {
         Ok(match self {
@@ -416,9 +427,12 @@ pub fn exact_verify_width_timed(
     mut timed: impl FnMut(usize, f64),
 ) -> Result<usize> {
     let p0 = ctx.n_past();
+    // Never across a KV block: the attention length (and kernels chosen by it) would differ
+    // between the single passes and the batch.
     let n = WIDTHS[0]
         .min(probe.len())
-        .min((ctx.n_ctx() - p0).saturating_sub(1) as usize);
+        .min((ctx.n_ctx() - p0).saturating_sub(1) as usize)
+        .min((KV_PAD - p0 % KV_PAD) as usize);
     if n < 2 {
         return Ok(1);
     }
@@ -470,10 +484,24 @@ pub fn rescore(
             "re-scoring needs greedy output (--temp 0)".into(),
         ));
     }
-    let model = ctx.model();
     ctx.clear();
     ctx.detach_sampler();
     gearbox.shift(ctx, Gear::High);
+    // The kernels the passes ran with (strict: width-invariant ones on CUDA).
+    ctx.set_width_invariant(stats.guarantee == Guarantee::Strict);
+    let r = replay_passes(ctx, prompt, tokens, params, stats);
+    ctx.set_width_invariant(false);
+    r
+}
+
+fn replay_passes(
+    ctx: &mut Context<'_>,
+    prompt: &[Token],
+    tokens: &[Token],
+    params: &GenerateParams,
+    stats: &LosslessStats,
+) -> Result<Option<usize>> {
+    let model = ctx.model();
     let mut chain = Sampler::new(&params.sampling, model, ctx.n_ctx())?;
     ctx.decode(prompt)?;
     let Some(&first) = tokens.first() else {
@@ -504,6 +532,23 @@ pub fn rescore(
     Ok(None)
 }
 
+/// The entropy of the last pass with a backend chain attached (computed in the graph, or by
+/// the chain's host part where the backend could not).
+fn attached_entropy(
+    ctx: &Context<'_>,
+    probe: &crate::llama::backend_entropy::Probe,
+    n_gen: usize,
+) -> Result<f32> {
+    let h = match ctx.sampled_probs() {
+        Some(v) => v[0],
+        None => probe.host_bits(),
+    };
+    if !h.is_finite() {
+        return Err(Error::NanLogits(n_gen));
+    }
+    Ok(h)
+}
+
 fn entropy_of(row: &[f32], n_gen: usize) -> Result<f32> {
     let (bits, n_bad) = kernels::entropy_bits(row);
     if n_bad > 0 {
@@ -522,7 +567,9 @@ pub fn generate(
     on_token: impl FnMut(&TokenEvent<'_>),
 ) -> Result<Outcome> {
     let r = run(ctx, prompt, params, gearbox, lp, on_token);
-    ctx.set_width_invariant(false); // strict mode's kernels end with it, also on errors
+    // Strict mode's kernels and a backend chain end with the generation, also on errors.
+    ctx.set_width_invariant(false);
+    ctx.detach_sampler();
     r
 }
 
@@ -566,6 +613,7 @@ fn run(
         text: String::new(),
         n_gen: 0,
         entropy_sum: 0.0,
+        tokens: Vec::new(),
     };
     let mut st = LosslessStats::new(guarantee);
     let mut ctl = DraftController::default();
@@ -595,6 +643,20 @@ fn run(
         .take(lp.draft_max + 1)
         .collect();
     let mut block_width: Option<(u32, usize)> = None;
+    // Where the plain loop samples on the backend (a GPU, greedy), plain steps do too, with a
+    // chain attached for as long as no draft is made: attaching or detaching one makes
+    // llama.cpp re-reserve its compute graph (sched_need_reserve), so it is never toggled
+    // while drafting does not pay.
+    let backend_plain = lp.adaptive
+        && model.offloaded()
+        && params.sampling.is_greedy()
+        && params.entropy != super::EntropySource::Host;
+    let mut attached: Option<std::rc::Rc<crate::llama::backend_entropy::Probe>> = None;
+    if backend_plain {
+        let (chain, probe) = Sampler::with_entropy_probe(&params.sampling, model, ctx.n_ctx())?;
+        ctx.attach_sampler(chain)?;
+        attached = Some(probe);
+    }
     let t0 = Instant::now();
     let mut stop = None;
     if let Err(e) = ctx.decode(prompt) {
@@ -606,8 +668,17 @@ fn run(
     let mut pending: Token = -1;
     let mut last_h = 0f32;
     if stop.is_none() {
-        last_h = entropy_of(ctx.logits()?, 0)?;
-        pending = decider.first(ctx)?;
+        (pending, last_h) = match &attached {
+            Some(probe) => {
+                let tok = ctx.sample_attached()?;
+                decider.record(tok);
+                (tok, attached_entropy(ctx, probe, 0)?)
+            }
+            None => {
+                let h = entropy_of(ctx.logits()?, 0)?;
+                (decider.first(ctx)?, h)
+            }
+        };
         stop = out.emit(ctx, pending, last_h, ctx.n_past(), &mut on_token);
     }
     let mut k_next = lp.draft_max.div_ceil(2);
@@ -642,22 +713,28 @@ fn run(
                 Next::Plain => 0,
                 Next::Draft(k) => k,
                 Next::TimeDraft => {
-                    // Two throw-away passes at the low gear, the second timed (the first
-                    // may pay for a first use): what a draft step costs here.
+                    // A throw-away pass at the low gear, as a draft step: the pass, its
+                    // entropy, a draw from a forked chain (with a backend chain attached: the
+                    // pass and the entropy the graph computed, the chain's history untouched).
+                    // One pass: a first use (a CUDA graph not yet captured) makes it slower,
+                    // which errs towards not drafting; re-timing corrects it.
                     let td = Instant::now();
                     shift(gearbox, ctx, Gear::Low);
-                    let mut secs = 0.0;
-                    for _ in 0..2 {
-                        // As a draft step: the pass, its entropy, a draw from a forked chain.
-                        let t = Instant::now();
-                        let mut d = decider.drafter()?;
-                        ctx.decode(&[pending])?;
-                        StepPenalty::pay(lp.penalty.draft);
-                        kernels::entropy_bits(ctx.logits()?);
-                        decider.draft(&mut d, ctx)?;
-                        secs = t.elapsed().as_secs_f64();
-                        ctx.truncate(p0)?;
+                    let t = Instant::now();
+                    let mut d = decider.drafter()?;
+                    ctx.decode(&[pending])?;
+                    StepPenalty::pay(lp.penalty.draft);
+                    match &attached {
+                        Some(probe) => {
+                            attached_entropy(ctx, probe, out.n_gen)?;
+                        }
+                        None => {
+                            kernels::entropy_bits(ctx.logits()?);
+                            decider.draft(&mut d, ctx)?;
+                        }
                     }
+                    let secs = t.elapsed().as_secs_f64();
+                    ctx.truncate(p0)?;
                     ctl.draft_step(secs);
                     st.draft_ms += td.elapsed().as_secs_f64() * 1e3;
                     0
@@ -669,11 +746,27 @@ fn run(
             k_next.min(cap)
         };
         drop(replay);
-        // Strict: as wide as this KV block's probe found exact (probed when first needed).
+        // Drafting and probing read host logits: no backend chain attached from here on
+        // (unless no probe will run: this generation found no exact width already).
+        let no_width = fixed_width.is_none() && matches!(block_width, Some((_, 1)));
+        if no_width {
+            k = 0;
+            ctl.not_drafted();
+        }
+        if k > 0 && attached.take().is_some() {
+            ctx.detach_sampler();
+        }
+        // Strict: as wide as this KV block's probe found exact (probed when first needed, and
+        // only where the probe's widest batch fits in the block: near a block's end, plain
+        // steps until the next one).
         if k > 0 && fixed_width.is_none() {
             let block = p0 / KV_PAD;
             let width = match block_width {
                 Some((b, w)) if b == block => w,
+                // No exact width found once: no more probing (each probe costs passes, and on
+                // a GPU a chain detached and attached again) for this generation.
+                Some((_, 1)) => 1,
+                _ if ((KV_PAD - p0 % KV_PAD) as usize) < probe.len() => 1,
                 _ => {
                     let tp = Instant::now();
                     shift(gearbox, ctx, Gear::High);
@@ -698,6 +791,47 @@ fn run(
                 }
             };
             k = k.min(width - 1);
+            if k == 0 {
+                ctl.not_drafted(); // a plain step after all: as the plain loop runs one
+            }
+        }
+
+        // A plain step while drafting is off runs as the plain loop does on a GPU: token and
+        // entropy from a chain attached to the context (backend sampling), not host logits.
+        if k == 0 && backend_plain && !ctl.drafting() {
+            let tv = Instant::now();
+            shift(gearbox, ctx, Gear::High);
+            if attached.is_none() {
+                let (mut chain, probe) =
+                    Sampler::with_entropy_probe(&params.sampling, model, ctx.n_ctx())?;
+                for &t in &out.tokens {
+                    chain.accept(t); // the penalty history the host chain has
+                }
+                ctx.attach_sampler(chain)?;
+                attached = Some(probe);
+            }
+            if let Err(e) = ctx.decode(&[pending]) {
+                interrupted(e, ctx)?;
+                stop = Some(StopReason::Interrupted);
+                break;
+            }
+            StepPenalty::pay(lp.penalty.high);
+            passes[Gear::High as usize] += 1;
+            let tok = ctx.sample_attached()?;
+            let h = attached_entropy(ctx, attached.as_ref().expect("attached above"), out.n_gen)?;
+            decider.record(tok);
+            (last_h, pending) = (h, tok);
+            let n_before = out.n_gen;
+            stop = out.emit(ctx, tok, h, p0 + 1, &mut on_token);
+            let secs = tv.elapsed().as_secs_f64();
+            st.verify_ms += secs * 1e3;
+            st.passes.push((1, out.n_gen - n_before));
+            st.plain_steps += 1;
+            ctl.plain(secs);
+            continue;
+        }
+        if attached.take().is_some() {
+            ctx.detach_sampler();
         }
 
         // Draft at the low gear with a fork of the chain; its KV entries are dropped after.

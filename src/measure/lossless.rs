@@ -154,7 +154,10 @@ pub fn measure(
     noise_windows: usize,
     mut progress: impl FnMut(&str),
 ) -> Result<LosslessSection> {
-    let params = GenerateParams::greedy(tokens, true);
+    // Entropy where users get it: in the graph on a GPU (the high gear alone and lossless
+    // mode's plain steps), from host logits on the CPU.
+    let mut params = GenerateParams::greedy(tokens, true);
+    params.entropy = crate::engine::EntropySource::Auto;
     let guarantees = [Guarantee::Strict, Guarantee::Verified];
     let lp = |g| LosslessParams {
         guarantee: Some(g),

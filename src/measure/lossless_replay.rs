@@ -72,7 +72,9 @@ fn replayed(
     lp: &LosslessParams,
 ) -> Result<Outcome> {
     ctx.clear();
-    lossless::generate(ctx, prompt, &GenerateParams::greedy(n, true), gb, lp, |_| {})
+    let mut p = GenerateParams::greedy(n, true);
+    p.entropy = EntropySource::Auto; // plain steps sample on the backend where the high gear does
+    lossless::generate(ctx, prompt, &p, gb, lp, |_| {})
 }
 
 /// Replays `cycles` (a real model's (drafted, accepted) per verification) on `gb`'s model:
