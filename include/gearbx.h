@@ -84,7 +84,8 @@ typedef struct gearbx_gear_params {
   // Tier types per gear, e.g. "low=Q4_0,mid=Q8_0,high=source"; NULL: derived from the
   // source type.
   const char *tiers;
-  // Which weight matrices shift: "attn", "ffn" or "all"; NULL: "all".
+  // Which weight matrices shift: a list of "attn", "ffn", "output" (the output head) and
+  // "all" (= "attn,ffn"); NULL: "all".
   const char *manage;
   // Layers that shift: "N" or "A-B"; NULL: every layer.
   const char *layers;

@@ -588,7 +588,7 @@ fn the_output_head_is_managed_when_asked_and_the_high_gear_stays_exact() {
         );
     }
     let layers_only = {
-        let mut g2 = Gearbox::build(&model, &fixture().model, &info, &opts()).unwrap();
+        let g2 = Gearbox::build(&model, &fixture().model, &info, &opts()).unwrap();
         g2.report().bytes
     };
     assert!(gb.report().bytes[0] > layers_only[0], "the head's low tier is counted");
