@@ -11,7 +11,8 @@
 #                      LLAMA_GRAPH_REUSE_DISABLE=1 for the whole process (the controls)
 #   smollm2 GGUF       high gear vs plain greedy tokens on a real model, and auto mode
 #   lossless SHAPE [R] lossless mode on the synthetic model of SHAPE against its high gear,
-#                      acceptance replayed from docs/results.json (R rounds, default 3)
+#                      acceptance replayed from docs/traces/lossless-cycles.json (R rounds,
+#                      default 3)
 #   lossless-text GGUF TEXT [N]
 #                      lossless mode end to end on a real model: N windows (default 40) of
 #                      TEXT drafting wherever allowed (identity over N x 256 tokens), then 8
@@ -74,7 +75,7 @@ lossless)
     model=$MODELS/$shape-f16.gguf
     [ -f "$model" ] || "$BIN/gearbx-bench" synth --shape "$shape" --out "$model"
     # Q4_0 drafts: the fastest low tier on CUDA (built on the GPU).
-    "$BIN/gearbx-bench" lossless --model "$model" --cycles "$(dirname "$TRACES")/results.json" \
+    "$BIN/gearbx-bench" lossless --model "$model" --cycles "$TRACES/lossless-cycles.json" \
         --tiers low=Q4_0 --tokens 256 --rounds "$rounds" --out "$OUT/lossless-$shape" 2>&1 | tee "$OUT/lossless-$shape.log"
     ;;
 lossless-text)

@@ -105,7 +105,8 @@ enum Cmd {
         /// GGUF file.
         #[arg(long, value_name = "FILE")]
         model: PathBuf,
-        /// results.json of `make report` (its models' `lossless.guarantees[0].cycles`).
+        /// Recorded verifications: docs/traces/lossless-cycles.json (SmolLM2's and Gemma's on
+        /// Austen, drafting wherever allowed), or a results.json of `make report`.
         #[arg(long, value_name = "FILE", conflicts_with = "text", required_unless_present = "text")]
         cycles: Option<PathBuf>,
         /// Plain-text file whose windows are continued (e.g. a prepared Austen novel).

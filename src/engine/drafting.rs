@@ -9,8 +9,9 @@
 //! measured cost of each extra verified column; a plain step yields one token in `t_high`.
 //! Drafting runs only while the expected gain exceeds [`MIN_GAIN`].
 //!
-//! Costs are learned cheaply: the first step is a plain one (`t_high`), the second is also
-//! timed once at the low gear (`t_draft`, one throw-away pass). If even an optimistic
+//! Costs are learned cheaply: the first step is a plain one (`t_high`), before the second one
+//! pass at the low gear (`t_draft`) and one batch of two at the high gear (the cost of a
+//! verified column) are timed and thrown away. If even an optimistic
 //! acceptance ([`OPTIMISTIC_ACCEPTANCE`]) with free verification could not gain
 //! [`EXPLORE_GAIN`] at that ratio, nothing else is ever tried (the draft step is re-timed every [`RETIME_STEPS`] plain steps).
 //! Otherwise one short exploring draft measures the verification, and afterwards a draft that
@@ -70,7 +71,7 @@ pub struct DraftEstimates {
 pub enum Next {
     /// A plain high-gear step.
     Plain,
-    /// Time low-gear passes of the pending token (thrown away), then a plain step.
+    /// Time a low-gear pass and a high-gear batch of two (thrown away), then a plain step.
     TimeDraft,
     /// Draft this many tokens.
     Draft(usize),

@@ -737,6 +737,24 @@ fn run(
                     ctx.truncate(p0)?;
                     ctl.draft_step(secs);
                     st.draft_ms += td.elapsed().as_secs_f64() * 1e3;
+                    // And a throw-away batch of two at the high gear: what a verified column
+                    // costs (on a compute-bound CPU nearly a whole step, which rules drafting
+                    // out before any draft or exactness probe is paid for).
+                    let tb = Instant::now();
+                    shift(gearbox, ctx, Gear::High);
+                    ctx.decode(&[pending, pending])?;
+                    StepPenalty::pay(lp.penalty.high);
+                    match &attached {
+                        Some(probe) => {
+                            attached_entropy(ctx, probe, out.n_gen)?;
+                        }
+                        None => {
+                            kernels::entropy_bits(ctx.logits()?);
+                        }
+                    }
+                    ctl.batch(2, tb.elapsed().as_secs_f64());
+                    ctx.truncate(p0)?;
+                    st.verify_ms += tb.elapsed().as_secs_f64() * 1e3;
                     0
                 }
             }
