@@ -549,6 +549,22 @@ fn attached_entropy(
     Ok(h)
 }
 
+/// Reads the last pass's entropy as a step would (waiting for the pass): from the attached
+/// chain's probe, or from host logits. True when it came from the attached chain.
+fn read_entropy(
+    ctx: &Context<'_>,
+    attached: Option<&crate::llama::backend_entropy::Probe>,
+    n_gen: usize,
+) -> Result<bool> {
+    match attached {
+        Some(probe) => attached_entropy(ctx, probe, n_gen).map(|_| true),
+        None => {
+            kernels::entropy_bits(ctx.logits()?);
+            Ok(false)
+        }
+    }
+}
+
 fn entropy_of(row: &[f32], n_gen: usize) -> Result<f32> {
     let (bits, n_bad) = kernels::entropy_bits(row);
     if n_bad > 0 {
@@ -724,14 +740,8 @@ fn run(
                     let mut d = decider.drafter()?;
                     ctx.decode(&[pending])?;
                     StepPenalty::pay(lp.penalty.draft);
-                    match &attached {
-                        Some(probe) => {
-                            attached_entropy(ctx, probe, out.n_gen)?;
-                        }
-                        None => {
-                            kernels::entropy_bits(ctx.logits()?);
-                            decider.draft(&mut d, ctx)?;
-                        }
+                    if !read_entropy(ctx, attached.as_deref(), out.n_gen)? {
+                        decider.draft(&mut d, ctx)?;
                     }
                     let secs = t.elapsed().as_secs_f64();
                     ctx.truncate(p0)?;
@@ -744,14 +754,7 @@ fn run(
                     shift(gearbox, ctx, Gear::High);
                     ctx.decode(&[pending, pending])?;
                     StepPenalty::pay(lp.penalty.high);
-                    match &attached {
-                        Some(probe) => {
-                            attached_entropy(ctx, probe, out.n_gen)?;
-                        }
-                        None => {
-                            kernels::entropy_bits(ctx.logits()?);
-                        }
-                    }
+                    read_entropy(ctx, attached.as_deref(), out.n_gen)?;
                     ctl.batch(2, tb.elapsed().as_secs_f64());
                     ctx.truncate(p0)?;
                     st.verify_ms += tb.elapsed().as_secs_f64() * 1e3;
