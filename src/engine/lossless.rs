@@ -415,13 +415,9 @@ const WIDTHS: [usize; 6] = [16, 9, 8, 4, 3, 2];
 /// different rounding), and a verification that rounds differently from the plain loop could
 /// flip a near-tie and change the output. Kernel choice depends on shapes and types, not on
 /// values, so a probe over `probe` tokens stands for every batch. Leaves the cache as it was.
-pub fn exact_verify_width(ctx: &mut Context<'_>, probe: &[Token]) -> Result<usize> {
-    exact_verify_width_timed(ctx, probe, |_, _| {})
-}
-
-/// [`exact_verify_width`], reporting the time of every pass it makes: `(1, secs)` for each
-/// single-token pass, `(w, secs)` for each batch of `w`.
-pub fn exact_verify_width_timed(
+/// `timed` gets the time of every pass it makes: `(1, secs)` for each single-token pass,
+/// `(w, secs)` for each batch of `w`.
+pub fn exact_verify_width(
     ctx: &mut Context<'_>,
     probe: &[Token],
     mut timed: impl FnMut(usize, f64),
@@ -794,7 +790,7 @@ fn run(
                     // The probe's passes teach the controller too (with the test hook's
                     // extra high-gear time, as if it had been slept).
                     let extra = lp.penalty.high.as_secs_f64();
-                    let w = exact_verify_width_timed(ctx, &probe, |w, secs| {
+                    let w = exact_verify_width(ctx, &probe, |w, secs| {
                         if w == 1 {
                             ctl.plain(secs + extra);
                         } else {
