@@ -578,11 +578,18 @@ fn the_output_head_is_managed_when_asked_and_the_high_gear_stays_exact() {
         .iter()
         .position(|(n, _)| n == "token_embd.weight")
         .expect("the tied head is managed");
-    assert_eq!(gb.type_at(Gear::High, i), gearbx::llama::sys::GGML_TYPE_Q8_0);
+    assert_eq!(
+        gb.type_at(Gear::High, i),
+        gearbx::llama::sys::GGML_TYPE_Q8_0
+    );
     for g in [Gear::Low, Gear::Mid] {
         let t = gb.type_at(g, i);
         assert!(
-            [gearbx::llama::sys::GGML_TYPE_Q5_0, gearbx::llama::sys::GGML_TYPE_Q5_1].contains(&t),
+            [
+                gearbx::llama::sys::GGML_TYPE_Q5_0,
+                gearbx::llama::sys::GGML_TYPE_Q5_1
+            ]
+            .contains(&t),
             "{g}: {}",
             gearbx::llama::weights::type_name(t)
         );
@@ -591,7 +598,10 @@ fn the_output_head_is_managed_when_asked_and_the_high_gear_stays_exact() {
         let g2 = Gearbox::build(&model, &fixture().model, &info, &opts()).unwrap();
         g2.report().bytes
     };
-    assert!(gb.report().bytes[0] > layers_only[0], "the head's low tier is counted");
+    assert!(
+        gb.report().bytes[0] > layers_only[0],
+        "the head's low tier is counted"
+    );
     let fixed = |gb: &mut Gearbox<'_>, g| {
         generate_tokens(
             &model,
@@ -607,5 +617,9 @@ fn the_output_head_is_managed_when_asked_and_the_high_gear_stays_exact() {
     };
     let low = fixed(&mut gb, Gear::Low);
     assert_ne!(low, plain);
-    assert_eq!(fixed(&mut gb, Gear::High), plain, "high gear == the plain model");
+    assert_eq!(
+        fixed(&mut gb, Gear::High),
+        plain,
+        "high gear == the plain model"
+    );
 }

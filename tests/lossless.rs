@@ -337,7 +337,10 @@ fn verified_output_rescores_identically_at_its_declared_shape() {
             .all(|&(w, _)| w == 1 || w == lp.draft_max + 1));
         let mut fresh = context(&model);
         let first_bad = lossless::rescore(&mut fresh, &mut gb, p, toks, &params, stats).unwrap();
-        assert_eq!(first_bad, None, "verified tokens the high gear does not choose");
+        assert_eq!(
+            first_bad, None,
+            "verified tokens the high gear does not choose"
+        );
         // The check can fail: a changed token is found where it is.
         let mut bent = toks.clone();
         let at = bent.len() / 2;
@@ -368,16 +371,31 @@ fn the_controller_drafts_where_drafting_pays_and_stops_where_it_does_not() {
     };
     // High-gear passes made 150 ms slower: drafts are cheap beside them (and an extra
     // verified column, ~10 ms on this CPU, too), so the controller drafts.
-    let cheap = run(&mut gb, StepPenalty { draft: ms(0), high: ms(150) });
+    let cheap = run(
+        &mut gb,
+        StepPenalty {
+            draft: ms(0),
+            high: ms(150),
+        },
+    );
     assert!(
         cheap.verifies >= 10 && cheap.estimates.expected_gain > 1.0,
         "{cheap:?}"
     );
     // Draft steps made as slow as that: the controller times one, sees that no acceptance
     // could pay for it, and never drafts.
-    let dear = run(&mut gb, StepPenalty { draft: ms(60), high: ms(0) });
+    let dear = run(
+        &mut gb,
+        StepPenalty {
+            draft: ms(60),
+            high: ms(0),
+        },
+    );
     assert!(dear.verifies == 0 && dear.plain_steps > 100, "{dear:?}");
     let e = dear.estimates;
     assert!(e.draft_step_ms.unwrap() > e.high_step_ms.unwrap(), "{e:?}");
-    assert!(cheap.drafted > 0 && dear.drafted == 0, "{cheap:?}\n{dear:?}");
+    assert!(
+        cheap.drafted > 0 && dear.drafted == 0,
+        "{cheap:?}\n{dear:?}"
+    );
 }

@@ -107,7 +107,12 @@ enum Cmd {
         model: PathBuf,
         /// Recorded verifications: docs/traces/lossless-cycles.json (SmolLM2's and Gemma's on
         /// Austen, drafting wherever allowed), or a results.json of `make report`.
-        #[arg(long, value_name = "FILE", conflicts_with = "text", required_unless_present = "text")]
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "text",
+            required_unless_present = "text"
+        )]
         cycles: Option<PathBuf>,
         /// Plain-text file whose windows are continued (e.g. a prepared Austen novel).
         #[arg(long, value_name = "FILE")]
@@ -468,7 +473,9 @@ fn recorded_cycles(path: &std::path::Path) -> gearbx::Result<Vec<(String, Vec<(u
         .map_err(|e| gearbx::Error::io(format!("reading {}", path.display()), e))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let models = v.as_array().ok_or_else(|| bad("not a list of models".into()))?;
+    let models = v
+        .as_array()
+        .ok_or_else(|| bad("not a list of models".into()))?;
     models
         .iter()
         .map(|m| {
@@ -485,7 +492,10 @@ fn recorded_cycles(path: &std::path::Path) -> gearbx::Result<Vec<(String, Vec<(u
                     _ => Err(bad(format!("bad cycle {p}"))),
                 })
                 .collect::<gearbx::Result<Vec<_>>>()?;
-            Ok((m["description"].as_str().unwrap_or("model").to_string(), cycles))
+            Ok((
+                m["description"].as_str().unwrap_or("model").to_string(),
+                cycles,
+            ))
         })
         .collect()
 }

@@ -347,7 +347,13 @@ mod tests {
                 }
                 Next::Draft(k) => {
                     tries += 1;
-                    c.verified(k, 0, k + 1, 0.002 * k as f64, 0.01 * (1.0 + 0.05 * k as f64));
+                    c.verified(
+                        k,
+                        0,
+                        k + 1,
+                        0.002 * k as f64,
+                        0.01 * (1.0 + 0.05 * k as f64),
+                    );
                 }
             }
         }

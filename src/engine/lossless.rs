@@ -606,7 +606,9 @@ fn run(
         )));
     }
     let model = ctx.model();
-    let guarantee = lp.guarantee.unwrap_or_else(|| Guarantee::default_for(model));
+    let guarantee = lp
+        .guarantee
+        .unwrap_or_else(|| Guarantee::default_for(model));
     ctx.detach_sampler();
     let mut decider = if params.sampling.is_greedy() {
         Decider::Greedy(Sampler::new(&params.sampling, model, ctx.n_ctx())?)
@@ -733,10 +735,10 @@ fn run(
                     let td = Instant::now();
                     shift(gearbox, ctx, Gear::Low);
                     let t = Instant::now();
-                    let mut d = decider.drafter()?;
                     ctx.decode(&[pending])?;
                     StepPenalty::pay(lp.penalty.draft);
                     if !read_entropy(ctx, attached.as_deref(), out.n_gen)? {
+                        let mut d = decider.drafter()?;
                         decider.draft(&mut d, ctx)?;
                     }
                     let secs = t.elapsed().as_secs_f64();

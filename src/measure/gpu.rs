@@ -329,7 +329,10 @@ fn static_model(
     } else {
         ""
     };
-    let file = dir.join(format!("{stem}-{}{head}.gguf", type_name(ty).to_lowercase()));
+    let file = dir.join(format!(
+        "{stem}-{}{head}.gguf",
+        type_name(ty).to_lowercase()
+    ));
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let fresh = matches!((modified(&file), modified(path)), (Some(f), Some(s)) if f >= s);
     let quantize_s = if fresh {

@@ -77,7 +77,9 @@ pub struct LosslessSection {
     pub noise: Option<WidthNoise>,
 }
 
-fn run(
+/// One greedy generation from an empty cache: the high gear alone (`lossless` None) or
+/// lossless mode; its outcome and tokens.
+pub(super) fn run(
     ctx: &mut Context<'_>,
     gb: &mut Gearbox<'_>,
     prompt: &[Token],
@@ -183,11 +185,14 @@ pub fn measure(
         for (k, lane) in lanes.iter_mut().enumerate() {
             let (o, toks) = outs[k + 1].take().expect("ran");
             lane.tps.push(o.decode_tokens_per_s);
-            lane.ratio.push(o.decode_tokens_per_s / h.decode_tokens_per_s);
+            lane.ratio
+                .push(o.decode_tokens_per_s / h.decode_tokens_per_s);
             let st = o.lossless.expect("lossless stats");
             match toks.iter().zip(&h_toks).position(|(a, b)| a != b) {
                 None if toks.len() == h_toks.len() => lane.identical += 1,
-                None => lane.divergences.push((toks.len().min(h_toks.len()), f32::NAN)),
+                None => lane
+                    .divergences
+                    .push((toks.len().min(h_toks.len()), f32::NAN)),
                 Some(at) => {
                     let m = margin(ctx, gb, p, &h_toks, at, toks[at])?;
                     lane.divergences.push((at, m));
@@ -278,7 +283,10 @@ fn kl(p: &[f32], q: &[f32]) -> f64 {
 fn argmax(l: &[f32]) -> usize {
     l.iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
         .0
 }
 
@@ -314,7 +322,8 @@ pub fn width_noise(
             for (i, s) in single.iter().enumerate() {
                 let b = ctx.logits_at(i)?;
                 positions += 1;
-                identical_rows += usize::from(s.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
+                identical_rows +=
+                    usize::from(s.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
                 agree += usize::from(argmax(s) == argmax(b));
                 let k = kl(s, b);
                 kl_sum += k;
@@ -428,9 +437,14 @@ pub fn markdown(s: &LosslessSection) -> String {
             }
         );
     }
-    if let Some(strict) = s.guarantees.iter().find(|l| l.guarantee == Guarantee::Strict) {
+    if let Some(strict) = s
+        .guarantees
+        .iter()
+        .find(|l| l.guarantee == Guarantee::Strict)
+    {
         if strict.adaptive && strict.ratio.median < 0.98 {
-            o += "\n\n- **Negative:** strict lossless mode is slower than the high gear alone here.";
+            o +=
+                "\n\n- **Negative:** strict lossless mode is slower than the high gear alone here.";
         }
     }
     o + "\n\nThe acceptance traces are in results.json (`lossless.guarantees[].cycles`).\n"

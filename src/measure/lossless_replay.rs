@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use super::lossless as measured;
 use super::speed::Series;
 use crate::engine::drafting::DraftEstimates;
 use crate::engine::lossless::{self, AcceptanceReplay, Guarantee, LosslessParams};
-use crate::engine::{self, EntropySource, GearControl, GenerateParams, Outcome};
+use crate::engine::{EntropySource, GenerateParams, Outcome};
 use crate::error::{Error, Result};
-use crate::gearbox::{Gear, Gearbox};
+use crate::gearbox::Gearbox;
 use crate::llama::{Context, Token};
 
 /// One lossless configuration against the high gear alone.
@@ -46,35 +47,12 @@ pub struct ReplayReport {
     pub lanes: Vec<ReplayLane>,
 }
 
-fn high(
-    ctx: &mut Context<'_>,
-    gb: &mut Gearbox<'_>,
-    prompt: &[Token],
-    n: usize,
-) -> Result<Outcome> {
-    ctx.clear();
+/// Greedy parameters with entropy where the default puts it (in the graph on a GPU): the high
+/// gear alone as users run it, and lossless mode's plain steps likewise.
+fn params(n: usize) -> GenerateParams {
     let mut p = GenerateParams::greedy(n, true);
     p.entropy = EntropySource::Auto;
-    let control = GearControl {
-        gearbox: gb,
-        monitor: None,
-        fixed: Gear::High,
-        calibrate: None,
-    };
-    engine::generate(ctx, prompt, &p, Some(control), |_| {})
-}
-
-fn replayed(
-    ctx: &mut Context<'_>,
-    gb: &mut Gearbox<'_>,
-    prompt: &[Token],
-    n: usize,
-    lp: &LosslessParams,
-) -> Result<Outcome> {
-    ctx.clear();
-    let mut p = GenerateParams::greedy(n, true);
-    p.entropy = EntropySource::Auto; // plain steps sample on the backend where the high gear does
-    lossless::generate(ctx, prompt, &p, gb, lp, |_| {})
+    p
 }
 
 /// Replays `cycles` (a real model's (drafted, accepted) per verification) on `gb`'s model:
@@ -99,7 +77,7 @@ pub fn measure(
         .into_iter()
         .flat_map(|g| [(g, false), (g, true)])
         .collect();
-    let params = |&(g, adaptive): &(Guarantee, bool)| LosslessParams {
+    let lane_params = |&(g, adaptive): &(Guarantee, bool)| LosslessParams {
         draft_max: max_len.clamp(1, 7),
         guarantee: Some(g),
         adaptive,
@@ -107,16 +85,21 @@ pub fn measure(
         ..Default::default()
     };
     // Warm-up: CUDA graphs and allocations of every shape.
-    high(ctx, gb, &prompt, 16)?;
+    measured::run(ctx, gb, &prompt, &params(16), None)?;
     for l in &lanes {
-        replayed(ctx, gb, &prompt, 32, &params(l))?;
+        measured::run(ctx, gb, &prompt, &params(32), Some(&lane_params(l)))?;
     }
     let mut high_tps = Vec::new();
     let mut runs: Vec<Vec<Outcome>> = lanes.iter().map(|_| Vec::new()).collect();
     for r in 0..rounds {
-        high_tps.push(high(ctx, gb, &prompt, tokens)?.decode_tokens_per_s);
+        high_tps.push(
+            measured::run(ctx, gb, &prompt, &params(tokens), None)?
+                .0
+                .decode_tokens_per_s,
+        );
         for (i, l) in lanes.iter().enumerate() {
-            runs[i].push(replayed(ctx, gb, &prompt, tokens, &params(l))?);
+            runs[i]
+                .push(measured::run(ctx, gb, &prompt, &params(tokens), Some(&lane_params(l)))?.0);
         }
         log(&format!(
             "round {}/{rounds}: high {:.1} tok/s; {}",
