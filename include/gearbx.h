@@ -82,7 +82,10 @@ typedef struct gearbx_gear_params {
   // Auto: tokens a gear is kept at least (the NaN/uniform fallback ignores it). Default 2.
   uint32_t min_duration;
   // Tier types per gear, e.g. "low=Q4_0,mid=Q8_0,high=source"; NULL: derived from the
-  // source type.
+  // source type. On a float model a quantized high ("high=Q8_0") makes
+  // gearbx_engine_open load a copy of the model in that type (written once into the tier
+  // cache folder) instead of the float weights, with mid Q6_K and low Q4_K unless given;
+  // attached to a host's model, the top is a tier beside it.
   const char *tiers;
   // Which weight matrices shift: a list of "attn", "ffn", "output" (the output head) and
   // "all" (= "attn,ffn"); NULL: "all".

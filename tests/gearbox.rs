@@ -623,3 +623,113 @@ fn the_output_head_is_managed_when_asked_and_the_high_gear_stays_exact() {
         "high gear == the plain model"
     );
 }
+
+/// SmolLM2 with every matrix in F16 (the values of the Q4_1 release): a float model, written
+/// once per test binary by llama.cpp's quantizer.
+fn float_model() -> &'static std::path::Path {
+    static P: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        let f = fixture();
+        let info = gguf::inspect(&f.model).unwrap();
+        let dest = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("smollm2-f16.gguf");
+        let types: Vec<(String, u32)> = info
+            .tensors
+            .iter()
+            .filter(|t| t.ne.iter().filter(|&&n| n > 1).count() >= 2)
+            .map(|t| (t.name.clone(), gearbx::llama::sys::GGML_TYPE_F16))
+            .collect();
+        let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
+        gearbx::llama::requantize::write_typed(&f.model, &info, &types, &tmp, 2).unwrap();
+        std::fs::rename(&tmp, &dest).unwrap();
+        dest
+    })
+}
+
+#[test]
+fn a_quantized_top_gear_loads_a_requantized_copy_instead_of_the_float_weights() {
+    let f16 = float_model().to_str().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let c = cache.path().to_str().unwrap();
+    let at = |gear: &'static str, extra: &[&'static str]| {
+        let mut a = vec![
+            f16,
+            "--temp",
+            "0",
+            "-n",
+            "12",
+            "-p",
+            "Hi",
+            "--gear",
+            gear,
+            "--tier-cache",
+            c,
+        ];
+        a.extend_from_slice(extra);
+        run(&[&a[..], &["--json"]].concat())
+    };
+    let json = |o: &std::process::Output| -> serde_json::Value {
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let float = json(&at("high", &[]));
+    let first = at("high", &["--tiers", "high=Q8_0"]);
+    assert!(
+        stderr(&first).contains("high gear Q8_0: writing 210 tensors"),
+        "{}",
+        stderr(&first)
+    );
+    let top = json(&first);
+    let copy = top["loaded_model"].as_str().unwrap().to_string();
+    assert!(copy.starts_with(c) && copy.contains("/top/"), "{copy}");
+    let t = |v: &serde_json::Value, gear: &str| v["gears"]["tiers"]["types"][gear].clone();
+    assert_eq!(t(&top, "high"), "Q8_0 x210");
+    // Q6_K and Q4_K below it, where rows fit (576 does not: Q5_1 and Q4_0 there).
+    assert_eq!(t(&top, "mid"), "Q5_1 x180, Q6_K x30");
+    assert_eq!(t(&top, "low"), "Q4_0 x180, Q4_K x30");
+    assert_eq!(t(&float, "high"), "F16 x210");
+    // The float weights are not loaded: the model is about half, and every tier is below it.
+    let bytes = |v: &serde_json::Value| v["model_bytes"].as_u64().unwrap();
+    assert!(
+        (bytes(&top) as f64) < 0.6 * bytes(&float) as f64,
+        "{} vs {}",
+        bytes(&top),
+        bytes(&float)
+    );
+    let shadow = |v: &serde_json::Value| v["gears"]["tiers"]["shadow_bytes"].as_u64().unwrap();
+    assert!(
+        shadow(&top) < shadow(&float),
+        "{} vs {}",
+        shadow(&top),
+        shadow(&float)
+    );
+    // The high gear is the copy itself, token for token, and the copy is reused next time.
+    let direct = json(&run(&[
+        &copy, "--temp", "0", "-n", "12", "-p", "Hi", "--gear", "off", "--json",
+    ]));
+    assert_eq!(top["text"], direct["text"]);
+    let again = at("low", &["--tiers", "high=Q8_0"]);
+    assert!(
+        stderr(&again).contains("written from the float model by an earlier run"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(json(&again)["loaded_model"], copy.as_str());
+    // A quantized model's top stays a tier beside it (nothing to save by reloading).
+    let q = json(&run(&[
+        "smollm2:135m",
+        "--temp",
+        "0",
+        "-n",
+        "4",
+        "-p",
+        "Hi",
+        "--gear",
+        "high",
+        "--tiers",
+        "high=Q8_0",
+        "--tier-cache",
+        c,
+        "--json",
+    ]));
+    assert_eq!(q["loaded_model"], q["model"]);
+}

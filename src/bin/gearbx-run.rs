@@ -13,7 +13,7 @@ use gearbx::engine::{
 };
 use gearbx::error::{exit, Error};
 use gearbx::gearbox::{
-    plan, CacheOptions, Gear, GearSet, Gearbox, GearboxOptions, Manage, TierOrigin,
+    plan, top, CacheOptions, Gear, GearSet, Gearbox, GearboxOptions, Manage, TierOrigin,
 };
 use gearbx::llama::{self, Context, ContextParams, Model, ModelParams, SamplingParams};
 use gearbx::monitor::{classifier, Monitor, MonitorConfig};
@@ -164,6 +164,9 @@ struct Cli {
     gear: String,
 
     /// Tier types per gear, e.g. low=Q4_0,mid=Q8_0,high=source (default: derived from the source type).
+    /// On a float model a quantized high (high=Q8_0) loads a copy in that type, written once
+    /// into the tier cache folder, instead of the float weights (mid Q6_K, low Q4_K unless given):
+    /// the memory-saving ladder.
     #[arg(long, value_name = "SPEC")]
     tiers: Option<String>,
 
@@ -496,8 +499,42 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         ));
     }
 
+    // The gearbox's plan, read before loading: a quantized top gear on a float model
+    // (`--tiers high=Q8_0`) loads a requantized copy instead of the float weights.
+    let gear_mode = cli.gear.to_ascii_lowercase();
+    let progress = std::io::stderr().is_terminal();
+    let manage = Manage {
+        layers: cli
+            .layers
+            .as_deref()
+            .map(Manage::parse_layers)
+            .transpose()
+            .map_err(|e| Failure(exit::USAGE, e))?,
+        ..Manage::parse_kind(&cli.manage).map_err(|e| Failure(exit::USAGE, e))?
+    };
+    let overrides = match &cli.tiers {
+        Some(t) => plan::parse_overrides(t)?,
+        None => Default::default(),
+    };
+    let top = if gear_mode == "off" {
+        None
+    } else {
+        top::prepare(
+            m,
+            &manage,
+            &overrides,
+            &CacheOptions::dir(cli.tier_cache.clone())?,
+            threads as usize,
+            progress,
+            |s| eprintln!("gearbx-run: {s}"),
+        )?
+    };
+    let (loaded, overrides) = match &top {
+        Some(t) => (&t.model, t.overrides.clone()),
+        None => (m, overrides),
+    };
     let model = Model::load(
-        &m.path,
+        &loaded.path,
         &ModelParams {
             n_gpu_layers: cli
                 .n_gpu_layers
@@ -545,7 +582,6 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
     }
 
     // The gearbox: build tiers unless --gear off.
-    let gear_mode = cli.gear.to_ascii_lowercase();
     if cli.lossless.is_none() && cli.draft_always {
         return Err(Failure(
             exit::USAGE,
@@ -573,26 +609,12 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
     let mut gearbox = if gear_mode == "off" {
         None
     } else {
-        let manage = Manage {
-            layers: cli
-                .layers
-                .as_deref()
-                .map(Manage::parse_layers)
-                .transpose()
-                .map_err(|e| Failure(exit::USAGE, e))?,
-            ..Manage::parse_kind(&cli.manage).map_err(|e| Failure(exit::USAGE, e))?
-        };
-        let overrides = match &cli.tiers {
-            Some(t) => plan::parse_overrides(t)?,
-            None => Default::default(),
-        };
-        let progress = std::io::stderr().is_terminal();
         let cache = if cli.no_tier_cache {
             None
         } else {
             Some(CacheOptions::for_model(
                 cli.tier_cache.clone(),
-                m,
+                loaded,
                 progress,
             )?)
         };
@@ -608,7 +630,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             progress,
             cache,
         };
-        let gb = Gearbox::build(&model, &m.path, &m.info, &opts)?;
+        let gb = Gearbox::build(&model, &loaded.path, &loaded.info, &opts)?;
         let r = gb.report();
         for w in &r.warnings {
             eprintln!("gearbx-run: warning: {w}");
@@ -752,6 +774,10 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         let v = json!({
             "model": m.path,
             "model_name": m.store_entry().map(|s| s.name.short()),
+            // The file llama.cpp loaded (a requantized copy under a quantized top gear) and
+            // its weights' bytes; the tiers beside it are gears.tiers.shadow_bytes.
+            "loaded_model": loaded.path,
+            "model_bytes": model.size_bytes(),
             "text": outcome.text,
             "prompt_tokens": outcome.prompt_tokens,
             "generated_tokens": outcome.generated_tokens,

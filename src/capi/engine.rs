@@ -14,7 +14,7 @@ use super::{
 };
 use crate::engine::lossless::{Guarantee, LosslessParams};
 use crate::engine::{self, GearControl, GenerateParams, PromptSpec, StopReason};
-use crate::gearbox::{CacheOptions, Gear, Gearbox};
+use crate::gearbox::{top, CacheOptions, Gear, Gearbox};
 use crate::llama::{Context, ContextParams, Model, ModelParams};
 use crate::monitor::{classifier, Monitor, MonitorConfig};
 use crate::store::{self, OllamaStore, ResolvedModel};
@@ -246,8 +246,30 @@ fn open(name: Option<&str>, p: &gearbx_engine_params) -> ApiResult<gearbx_engine
         None => OllamaStore::from_env()?,
     };
     let resolved = store::resolve(name, &store, p.gears.progress)?;
+    // A quantized top gear on a float model loads a requantized copy (gearbox::top).
+    let top = if mode == GEARBX_GEAR_OFF {
+        None
+    } else {
+        top::prepare(
+            &resolved,
+            &gb_opts.manage,
+            &gb_opts.overrides,
+            &CacheOptions::dir(cache_dir.clone())?,
+            threads as usize,
+            p.gears.progress,
+            |s| {
+                if p.gears.progress || p.verbose {
+                    eprintln!("gearbx: {s}");
+                }
+            },
+        )?
+    };
+    if let Some(t) = &top {
+        gb_opts.overrides = t.overrides.clone();
+    }
+    let loaded_file = top.map_or_else(|| resolved.clone(), |t| t.model);
     let model = Model::load(
-        &resolved.path,
+        &loaded_file.path,
         &ModelParams {
             n_gpu_layers: p.n_gpu_layers,
         },
@@ -271,7 +293,7 @@ fn open(name: Option<&str>, p: &gearbx_engine_params) -> ApiResult<gearbx_engine
     if mode != GEARBX_GEAR_OFF && !p.gears.no_tier_cache {
         gb_opts.cache = Some(CacheOptions::for_model(
             cache_dir,
-            &resolved,
+            &loaded_file,
             p.gears.progress,
         )?);
     }
@@ -282,8 +304,8 @@ fn open(name: Option<&str>, p: &gearbx_engine_params) -> ApiResult<gearbx_engine
         } else {
             Some(Gearbox::build(
                 model,
-                &resolved.path,
-                &resolved.info,
+                &loaded_file.path,
+                &loaded_file.info,
                 &gb_opts,
             )?)
         };

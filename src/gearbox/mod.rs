@@ -5,6 +5,7 @@ pub mod cache;
 mod device;
 pub mod memory;
 pub mod plan;
+pub mod top;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -48,12 +49,17 @@ impl CacheOptions {
     /// The cache for model `m` in `dir` (default: `$GEARBX_TIER_CACHE`, else `<cache>/tiers`);
     /// hashes a GGUF given by path once and memoises the digest under `<dir>/digests`.
     pub fn for_model(dir: Option<PathBuf>, m: &ResolvedModel, progress: bool) -> Result<Self> {
-        let dir = match dir.or_else(|| std::env::var_os("GEARBX_TIER_CACHE").map(PathBuf::from)) {
-            Some(d) => d,
-            None => crate::store::default_model::cache_dir()?.join("tiers"),
-        };
+        let dir = Self::dir(dir)?;
         let source_sha256 = crate::store::digest::source_sha256(m, &dir.join("digests"), progress)?;
         Ok(Self { dir, source_sha256 })
+    }
+
+    /// The tier cache folder: `dir` if given, else `$GEARBX_TIER_CACHE`, else `<cache>/tiers`.
+    pub fn dir(dir: Option<PathBuf>) -> Result<PathBuf> {
+        match dir.or_else(|| std::env::var_os("GEARBX_TIER_CACHE").map(PathBuf::from)) {
+            Some(d) => Ok(d),
+            None => Ok(crate::store::default_model::cache_dir()?.join("tiers")),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod context;
 pub mod cuda_graphs;
 mod log;
 mod model;
+pub mod requantize;
 mod sampler;
 pub mod weights;
 

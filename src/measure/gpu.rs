@@ -9,13 +9,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::baseline;
 use super::report::context_with;
 use super::speed::Series;
 use crate::engine::{self, EntropySource, GearControl, GenerateParams, Outcome};
 use crate::error::{Error, Result};
 use crate::gearbox::plan::{TierOverrides, TierType};
 use crate::gearbox::{BuildReport, Gear, Gearbox, GearboxOptions, Manage};
+use crate::llama::requantize;
 use crate::llama::weights::type_name;
 use crate::llama::{sys, Context, Model, ModelParams, Token};
 use crate::monitor::Monitor;
@@ -345,7 +345,7 @@ fn static_model(
     } else {
         let t = Instant::now();
         let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-        baseline::write_static(path, info, &types, &tmp, threads)?;
+        requantize::write_typed(path, info, &types, &tmp, threads)?;
         std::fs::rename(&tmp, &file)
             .map_err(|e| Error::io(format!("renaming into {}", file.display()), e))?;
         let s = t.elapsed().as_secs_f64();

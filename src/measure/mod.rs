@@ -2,7 +2,6 @@
 //! against the high tier on real text, prompt-class entropy, lossless mode against the high
 //! gear, and the report built from them.
 
-pub mod baseline;
 pub mod gpu;
 pub mod lossless;
 pub mod lossless_replay;

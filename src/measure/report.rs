@@ -8,13 +8,13 @@ use std::sync::Arc;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::baseline;
 use super::lossless::{self, LosslessSection};
 use super::quality::{self, EvalOptions, Lane, LaneResult, Policy};
 use super::speed::{self, SpeedReport, SpeedSetup};
 use crate::engine::{self, prompt, GearControl, GenerateParams, PromptSpec};
 use crate::error::{Error, Result};
 use crate::gearbox::{BuildReport, CacheOptions, Gear, Gearbox, GearboxOptions};
+use crate::llama::requantize;
 use crate::llama::{weights, Context, ContextParams, Model, ModelParams, Token};
 use crate::monitor::{classifier, Monitor, MonitorConfig};
 use crate::store::{digest, verify::hex, ResolvedModel};
@@ -383,7 +383,7 @@ fn static_model(
         .count();
     if !file.exists() {
         let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-        changed = baseline::write_static(&m.path, &m.info, &types, &tmp, threads)?;
+        changed = requantize::write_typed(&m.path, &m.info, &types, &tmp, threads)?;
         std::fs::rename(&tmp, &file)
             .map_err(|e| Error::io(format!("renaming into {}", file.display()), e))?;
     }

@@ -1,11 +1,12 @@
-//! Static baselines: a GGUF whose weights have fixed types, written by llama.cpp's own
-//! quantizer (`llama_model_quantize`) from the same source file the gearbox starts from.
+//! A copy of a GGUF whose matrices have the types we name, written by llama.cpp's own
+//! quantizer (`llama_model_quantize`): the static baselines of the benchmarks and the
+//! quantized top gear of a float model (`--tiers high=Q8_0`).
 
 use std::ffi::CString;
 use std::path::Path;
 
+use super::sys;
 use crate::error::{Error, Result};
-use crate::llama::sys;
 use crate::store::GgufInfo;
 
 /// Writes `dest`: `source` with every tensor named in `types` quantized to the type given
@@ -13,7 +14,7 @@ use crate::store::GgufInfo;
 ///
 /// Types are passed to llama.cpp as one exact-name override per tensor, with `pure` set, so its
 /// own mixture rules and shape fallbacks pick nothing: the result has exactly these types.
-pub fn write_static(
+pub fn write_typed(
     source: &Path,
     info: &GgufInfo,
     types: &[(String, u32)],
