@@ -4,11 +4,13 @@
 # $OUT (default ./gpu-results). Steps:
 #   kernels            kernel parity (CUDA and C twin vs ggml) and kernel throughput
 #   bench SHAPE [R]    synthetic F16 model of SHAPE (llama-3.2-1b | llama-3.1-8b), then
-#                      gearbx-bench gpu on it with R rounds (default 3), CUDA graphs on;
+#                      gearbx-bench gpu on it with R rounds (default 3) of TOKENS tokens
+#                      (default 128), CUDA graphs on;
 #                      with NOGRAPHS=1 also again with GGML_CUDA_DISABLE_GRAPHS=1, with
 #                      REBUILD=1 also with the gearbox graph rebuilt every token (how gears
 #                      ran before each had its own CUDA graph), with REUSEOFF=1 also with
 #                      LLAMA_GRAPH_REUSE_DISABLE=1 for the whole process (the controls)
+#   memory SHAPE       resident bytes of the float ladder and of the Q8_0-topped one
 #   smollm2 GGUF       high gear vs plain greedy tokens on a real model, and auto mode
 #   lossless SHAPE [R] lossless mode on the synthetic model of SHAPE against its high gear,
 #                      acceptance replayed from docs/traces/lossless-cycles.json (R rounds,
@@ -38,7 +40,7 @@ bench)
     # Auto mode replays SmolLM2's gears on Austen (monitor min-duration 2, the default, and 8).
     traces=(--trace "$TRACES/smollm2-austen-min2.txt" --trace "$TRACES/smollm2-austen-min8.txt")
     "$BIN/gearbx-bench" gpu --model "$model" "${traces[@]}" --rounds "$rounds" \
-        --out "$OUT/$shape" --baselines "$MODELS" 2>&1 | tee "$OUT/$shape.log"
+        --tokens "${TOKENS:-128}" --out "$OUT/$shape" --baselines "$MODELS" 2>&1 | tee "$OUT/$shape.log"
     if [ "${REBUILD:-0}" = 1 ]; then
         "$BIN/gearbx-bench" gpu --model "$model" "${traces[@]}" --rounds "$rounds" --rebuild-graphs \
             --out "$OUT/$shape-rebuild" --baselines "$MODELS" 2>&1 | tee "$OUT/$shape-rebuild.log"
@@ -51,6 +53,18 @@ bench)
         GGML_CUDA_DISABLE_GRAPHS=1 "$BIN/gearbx-bench" gpu --model "$model" "${traces[@]}" \
             --rounds "$rounds" --out "$OUT/$shape-nographs" --baselines "$MODELS" 2>&1 | tee "$OUT/$shape-nographs.log"
     fi
+    ;;
+memory)
+    # What each tier plan keeps resident on the GPU: the float ladder against the quantized
+    # top (the model loaded as Q8_0), with all three gears and with low and high only. Low is
+    # Q4_0 (built on the GPU by our kernels); the top's mid (Q6_K) is built on the CPU.
+    shape=${2:?shape}
+    model=$MODELS/$shape-f16.gguf
+    [ -f "$model" ] || "$BIN/gearbx-bench" synth --shape "$shape" --out "$model"
+    for plan in "low=Q4_0" "low=Q4_0,high=Q8_0" "low=Q4_0,high=Q8_0 --gears low,high"; do
+        # shellcheck disable=SC2086
+        "$BIN/gearbx-bench" memory --model "$model" --tier-cache "$MODELS/tiers" --tiers $plan
+    done | tee "$OUT/memory-$shape.jsonl"
     ;;
 smollm2)
     gguf=${2:?gguf}

@@ -2,7 +2,7 @@
 //! llama.cpp models) and quality (against the high tier, on real text) for each model, written
 //! as the report. Subcommands: `gpu` (the GPU harness on a float model), `kernels` (our
 //! requantization kernels against ggml's quantizer), `synth` (random-weight models of real
-//! shapes).
+//! shapes), `memory` (what a tier plan keeps resident).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +47,26 @@ enum Cmd {
         out: PathBuf,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+    /// Load a model as gearbx-run would for a tier plan (a quantized top gear loads its
+    /// requantized copy), build the tiers, and print what is resident as one JSON line: the
+    /// loaded model's bytes, the tiers' bytes, the plan per device. Works on models without a
+    /// tokenizer (the synthetic shapes).
+    Memory {
+        #[arg(long, value_name = "FILE")]
+        model: PathBuf,
+        /// As gearbx-run's --tiers, e.g. high=Q8_0.
+        #[arg(long, value_name = "SPEC")]
+        tiers: Option<String>,
+        /// As gearbx-run's --gears, e.g. low,high.
+        #[arg(long, default_value = "low,mid,high", value_name = "GEARS")]
+        gears: String,
+        /// As gearbx-run's -ngl.
+        #[arg(short = 'n', long = "n-gpu-layers", visible_alias = "ngl", value_name = "N")]
+        n_gpu_layers: Option<i32>,
+        /// Where the tier cache folder (and a quantized top's copy) lives.
+        #[arg(long, value_name = "DIR")]
+        tier_cache: Option<PathBuf>,
     },
     /// Check our requantization kernels against ggml's quantizer on random and adversarial
     /// blocks (zeros, ties, largest values, subnormals, random bits, inf/NaN): the scalar C
@@ -188,6 +208,11 @@ struct ReportArgs {
     #[arg(long, default_value_t = 256)]
     lossless_tokens: usize,
 
+    /// Which weight matrices shift, as gearbx-run's --manage (e.g. all,output: the output
+    /// head too; the static baselines then quantize it as well).
+    #[arg(long, default_value = "all", value_name = "KINDS")]
+    manage: String,
+
     /// CPU threads (default: all cores).
     #[arg(short, long, env = "GEARBX_THREADS")]
     threads: Option<usize>,
@@ -227,6 +252,13 @@ fn main() -> ExitCode {
     let result = match &cli.cmd {
         None => run(&cli.report),
         Some(Cmd::Synth { shape, out, seed }) => run_synth(shape, out, *seed),
+        Some(Cmd::Memory {
+            model,
+            tiers,
+            gears,
+            n_gpu_layers,
+            tier_cache,
+        }) => run_memory(model, tiers.as_deref(), gears, *n_gpu_layers, tier_cache),
         Some(Cmd::Kernels {
             blocks,
             bench_mvalues,
@@ -312,6 +344,62 @@ fn run_synth(shape: &str, out: &std::path::Path, seed: u64) -> gearbx::Result<()
         r.tensors,
         r.bytes as f64 / 1e9,
         r.seconds
+    );
+    Ok(())
+}
+
+fn run_memory(
+    path: &std::path::Path,
+    tiers: Option<&str>,
+    gears: &str,
+    n_gpu_layers: Option<i32>,
+    tier_cache: &Option<PathBuf>,
+) -> gearbx::Result<()> {
+    use gearbx::gearbox::{plan, top, CacheOptions, Gearbox, GearboxOptions, Manage};
+    use gearbx::llama::{Model, ModelParams};
+    let m = store::resolve(path.to_str(), &OllamaStore::from_env()?, true)?;
+    let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
+    let overrides = tiers.map(plan::parse_overrides).transpose()?.unwrap_or_default();
+    let manage = Manage::default();
+    let dir = CacheOptions::dir(tier_cache.clone())?;
+    let t0 = Instant::now();
+    let q = top::prepare(&m, &manage, &overrides, &dir, threads, true, |s| {
+        eprintln!("gearbx-bench: {s}")
+    })?;
+    let (loaded, overrides) = match &q {
+        Some(t) => (&t.model, t.overrides.clone()),
+        None => (&m, overrides),
+    };
+    let params = ModelParams {
+        n_gpu_layers: n_gpu_layers.unwrap_or(ModelParams::default().n_gpu_layers),
+    };
+    let model = Model::load(&loaded.path, &params)?;
+    let opts = GearboxOptions {
+        manage,
+        overrides,
+        gears: gears.parse().map_err(gearbx::Error::InvalidParam)?,
+        threads,
+        progress: true,
+        cache: Some(CacheOptions::for_model(tier_cache.clone(), loaded, true)?),
+    };
+    let gb = Gearbox::build(&model, &loaded.path, &loaded.info, &opts)?;
+    let r = gb.report();
+    println!(
+        "{}",
+        serde_json::json!({
+            "model": path,
+            "loaded_model": loaded.path,
+            "tiers": tiers,
+            "gears": gears,
+            "model_bytes": model.size_bytes(),
+            "shadow_bytes": r.shadow_bytes,
+            "resident_bytes": model.size_bytes() + r.shadow_bytes,
+            "types": r.types,
+            "bytes": r.bytes,
+            "memory": r.memory,
+            "top_quantize_s": q.as_ref().map(|t| t.quantize_s),
+            "seconds": t0.elapsed().as_secs_f64(),
+        })
     );
     Ok(())
 }
@@ -618,6 +706,8 @@ fn run(cli: &ReportArgs) -> gearbx::Result<()> {
         timeline_tokens: cli.gen_tokens * 2,
         lossless_prompts: cli.lossless_prompts,
         lossless_tokens: cli.lossless_tokens,
+        manage: gearbx::gearbox::Manage::parse_kind(&cli.manage)
+            .map_err(gearbx::Error::InvalidParam)?,
     };
     let names: Vec<Option<&str>> = if cli.models.is_empty() {
         vec![None]

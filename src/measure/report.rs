@@ -39,6 +39,8 @@ pub struct ReportOptions {
     /// Lossless mode: windows of the text used as prompts, and tokens generated after each.
     pub lossless_prompts: usize,
     pub lossless_tokens: usize,
+    /// Which matrices shift (`--manage`; the static baselines quantize the same ones).
+    pub manage: crate::gearbox::Manage,
 }
 
 /// A static llama.cpp model standing in for one gear.
@@ -425,6 +427,7 @@ pub fn run(
         &m.path,
         &m.info,
         &GearboxOptions {
+            manage: opts.manage.clone(),
             threads: t,
             cache: Some(CacheOptions {
                 dir: tier_dir,
