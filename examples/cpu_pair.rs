@@ -42,7 +42,7 @@ fn main() -> gearbx::Result<()> {
         .map(|(i, (name, _))| (name, gb.type_at(gear, i)))
         .collect();
     let dest = std::env::temp_dir().join(format!("gearbx-static-{gear}.gguf"));
-    gearbx::measure::baseline::write_static(&path, &info, &types, &dest, threads as usize)?;
+    gearbx::llama::requantize::write_typed(&path, &info, &types, &dest, threads as usize)?;
     let stat = Model::load(&dest, &ModelParams::default())?;
 
     let cp = ContextParams {

@@ -62,7 +62,12 @@ enum Cmd {
         #[arg(long, default_value = "low,mid,high", value_name = "GEARS")]
         gears: String,
         /// As gearbx-run's -ngl.
-        #[arg(short = 'n', long = "n-gpu-layers", visible_alias = "ngl", value_name = "N")]
+        #[arg(
+            short = 'n',
+            long = "n-gpu-layers",
+            visible_alias = "ngl",
+            value_name = "N"
+        )]
         n_gpu_layers: Option<i32>,
         /// Where the tier cache folder (and a quantized top's copy) lives.
         #[arg(long, value_name = "DIR")]
@@ -359,7 +364,10 @@ fn run_memory(
     use gearbx::llama::{Model, ModelParams};
     let m = store::resolve(path.to_str(), &OllamaStore::from_env()?, true)?;
     let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
-    let overrides = tiers.map(plan::parse_overrides).transpose()?.unwrap_or_default();
+    let overrides = tiers
+        .map(plan::parse_overrides)
+        .transpose()?
+        .unwrap_or_default();
     let manage = Manage::default();
     let dir = CacheOptions::dir(tier_cache.clone())?;
     let t0 = Instant::now();

@@ -8,15 +8,12 @@ use std::sync::Arc;
 
 use clap::Parser;
 use gearbx::engine::lossless::LosslessParams;
-use gearbx::engine::{
-    self, EntropySource, GearControl, GenerateParams, PromptSpec, StopReason, TokenEvent,
-};
+use gearbx::engine::{EntropySource, StopReason, TokenEvent};
 use gearbx::error::{exit, Error};
-use gearbx::gearbox::{
-    plan, top, CacheOptions, Gear, GearSet, Gearbox, GearboxOptions, Manage, TierOrigin,
-};
-use gearbx::llama::{self, Context, ContextParams, Model, ModelParams, SamplingParams};
-use gearbx::monitor::{classifier, Monitor, MonitorConfig};
+use gearbx::gearbox::{plan, Gear, Manage, TierOrigin};
+use gearbx::llama::{self, SamplingParams};
+use gearbx::monitor::MonitorConfig;
+use gearbx::session::{self, GearPolicy, Session, SessionOptions, TierCache, TierOptions};
 use gearbx::store::{self, verify, OllamaStore, ResolvedModel};
 use serde_json::json;
 
@@ -446,42 +443,36 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
     if user.trim().is_empty() {
         return Err(Failure(exit::USAGE, "the prompt is empty".into()));
     }
-    let defaults = m
-        .store_entry()
-        .map(|s| s.params.clone())
-        .unwrap_or_default();
-    let seed = cli
-        .seed
-        .or(defaults.seed.filter(|s| *s >= 0).map(|s| s as u32))
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos())
-        });
-    let sampling = SamplingParams {
-        temperature: cli.temp.or(defaults.temperature).unwrap_or(0.8),
-        top_k: cli.top_k.or(defaults.top_k).unwrap_or(40),
-        top_p: cli.top_p.or(defaults.top_p).unwrap_or(0.9),
-        min_p: cli.min_p.or(defaults.min_p).unwrap_or(0.0),
-        repeat_penalty: cli
-            .repeat_penalty
-            .or(defaults.repeat_penalty)
-            .unwrap_or(1.1),
-        repeat_last_n: cli.repeat_last_n.or(defaults.repeat_last_n).unwrap_or(64),
-        seed,
+    // The request: the store's defaults (session::default_request) under the flags. Every flag
+    // is checked before anything is loaded.
+    let mut req = session::default_request(m, &user);
+    let d = &req.sampling;
+    req.sampling = SamplingParams {
+        temperature: cli.temp.unwrap_or(d.temperature),
+        top_k: cli.top_k.unwrap_or(d.top_k),
+        top_p: cli.top_p.unwrap_or(d.top_p),
+        min_p: cli.min_p.unwrap_or(d.min_p),
+        repeat_penalty: cli.repeat_penalty.unwrap_or(d.repeat_penalty),
+        repeat_last_n: cli.repeat_last_n.unwrap_or(d.repeat_last_n),
+        seed: cli.seed.unwrap_or(d.seed),
         ignore_eos: cli.ignore_eos,
     };
-    sampling.validate()?;
-    let n_predict = match cli.n_predict.or(defaults.num_predict.map(i64::from)) {
-        None | Some(-1) => None,
-        Some(n) if n > 0 => Some(n as usize),
+    req.sampling.validate()?;
+    match cli.n_predict {
+        None => {}
+        Some(-1) => req.n_predict = None,
+        Some(n) if n > 0 => req.n_predict = Some(n as usize),
         Some(n) => {
             return Err(Failure(
                 exit::USAGE,
                 format!("-n/--n-predict must be positive or -1, got {n}"),
             ))
         }
-    };
+    }
+    req.stop.extend(cli.stop.iter().cloned());
+    req.prompt.system = cli.system.clone();
+    req.prompt.raw = cli.raw;
+    req.entropy = cli.entropy;
     let threads = match cli.threads {
         Some(t) if t < 1 => {
             return Err(Failure(
@@ -489,8 +480,8 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
                 format!("-t/--threads must be at least 1, got {t}"),
             ))
         }
-        Some(t) => t,
-        None => std::thread::available_parallelism().map_or(4, |n| n.get() as i32),
+        Some(t) => t as usize,
+        None => session::threads_or_all(None),
     };
     if cli.ctx_size == Some(0) {
         return Err(Failure(
@@ -498,98 +489,14 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             "-c/--ctx-size must be at least 1".into(),
         ));
     }
-
-    // The gearbox's plan, read before loading: a quantized top gear on a float model
-    // (`--tiers high=Q8_0`) loads a requantized copy instead of the float weights.
     let gear_mode = cli.gear.to_ascii_lowercase();
-    let progress = std::io::stderr().is_terminal();
-    let manage = Manage {
-        layers: cli
-            .layers
-            .as_deref()
-            .map(Manage::parse_layers)
-            .transpose()
-            .map_err(|e| Failure(exit::USAGE, e))?,
-        ..Manage::parse_kind(&cli.manage).map_err(|e| Failure(exit::USAGE, e))?
-    };
-    let overrides = match &cli.tiers {
-        Some(t) => plan::parse_overrides(t)?,
-        None => Default::default(),
-    };
-    let top = if gear_mode == "off" {
-        None
-    } else {
-        top::prepare(
-            m,
-            &manage,
-            &overrides,
-            &CacheOptions::dir(cli.tier_cache.clone())?,
-            threads as usize,
-            progress,
-            |s| eprintln!("gearbx-run: {s}"),
-        )?
-    };
-    let (loaded, overrides) = match &top {
-        Some(t) => (&t.model, t.overrides.clone()),
-        None => (m, overrides),
-    };
-    let model = Model::load(
-        &loaded.path,
-        &ModelParams {
-            n_gpu_layers: cli
-                .n_gpu_layers
-                .unwrap_or(ModelParams::default().n_gpu_layers),
-        },
-    )?;
-    let n_ctx = cli
-        .ctx_size
-        .or(defaults.num_ctx)
-        .unwrap_or_else(|| 4096.min(model.n_ctx_train().max(1)));
-    if cli.verbose {
-        eprintln!(
-            "gearbx-run: {} ({}), n_ctx {n_ctx}, {threads} threads",
-            model.description(),
-            m.path.display()
-        );
-        eprintln!("gearbx-run: {}", llama::system_info());
-        if m.store_entry().is_some_and(|s| s.template.is_some()) {
-            eprintln!("gearbx-run: the store's Go template layer is not rendered; the GGUF's chat template is used");
-        }
-    }
-    let spec = PromptSpec {
-        user,
-        system: cli
-            .system
-            .clone()
-            .or_else(|| m.store_entry().and_then(|s| s.system.clone())),
-        raw: cli.raw,
-    };
-    let prompt = engine::prompt::build(&model, &spec)?;
-    if cli.verbose {
-        eprintln!(
-            "gearbx-run: prompt ({} tokens):\n{}",
-            prompt.tokens.len(),
-            prompt.text
-        );
-    }
-    if prompt.tokens.len() >= n_ctx as usize {
-        return Err(Error::PromptTooLong {
-            n_prompt: prompt.tokens.len(),
-            n_ctx,
-            n_ctx_train: model.n_ctx_train(),
-        }
-        .into());
-    }
-
-    // The gearbox: build tiers unless --gear off.
     if cli.lossless.is_none() && cli.draft_always {
         return Err(Failure(
             exit::USAGE,
             "--draft-always applies to --lossless only".into(),
-        )
-        .into());
+        ));
     }
-    if cli.lossless.is_some() {
+    if let Some(g) = &cli.lossless {
         let bad = |m: &str| Err(Failure(exit::USAGE, format!("--lossless {m}")));
         if gear_mode != "auto" {
             return bad("drafts at the low gear and verifies at the high gear; drop --gear");
@@ -605,33 +512,93 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         if cli.draft_max == 0 {
             return bad("needs --draft-max of at least 1");
         }
+        req.lossless = Some(LosslessParams {
+            draft_max: cli.draft_max,
+            guarantee: (g != "default").then(|| g.parse().expect("checked by clap")),
+            adaptive: !cli.draft_always,
+            ..Default::default()
+        });
     }
-    let mut gearbox = if gear_mode == "off" {
+    req.gear = match gear_mode.as_str() {
+        "off" => GearPolicy::Fixed(Gear::High),
+        "auto" => {
+            let cfg = MonitorConfig {
+                window: cli.window,
+                low_bits: cli.low_bits.unwrap_or(1.8),
+                high_bits: cli.high_bits.unwrap_or(3.5),
+                hysteresis: cli.hysteresis,
+                min_duration: cli.min_duration,
+                ..Default::default()
+            };
+            cfg.validate()?;
+            GearPolicy::Auto(cfg)
+        }
+        g => GearPolicy::Fixed(
+            g.parse::<Gear>()
+                .map_err(|e| Failure(exit::USAGE, format!("--gear: {e} (or auto, off)")))?,
+        ),
+    };
+    req.calibrate = cli
+        .calibrate
+        .then_some((cli.low_bits.is_some(), cli.high_bits.is_some()));
+    let tiers = if gear_mode == "off" {
         None
     } else {
-        let cache = if cli.no_tier_cache {
-            None
-        } else {
-            Some(CacheOptions::for_model(
-                cli.tier_cache.clone(),
-                loaded,
-                progress,
-            )?)
-        };
-        let gears: GearSet = cli
-            .gears
-            .parse()
-            .map_err(|e| Failure(exit::USAGE, format!("--gears: {e}")))?;
-        let opts = GearboxOptions {
-            manage,
-            overrides,
-            gears,
-            threads: threads as usize,
+        Some(TierOptions {
+            manage: Manage {
+                layers: cli
+                    .layers
+                    .as_deref()
+                    .map(Manage::parse_layers)
+                    .transpose()
+                    .map_err(|e| Failure(exit::USAGE, e))?,
+                ..Manage::parse_kind(&cli.manage).map_err(|e| Failure(exit::USAGE, e))?
+            },
+            overrides: match &cli.tiers {
+                Some(t) => plan::parse_overrides(t)?,
+                None => Default::default(),
+            },
+            gears: cli
+                .gears
+                .parse()
+                .map_err(|e| Failure(exit::USAGE, format!("--gears: {e}")))?,
+            cache: match (cli.no_tier_cache, &cli.tier_cache) {
+                (true, _) => TierCache::Off,
+                (false, Some(d)) => TierCache::Dir(d.clone()),
+                (false, None) => TierCache::Default,
+            },
+        })
+    };
+
+    let progress = std::io::stderr().is_terminal();
+    let mut sess = Session::open_resolved(
+        m.clone(),
+        &SessionOptions {
+            n_ctx: cli.ctx_size,
+            threads: Some(threads),
+            n_gpu_layers: cli
+                .n_gpu_layers
+                .unwrap_or(SessionOptions::default().n_gpu_layers),
+            tiers,
             progress,
-            cache,
-        };
-        let gb = Gearbox::build(&model, &loaded.path, &loaded.info, &opts)?;
-        let r = gb.report();
+            log: Some(|s| eprintln!("gearbx-run: {s}")),
+            abort,
+            ..Default::default()
+        },
+    )?;
+    if cli.verbose {
+        eprintln!(
+            "gearbx-run: {} ({}), n_ctx {}, {threads} threads",
+            sess.model().description(),
+            sess.loaded_file().path.display(),
+            sess.n_ctx()
+        );
+        eprintln!("gearbx-run: {}", llama::system_info());
+        if m.store_entry().is_some_and(|s| s.template.is_some()) {
+            eprintln!("gearbx-run: the store's Go template layer is not rendered; the GGUF's chat template is used");
+        }
+    }
+    if let Some(r) = sess.tiers() {
         for w in &r.warnings {
             eprintln!("gearbx-run: warning: {w}");
         }
@@ -653,47 +620,15 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
                 r.shared_tensors
             );
         }
-        Some(gb)
-    };
-    let (fixed, monitor) = match gear_mode.as_str() {
-        "off" => (Gear::High, None),
-        "auto" => {
-            let cfg = MonitorConfig {
-                window: cli.window,
-                low_bits: cli.low_bits.unwrap_or(1.8),
-                high_bits: cli.high_bits.unwrap_or(3.5),
-                hysteresis: cli.hysteresis,
-                min_duration: cli.min_duration,
-                ..Default::default()
-            };
-            cfg.validate()?;
-            let cold = classifier::classify(&spec.user).gear;
-            (cold, Some(Monitor::new(cfg, model.n_vocab(), cold)))
-        }
-        g => (
-            g.parse::<Gear>()
-                .map_err(|e| Failure(exit::USAGE, format!("--gear: {e} (or auto, off)")))?,
-            None,
-        ),
-    };
-    let mut ctx = Context::new(
-        &model,
-        &ContextParams {
-            n_ctx,
-            n_batch: 2048,
-            n_threads: threads,
-            rebuild_graphs: gearbox.is_some() && model.shifts_need_graph_rebuild(),
-        },
-        abort,
-    )?;
-    let mut stop = defaults.stop.clone();
-    stop.extend(cli.stop.iter().cloned());
-    let params = GenerateParams {
-        n_predict,
-        stop,
-        sampling,
-        entropy: cli.entropy,
-    };
+    }
+    if cli.verbose {
+        let prompt = sess.prompt(&req.prompt)?;
+        eprintln!(
+            "gearbx-run: prompt ({} tokens):\n{}",
+            prompt.tokens.len(),
+            prompt.text
+        );
+    }
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -713,14 +648,6 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         )?)),
         None => None,
     };
-    let control = gearbox.as_mut().map(|gb| GearControl {
-        gearbox: gb,
-        monitor,
-        fixed,
-        calibrate: cli
-            .calibrate
-            .then_some((cli.low_bits.is_some(), cli.high_bits.is_some())),
-    });
     let on_token = |ev: &TokenEvent<'_>| {
         if let Some(t) = trace.as_mut() {
             if ev.token >= 0 {
@@ -748,23 +675,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             broken_pipe = r.and_then(|_| out.flush()).is_err();
         }
     };
-    let outcome = if let Some(g) = &cli.lossless {
-        let gb = control.map(|c| c.gearbox).ok_or_else(|| {
-            Failure(
-                exit::USAGE,
-                "--lossless needs the gearbox (not --gear off)".into(),
-            )
-        })?;
-        let lp = LosslessParams {
-            draft_max: cli.draft_max,
-            guarantee: (g != "default").then(|| g.parse().expect("checked by clap")),
-            adaptive: !cli.draft_always,
-            ..Default::default()
-        };
-        engine::lossless::generate(&mut ctx, &prompt.tokens, &params, gb, &lp, on_token)?
-    } else {
-        engine::generate(&mut ctx, &prompt.tokens, &params, control, on_token)?
-    };
+    let outcome = sess.generate(&req, on_token)?;
     if let Some(mut t) = trace.take() {
         let _ = writeln!(t, "{}", json!({ "summary": &outcome }));
         let _ = t.flush();
@@ -776,8 +687,8 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             "model_name": m.store_entry().map(|s| s.name.short()),
             // The file llama.cpp loaded (a requantized copy under a quantized top gear) and
             // its weights' bytes; the tiers beside it are gears.tiers.shadow_bytes.
-            "loaded_model": loaded.path,
-            "model_bytes": model.size_bytes(),
+            "loaded_model": sess.loaded_file().path,
+            "model_bytes": sess.model().size_bytes(),
             "text": outcome.text,
             "prompt_tokens": outcome.prompt_tokens,
             "generated_tokens": outcome.generated_tokens,
@@ -789,10 +700,10 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             "mean_entropy_bits": outcome.mean_entropy_bits,
             "entropy_on": outcome.entropy_on,
             "stop_reason": outcome.stop_reason,
-            "n_ctx": n_ctx,
+            "n_ctx": sess.n_ctx(),
             "threads": threads,
-            "seed": params.sampling.seed,
-            "temperature": params.sampling.temperature,
+            "seed": req.sampling.seed,
+            "temperature": req.sampling.temperature,
             "gears": outcome.gears,
             "lossless": outcome.lossless,
         });

@@ -5,19 +5,17 @@ use std::ffi::{c_char, c_void, CString};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use self_cell::self_cell;
-
 use super::types::*;
 use super::{
     arg, gearbx_status, guard, guard_value, lock_handle, opt_str, req_str, ApiError, ApiResult,
     GEARBX_ERR_CANCELLED,
 };
 use crate::engine::lossless::{Guarantee, LosslessParams};
-use crate::engine::{self, GearControl, GenerateParams, PromptSpec, StopReason};
-use crate::gearbox::{top, CacheOptions, Gear, Gearbox};
-use crate::llama::{Context, ContextParams, Model, ModelParams};
-use crate::monitor::{classifier, Monitor, MonitorConfig};
-use crate::store::{self, OllamaStore, ResolvedModel};
+use crate::engine::{self, PromptSpec, StopReason};
+use crate::monitor::MonitorConfig;
+use crate::session::{
+    GearPolicy, Request, Session, SessionOptions, TierCache, TierOptions, DEFAULT_N_BATCH,
+};
 
 /// How to open an engine. Get defaults from `gearbx_engine_default_params()`.
 #[repr(C)]
@@ -85,23 +83,8 @@ pub type gearbx_token_callback = Option<
     ) -> bool,
 >;
 
-/// The model and what borrows it.
-struct Parts<'m> {
-    ctx: Context<'m>,
-    gearbox: Option<Gearbox<'m>>,
-}
-
-self_cell!(
-    struct Loaded {
-        owner: Model,
-        #[not_covariant]
-        dependent: Parts,
-    }
-);
-
 struct Inner {
-    loaded: Loaded,
-    resolved: ResolvedModel,
+    session: Session,
     monitor: MonitorConfig,
     last: gearbx_stats,
     /// The store's stop strings, owned here for `gearbx_generate_default_params`, which hands
@@ -165,20 +148,23 @@ pub unsafe extern "C" fn gearbx_generate_default_params(
         let Ok(inner) = e.inner.try_lock() else {
             return;
         };
-        if let Some(d) = inner.resolved.store_entry().map(|s| &s.params) {
-            let s = &mut p.sampling;
-            s.temperature = d.temperature.unwrap_or(s.temperature);
-            s.top_k = d.top_k.unwrap_or(s.top_k);
-            s.top_p = d.top_p.unwrap_or(s.top_p);
-            s.min_p = d.min_p.unwrap_or(s.min_p);
-            s.repeat_penalty = d.repeat_penalty.unwrap_or(s.repeat_penalty);
-            s.repeat_last_n = d.repeat_last_n.unwrap_or(s.repeat_last_n);
-            if let Some(seed) = d.seed.filter(|s| *s >= 0) {
-                s.seed = seed as u32;
-            }
-            if let Some(n) = d.num_predict.filter(|n| *n > 0) {
-                p.n_predict = n;
-            }
+        // The session's defaults are the store's parameters over the built-in ones; the seed
+        // stays GEARBX_SEED_RANDOM unless the store fixes one.
+        let r = inner.session.default_request("");
+        let s = &mut p.sampling;
+        let seed = s.seed;
+        *s = gearbx_sampling_params::from_params(&r.sampling);
+        s.seed = match inner
+            .session
+            .resolved()
+            .store_entry()
+            .and_then(|e| e.params.seed)
+        {
+            Some(n) if n >= 0 => n as u32,
+            _ => seed,
+        };
+        if let Some(n) = r.n_predict {
+            p.n_predict = n as i32;
         }
         if !inner.store_stop_ptrs.is_empty() {
             p.stop = inner.store_stop_ptrs.as_ptr();
@@ -232,7 +218,7 @@ fn open(name: Option<&str>, p: &gearbx_engine_params) -> ApiResult<gearbx_engine
     let mode = check_mode(p.gears.mode, true)?;
     let threads = threads_or_all(p.n_threads)?;
     // SAFETY: the params' strings are NULL or NUL-terminated (gearbx_engine_open's contract).
-    let (models_dir, mut gb_opts, cache_dir) = unsafe {
+    let (models_dir, gb_opts, cache_dir) = unsafe {
         (
             opt_str(p.models_dir, "models_dir")?,
             p.gears.gearbox_options(threads as usize)?,
@@ -241,93 +227,46 @@ fn open(name: Option<&str>, p: &gearbx_engine_params) -> ApiResult<gearbx_engine
     };
     let monitor = p.gears.monitor()?;
     crate::llama::set_verbose(p.verbose);
-    let store = match models_dir {
-        Some(d) => OllamaStore::new(d),
-        None => OllamaStore::from_env()?,
-    };
-    let resolved = store::resolve(name, &store, p.gears.progress)?;
-    // A quantized top gear on a float model loads a requantized copy (gearbox::top).
-    let top = if mode == GEARBX_GEAR_OFF {
-        None
-    } else {
-        top::prepare(
-            &resolved,
-            &gb_opts.manage,
-            &gb_opts.overrides,
-            &CacheOptions::dir(cache_dir.clone())?,
-            threads as usize,
-            p.gears.progress,
-            |s| {
-                if p.gears.progress || p.verbose {
-                    eprintln!("gearbx: {s}");
-                }
-            },
-        )?
-    };
-    if let Some(t) = &top {
-        gb_opts.overrides = t.overrides.clone();
-    }
-    let loaded_file = top.map_or_else(|| resolved.clone(), |t| t.model);
-    let model = Model::load(
-        &loaded_file.path,
-        &ModelParams {
-            n_gpu_layers: p.n_gpu_layers,
+    let cancel = Arc::new(AtomicBool::new(false));
+    let say: fn(&str) = |s| eprintln!("gearbx: {s}");
+    let session = Session::open(&SessionOptions {
+        model: name.map(String::from),
+        models_dir: models_dir.map(std::path::PathBuf::from),
+        n_ctx: (p.n_ctx > 0).then_some(p.n_ctx),
+        n_batch: if p.n_batch == 0 {
+            DEFAULT_N_BATCH
+        } else {
+            p.n_batch
         },
-    )?;
-    let store_params = resolved
-        .store_entry()
-        .map(|s| s.params.clone())
-        .unwrap_or_default();
-    let n_ctx = match (p.n_ctx, store_params.num_ctx) {
-        (0, Some(n)) if n > 0 => n,
-        (0, _) => 4096.min(model.n_ctx_train().max(1)),
-        (n, _) => n,
-    };
-    let store_stop: Vec<CString> = store_params
+        threads: Some(threads as usize),
+        n_gpu_layers: p.n_gpu_layers,
+        tiers: (mode != GEARBX_GEAR_OFF).then(|| TierOptions {
+            manage: gb_opts.manage,
+            overrides: gb_opts.overrides,
+            gears: gb_opts.gears,
+            cache: match (p.gears.no_tier_cache, cache_dir) {
+                (true, _) => TierCache::Off,
+                (false, Some(d)) => TierCache::Dir(d),
+                (false, None) => TierCache::Default,
+            },
+        }),
+        progress: p.gears.progress,
+        log: (p.gears.progress || p.verbose).then_some(say),
+        abort: cancel.clone(),
+    })?;
+    let store_stop: Vec<CString> = session
+        .default_request("")
         .stop
         .iter()
         .filter_map(|s| CString::new(s.as_str()).ok())
         .collect();
     let store_stop_ptrs = store_stop.iter().map(|s| s.as_ptr()).collect();
-    let n_batch = if p.n_batch == 0 { 2048 } else { p.n_batch };
-    if mode != GEARBX_GEAR_OFF && !p.gears.no_tier_cache {
-        gb_opts.cache = Some(CacheOptions::for_model(
-            cache_dir,
-            &loaded_file,
-            p.gears.progress,
-        )?);
-    }
-    let cancel = Arc::new(AtomicBool::new(false));
-    let loaded = Loaded::try_new(model, |model| -> ApiResult<Parts<'_>> {
-        let gearbox = if mode == GEARBX_GEAR_OFF {
-            None
-        } else {
-            Some(Gearbox::build(
-                model,
-                &loaded_file.path,
-                &loaded_file.info,
-                &gb_opts,
-            )?)
-        };
-        let ctx = Context::new(
-            model,
-            &ContextParams {
-                n_ctx,
-                n_batch,
-                n_threads: threads,
-                rebuild_graphs: gearbox.is_some() && model.shifts_need_graph_rebuild(),
-            },
-            cancel.clone(),
-        )?;
-        Ok(Parts { ctx, gearbox })
-    })?;
     Ok(gearbx_engine {
         cancel,
         policy: AtomicI32::new(mode),
         has_tiers: mode != GEARBX_GEAR_OFF,
         inner: Mutex::new(Inner {
-            loaded,
-            resolved,
+            session,
             monitor,
             last: gearbx_stats::default(),
             store_stop,
@@ -386,24 +325,9 @@ pub unsafe extern "C" fn gearbx_engine_generate(
                 )))
             }
         };
-        let gen = GenerateParams {
-            n_predict,
-            stop,
-            sampling: p.sampling.to_params()?,
-            entropy: Default::default(),
-        };
-        let spec = PromptSpec {
-            user: user.to_string(),
-            system: system
-                .map(String::from)
-                .or_else(|| inner.resolved.store_entry().and_then(|s| s.system.clone())),
-            raw: p.raw,
-        };
         let policy = e.policy.load(Ordering::Relaxed);
         e.cancel.store(false, Ordering::SeqCst);
-        let monitor_cfg = inner.monitor.clone();
         let mut by_callback = false;
-        let (lossless, draft_max, draft_always) = (p.lossless, p.draft_max, p.draft_always);
         let guarantee = match p.guarantee {
             GEARBX_GUARANTEE_DEFAULT => None,
             GEARBX_GUARANTEE_STRICT => Some(Guarantee::Strict),
@@ -414,89 +338,73 @@ pub unsafe extern "C" fn gearbx_engine_generate(
                 )))
             }
         };
-        let result = inner
-            .loaded
-            .with_dependent_mut(|model, parts| -> ApiResult<_> {
-                let prompt = engine::prompt::build(model, &spec)?;
-                parts.ctx.clear();
-                let control = parts.gearbox.as_mut().map(|gb| {
-                    let cold = classifier::classify(&spec.user).gear;
-                    let monitor = (policy == GEARBX_GEAR_AUTO)
-                        .then(|| Monitor::new(monitor_cfg.clone(), model.n_vocab(), cold));
-                    GearControl {
-                        gearbox: gb,
-                        monitor,
-                        fixed: gear_from_c(policy).unwrap_or(Gear::High),
-                        calibrate: None,
-                    }
-                });
-                let cancel = e.cancel.clone();
-                let on_token = |ev: &engine::TokenEvent<'_>| {
-                    let Some(cb) = callback else { return };
-                    if by_callback {
-                        return;
-                    }
-                    let info = gearbx_token_info {
-                        index: ev.index as i32,
-                        token: ev.token,
-                        entropy_bits: ev.entropy_bits,
-                        gear: gear_to_c(ev.gear),
-                        next_gear: gear_to_c(ev.next_gear.map(|g| g.0)),
-                        swap_us: ev.swap_us,
-                    };
-                    let mut piece = Vec::with_capacity(ev.text.len() + 1);
-                    piece.extend_from_slice(ev.text.as_bytes());
-                    piece.push(0);
-                    // SAFETY: the callback is the caller's C function; piece and info live
-                    // through the call.
-                    let go_on = unsafe {
-                        cb(
-                            piece.as_ptr() as *const c_char,
-                            ev.text.len(),
-                            &info,
-                            user_data,
-                        )
-                    };
-                    if !go_on {
-                        by_callback = true;
-                        cancel.store(true, Ordering::SeqCst);
-                    }
-                };
-                if lossless {
-                    let gb = control.map(|c| c.gearbox).ok_or_else(|| {
-                        ApiError::invalid(
-                            "lossless needs tiers: the engine was opened with GEARBX_GEAR_OFF",
-                        )
-                    })?;
-                    let defaults = LosslessParams::default();
-                    let lp = LosslessParams {
-                        draft_max: if draft_max == 0 {
-                            defaults.draft_max
-                        } else {
-                            draft_max as usize
-                        },
-                        guarantee,
-                        adaptive: !draft_always,
-                        ..defaults
-                    };
-                    Ok(engine::lossless::generate(
-                        &mut parts.ctx,
-                        &prompt.tokens,
-                        &gen,
-                        gb,
-                        &lp,
-                        on_token,
-                    )?)
+        if p.lossless && !e.has_tiers {
+            return Err(ApiError::invalid(
+                "lossless needs tiers: the engine was opened with GEARBX_GEAR_OFF",
+            ));
+        }
+        let defaults = LosslessParams::default();
+        let req = Request {
+            prompt: PromptSpec {
+                user: user.to_string(),
+                system: system.map(String::from),
+                raw: p.raw,
+                ..Default::default()
+            },
+            n_predict,
+            stop,
+            sampling: p.sampling.to_params()?,
+            entropy: Default::default(),
+            gear: match gear_from_c(policy) {
+                Some(g) => GearPolicy::Fixed(g),
+                None => GearPolicy::Auto(inner.monitor.clone()),
+            },
+            calibrate: None,
+            lossless: p.lossless.then(|| LosslessParams {
+                draft_max: if p.draft_max == 0 {
+                    defaults.draft_max
                 } else {
-                    Ok(engine::generate(
-                        &mut parts.ctx,
-                        &prompt.tokens,
-                        &gen,
-                        control,
-                        on_token,
-                    )?)
-                }
-            });
+                    p.draft_max as usize
+                },
+                guarantee,
+                adaptive: !p.draft_always,
+                ..defaults
+            }),
+            reuse_cache: false,
+        };
+        let cancel = e.cancel.clone();
+        let on_token = |ev: &engine::TokenEvent<'_>| {
+            let Some(cb) = callback else { return };
+            if by_callback {
+                return;
+            }
+            let info = gearbx_token_info {
+                index: ev.index as i32,
+                token: ev.token,
+                entropy_bits: ev.entropy_bits,
+                gear: gear_to_c(ev.gear),
+                next_gear: gear_to_c(ev.next_gear.map(|g| g.0)),
+                swap_us: ev.swap_us,
+            };
+            let mut piece = Vec::with_capacity(ev.text.len() + 1);
+            piece.extend_from_slice(ev.text.as_bytes());
+            piece.push(0);
+            // SAFETY: the callback is the caller's C function; piece and info live through
+            // the call.
+            let go_on = unsafe {
+                cb(
+                    piece.as_ptr() as *const c_char,
+                    ev.text.len(),
+                    &info,
+                    user_data,
+                )
+            };
+            if !go_on {
+                by_callback = true;
+                cancel.store(true, Ordering::SeqCst);
+            }
+        };
+        let result = inner.session.generate(&req, on_token);
         e.cancel.store(false, Ordering::SeqCst);
         let outcome = result?;
         inner.last = stats_of(&outcome, by_callback);

@@ -207,14 +207,8 @@ pub extern "C" fn gearbx_gear_default_params() -> gearbx_gear_params {
 #[no_mangle]
 pub extern "C" fn gearbx_sampling_default_params() -> gearbx_sampling_params {
     gearbx_sampling_params {
-        temperature: 0.8,
-        top_k: 40,
-        top_p: 0.9,
-        min_p: 0.0,
-        repeat_penalty: 1.1,
-        repeat_last_n: 64,
         seed: GEARBX_SEED_RANDOM,
-        ignore_eos: false,
+        ..gearbx_sampling_params::from_params(&SamplingParams::default())
     }
 }
 
@@ -314,11 +308,23 @@ impl gearbx_gear_params {
 }
 
 impl gearbx_sampling_params {
+    /// The C form of `p` (its seed as it is).
+    pub(crate) fn from_params(p: &SamplingParams) -> Self {
+        Self {
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            repeat_penalty: p.repeat_penalty,
+            repeat_last_n: p.repeat_last_n,
+            seed: p.seed,
+            ignore_eos: p.ignore_eos,
+        }
+    }
+
     pub(crate) fn to_params(self) -> ApiResult<SamplingParams> {
         let seed = if self.seed == GEARBX_SEED_RANDOM {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos())
+            crate::llama::random_seed()
         } else {
             self.seed
         };

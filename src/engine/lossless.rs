@@ -970,6 +970,7 @@ fn run(
     Ok(Outcome {
         text: out.text,
         prompt_tokens: prompt.len(),
+        prompt_cached: 0,
         generated_tokens: n_gen,
         prompt_ms,
         prompt_tokens_per_s: per_s(prompt.len(), prompt_ms),

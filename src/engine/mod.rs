@@ -18,7 +18,7 @@ use crate::kernels;
 use crate::llama::backend_entropy::Probe;
 use crate::llama::{Context, Sampler, SamplingParams, Token};
 use crate::monitor::{Monitor, Reason};
-pub use prompt::{Prompt, PromptSpec};
+pub use prompt::{Prompt, PromptSpec, Turn};
 use text::{StopFilter, Utf8Stream};
 
 /// What to generate.
@@ -160,7 +160,10 @@ pub struct GearStats {
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
     pub text: String,
+    /// Tokens of the prompt, and how many of them were already in the KV cache (a session
+    /// request with `reuse_cache`; 0 otherwise): the rest were decoded in `prompt_ms`.
     pub prompt_tokens: usize,
+    pub prompt_cached: usize,
     pub generated_tokens: usize,
     pub prompt_ms: f64,
     pub prompt_tokens_per_s: f64,
@@ -455,6 +458,7 @@ pub fn generate(
     Ok(Outcome {
         text,
         prompt_tokens: prompt.len(),
+        prompt_cached: 0,
         generated_tokens: n_gen,
         prompt_ms,
         prompt_tokens_per_s: per_s(prompt.len(), prompt_ms),

@@ -8,8 +8,19 @@ use crate::llama::{ChatMessage, Model, Token};
 pub struct PromptSpec {
     pub user: String,
     pub system: Option<String>,
-    /// Plain completion: no chat template.
+    /// Earlier turns of a chat, oldest first, between the system prompt and `user` (chat
+    /// mode only).
+    pub history: Vec<Turn>,
+    /// Plain completion of `user`: no chat template, no history.
     pub raw: bool,
+}
+
+/// One earlier message of a chat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Turn {
+    /// "user" or "assistant" (any role the model's template knows).
+    pub role: String,
+    pub content: String,
 }
 
 /// The formatted prompt and its tokens.
@@ -36,6 +47,10 @@ pub fn build(model: &Model, spec: &PromptSpec) -> Result<Prompt> {
             content: sys,
         });
     }
+    msgs.extend(spec.history.iter().map(|t| ChatMessage {
+        role: &t.role,
+        content: &t.content,
+    }));
     msgs.push(ChatMessage {
         role: "user",
         content: &spec.user,

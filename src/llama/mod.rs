@@ -18,7 +18,7 @@ pub use context::{Context, ContextParams};
 pub use gearbx_llama_sys as sys;
 pub use log::{set_verbose, take_last_error};
 pub use model::{ChatMessage, Model, ModelParams};
-pub use sampler::{Sampler, SamplingParams};
+pub use sampler::{random_seed, Sampler, SamplingParams};
 
 /// A llama.cpp token id.
 pub type Token = sys::llama_token;

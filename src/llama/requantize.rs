@@ -47,11 +47,18 @@ pub fn write_typed(
         pattern: std::ptr::null(),
         type_: 0,
     });
+    // A type named in `types` wins; otherwise the tensor keeps its source type.
     let type_of = |name: &str| {
-        info.tensors
+        types
             .iter()
-            .find(|t| t.name == name)
-            .map(|t| t.ggml_type)
+            .find(|(n, _)| n == name)
+            .map(|(_, ty)| *ty)
+            .or_else(|| {
+                info.tensors
+                    .iter()
+                    .find(|t| t.name == name)
+                    .map(|t| t.ggml_type)
+            })
     };
     // SAFETY: returns a plain struct of defaults.
     let mut p = unsafe { sys::llama_model_quantize_default_params() };
@@ -61,7 +68,8 @@ pub fn write_typed(
     p.allow_requantize = true;
     p.quantize_output_tensor = true;
     p.pure_ = true;
-    // The embedding and output types are decided before the overrides: keep them as they are.
+    // The embedding and output types are decided before the overrides (a managed head takes
+    // its tier's type here; an unmanaged one stays as it is).
     p.token_embedding_type = type_of("token_embd.weight").unwrap_or(sys::GGML_TYPE_COUNT) as _;
     p.output_tensor_type = type_of("output.weight").unwrap_or(sys::GGML_TYPE_COUNT) as _;
     p.tt_overrides = tt.as_ptr();

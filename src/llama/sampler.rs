@@ -22,6 +22,30 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
 }
 
+/// The defaults gearbx-run and the C API share (Ollama's): temperature 0.8, top-k 40, top-p
+/// 0.9, min-p 0, repeat penalty 1.1 over the last 64 tokens, a fresh random seed.
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.9,
+            min_p: 0.0,
+            repeat_penalty: 1.1,
+            repeat_last_n: 64,
+            seed: random_seed(),
+            ignore_eos: false,
+        }
+    }
+}
+
+/// A seed from the clock, for runs that ask for none.
+pub fn random_seed() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+}
+
 impl SamplingParams {
     /// Rejects values llama.cpp would misbehave on.
     pub fn validate(&self) -> Result<()> {

@@ -1,0 +1,471 @@
+//! A session: one model opened the way gearbx-run and the C engine open it (store resolution,
+//! a quantized top gear, tiers, the context) and the generations made on it, with every rule
+//! they share in one place: store defaults under the caller's settings, the store's system
+//! prompt, the cold-start gear, plain or lossless decoding, and the KV cache kept between
+//! requests when asked.
+//!
+//! ```no_run
+//! use gearbx::session::{Session, SessionOptions};
+//!
+//! let mut session = Session::open(&SessionOptions {
+//!     model: Some("smollm2:135m".into()),
+//!     ..Default::default()
+//! })?;
+//! let mut request = session.default_request("Name three primary colours.");
+//! request.sampling.temperature = 0.0;
+//! request.n_predict = Some(32);
+//! let outcome = session.generate(&request, |ev| print!("{}", ev.text))?;
+//! eprintln!("{} tokens, {:.1} tok/s", outcome.generated_tokens, outcome.decode_tokens_per_s);
+//! # Ok::<(), gearbx::Error>(())
+//! ```
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use self_cell::self_cell;
+
+use crate::engine::lossless::{self, LosslessParams};
+use crate::engine::{self, EntropySource, GearControl, GenerateParams, Outcome, PromptSpec};
+use crate::engine::{Prompt, TokenEvent};
+use crate::error::{Error, Result};
+use crate::gearbox::{
+    top, BuildReport, CacheOptions, Gear, GearSet, Gearbox, GearboxOptions, Manage, TierOverrides,
+};
+use crate::llama::{Context, ContextParams, Model, ModelParams, SamplingParams, Token};
+use crate::monitor::{classifier, Monitor, MonitorConfig};
+use crate::store::{self, OllamaStore, ResolvedModel};
+
+/// Context window when neither the caller nor the store names one (capped at the model's
+/// training context).
+pub const DEFAULT_N_CTX: u32 = 4096;
+/// Largest prompt chunk per forward pass.
+pub const DEFAULT_N_BATCH: u32 = 2048;
+
+/// Where built tiers are kept between runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum TierCache {
+    /// `$GEARBX_TIER_CACHE`, else `<cache>/tiers`.
+    #[default]
+    Default,
+    Dir(PathBuf),
+    /// Build every time; read and write nothing.
+    Off,
+}
+
+/// Which tiers to build (a session without them runs the plain model).
+#[derive(Debug, Clone, Default)]
+pub struct TierOptions {
+    pub manage: Manage,
+    pub overrides: TierOverrides,
+    pub gears: GearSet,
+    pub cache: TierCache,
+}
+
+/// How to open a session.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// An Ollama name ("llama3.2:1b"), a .gguf path, or None for the default model (obtained
+    /// into the gearbx cache if missing).
+    pub model: Option<String>,
+    /// The Ollama store's root; None: `$OLLAMA_MODELS` or `~/.ollama/models`.
+    pub models_dir: Option<PathBuf>,
+    /// Context window; None: the store's `num_ctx`, else [`DEFAULT_N_CTX`] capped at the
+    /// model's training context.
+    pub n_ctx: Option<u32>,
+    pub n_batch: u32,
+    /// Threads for decoding and building tiers; None: all cores.
+    pub threads: Option<usize>,
+    /// Layers offloaded to a GPU (-1: all).
+    pub n_gpu_layers: i32,
+    /// The tiers; None: no gearbox (the plain model).
+    pub tiers: Option<TierOptions>,
+    /// Progress bars on stderr while hashing, requantizing and building.
+    pub progress: bool,
+    /// Hears what opening does that takes long or changes what is loaded (a quantized top
+    /// being written or reused).
+    pub log: Option<fn(&str)>,
+    /// Set from any thread to stop the running generation within one forward pass.
+    pub abort: Arc<AtomicBool>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            model: None,
+            models_dir: None,
+            n_ctx: None,
+            n_batch: DEFAULT_N_BATCH,
+            threads: None,
+            n_gpu_layers: ModelParams::default().n_gpu_layers,
+            tiers: Some(TierOptions::default()),
+            progress: false,
+            log: None,
+            abort: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// How a generation picks its gears (ignored by a session without tiers).
+#[derive(Debug, Clone)]
+pub enum GearPolicy {
+    /// Entropy-routed; the prompt classifier picks the gear until the monitor's window fills.
+    Auto(MonitorConfig),
+    Fixed(Gear),
+}
+
+impl Default for GearPolicy {
+    fn default() -> Self {
+        Self::Auto(MonitorConfig::default())
+    }
+}
+
+/// One generation.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The user's text, a system prompt (None: the store's, if any) and whether to skip the
+    /// chat template.
+    pub prompt: PromptSpec,
+    /// Stop after this many tokens; None: at end of text or a full context.
+    pub n_predict: Option<usize>,
+    pub stop: Vec<String>,
+    pub sampling: SamplingParams,
+    pub entropy: EntropySource,
+    pub gear: GearPolicy,
+    /// Auto: calibrate the thresholds from the prompt's entropies, keeping the (low, high)
+    /// thresholds marked true.
+    pub calibrate: Option<(bool, bool)>,
+    /// Lossless mode (needs tiers): drafts at the low gear, verification at the high gear.
+    pub lossless: Option<LosslessParams>,
+    /// Keep the KV cache of the previous generation and decode only the part of this prompt
+    /// that differs from what it holds (a chat's earlier turns). False: start from an empty
+    /// cache, as every one-shot run does.
+    pub reuse_cache: bool,
+}
+
+/// The model and what borrows it.
+struct Parts<'m> {
+    ctx: Context<'m>,
+    gearbox: Option<Gearbox<'m>>,
+}
+
+self_cell!(
+    struct Loaded {
+        owner: Model,
+        #[not_covariant]
+        dependent: Parts,
+    }
+);
+
+/// An open model with its context and tiers.
+pub struct Session {
+    loaded: Loaded,
+    resolved: ResolvedModel,
+    loaded_file: ResolvedModel,
+    n_ctx: u32,
+    /// What the KV cache holds, position by position (for `reuse_cache`).
+    cached: Vec<Token>,
+}
+
+/// All cores, or `n`.
+pub fn threads_or_all(n: Option<usize>) -> usize {
+    n.unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()))
+}
+
+impl Session {
+    /// Resolves, (requantizes,) loads, builds the tiers and makes the context.
+    pub fn open(o: &SessionOptions) -> Result<Self> {
+        let store = match &o.models_dir {
+            Some(d) => OllamaStore::new(d.clone()),
+            None => OllamaStore::from_env()?,
+        };
+        let resolved = store::resolve(o.model.as_deref(), &store, o.progress)?;
+        Self::open_resolved(resolved, o)
+    }
+
+    /// As [`Session::open`] for a model already resolved (`o.model` and `o.models_dir` are
+    /// not read).
+    pub fn open_resolved(resolved: ResolvedModel, o: &SessionOptions) -> Result<Self> {
+        let threads = threads_or_all(o.threads);
+        if threads == 0 || threads > i32::MAX as usize {
+            return Err(Error::InvalidParam(format!(
+                "threads must be at least 1, got {threads}"
+            )));
+        }
+        if o.n_ctx == Some(0) {
+            return Err(Error::InvalidParam(
+                "the context size must be at least 1".into(),
+            ));
+        }
+        let log = |s: &str| {
+            if let Some(f) = o.log {
+                f(s)
+            }
+        };
+        let mut tiers = o.tiers.clone();
+        let top = match &tiers {
+            None => None,
+            Some(t) => top::prepare(
+                &resolved,
+                &t.manage,
+                &t.overrides,
+                &CacheOptions::dir(cache_dir(&t.cache))?,
+                threads,
+                o.progress,
+                log,
+            )?,
+        };
+        if let (Some(q), Some(t)) = (&top, tiers.as_mut()) {
+            t.overrides = q.overrides.clone();
+        }
+        let loaded_file = top.map_or_else(|| resolved.clone(), |q| q.model);
+        let model = Model::load(
+            &loaded_file.path,
+            &ModelParams {
+                n_gpu_layers: o.n_gpu_layers,
+            },
+        )?;
+        let n_ctx = o
+            .n_ctx
+            .or_else(|| resolved.store_entry().and_then(|s| s.params.num_ctx))
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| DEFAULT_N_CTX.min(model.n_ctx_train().max(1)));
+        let gb_opts = match &tiers {
+            None => None,
+            Some(t) => Some(GearboxOptions {
+                manage: t.manage.clone(),
+                overrides: t.overrides.clone(),
+                gears: t.gears.clone(),
+                threads,
+                progress: o.progress,
+                cache: match t.cache {
+                    TierCache::Off => None,
+                    _ => Some(CacheOptions::for_model(
+                        cache_dir(&t.cache),
+                        &loaded_file,
+                        o.progress,
+                    )?),
+                },
+            }),
+        };
+        let loaded = Loaded::try_new(model, |model| -> Result<Parts<'_>> {
+            let gearbox = match &gb_opts {
+                None => None,
+                Some(g) => Some(Gearbox::build(
+                    model,
+                    &loaded_file.path,
+                    &loaded_file.info,
+                    g,
+                )?),
+            };
+            let ctx = Context::new(
+                model,
+                &ContextParams {
+                    n_ctx,
+                    n_batch: o.n_batch,
+                    n_threads: threads as i32,
+                    rebuild_graphs: gearbox.is_some() && model.shifts_need_graph_rebuild(),
+                },
+                o.abort.clone(),
+            )?;
+            Ok(Parts { ctx, gearbox })
+        })?;
+        Ok(Self {
+            loaded,
+            resolved,
+            loaded_file,
+            n_ctx,
+            cached: Vec::new(),
+        })
+    }
+
+    pub fn model(&self) -> &Model {
+        self.loaded.borrow_owner()
+    }
+
+    /// What the user named, with its store entry (system prompt, parameters) if any.
+    pub fn resolved(&self) -> &ResolvedModel {
+        &self.resolved
+    }
+
+    /// The file llama.cpp loaded: the model's own, or a quantized top's copy.
+    pub fn loaded_file(&self) -> &ResolvedModel {
+        &self.loaded_file
+    }
+
+    pub fn n_ctx(&self) -> u32 {
+        self.n_ctx
+    }
+
+    /// The tiers' build report; None without tiers.
+    pub fn tiers(&self) -> Option<BuildReport> {
+        self.loaded
+            .with_dependent(|_, p| p.gearbox.as_ref().map(|g| g.report().clone()))
+    }
+
+    /// [`default_request`] for this session's model.
+    pub fn default_request(&self, user: &str) -> Request {
+        default_request(&self.resolved, user)
+    }
+
+    /// The prompt `spec` becomes on this model: the store's system prompt where `spec` has
+    /// none, the chat template unless raw.
+    pub fn prompt(&self, spec: &PromptSpec) -> Result<Prompt> {
+        let spec = PromptSpec {
+            system: spec
+                .system
+                .clone()
+                .or_else(|| self.resolved.store_entry().and_then(|s| s.system.clone())),
+            ..spec.clone()
+        };
+        engine::prompt::build(self.model(), &spec)
+    }
+
+    /// Generates a reply to `req`, calling `on_token` for every token.
+    pub fn generate(
+        &mut self,
+        req: &Request,
+        mut on_token: impl FnMut(&TokenEvent<'_>),
+    ) -> Result<Outcome> {
+        req.sampling.validate()?;
+        let prompt = self.prompt(&req.prompt)?;
+        if prompt.tokens.len() >= self.n_ctx as usize {
+            return Err(Error::PromptTooLong {
+                n_prompt: prompt.tokens.len(),
+                n_ctx: self.n_ctx,
+                n_ctx_train: self.model().n_ctx_train(),
+            });
+        }
+        if let GearPolicy::Auto(cfg) = &req.gear {
+            cfg.validate()?;
+        }
+        let params = GenerateParams {
+            n_predict: req.n_predict,
+            stop: req.stop.clone(),
+            sampling: req.sampling.clone(),
+            entropy: req.entropy,
+        };
+        // Reuse: keep the cached prefix this prompt shares (at least one token is decoded, for
+        // the logits of the next one).
+        let keep = if req.reuse_cache {
+            common_prefix(&self.cached, &prompt.tokens).min(prompt.tokens.len() - 1)
+        } else {
+            0
+        };
+        let mut generated: Vec<Token> = Vec::new();
+        let cold = classifier::classify(&req.prompt.user).gear;
+        let result = self.loaded.with_dependent_mut(|model, parts| {
+            parts.ctx.truncate(keep as u32)?;
+            let on_token = |ev: &TokenEvent<'_>| {
+                if ev.token >= 0 {
+                    generated.push(ev.token);
+                }
+                on_token(ev)
+            };
+            let outcome = match &req.lossless {
+                Some(lp) => {
+                    let gb = parts.gearbox.as_mut().ok_or_else(|| {
+                        Error::InvalidParam(
+                            "lossless mode needs tiers: this session was opened without them"
+                                .into(),
+                        )
+                    })?;
+                    lossless::generate(
+                        &mut parts.ctx,
+                        &prompt.tokens[keep..],
+                        &params,
+                        gb,
+                        lp,
+                        on_token,
+                    )
+                }
+                None => {
+                    let control = parts.gearbox.as_mut().map(|gb| {
+                        let (monitor, fixed) = match &req.gear {
+                            GearPolicy::Auto(cfg) => {
+                                (Some(Monitor::new(cfg.clone(), model.n_vocab(), cold)), cold)
+                            }
+                            GearPolicy::Fixed(g) => (None, *g),
+                        };
+                        GearControl {
+                            gearbox: gb,
+                            monitor,
+                            fixed,
+                            calibrate: req.calibrate,
+                        }
+                    });
+                    engine::generate(
+                        &mut parts.ctx,
+                        &prompt.tokens[keep..],
+                        &params,
+                        control,
+                        on_token,
+                    )
+                }
+            };
+            Ok::<_, Error>((outcome, parts.ctx.n_past() as usize))
+        });
+        let (outcome, n_past) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.cached.clear();
+                return Err(e);
+            }
+        };
+        // The cache now holds the prompt and the generated tokens up to n_past.
+        let mut held = prompt.tokens;
+        held.extend(generated);
+        held.truncate(n_past);
+        self.cached = if outcome.is_ok() { held } else { Vec::new() };
+        outcome.map(|o| Outcome {
+            prompt_tokens: keep + o.prompt_tokens,
+            prompt_cached: keep,
+            ..o
+        })
+    }
+}
+
+/// A request for `user` on model `m`: the store's sampling settings over the built-in
+/// defaults ([`SamplingParams::default`]), the store's token budget and stop strings, auto
+/// gears, plain decoding, a fresh cache. What a caller overlays its own settings on.
+pub fn default_request(m: &ResolvedModel, user: &str) -> Request {
+    let d = m
+        .store_entry()
+        .map(|s| s.params.clone())
+        .unwrap_or_default();
+    let b = SamplingParams::default();
+    Request {
+        prompt: PromptSpec {
+            user: user.to_string(),
+            ..Default::default()
+        },
+        n_predict: d.num_predict.filter(|&n| n > 0).map(|n| n as usize),
+        stop: d.stop.clone(),
+        sampling: SamplingParams {
+            temperature: d.temperature.unwrap_or(b.temperature),
+            top_k: d.top_k.unwrap_or(b.top_k),
+            top_p: d.top_p.unwrap_or(b.top_p),
+            min_p: d.min_p.unwrap_or(b.min_p),
+            repeat_penalty: d.repeat_penalty.unwrap_or(b.repeat_penalty),
+            repeat_last_n: d.repeat_last_n.unwrap_or(b.repeat_last_n),
+            seed: d.seed.filter(|s| *s >= 0).map_or(b.seed, |s| s as u32),
+            ignore_eos: b.ignore_eos,
+        },
+        entropy: EntropySource::default(),
+        gear: GearPolicy::default(),
+        calibrate: None,
+        lossless: None,
+        reuse_cache: false,
+    }
+}
+
+fn cache_dir(c: &TierCache) -> Option<PathBuf> {
+    match c {
+        TierCache::Dir(d) => Some(d.clone()),
+        _ => None,
+    }
+}
+
+fn common_prefix(a: &[Token], b: &[Token]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
