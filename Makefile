@@ -9,11 +9,14 @@ deps:
 run: deps
 	cargo run --release --bin gearbx-run -- "$(PROMPT)"
 
-# Unit and integration tests on the real model and llama.cpp (benchmarks are built, not run:
-# cargo test compiles none).
+# Unit and integration tests on the real model and llama.cpp: every target built (benchmarks
+# are built, not run), clippy with warnings as errors, the tests and doctests, then the chat
+# example for two turns on the default model.
 test: deps
-	cargo build --release --benches
+	cargo build --release --all-targets
+	cargo clippy --release --all-targets -- -D warnings
 	cargo test --release
+	printf 'Name a colour.\nAnd another one?\n' | cargo run --release --example chat
 
 # The measurement report: SmolLM2 and Gemma-3-270M against static llama.cpp models, Austen text.
 # Writes docs/results.md, docs/results.json and the charts (about 15 minutes on 2 cores).

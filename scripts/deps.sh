@@ -21,3 +21,5 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
 command -v cargo >/dev/null || { echo "deps.sh: cargo not found: install Rust from rustup" >&2; exit 1; }
+# make test runs clippy.
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy

@@ -235,7 +235,7 @@ impl Session {
             Some(t) => Some(GearboxOptions {
                 manage: t.manage.clone(),
                 overrides: t.overrides.clone(),
-                gears: t.gears.clone(),
+                gears: t.gears,
                 threads,
                 progress: o.progress,
                 cache: match t.cache {

@@ -562,8 +562,11 @@ fn run_gpu(
     Ok(())
 }
 
-/// Each model's recorded cycles in a report's results.json: (model description, cycles).
-fn recorded_cycles(path: &std::path::Path) -> gearbx::Result<Vec<(String, Vec<(usize, usize)>)>> {
+/// One model's recorded verifications: (model description, (drafted, accepted) each).
+type Cycles = (String, Vec<(usize, usize)>);
+
+/// Each model's recorded cycles in a report's results.json.
+fn recorded_cycles(path: &std::path::Path) -> gearbx::Result<Vec<Cycles>> {
     let bad = |m: String| gearbx::Error::InvalidParam(format!("{}: {m}", path.display()));
     let text = std::fs::read_to_string(path)
         .map_err(|e| gearbx::Error::io(format!("reading {}", path.display()), e))?;

@@ -240,7 +240,7 @@ fn open(name: Option<&str>, p: &gearbx_engine_params) -> ApiResult<gearbx_engine
         },
         threads: Some(threads as usize),
         n_gpu_layers: p.n_gpu_layers,
-        tiers: (mode != GEARBX_GEAR_OFF).then(|| TierOptions {
+        tiers: (mode != GEARBX_GEAR_OFF).then_some(TierOptions {
             manage: gb_opts.manage,
             overrides: gb_opts.overrides,
             gears: gb_opts.gears,
@@ -360,7 +360,7 @@ pub unsafe extern "C" fn gearbx_engine_generate(
                 None => GearPolicy::Auto(inner.monitor.clone()),
             },
             calibrate: None,
-            lossless: p.lossless.then(|| LosslessParams {
+            lossless: p.lossless.then_some(LosslessParams {
                 draft_max: if p.draft_max == 0 {
                     defaults.draft_max
                 } else {
