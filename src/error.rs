@@ -66,7 +66,7 @@ pub enum Error {
         actual: String,
     },
 
-    #[error("the prompt is {n_prompt} tokens but the context holds {n_ctx}; raise -c/--ctx-size (the model was trained with {n_ctx_train}) or shorten the prompt")]
+    #[error("the prompt is {n_prompt} tokens but the context holds {n_ctx}; raise the context size (n_ctx; the model was trained with {n_ctx_train}) or shorten the prompt")]
     PromptTooLong {
         n_prompt: usize,
         n_ctx: u32,
@@ -75,6 +75,11 @@ pub enum Error {
 
     #[error("invalid parameter: {0}")]
     InvalidParam(String),
+
+    /// One parameter out of range, named as the library's and the C API's fields name it
+    /// (`top_p`); `gearbx-run` shows its flag instead ([`Error::cli_message`]).
+    #[error("invalid parameter: {} {rule}", param.name)]
+    BadParam { param: Param, rule: String },
 
     /// A tier plan that does not fit a device's free memory (checked before allocating).
     #[error("not enough memory for the gear tiers: {0}")]
@@ -100,6 +105,39 @@ pub enum Error {
     },
 }
 
+/// A parameter of the library, with the command-line flag that sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Param {
+    /// The field's name in the library and the C API (`top_p`).
+    pub name: &'static str,
+    /// gearbx-run's flag (`--top-p`).
+    pub flag: &'static str,
+}
+
+/// The parameters the library checks, each with its flag.
+pub mod param {
+    use super::Param;
+    macro_rules! params {
+        ($($id:ident = $name:literal, $flag:literal;)*) => {
+            $(pub const $id: Param = Param { name: $name, flag: $flag };)*
+        };
+    }
+    params! {
+        TEMPERATURE = "temperature", "--temp";
+        TOP_K = "top_k", "--top-k";
+        TOP_P = "top_p", "--top-p";
+        MIN_P = "min_p", "--min-p";
+        REPEAT_PENALTY = "repeat_penalty", "--repeat-penalty";
+        REPEAT_LAST_N = "repeat_last_n", "--repeat-last-n";
+        DRAFT_MAX = "draft_max", "--draft-max";
+        WINDOW = "window", "--window";
+        HYSTERESIS = "hysteresis", "--hysteresis";
+        MANAGE = "manage/layers", "--manage/--layers";
+        N_CTX = "n_ctx", "-c/--ctx-size";
+        THREADS = "threads", "-t/--threads";
+    }
+}
+
 fn suggest(close: &[String]) -> String {
     if close.is_empty() {
         String::new()
@@ -117,10 +155,29 @@ impl Error {
         }
     }
 
+    /// `param` breaks `rule` ("must be in [0, 1], got 2").
+    pub fn bad_param(param: Param, rule: impl Into<String>) -> Self {
+        Error::BadParam {
+            param,
+            rule: rule.into(),
+        }
+    }
+
+    /// The message as `gearbx-run` shows it: parameters by their flags.
+    pub fn cli_message(&self) -> String {
+        match self {
+            Error::BadParam { param, rule } => format!("invalid parameter: {} {rule}", param.flag),
+            Error::PromptTooLong { .. } => self.to_string().replace("(n_ctx;", "(-c/--ctx-size;"),
+            _ => self.to_string(),
+        }
+    }
+
     /// The exit code `gearbx-run` uses for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::InvalidName { .. } | Error::InvalidParam(_) => exit::USAGE,
+            Error::InvalidName { .. } | Error::InvalidParam(_) | Error::BadParam { .. } => {
+                exit::USAGE
+            }
             Error::ModelNotFound { .. } | Error::FileNotFound(_) | Error::BlobMissing { .. } => {
                 exit::NOT_FOUND
             }

@@ -28,7 +28,7 @@ use self_cell::self_cell;
 use crate::engine::lossless::{self, LosslessParams};
 use crate::engine::{self, EntropySource, GearControl, GenerateParams, Outcome, PromptSpec};
 use crate::engine::{Prompt, TokenEvent};
-use crate::error::{Error, Result};
+use crate::error::{param, Error, Result};
 use crate::gearbox::{
     top, BuildReport, CacheOptions, Gear, GearSet, Gearbox, GearboxOptions, Manage, TierOverrides,
 };
@@ -188,14 +188,13 @@ impl Session {
     pub fn open_resolved(resolved: ResolvedModel, o: &SessionOptions) -> Result<Self> {
         let threads = threads_or_all(o.threads);
         if threads == 0 || threads > i32::MAX as usize {
-            return Err(Error::InvalidParam(format!(
-                "threads must be at least 1, got {threads}"
-            )));
+            return Err(Error::bad_param(
+                param::THREADS,
+                format!("must be at least 1, got {threads}"),
+            ));
         }
         if o.n_ctx == Some(0) {
-            return Err(Error::InvalidParam(
-                "the context size must be at least 1".into(),
-            ));
+            return Err(Error::bad_param(param::N_CTX, "must be at least 1"));
         }
         let log = |s: &str| {
             if let Some(f) = o.log {

@@ -196,23 +196,25 @@ struct Cli {
     no_tier_cache: bool,
 
     /// Entropy window (tokens) of the auto gear.
-    #[arg(long, default_value_t = 5, value_name = "N")]
+    #[arg(long, default_value_t = MonitorConfig::default().window, value_name = "N")]
     window: usize,
 
-    /// Low-gear threshold in bits at a 32768 vocabulary (scaled to the model's vocabulary).
+    /// Low-gear threshold in bits at a 32768 vocabulary (scaled to the model's vocabulary);
+    /// default 1.8.
     #[arg(long, value_name = "BITS")]
     low_bits: Option<f64>,
 
-    /// High-gear threshold in bits at a 32768 vocabulary (scaled to the model's vocabulary).
+    /// High-gear threshold in bits at a 32768 vocabulary (scaled to the model's vocabulary);
+    /// default 3.5.
     #[arg(long, value_name = "BITS")]
     high_bits: Option<f64>,
 
     /// Hysteresis in bits on every gear boundary.
-    #[arg(long, default_value_t = 0.1, value_name = "BITS")]
+    #[arg(long, default_value_t = MonitorConfig::default().hysteresis, value_name = "BITS")]
     hysteresis: f64,
 
     /// Minimum tokens between shifts (the catastrophic fallback ignores it).
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    #[arg(long, default_value_t = MonitorConfig::default().min_duration, value_name = "N")]
     min_duration: usize,
 
     /// Where entropy is computed: auto (in the graph when the model runs on a GPU, so one float
@@ -271,7 +273,7 @@ struct Failure(u8, String);
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
-        Failure(e.exit_code(), e.to_string())
+        Failure(e.exit_code(), e.cli_message())
     }
 }
 
@@ -522,13 +524,14 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
     req.gear = match gear_mode.as_str() {
         "off" => GearPolicy::Fixed(Gear::High),
         "auto" => {
+            let d = MonitorConfig::default();
             let cfg = MonitorConfig {
                 window: cli.window,
-                low_bits: cli.low_bits.unwrap_or(1.8),
-                high_bits: cli.high_bits.unwrap_or(3.5),
+                low_bits: cli.low_bits.unwrap_or(d.low_bits),
+                high_bits: cli.high_bits.unwrap_or(d.high_bits),
                 hysteresis: cli.hysteresis,
                 min_duration: cli.min_duration,
-                ..Default::default()
+                ..d
             };
             cfg.validate()?;
             GearPolicy::Auto(cfg)

@@ -26,7 +26,7 @@ use super::{
     check_prompt, flush_held_text, per_s, EntropyPlace, GearStats, GenerateParams, Outcome,
     StopReason, TokenEvent,
 };
-use crate::error::{Error, Result};
+use crate::error::{param, Error, Result};
 use crate::gearbox::{Gear, Gearbox, PerGear};
 use crate::kernels;
 use crate::llama::{Context, Model, Sampler, Token};
@@ -595,15 +595,18 @@ fn run(
 ) -> Result<Outcome> {
     check_prompt(ctx, prompt)?;
     if lp.draft_max == 0 {
-        return Err(Error::InvalidParam("--draft-max must be at least 1".into()));
+        return Err(Error::bad_param(param::DRAFT_MAX, "must be at least 1"));
     }
     if lp.draft_max >= ctx.n_batch() as usize {
-        return Err(Error::InvalidParam(format!(
-            "--draft-max {} needs a batch of {} (-b is {})",
-            lp.draft_max,
-            lp.draft_max + 1,
-            ctx.n_batch()
-        )));
+        return Err(Error::bad_param(
+            param::DRAFT_MAX,
+            format!(
+                "{} needs a batch of {} (n_batch is {})",
+                lp.draft_max,
+                lp.draft_max + 1,
+                ctx.n_batch()
+            ),
+        ));
     }
     let model = ctx.model();
     let guarantee = lp

@@ -259,8 +259,9 @@ impl<'m> Gearbox<'m> {
             .filter(|w| opts.manage.matches(&w.name()))
             .collect();
         if managed.is_empty() {
-            return Err(Error::InvalidParam(
-                "no weight matrices match --manage/--layers".into(),
+            return Err(Error::bad_param(
+                crate::error::param::MANAGE,
+                "match no weight matrices",
             ));
         }
         let file = File::open(model_path)

@@ -49,33 +49,40 @@ pub fn random_seed() -> u32 {
 impl SamplingParams {
     /// Rejects values llama.cpp would misbehave on.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::InvalidParam(m));
+        use crate::error::param;
+        let bad = |p, rule: String| Err(Error::bad_param(p, rule));
         if !self.temperature.is_finite() {
-            return bad(format!(
-                "--temp must be a finite number, got {}",
-                self.temperature
-            ));
+            return bad(
+                param::TEMPERATURE,
+                format!("must be a finite number, got {}", self.temperature),
+            );
         }
         if !(0.0..=1.0).contains(&self.top_p) {
-            return bad(format!("--top-p must be in [0, 1], got {}", self.top_p));
+            return bad(
+                param::TOP_P,
+                format!("must be in [0, 1], got {}", self.top_p),
+            );
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            return bad(format!("--min-p must be in [0, 1], got {}", self.min_p));
+            return bad(
+                param::MIN_P,
+                format!("must be in [0, 1], got {}", self.min_p),
+            );
         }
         if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
-            return bad(format!(
-                "--repeat-penalty must be > 0, got {}",
-                self.repeat_penalty
-            ));
+            return bad(
+                param::REPEAT_PENALTY,
+                format!("must be > 0, got {}", self.repeat_penalty),
+            );
         }
         if self.top_k < 0 {
-            return bad(format!("--top-k must be >= 0, got {}", self.top_k));
+            return bad(param::TOP_K, format!("must be >= 0, got {}", self.top_k));
         }
         if self.repeat_last_n < -1 {
-            return bad(format!(
-                "--repeat-last-n must be >= -1, got {}",
-                self.repeat_last_n
-            ));
+            return bad(
+                param::REPEAT_LAST_N,
+                format!("must be >= -1, got {}", self.repeat_last_n),
+            );
         }
         Ok(())
     }

@@ -53,19 +53,24 @@ impl Default for MonitorConfig {
 
 impl MonitorConfig {
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(Error::InvalidParam(m.into()));
+        use crate::error::{param, Param};
+        let bad = |p, rule: &str| Err(Error::bad_param(p, rule));
         if self.window == 0 {
-            return bad("--window must be at least 1");
+            return bad(param::WINDOW, "must be at least 1");
         }
         if !(self.low_bits.is_finite()
             && self.high_bits.is_finite()
             && self.low_bits >= 0.0
             && self.low_bits < self.high_bits)
         {
-            return bad("thresholds need 0 <= --low-bits < --high-bits");
+            const BITS: Param = Param {
+                name: "low_bits/high_bits",
+                flag: "--low-bits/--high-bits",
+            };
+            return bad(BITS, "must satisfy 0 <= low < high");
         }
         if !(self.hysteresis >= 0.0 && self.hysteresis.is_finite()) {
-            return bad("--hysteresis must be >= 0");
+            return bad(param::HYSTERESIS, "must be >= 0");
         }
         Ok(())
     }
