@@ -20,17 +20,24 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::drafting::{DraftController, DraftEstimates, Next};
+use super::emit::{Emitter, Telemetry, Timing};
 use super::speculative::{self, Rng};
-use super::text::{StopFilter, Utf8Stream};
 use super::{
-    check_prompt, flush_held_text, per_s, EntropyPlace, GearStats, GenerateParams, Outcome,
-    StopReason, TokenEvent,
+    check_prompt, per_s, EntropyPlace, GearStats, GenerateParams, Outcome, ShiftTally, StopReason,
+    TokenEvent,
 };
 use crate::error::{param, Error, Result};
 use crate::gearbox::{Gear, Gearbox, PerGear};
 use crate::kernels;
 use crate::llama::{Context, Model, Sampler, Token};
 use crate::monitor::REF_VOCAB;
+
+/// Every token lossless mode emits is the high gear's.
+const HIGH: Telemetry = Telemetry {
+    gear: Some(Gear::High),
+    next_gear: None,
+    swap_us: 0.0,
+};
 
 /// What lossless mode promises about its tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -253,60 +260,6 @@ impl LosslessStats {
         self.acceptance_rate = ratio(self.accepted, self.drafted);
         self.mean_accepted_len = ratio(self.accepted, self.verifies);
         self.drafts_per_verify = ratio(self.drafted, self.verifies);
-    }
-}
-
-/// Streams emitted tokens as text: end-of-generation, stop strings, the token budget and the
-/// context limit, exactly as the plain loop applies them.
-struct Emitter<'p> {
-    params: &'p GenerateParams,
-    utf8: Utf8Stream,
-    stops: StopFilter,
-    text: String,
-    n_gen: usize,
-    entropy_sum: f64,
-    /// Every emitted token (a backend chain attached later replays them for its penalties).
-    tokens: Vec<Token>,
-}
-
-impl Emitter<'_> {
-    /// Emits `tok`; `n_past_after` is where the plain loop's KV cache would stand after it.
-    fn emit(
-        &mut self,
-        ctx: &Context<'_>,
-        tok: Token,
-        entropy: f32,
-        n_past_after: u32,
-        on_token: &mut impl FnMut(&TokenEvent<'_>),
-    ) -> Option<StopReason> {
-        let model = ctx.model();
-        if model.is_eog(tok) {
-            return Some(StopReason::Eos);
-        }
-        self.entropy_sum += entropy as f64;
-        self.tokens.push(tok);
-        let piece = self.utf8.push(&model.token_bytes(tok, false));
-        let (visible, hit) = self.stops.push(&piece);
-        self.text.push_str(&visible);
-        on_token(&TokenEvent {
-            index: self.n_gen,
-            token: tok,
-            text: &visible,
-            entropy_bits: entropy,
-            gear: Some(Gear::High),
-            next_gear: None,
-            swap_us: 0.0,
-        });
-        self.n_gen += 1;
-        if hit {
-            Some(StopReason::StopWord)
-        } else if self.params.n_predict.is_some_and(|n| self.n_gen >= n) {
-            Some(StopReason::Length)
-        } else if n_past_after + 1 >= ctx.n_ctx() {
-            Some(StopReason::Context)
-        } else {
-            None
-        }
     }
 }
 
@@ -623,15 +576,7 @@ fn run(
     };
     let scale = (model.n_vocab() as f64).log2() / REF_VOCAB.log2();
     let (stop_bits, gate_bits) = (lp.draft_stop_bits * scale, lp.gate_bits * scale);
-    let mut out = Emitter {
-        params,
-        utf8: Utf8Stream::default(),
-        stops: StopFilter::new(params.stop.clone()),
-        text: String::new(),
-        n_gen: 0,
-        entropy_sum: 0.0,
-        tokens: Vec::new(),
-    };
+    let mut out = Emitter::new(params);
     let mut st = LosslessStats::new(guarantee);
     let mut ctl = DraftController::default();
     // Strict on CUDA: verification batches with single-token kernels (our patch 0003); the
@@ -639,14 +584,12 @@ fn run(
     ctx.set_width_invariant(guarantee == Guarantee::Strict);
     // Verified: every verification has the declared width; strict: as wide as is exact.
     let fixed_width = (guarantee == Guarantee::Verified).then_some(lp.draft_max + 1);
-    let (mut shifts, mut passes) = (0usize, [0usize; 3]);
-    let (mut swap_sum, mut swap_max) = (0f64, 0f64);
+    let mut passes = [0usize; 3];
+    let mut tally = ShiftTally::default();
     let mut shift = |gb: &mut Gearbox<'_>, ctx: &Context<'_>, g: Gear| {
         if gb.gear() != g {
             let us = gb.shift(ctx, g).as_secs_f64() * 1e6;
-            swap_sum += us;
-            swap_max = swap_max.max(us);
-            shifts += 1;
+            tally.add(us);
         }
     };
     let interrupted = |e: Error, ctx: &Context<'_>| if ctx.aborted() { Ok(()) } else { Err(e) };
@@ -696,7 +639,7 @@ fn run(
                 (decider.first(ctx)?, h)
             }
         };
-        stop = out.emit(ctx, pending, last_h, ctx.n_past(), &mut on_token);
+        stop = out.emit(ctx, pending, last_h, ctx.n_past(), HIGH, &mut on_token);
     }
     let mut k_next = lp.draft_max.div_ceil(2);
     while stop.is_none() {
@@ -711,7 +654,7 @@ fn run(
         let room = (ctx.n_ctx() - p0).saturating_sub(2) as usize;
         let budget = params
             .n_predict
-            .map_or(usize::MAX, |n| n.saturating_sub(out.n_gen + 1));
+            .map_or(usize::MAX, |n| n.saturating_sub(out.n_gen() + 1));
         let cap = match fixed_width {
             Some(w) if w - 1 > room => 0,
             Some(w) => (w - 1).min(budget),
@@ -740,7 +683,7 @@ fn run(
                     let t = Instant::now();
                     ctx.decode(&[pending])?;
                     StepPenalty::pay(lp.penalty.draft);
-                    if !read_entropy(ctx, attached.as_deref(), out.n_gen)? {
+                    if !read_entropy(ctx, attached.as_deref(), out.n_gen())? {
                         let mut d = decider.drafter()?;
                         decider.draft(&mut d, ctx)?;
                     }
@@ -755,7 +698,7 @@ fn run(
                     shift(gearbox, ctx, Gear::High);
                     ctx.decode(&[pending, pending])?;
                     StepPenalty::pay(lp.penalty.high);
-                    read_entropy(ctx, attached.as_deref(), out.n_gen)?;
+                    read_entropy(ctx, attached.as_deref(), out.n_gen())?;
                     ctl.batch(2, tb.elapsed().as_secs_f64());
                     ctx.truncate(p0)?;
                     st.verify_ms += tb.elapsed().as_secs_f64() * 1e3;
@@ -826,7 +769,7 @@ fn run(
             if attached.is_none() {
                 let (mut chain, probe) =
                     Sampler::with_entropy_probe(&params.sampling, model, ctx.n_ctx())?;
-                for &t in &out.tokens {
+                for &t in out.tokens() {
                     chain.accept(t); // the penalty history the host chain has
                 }
                 ctx.attach_sampler(chain)?;
@@ -840,14 +783,14 @@ fn run(
             StepPenalty::pay(lp.penalty.high);
             passes[Gear::High as usize] += 1;
             let tok = ctx.sample_attached()?;
-            let h = attached_entropy(ctx, attached.as_ref().expect("attached above"), out.n_gen)?;
+            let h = attached_entropy(ctx, attached.as_ref().expect("attached above"), out.n_gen())?;
             decider.record(tok);
             (last_h, pending) = (h, tok);
-            let n_before = out.n_gen;
-            stop = out.emit(ctx, tok, h, p0 + 1, &mut on_token);
+            let n_before = out.n_gen();
+            stop = out.emit(ctx, tok, h, p0 + 1, HIGH, &mut on_token);
             let secs = tv.elapsed().as_secs_f64();
             st.verify_ms += secs * 1e3;
-            st.passes.push((1, out.n_gen - n_before));
+            st.passes.push((1, out.n_gen() - n_before));
             st.plain_steps += 1;
             ctl.plain(secs);
             continue;
@@ -914,18 +857,18 @@ fn run(
         }
         StepPenalty::pay(lp.penalty.high);
         passes[Gear::High as usize] += 1;
-        let (mut j, n_before) = (0, out.n_gen);
+        let (mut j, n_before) = (0, out.n_gen());
         let replayed = lp
             .replay
             .as_ref()
             .filter(|_| !drafts.is_empty())
             .map(|r| r.lock().expect("replay state").accept(drafts.len()));
         for i in 0..=drafts.len() {
-            last_h = entropy_of(ctx.logits_at(i)?, out.n_gen)?;
+            last_h = entropy_of(ctx.logits_at(i)?, out.n_gen())?;
             let (s, kept) = decider.verify(drafter.as_ref(), ctx, i, drafts.get(i).copied())?;
             let kept = replayed.map_or(kept, |rj| i < rj);
             pending = s;
-            stop = out.emit(ctx, s, last_h, p0 + i as u32 + 1, &mut on_token);
+            stop = out.emit(ctx, s, last_h, p0 + i as u32 + 1, HIGH, &mut on_token);
             if stop.is_some() || !kept {
                 break;
             }
@@ -934,7 +877,7 @@ fn run(
         ctx.truncate(p0 + j as u32 + 1)?;
         let verify_secs = tv.elapsed().as_secs_f64();
         st.verify_ms += verify_secs * 1e3;
-        st.passes.push((batch.len(), out.n_gen - n_before));
+        st.passes.push((batch.len(), out.n_gen() - n_before));
         if drafts.is_empty() {
             st.plain_steps += 1;
             ctl.plain(verify_secs);
@@ -957,57 +900,40 @@ fn run(
     st.drafting_turned_off = ctl.turned_off;
     st.estimates = ctl.estimates(lp.draft_max, fixed_width);
     let stop_reason = stop.expect("loop ends with a reason");
-    flush_held_text(
-        &mut out.utf8,
-        &mut out.stops,
-        stop_reason,
-        &mut out.text,
-        out.n_gen,
-        &mut on_token,
-    );
     st.finish();
     let eval_ms = t1.elapsed().as_secs_f64() * 1e3;
-    let n_gen = out.n_gen;
+    let n_gen = out.n_gen();
     // Every emitted token after the first needed the forward passes of the loop.
     let eval_count = n_gen.saturating_sub(1);
-    Ok(Outcome {
-        text: out.text,
-        prompt_tokens: prompt.len(),
-        prompt_cached: 0,
-        generated_tokens: n_gen,
-        prompt_ms,
-        prompt_tokens_per_s: per_s(prompt.len(), prompt_ms),
-        eval_count,
-        eval_ms,
-        decode_tokens_per_s: per_s(eval_count, eval_ms),
-        mean_entropy_bits: if n_gen > 0 {
-            out.entropy_sum / n_gen as f64
-        } else {
-            0.0
-        },
+    let (shifts, swap_us_mean, swap_us_max) = tally.summary();
+    let gears = GearStats {
+        mode: "lossless".into(),
+        passes: PerGear(passes),
+        tokens: PerGear([0, 0, n_gen]),
+        token_fraction: PerGear([0.0, 0.0, if n_gen > 0 { 1.0 } else { 0.0 }]),
+        // Draft and verify passes differ in width: only the emitted rate is meaningful.
+        tokens_per_s: PerGear([
+            None,
+            None,
+            (eval_count > 0).then(|| per_s(eval_count, eval_ms)),
+        ]),
+        shifts,
+        swap_us_mean,
+        swap_us_max,
+        thresholds_bits: None,
+        tiers: gearbox.report().clone(),
+    };
+    Ok(out.finish(
         stop_reason,
-        entropy_on: EntropyPlace::Host,
-        gears: Some(GearStats {
-            mode: "lossless".into(),
-            passes: PerGear(passes),
-            tokens: PerGear([0, 0, n_gen]),
-            token_fraction: PerGear([0.0, 0.0, if n_gen > 0 { 1.0 } else { 0.0 }]),
-            // Draft and verify passes differ in width: only the emitted rate is meaningful.
-            tokens_per_s: PerGear([
-                None,
-                None,
-                (eval_count > 0).then(|| per_s(eval_count, eval_ms)),
-            ]),
-            shifts,
-            swap_us_mean: if shifts > 0 {
-                swap_sum / shifts as f64
-            } else {
-                0.0
-            },
-            swap_us_max: swap_max,
-            thresholds_bits: None,
-            tiers: gearbox.report().clone(),
-        }),
-        lossless: Some(st),
-    })
+        Timing {
+            prompt_tokens: prompt.len(),
+            prompt_ms,
+            eval_count,
+            eval_ms,
+        },
+        EntropyPlace::Host,
+        Some(gears),
+        Some(st),
+        &mut on_token,
+    ))
 }

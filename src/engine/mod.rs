@@ -2,6 +2,7 @@
 //! stop conditions and timing.
 
 pub mod drafting;
+mod emit;
 pub mod lossless;
 pub mod prompt;
 pub mod speculative;
@@ -19,7 +20,6 @@ use crate::llama::backend_entropy::Probe;
 use crate::llama::{Context, Sampler, SamplingParams, Token};
 use crate::monitor::{Monitor, Reason};
 pub use prompt::{Prompt, PromptSpec, Turn};
-use text::{StopFilter, Utf8Stream};
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -181,6 +181,32 @@ pub struct Outcome {
     pub lossless: Option<lossless::LosslessStats>,
 }
 
+/// Shifts of one generation and their swap times, as [`GearStats`] reports them.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ShiftTally {
+    n: usize,
+    sum_us: f64,
+    max_us: f64,
+}
+
+impl ShiftTally {
+    pub fn add(&mut self, us: f64) {
+        self.n += 1;
+        self.sum_us += us;
+        self.max_us = self.max_us.max(us);
+    }
+
+    /// (shifts, mean µs, max µs).
+    pub fn summary(&self) -> (usize, f64, f64) {
+        let mean = if self.n > 0 {
+            self.sum_us / self.n as f64
+        } else {
+            0.0
+        };
+        (self.n, mean, self.max_us)
+    }
+}
+
 /// How tokens are drawn and entropy read: a host chain over host logits, or a chain attached
 /// to the context whose probe reports the entropy.
 enum Draw {
@@ -193,35 +219,6 @@ pub(crate) fn per_s(n: usize, ms: f64) -> f64 {
         n as f64 * 1000.0 / ms
     } else {
         0.0
-    }
-}
-
-/// After a loop ends: text held back (a split UTF-8 character, a possible stop-string prefix)
-/// is appended and passed on as a final event without a token, unless a stop string ended it.
-pub(crate) fn flush_held_text(
-    utf8: &mut Utf8Stream,
-    stops: &mut StopFilter,
-    stop_reason: StopReason,
-    text: &mut String,
-    n_gen: usize,
-    on_token: &mut impl FnMut(&TokenEvent<'_>),
-) {
-    if stop_reason == StopReason::StopWord {
-        return;
-    }
-    let (tail, _) = stops.push(&utf8.finish());
-    let tail = tail + &stops.finish();
-    if !tail.is_empty() {
-        text.push_str(&tail);
-        on_token(&TokenEvent {
-            index: n_gen,
-            token: -1,
-            text: &tail,
-            entropy_bits: f32::NAN,
-            gear: None,
-            next_gear: None,
-            swap_us: 0.0,
-        });
     }
 }
 
@@ -283,10 +280,7 @@ pub fn generate(
     } else {
         Draw::Host(Sampler::new(&params.sampling, model, ctx.n_ctx())?)
     };
-    let mut utf8 = Utf8Stream::default();
-    let mut stops = StopFilter::new(params.stop.clone());
-    let mut text = String::new();
-    let mut entropy_sum = 0.0f64;
+    let mut out = emit::Emitter::new(params);
 
     // The prompt runs at the high gear: its KV cache serves every later token.
     if let Some(g) = gears.as_mut() {
@@ -318,12 +312,11 @@ pub fn generate(
     }
     let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
     let t1 = Instant::now();
-    let mut n_gen = 0usize;
     let mut eval_count = 0usize;
     let mut passes = [0usize; 3];
     let mut tokens_at = [0usize; 3];
     let mut gear_ms = [0f64; 3];
-    let (mut shifts, mut swap_sum, mut swap_max) = (0usize, 0f64, 0f64);
+    let mut tally = ShiftTally::default();
     // After the prompt: the cold-start gear (auto) or the fixed gear.
     let mut used_gear = gears.as_ref().map(|_| Gear::High);
     if let Some(g) = gears.as_mut() {
@@ -339,7 +332,7 @@ pub fn generate(
             Draw::Host(s) => {
                 let (entropy, n_bad) = kernels::entropy_bits(ctx.logits()?);
                 if n_bad > 0 {
-                    return Err(Error::NanLogits(n_gen));
+                    return Err(Error::NanLogits(out.n_gen()));
                 }
                 (s.sample(ctx), entropy)
             }
@@ -350,7 +343,7 @@ pub fn generate(
                     None => p.host_bits(),
                 };
                 if !entropy.is_finite() {
-                    return Err(Error::NanLogits(n_gen));
+                    return Err(Error::NanLogits(out.n_gen()));
                 }
                 (tok, entropy)
             }
@@ -359,12 +352,10 @@ pub fn generate(
             stop_reason = Some(StopReason::Eos);
             break;
         }
-        entropy_sum += entropy as f64;
-        let piece = utf8.push(&model.token_bytes(tok, false));
-        let (visible, hit) = stops.push(&piece);
-        text.push_str(&visible);
-        let mut next_gear = None;
-        let mut swap_us = 0.0;
+        let mut tele = emit::Telemetry {
+            gear: used_gear,
+            ..Default::default()
+        };
         if let Some(g) = gears.as_mut() {
             tokens_at[used_gear.expect("gearbox") as usize] += 1;
             let before = g.gearbox.gear();
@@ -373,30 +364,13 @@ pub fn generate(
                 None => (g.fixed, Reason::Fixed),
             };
             if next != before {
-                swap_us = g.gearbox.shift(ctx, next).as_secs_f64() * 1e6;
-                shifts += 1;
-                swap_sum += swap_us;
-                swap_max = swap_max.max(swap_us);
+                tele.swap_us = g.gearbox.shift(ctx, next).as_secs_f64() * 1e6;
+                tally.add(tele.swap_us);
             }
-            next_gear = Some((next, why));
+            tele.next_gear = Some((next, why));
         }
-        on_token(&TokenEvent {
-            index: n_gen,
-            token: tok,
-            text: &visible,
-            entropy_bits: entropy,
-            gear: used_gear,
-            next_gear,
-            swap_us,
-        });
-        n_gen += 1;
-        if hit {
-            stop_reason = Some(StopReason::StopWord);
-        } else if params.n_predict.is_some_and(|n| n_gen >= n) {
-            stop_reason = Some(StopReason::Length);
-        } else if ctx.n_past() + 1 >= ctx.n_ctx() {
-            stop_reason = Some(StopReason::Context);
-        } else {
+        stop_reason = out.emit(ctx, tok, entropy, ctx.n_past(), tele, &mut on_token);
+        if stop_reason.is_none() {
             let g = gears.as_ref().map(|g| g.gearbox.gear());
             let td = Instant::now();
             if let Err(e) = ctx.decode(&[tok]) {
@@ -418,15 +392,8 @@ pub fn generate(
         _ => EntropyPlace::Host,
     };
     ctx.detach_sampler();
-    flush_held_text(
-        &mut utf8,
-        &mut stops,
-        stop_reason,
-        &mut text,
-        n_gen,
-        &mut on_token,
-    );
     let eval_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let (shifts, swap_us_mean, swap_us_max) = tally.summary();
     let gear_stats = gears.as_ref().map(|g| GearStats {
         mode: if g.monitor.is_some() {
             "auto".into()
@@ -436,8 +403,8 @@ pub fn generate(
         passes: PerGear(passes),
         tokens: PerGear(tokens_at),
         token_fraction: PerGear(tokens_at.map(|n| {
-            if n_gen > 0 {
-                n as f64 / n_gen as f64
+            if out.n_gen() > 0 {
+                n as f64 / out.n_gen() as f64
             } else {
                 0.0
             }
@@ -446,33 +413,22 @@ pub fn generate(
             [0, 1, 2].map(|i| (passes[i] > 0).then(|| per_s(passes[i], gear_ms[i]))),
         ),
         shifts,
-        swap_us_mean: if shifts > 0 {
-            swap_sum / shifts as f64
-        } else {
-            0.0
-        },
-        swap_us_max: swap_max,
+        swap_us_mean,
+        swap_us_max,
         thresholds_bits: g.monitor.as_ref().map(|m| m.thresholds()),
         tiers: g.gearbox.report().clone(),
     });
-    Ok(Outcome {
-        text,
-        prompt_tokens: prompt.len(),
-        prompt_cached: 0,
-        generated_tokens: n_gen,
-        prompt_ms,
-        prompt_tokens_per_s: per_s(prompt.len(), prompt_ms),
-        eval_count,
-        eval_ms,
-        decode_tokens_per_s: per_s(eval_count, eval_ms),
-        mean_entropy_bits: if n_gen > 0 {
-            entropy_sum / n_gen as f64
-        } else {
-            0.0
-        },
+    Ok(out.finish(
         stop_reason,
+        emit::Timing {
+            prompt_tokens: prompt.len(),
+            prompt_ms,
+            eval_count,
+            eval_ms,
+        },
         entropy_on,
-        gears: gear_stats,
-        lossless: None,
-    })
+        gear_stats,
+        None,
+        &mut on_token,
+    ))
 }
