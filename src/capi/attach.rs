@@ -15,6 +15,7 @@ use super::{
     arg, gearbx_status, guard, guard_value, lock_handle, opt_str, req_str, ApiError, ApiResult,
     GEARBX_ERR_RUNTIME,
 };
+use crate::engine::driver::GearDriver;
 use crate::gearbox::{CacheOptions, Gear, Gearbox};
 use crate::kernels;
 use crate::llama::sys::{self, llama_context, llama_model};
@@ -54,15 +55,12 @@ struct State {
     n_vocab: usize,
     policy: gearbx_gear,
     monitor_cfg: MonitorConfig,
-    monitor: Option<Monitor>,
+    /// The policy and the tallies (tokens per gear, shifts).
+    driver: GearDriver,
     /// The gear the host's last decode ran at.
     used: Gear,
-    tokens: [usize; 3],
     observed: usize,
     entropy_sum: f64,
-    shifts: usize,
-    swap_sum: f64,
-    swap_max: f64,
 }
 
 /// Gears attached to a host's model and context. Opaque.
@@ -172,16 +170,15 @@ pub unsafe extern "C" fn gearbx_attach(
             ctx,
             n_vocab,
             policy,
-            monitor: (policy == GEARBX_GEAR_AUTO)
-                .then(|| Monitor::new(monitor_cfg.clone(), n_vocab, Gear::High)),
+            driver: GearDriver::new(
+                (policy == GEARBX_GEAR_AUTO)
+                    .then(|| Monitor::new(monitor_cfg.clone(), n_vocab, Gear::High)),
+                gear_from_c(policy).unwrap_or(Gear::High),
+            ),
             monitor_cfg,
             used: Gear::High,
-            tokens: [0; 3],
             observed: 0,
             entropy_sum: 0.0,
-            shifts: 0,
-            swap_sum: 0.0,
-            swap_max: 0.0,
         };
         let a = Box::new(gearbx_attachment {
             state: Mutex::new(state),
@@ -232,7 +229,7 @@ pub unsafe extern "C" fn gearbx_attach_begin(
         let mut s = lock(a)?;
         let cold = text.map_or(Gear::High, |t| classifier::classify(t).gear);
         if s.policy == GEARBX_GEAR_AUTO {
-            s.monitor = Some(Monitor::new(s.monitor_cfg.clone(), s.n_vocab, cold));
+            s.driver.monitor = Some(Monitor::new(s.monitor_cfg.clone(), s.n_vocab, cold));
         }
         s.shift(Gear::High);
         s.used = Gear::High;
@@ -279,17 +276,11 @@ pub unsafe extern "C" fn gearbx_attach_after_decode(
             ));
         }
         let used = s.used;
-        let next = match s.monitor.as_mut() {
-            Some(m) => m.update(bits as f64).0,
-            None => gear_from_c(s.policy).unwrap_or(Gear::High),
-        };
+        let (next, _) = s.driver.step(used, bits as f64);
         let swap_us = s.shift(next);
         if swap_us > 0.0 {
-            s.shifts += 1;
-            s.swap_sum += swap_us;
-            s.swap_max = s.swap_max.max(swap_us);
+            s.driver.shifted(swap_us);
         }
-        s.tokens[used as usize] += 1;
         s.observed += 1;
         s.entropy_sum += bits as f64;
         let index = s.observed as i32 - 1;
@@ -329,13 +320,14 @@ pub unsafe extern "C" fn gearbx_attach_set_gear(
         s.policy = mode;
         match gear_from_c(mode) {
             Some(g) => {
-                s.monitor = None;
+                s.driver.monitor = None;
+                s.driver.fixed = g;
                 s.shift(g);
                 s.used = g;
             }
             None => {
                 let current = s.used;
-                s.monitor = Some(Monitor::new(s.monitor_cfg.clone(), s.n_vocab, current));
+                s.driver.monitor = Some(Monitor::new(s.monitor_cfg.clone(), s.n_vocab, current));
             }
         }
         Ok(())
@@ -360,6 +352,7 @@ pub unsafe extern "C" fn gearbx_attach_stats(
         }
         let s = lock(a)?;
         let report = s.attached.with_dependent(|_, gb| gb.report().clone());
+        let (shifts, swap_us_mean, swap_us_max) = s.driver.shifts();
         let mut st = gearbx_stats {
             generated_tokens: s.observed as u32,
             mean_entropy_bits: if s.observed > 0 {
@@ -367,14 +360,10 @@ pub unsafe extern "C" fn gearbx_attach_stats(
             } else {
                 0.0
             },
-            tokens_per_gear: s.tokens.map(|n| n as u32),
-            shifts: s.shifts as u32,
-            swap_us_mean: if s.shifts > 0 {
-                s.swap_sum / s.shifts as f64
-            } else {
-                0.0
-            },
-            swap_us_max: s.swap_max,
+            tokens_per_gear: s.driver.tokens().map(|n| n as u32),
+            shifts: shifts as u32,
+            swap_us_mean,
+            swap_us_max,
             tier_bytes: report.bytes.0,
             tier_resident_bytes: report.shadow_bytes,
             tier_gpu_bytes: report.gpu_bytes(),
@@ -382,7 +371,7 @@ pub unsafe extern "C" fn gearbx_attach_stats(
             tiers_from_cache: report.origin == crate::gearbox::TierOrigin::Cache,
             ..Default::default()
         };
-        if let Some((lo, hi)) = s.monitor.as_ref().map(Monitor::thresholds) {
+        if let Some((lo, hi)) = s.driver.thresholds() {
             st.low_bits = lo;
             st.high_bits = hi;
         }

@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::drafting::{DraftController, DraftEstimates, Next};
+use super::driver::GearDriver;
 use super::emit::{Emitter, Telemetry, Timing};
 use super::speculative::{self, Rng};
 use super::{
-    check_prompt, per_s, EntropyPlace, GearStats, GenerateParams, Outcome, ShiftTally, StopReason,
-    TokenEvent,
+    check_prompt, per_s, EntropyPlace, GearStats, GenerateParams, Outcome, StopReason, TokenEvent,
 };
 use crate::error::{param, Error, Result};
 use crate::gearbox::{Gear, Gearbox, PerGear};
@@ -585,11 +585,11 @@ fn run(
     // Verified: every verification has the declared width; strict: as wide as is exact.
     let fixed_width = (guarantee == Guarantee::Verified).then_some(lp.draft_max + 1);
     let mut passes = [0usize; 3];
-    let mut tally = ShiftTally::default();
+    let mut driver = GearDriver::new(None, Gear::High);
     let mut shift = |gb: &mut Gearbox<'_>, ctx: &Context<'_>, g: Gear| {
         if gb.gear() != g {
             let us = gb.shift(ctx, g).as_secs_f64() * 1e6;
-            tally.add(us);
+            driver.shifted(us);
         }
     };
     let interrupted = |e: Error, ctx: &Context<'_>| if ctx.aborted() { Ok(()) } else { Err(e) };
@@ -905,7 +905,7 @@ fn run(
     let n_gen = out.n_gen();
     // Every emitted token after the first needed the forward passes of the loop.
     let eval_count = n_gen.saturating_sub(1);
-    let (shifts, swap_us_mean, swap_us_max) = tally.summary();
+    let (shifts, swap_us_mean, swap_us_max) = driver.shifts();
     let gears = GearStats {
         mode: "lossless".into(),
         passes: PerGear(passes),

@@ -2,6 +2,7 @@
 //! stop conditions and timing.
 
 pub mod drafting;
+pub mod driver;
 mod emit;
 pub mod lossless;
 pub mod prompt;
@@ -181,32 +182,6 @@ pub struct Outcome {
     pub lossless: Option<lossless::LosslessStats>,
 }
 
-/// Shifts of one generation and their swap times, as [`GearStats`] reports them.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct ShiftTally {
-    n: usize,
-    sum_us: f64,
-    max_us: f64,
-}
-
-impl ShiftTally {
-    pub fn add(&mut self, us: f64) {
-        self.n += 1;
-        self.sum_us += us;
-        self.max_us = self.max_us.max(us);
-    }
-
-    /// (shifts, mean µs, max µs).
-    pub fn summary(&self) -> (usize, f64, f64) {
-        let mean = if self.n > 0 {
-            self.sum_us / self.n as f64
-        } else {
-            0.0
-        };
-        (self.n, mean, self.max_us)
-    }
-}
-
 /// How tokens are drawn and entropy read: a host chain over host logits, or a chain attached
 /// to the context whose probe reports the entropy.
 enum Draw {
@@ -314,14 +289,14 @@ pub fn generate(
     let t1 = Instant::now();
     let mut eval_count = 0usize;
     let mut passes = [0usize; 3];
-    let mut tokens_at = [0usize; 3];
     let mut gear_ms = [0f64; 3];
-    let mut tally = ShiftTally::default();
     // After the prompt: the cold-start gear (auto) or the fixed gear.
     let mut used_gear = gears.as_ref().map(|_| Gear::High);
-    if let Some(g) = gears.as_mut() {
-        let first = g.monitor.as_ref().map_or(g.fixed, |m| m.gear());
-        g.gearbox.shift(ctx, first);
+    let mut driver = gears
+        .as_mut()
+        .map(|g| driver::GearDriver::new(g.monitor.take(), g.fixed));
+    if let (Some(g), Some(d)) = (gears.as_mut(), driver.as_ref()) {
+        g.gearbox.shift(ctx, d.first_gear());
     }
     while stop_reason.is_none() {
         if ctx.aborted() {
@@ -356,16 +331,12 @@ pub fn generate(
             gear: used_gear,
             ..Default::default()
         };
-        if let Some(g) = gears.as_mut() {
-            tokens_at[used_gear.expect("gearbox") as usize] += 1;
+        if let (Some(g), Some(d)) = (gears.as_mut(), driver.as_mut()) {
             let before = g.gearbox.gear();
-            let (next, why) = match g.monitor.as_mut() {
-                Some(m) => m.update(entropy as f64),
-                None => (g.fixed, Reason::Fixed),
-            };
+            let (next, why) = d.step(used_gear.expect("gearbox"), entropy as f64);
             if next != before {
                 tele.swap_us = g.gearbox.shift(ctx, next).as_secs_f64() * 1e6;
-                tally.add(tele.swap_us);
+                d.shifted(tele.swap_us);
             }
             tele.next_gear = Some((next, why));
         }
@@ -393,30 +364,33 @@ pub fn generate(
     };
     ctx.detach_sampler();
     let eval_ms = t1.elapsed().as_secs_f64() * 1e3;
-    let (shifts, swap_us_mean, swap_us_max) = tally.summary();
-    let gear_stats = gears.as_ref().map(|g| GearStats {
-        mode: if g.monitor.is_some() {
-            "auto".into()
-        } else {
-            g.fixed.to_string()
-        },
-        passes: PerGear(passes),
-        tokens: PerGear(tokens_at),
-        token_fraction: PerGear(tokens_at.map(|n| {
-            if out.n_gen() > 0 {
-                n as f64 / out.n_gen() as f64
+    let gear_stats = gears.as_ref().zip(driver.as_ref()).map(|(g, d)| {
+        let tokens_at = d.tokens();
+        let (shifts, swap_us_mean, swap_us_max) = d.shifts();
+        GearStats {
+            mode: if d.monitor.is_some() {
+                "auto".into()
             } else {
-                0.0
-            }
-        })),
-        tokens_per_s: PerGear(
-            [0, 1, 2].map(|i| (passes[i] > 0).then(|| per_s(passes[i], gear_ms[i]))),
-        ),
-        shifts,
-        swap_us_mean,
-        swap_us_max,
-        thresholds_bits: g.monitor.as_ref().map(|m| m.thresholds()),
-        tiers: g.gearbox.report().clone(),
+                d.fixed.to_string()
+            },
+            passes: PerGear(passes),
+            tokens: PerGear(tokens_at),
+            token_fraction: PerGear(tokens_at.map(|n| {
+                if out.n_gen() > 0 {
+                    n as f64 / out.n_gen() as f64
+                } else {
+                    0.0
+                }
+            })),
+            tokens_per_s: PerGear(
+                [0, 1, 2].map(|i| (passes[i] > 0).then(|| per_s(passes[i], gear_ms[i]))),
+            ),
+            shifts,
+            swap_us_mean,
+            swap_us_max,
+            thresholds_bits: d.thresholds(),
+            tiers: g.gearbox.report().clone(),
+        }
     });
     Ok(out.finish(
         stop_reason,
