@@ -133,6 +133,7 @@ pub mod param {
         WINDOW = "window", "--window";
         HYSTERESIS = "hysteresis", "--hysteresis";
         MANAGE = "manage/layers", "--manage/--layers";
+        TIERS = "tiers", "--tiers";
         N_CTX = "n_ctx", "-c/--ctx-size";
         THREADS = "threads", "-t/--threads";
     }

@@ -554,7 +554,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
                     .as_deref()
                     .map(Manage::parse_layers)
                     .transpose()
-                    .map_err(|e| Failure(exit::USAGE, e))?,
+                    .map_err(|e| Failure(exit::USAGE, format!("--{e}")))?,
                 ..Manage::parse_kind(&cli.manage).map_err(|e| Failure(exit::USAGE, e))?
             },
             overrides: match &cli.tiers {

@@ -169,7 +169,7 @@ impl Manage {
 
     /// `A-B` or `N` (inclusive).
     pub fn parse_layers(s: &str) -> std::result::Result<(u32, u32), String> {
-        let bad = || format!("--layers takes N or A-B, not {s:?}");
+        let bad = || format!("layers takes N or A-B, not {s:?}");
         let (a, b) = match s.split_once('-') {
             Some((a, b)) => (
                 a.trim().parse().map_err(|_| bad())?,
@@ -227,14 +227,14 @@ impl FromStr for TierOverrides {
         for part in s.split(',').filter(|p| !p.trim().is_empty()) {
             let (g, t) = part
                 .split_once('=')
-                .ok_or_else(|| format!("--tiers entry {part:?} is not gear=TYPE"))?;
+                .ok_or_else(|| format!("entry {part:?} is not gear=TYPE"))?;
             let gear: Gear = g.trim().parse()?;
             let t = t.trim();
             let tier = if t.eq_ignore_ascii_case("source") {
                 TierType::Source
             } else {
                 let ty = type_from_name(t)
-                    .ok_or_else(|| format!("unknown tensor type {t:?} in --tiers"))?;
+                    .ok_or_else(|| format!("names an unknown tensor type {t:?}"))?;
                 TierType::Type(ty)
             };
             o.0[gear as usize] = Some(tier);
@@ -400,7 +400,8 @@ pub fn plan_warnings(src_types: &[u32], overrides: &TierOverrides) -> Vec<String
 }
 
 pub fn parse_overrides(s: &str) -> Result<TierOverrides> {
-    s.parse().map_err(Error::InvalidParam)
+    s.parse()
+        .map_err(|e| Error::bad_param(crate::error::param::TIERS, e))
 }
 
 #[cfg(test)]

@@ -307,7 +307,7 @@ impl Model {
             };
             if n < 0 {
                 return Err(Error::Llama(
-                    "the model's chat template is not one llama.cpp recognizes; use --raw and format the prompt yourself".into(),
+                    "the model's chat template is not one llama.cpp recognizes; format the prompt yourself and send it raw (gearbx-run --raw; C: params.raw)".into(),
                 ));
             }
             if (n as usize) <= buf.len() {
