@@ -35,7 +35,7 @@ fn main() -> gearbx::Result<()> {
         ..Default::default()
     };
     let mut gb = Gearbox::build(&model, &path, &info, &opts)?;
-    let types: Vec<(String, u32)> = gb
+    let types: Vec<(String, gearbx::llama::GgmlType)> = gb
         .current_types()
         .into_iter()
         .enumerate()

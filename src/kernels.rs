@@ -107,7 +107,6 @@ pub fn entropy_bits(logits: &[f32]) -> (f32, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llama::weights;
 
     /// Naive two-pass reference in f64: softmax, then -sum p log2 p.
     fn reference(l: &[f32]) -> f64 {
@@ -206,8 +205,8 @@ mod tests {
                         parity::first_mismatch(&ours, &ggml, dst),
                         None,
                         "{} -> {} on {}: {} of 2048 blocks differ",
-                        weights::type_name(src),
-                        weights::type_name(dst),
+                        crate::llama::GgmlType::from_ggml(src),
+                        crate::llama::GgmlType::from_ggml(dst),
                         case.class,
                         parity::mismatches(&ours, &ggml, dst)
                     );

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use common::*;
 use gearbx::engine::{self, GearControl, GenerateParams};
 use gearbx::gearbox::{CacheOptions, Gear, Gearbox, GearboxOptions, Manage, TierOrigin};
-use gearbx::llama::{Context, ContextParams, Model, ModelParams, SamplingParams, Token};
+use gearbx::llama::{Context, ContextParams, GgmlType, Model, ModelParams, SamplingParams, Token};
 use gearbx::store::gguf;
 
 fn greedy() -> SamplingParams {
@@ -578,21 +578,10 @@ fn the_output_head_is_managed_when_asked_and_the_high_gear_stays_exact() {
         .iter()
         .position(|(n, _)| n == "token_embd.weight")
         .expect("the tied head is managed");
-    assert_eq!(
-        gb.type_at(Gear::High, i),
-        gearbx::llama::sys::GGML_TYPE_Q8_0
-    );
+    assert_eq!(gb.type_at(Gear::High, i), GgmlType::Q8_0);
     for g in [Gear::Low, Gear::Mid] {
         let t = gb.type_at(g, i);
-        assert!(
-            [
-                gearbx::llama::sys::GGML_TYPE_Q5_0,
-                gearbx::llama::sys::GGML_TYPE_Q5_1
-            ]
-            .contains(&t),
-            "{g}: {}",
-            gearbx::llama::weights::type_name(t)
-        );
+        assert!([GgmlType::Q5_0, GgmlType::Q5_1].contains(&t), "{g}: {t}");
     }
     let layers_only = {
         let g2 = Gearbox::build(&model, &fixture().model, &info, &opts()).unwrap();
@@ -632,11 +621,11 @@ fn float_model() -> &'static std::path::Path {
         let f = fixture();
         let info = gguf::inspect(&f.model).unwrap();
         let dest = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("smollm2-f16.gguf");
-        let types: Vec<(String, u32)> = info
+        let types: Vec<(String, GgmlType)> = info
             .tensors
             .iter()
             .filter(|t| t.ne.iter().filter(|&&n| n > 1).count() >= 2)
-            .map(|t| (t.name.clone(), gearbx::llama::sys::GGML_TYPE_F16))
+            .map(|t| (t.name.clone(), GgmlType::F16))
             .collect();
         let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
         gearbx::llama::requantize::write_typed(&f.model, &info, &types, &tmp, 2).unwrap();
@@ -744,7 +733,7 @@ fn a_typed_copy_takes_the_embedding_type_it_is_given() {
     let info = gguf::inspect(&f.model).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("head-q5_0.gguf");
-    let q5_0 = gearbx::llama::sys::GGML_TYPE_Q5_0;
+    let q5_0 = GgmlType::Q5_0;
     let types = vec![("token_embd.weight".to_string(), q5_0)];
     let changed =
         gearbx::llama::requantize::write_typed(&f.model, &info, &types, &dest, 2).unwrap();
@@ -752,7 +741,7 @@ fn a_typed_copy_takes_the_embedding_type_it_is_given() {
     let out = gguf::inspect(&dest).unwrap();
     let ty =
         |i: &gguf::GgufInfo, n: &str| i.tensors.iter().find(|t| t.name == n).unwrap().ggml_type;
-    assert_eq!(ty(&out, "token_embd.weight"), q5_0);
+    assert_eq!(ty(&out, "token_embd.weight"), q5_0.id());
     assert_eq!(
         ty(&out, "blk.0.attn_q.weight"),
         ty(&info, "blk.0.attn_q.weight"),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gearbx::gearbox::{Gear, Gearbox, GearboxOptions};
-use gearbx::llama::{Context, ContextParams, Model, ModelParams};
+use gearbx::llama::{Context, ContextParams, GgmlType, Model, ModelParams};
 use gearbx::store::gguf;
 use gearbx::synth::{self, Shape};
 
@@ -216,7 +216,10 @@ fn gearbox_builds_and_shifts_on_the_tiny_model() {
     .unwrap();
     let loaded = gb.current_types();
     assert_eq!(loaded.len(), 2 * 7, "7 matrices in each of 2 layers");
-    assert!(loaded.iter().all(|(_, ty)| *ty == 1), "all F16 when loaded");
+    assert!(
+        loaded.iter().all(|(_, ty)| *ty == GgmlType::F16),
+        "all F16 when loaded"
+    );
     let mut ctx = context(&model);
     let high = decode_checks(&mut ctx, 1000);
     for g in [Gear::Low, Gear::Mid, Gear::High] {
@@ -228,7 +231,10 @@ fn gearbox_builds_and_shifts_on_the_tiny_model() {
         if g == Gear::High {
             assert_eq!(now, loaded);
         } else {
-            assert!(now.iter().all(|(_, ty)| *ty != 1), "{g}: {now:?}");
+            assert!(
+                now.iter().all(|(_, ty)| *ty != GgmlType::F16),
+                "{g}: {now:?}"
+            );
         }
         let logits = decode_checks(&mut ctx, 1000);
         if g == Gear::High {

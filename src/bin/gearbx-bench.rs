@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use gearbx::kernels::{self, parity};
-use gearbx::llama::weights::type_name;
+use gearbx::llama::GgmlType;
 use gearbx::measure::{gpu, markdown, report};
 use gearbx::store::{self, default_model, OllamaStore};
 use gearbx::synth;
@@ -412,6 +412,11 @@ fn run_memory(
     Ok(())
 }
 
+/// ggml's name of a type id (the kernels work in ids).
+fn type_name(id: u32) -> String {
+    GgmlType::from_id(id).map_or_else(|| format!("type{id}"), GgmlType::name)
+}
+
 /// Prints one line per (source, target, class); true when every block matched.
 fn run_kernels(blocks: usize, bench_mvalues: usize) -> gearbx::Result<bool> {
     #[cfg(feature = "cuda")]
@@ -462,8 +467,7 @@ fn run_kernels(blocks: usize, bench_mvalues: usize) -> gearbx::Result<bool> {
             })
             .collect();
         for dst in parity::TARGETS {
-            let (_, ms) =
-                kernels::cuda::requant_host(gearbx::llama::sys::GGML_TYPE_F16, &src, dst)?;
+            let (_, ms) = kernels::cuda::requant_host(GgmlType::F16.id(), &src, dst)?;
             println!(
                 "F16 -> {}: {n} values in {ms:.2} ms on the GPU ({:.0} GB/s of F16 read)",
                 type_name(dst),

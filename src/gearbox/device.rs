@@ -4,18 +4,19 @@
 
 use crate::error::Result;
 use crate::llama::weights::TensorTiers;
+use crate::llama::GgmlType;
 
 /// Whether weight `i`'s shadow in set `s` (of type `dst_type`) can be built on its GPU.
-pub fn can_build(tiers: &TensorTiers<'_>, s: usize, i: usize, dst_type: u32) -> bool {
+pub fn can_build(tiers: &TensorTiers<'_>, s: usize, i: usize, dst_type: GgmlType) -> bool {
     target(tiers, s, i, dst_type).is_some()
 }
 
-fn target(tiers: &TensorTiers<'_>, s: usize, i: usize, dst_type: u32) -> Option<i32> {
+fn target(tiers: &TensorTiers<'_>, s: usize, i: usize, dst_type: GgmlType) -> Option<i32> {
     if !cfg!(feature = "cuda") {
         return None;
     }
     let src_type = tiers.weights()[i].ggml_type();
-    if !crate::kernels::requant_supported(src_type, dst_type) {
+    if !crate::kernels::requant_supported(src_type.id(), dst_type.id()) {
         return None;
     }
     let (src_dev, _) = tiers.source_on_cuda(i)?;
@@ -25,7 +26,12 @@ fn target(tiers: &TensorTiers<'_>, s: usize, i: usize, dst_type: u32) -> Option<
 
 /// Queues the requantization of weight `i` into its shadow in set `s` on the GPU; returns the
 /// device, to [`synchronize`] before the shadow is read or used. None: not buildable there.
-pub fn build(tiers: &TensorTiers<'_>, s: usize, i: usize, dst_type: u32) -> Result<Option<i32>> {
+pub fn build(
+    tiers: &TensorTiers<'_>,
+    s: usize,
+    i: usize,
+    dst_type: GgmlType,
+) -> Result<Option<i32>> {
     let Some(dev) = target(tiers, s, i, dst_type) else {
         return Ok(None);
     };

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::llama::weights::{device_memory, TensorTiers};
+use crate::llama::GgmlType;
 
 /// What is held back on every device for what comes after the tiers: the KV cache and the
 /// compute buffers of the contexts (a few hundred MB at 8B with a 4k context).
@@ -24,10 +25,10 @@ pub struct DeviceMemory {
 
 /// The bytes each device needs for the tier sets `sets` (per set, per managed tensor: the type
 /// it gets, None = the loaded tensor), in first-seen device order.
-pub fn plan(tiers: &TensorTiers<'_>, sets: &[Vec<Option<u32>>]) -> Vec<DeviceMemory> {
+pub fn plan(tiers: &TensorTiers<'_>, sets: &[Vec<Option<GgmlType>>]) -> Vec<DeviceMemory> {
     let mut out: Vec<DeviceMemory> = Vec::new();
     for i in 0..tiers.weights().len() {
-        let mut types: Vec<u32> = sets.iter().filter_map(|s| s[i]).collect();
+        let mut types: Vec<GgmlType> = sets.iter().filter_map(|s| s[i]).collect();
         types.sort_unstable();
         types.dedup();
         if types.is_empty() {

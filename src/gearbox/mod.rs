@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::llama::weights::{self, TensorTiers, WeightTensor};
-use crate::llama::{cuda_graphs, Context, Model};
+use crate::llama::{cuda_graphs, Context, GgmlType, Model};
 use crate::store::{GgufInfo, ResolvedModel};
 pub use plan::{Gear, GearSet, Manage, PerGear, TierOverrides};
 
@@ -134,7 +134,7 @@ fn source_bytes(w: &WeightTensor, file: &File, gguf: &GgufInfo) -> Result<Vec<u8
         .iter()
         .find(|t| t.name == name)
         .ok_or_else(|| Error::Llama(format!("{name} is repacked and not in the GGUF file")))?;
-    if t.ggml_type != w.ggml_type() || t.size as usize != w.nbytes() {
+    if t.ggml_type != w.ggml_type().id() || t.size as usize != w.nbytes() {
         return Err(Error::Llama(format!(
             "{name} in the GGUF file does not match the loaded tensor"
         )));
@@ -169,7 +169,7 @@ fn check_source_file(
             .iter()
             .find(|t| t.name == name)
             .ok_or_else(|| bad(format!("it has no tensor {name}")))?;
-        if t.ggml_type != w.ggml_type() || t.size as usize != w.nbytes() {
+        if t.ggml_type != w.ggml_type().id() || t.size as usize != w.nbytes() {
             return Err(bad(format!("{name} differs in type or size")));
         }
         if !w.is_repacked() {
@@ -185,10 +185,10 @@ fn check_source_file(
     Ok(())
 }
 
-fn type_summary(types: impl Iterator<Item = u32>) -> String {
+fn type_summary(types: impl Iterator<Item = GgmlType>) -> String {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for t in types {
-        *counts.entry(weights::type_name(t)).or_default() += 1;
+        *counts.entry(t.name()).or_default() += 1;
     }
     counts
         .into_iter()
@@ -267,9 +267,9 @@ impl<'m> Gearbox<'m> {
         let file = File::open(model_path)
             .map_err(|e| Error::io(format!("opening {}", model_path.display()), e))?;
         check_source_file(&managed, &file, gguf, model_path)?;
-        let src_types: Vec<u32> = managed.iter().map(|w| w.ggml_type()).collect();
+        let src_types: Vec<GgmlType> = managed.iter().map(|w| w.ggml_type()).collect();
         let mut warnings = plan::plan_warnings(&src_types, &opts.overrides);
-        let per_tensor: Vec<[Option<u32>; 3]> = managed
+        let per_tensor: Vec<[Option<GgmlType>; 3]> = managed
             .iter()
             .map(|w| {
                 opts.gears.apply(plan::tensor_types(
@@ -287,11 +287,11 @@ impl<'m> Gearbox<'m> {
 
         // One set per distinct per-tensor type vector; a gear whose types are all "source"
         // uses set 0 (the loaded tensors).
-        let gear_types: Vec<Vec<Option<u32>>> = Gear::ALL
+        let gear_types: Vec<Vec<Option<GgmlType>>> = Gear::ALL
             .iter()
             .map(|&g| per_tensor.iter().map(|t| t[g as usize]).collect())
             .collect();
-        let mut distinct: Vec<Vec<Option<u32>>> = Vec::new();
+        let mut distinct: Vec<Vec<Option<GgmlType>>> = Vec::new();
         for types in &gear_types {
             if !types.iter().all(Option::is_none) && !distinct.contains(types) {
                 distinct.push(types.clone());
@@ -301,7 +301,7 @@ impl<'m> Gearbox<'m> {
         let memory_plan = memory::plan(&tiers, &distinct);
         memory::check(&memory_plan)?;
         let mut gear_set = [0usize; 3];
-        let mut made: Vec<(Vec<Option<u32>>, usize)> = Vec::new();
+        let mut made: Vec<(Vec<Option<GgmlType>>, usize)> = Vec::new();
         for (g, types) in Gear::ALL.iter().zip(gear_types) {
             if types.iter().all(Option::is_none) {
                 continue;
@@ -329,7 +329,7 @@ impl<'m> Gearbox<'m> {
                         tensor: names[i].clone(),
                         index: i,
                         set: *set,
-                        ggml_type: tiers.type_in_set(*set, i),
+                        ggml_type: tiers.type_in_set(*set, i).id(),
                         len: len as u64,
                         offset: 0,
                         crc32: 0,
@@ -340,9 +340,9 @@ impl<'m> Gearbox<'m> {
         // Tiers the GPU builds are not worth caching; the cache is used only when some must
         // be built on the CPU.
         let all_on_gpu = !entries.is_empty()
-            && entries
-                .iter()
-                .all(|e| device::can_build(&tiers, e.set, e.index, e.ggml_type));
+            && entries.iter().all(|e| {
+                device::can_build(&tiers, e.set, e.index, GgmlType::from_ggml(e.ggml_type))
+            });
         let cache_at = opts.cache.as_ref().filter(|_| !all_on_gpu).map(|c| {
             let plans: Vec<cache::TensorPlan<'_>> = tiers
                 .weights()
@@ -350,9 +350,9 @@ impl<'m> Gearbox<'m> {
                 .enumerate()
                 .map(|(i, w)| cache::TensorPlan {
                     name: &names[i],
-                    source_type: w.ggml_type(),
+                    source_type: w.ggml_type().id(),
                     ne: w.ne(),
-                    set_types: made.iter().map(|(t, _)| t[i]).collect(),
+                    set_types: made.iter().map(|(t, _)| t[i].map(GgmlType::id)).collect(),
                 })
                 .collect();
             let key = cache::key(&c.source_sha256, &plans);
@@ -401,7 +401,8 @@ impl<'m> Gearbox<'m> {
                 let rows = (ne[1] * ne[2] * ne[3]) as usize;
                 for &k in &entries_of[i] {
                     let e = &entries[k];
-                    if let Some(dev) = device::build(&tiers, e.set, i, e.ggml_type)? {
+                    let ty = GgmlType::from_ggml(e.ggml_type);
+                    if let Some(dev) = device::build(&tiers, e.set, i, ty)? {
                         on_gpu.fetch_add(1, Ordering::Relaxed);
                         let mut g = gpus.lock().unwrap_or_else(|p| p.into_inner());
                         if !g.contains(&dev) {
@@ -428,7 +429,7 @@ impl<'m> Gearbox<'m> {
                             f32s.insert(weights::to_f32(w.ggml_type(), &bytes, w.n_elements())?)
                         }
                     };
-                    let q = weights::quantize(e.ggml_type, f32s, rows, ne[0] as usize)?;
+                    let q = weights::quantize(ty, f32s, rows, ne[0] as usize)?;
                     tiers.fill(e.set, i, &q)?;
                     if let Some(wr) = &writer {
                         if let Err(err) = wr.write(k, &q) {
@@ -529,12 +530,12 @@ impl<'m> Gearbox<'m> {
     }
 
     /// Each managed tensor's name and current ggml type (introspection).
-    pub fn current_types(&self) -> Vec<(String, u32)> {
+    pub fn current_types(&self) -> Vec<(String, GgmlType)> {
         self.tiers.current_types()
     }
 
     /// The type managed tensor `i` has at `gear`.
-    pub fn type_at(&self, gear: Gear, i: usize) -> u32 {
+    pub fn type_at(&self, gear: Gear, i: usize) -> GgmlType {
         self.tiers.type_in_set(self.gear_set[gear as usize], i)
     }
 }

@@ -7,8 +7,7 @@ use std::str::FromStr;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::llama::sys;
-use crate::llama::weights::{bits_per_weight, type_from_name, type_name};
+use crate::llama::GgmlType;
 
 /// A precision gear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -213,7 +212,7 @@ impl Manage {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum TierType {
     Source,
-    Type(u32),
+    Type(GgmlType),
 }
 
 /// `--tiers low=Q4_0,mid=Q8_0,high=F16` (any subset; `source` keeps the loaded type).
@@ -233,7 +232,7 @@ impl FromStr for TierOverrides {
             let tier = if t.eq_ignore_ascii_case("source") {
                 TierType::Source
             } else {
-                let ty = type_from_name(t)
+                let ty = GgmlType::from_name(t)
                     .ok_or_else(|| format!("names an unknown tensor type {t:?}"))?;
                 TierType::Type(ty)
             };
@@ -243,36 +242,21 @@ impl FromStr for TierOverrides {
     }
 }
 
-fn is_float(ty: u32) -> bool {
-    ty == sys::GGML_TYPE_F32 || ty == sys::GGML_TYPE_F16 || ty == sys::GGML_TYPE_BF16
-}
-
-fn is_k_quant(ty: u32) -> bool {
-    [
-        sys::GGML_TYPE_Q2_K,
-        sys::GGML_TYPE_Q3_K,
-        sys::GGML_TYPE_Q4_K,
-        sys::GGML_TYPE_Q5_K,
-        sys::GGML_TYPE_Q6_K,
-    ]
-    .contains(&ty)
-}
-
 /// A K-quant needs rows that are a multiple of 256; otherwise use the nearest 32-block type.
-pub fn fit_row(ty: u32, ne0: i64) -> u32 {
-    if !is_k_quant(ty) || ne0 % 256 == 0 {
+pub fn fit_row(ty: GgmlType, ne0: i64) -> GgmlType {
+    if !ty.is_k_quant() || ne0 % 256 == 0 {
         return ty;
     }
     match ty {
-        sys::GGML_TYPE_Q6_K => sys::GGML_TYPE_Q5_1,
-        sys::GGML_TYPE_Q5_K => sys::GGML_TYPE_Q5_0,
-        _ => sys::GGML_TYPE_Q4_0,
+        GgmlType::Q6_K => GgmlType::Q5_1,
+        GgmlType::Q5_K => GgmlType::Q5_0,
+        _ => GgmlType::Q4_0,
     }
 }
 
 /// The per-gear types for one tensor of source type `src` with rows of `ne0`. `None` means
 /// the gear uses the loaded tensor itself.
-pub fn tensor_types(src: u32, ne0: i64, overrides: &TierOverrides) -> [Option<u32>; 3] {
+pub fn tensor_types(src: GgmlType, ne0: i64, overrides: &TierOverrides) -> [Option<GgmlType>; 3] {
     let default = default_tiers(src);
     let mut out = [None; 3];
     for g in Gear::ALL {
@@ -289,9 +273,9 @@ pub fn tensor_types(src: u32, ne0: i64, overrides: &TierOverrides) -> [Option<u3
     // both become Q4_0): give mid the next 32-block type above low, still below high, unless
     // the user chose mid's type.
     if let (Some(lo), Some(mid), None) = (out[0], out[1], overrides.0[1]) {
-        let ceiling = bits_per_weight(out[2].unwrap_or(src));
+        let ceiling = out[2].unwrap_or(src).bits_per_weight();
         let above = BLOCK32.iter().rev().copied().find(|&t| {
-            bits_per_weight(t) > bits_per_weight(lo) && bits_per_weight(t) < ceiling - 1e-9
+            t.bits_per_weight() > lo.bits_per_weight() && t.bits_per_weight() < ceiling - 1e-9
         });
         if let (true, Some(t)) = (lo == mid, above) {
             out[1] = Some(t);
@@ -301,17 +285,17 @@ pub fn tensor_types(src: u32, ne0: i64, overrides: &TierOverrides) -> [Option<u3
 }
 
 /// Types of 32-value blocks (any row that is a multiple of 32 takes them), largest first.
-const BLOCK32: [u32; 5] = [
-    sys::GGML_TYPE_Q8_0,
-    sys::GGML_TYPE_Q5_1,
-    sys::GGML_TYPE_Q5_0,
-    sys::GGML_TYPE_Q4_1,
-    sys::GGML_TYPE_Q4_0,
+const BLOCK32: [GgmlType; 5] = [
+    GgmlType::Q8_0,
+    GgmlType::Q5_1,
+    GgmlType::Q5_0,
+    GgmlType::Q4_1,
+    GgmlType::Q4_0,
 ];
 
 /// A warning when some tensors have the same type at low and mid (their rows fit no smaller
 /// type): on those, the two gears do not differ.
-pub fn same_type_warning(per_tensor: &[[Option<u32>; 3]], ne0: &[i64]) -> Option<String> {
+pub fn same_type_warning(per_tensor: &[[Option<GgmlType>; 3]], ne0: &[i64]) -> Option<String> {
     let same: Vec<usize> = (0..per_tensor.len())
         .filter(|&i| per_tensor[i][0] == per_tensor[i][1])
         .collect();
@@ -333,32 +317,32 @@ pub fn same_type_warning(per_tensor: &[[Option<u32>; 3]], ne0: &[i64]) -> Option
 
 /// The default ladder. Float source: F16 (BF16 kept) / Q8_0 / Q4_K. Quantized source: the
 /// source itself / the next two standard types below its bits per weight.
-pub fn default_tiers(src: u32) -> [TierType; 3] {
-    if is_float(src) {
-        let high = if src == sys::GGML_TYPE_BF16 {
-            sys::GGML_TYPE_BF16
+pub fn default_tiers(src: GgmlType) -> [TierType; 3] {
+    if src.is_float() {
+        let high = if src == GgmlType::BF16 {
+            GgmlType::BF16
         } else {
-            sys::GGML_TYPE_F16
+            GgmlType::F16
         };
         return [
-            TierType::Type(sys::GGML_TYPE_Q4_K),
-            TierType::Type(sys::GGML_TYPE_Q8_0),
+            TierType::Type(GgmlType::Q4_K),
+            TierType::Type(GgmlType::Q8_0),
             TierType::Type(high),
         ];
     }
     let ladder = [
-        sys::GGML_TYPE_Q8_0,
-        sys::GGML_TYPE_Q6_K,
-        sys::GGML_TYPE_Q5_K,
-        sys::GGML_TYPE_Q4_K,
-        sys::GGML_TYPE_Q3_K,
-        sys::GGML_TYPE_Q2_K,
+        GgmlType::Q8_0,
+        GgmlType::Q6_K,
+        GgmlType::Q5_K,
+        GgmlType::Q4_K,
+        GgmlType::Q3_K,
+        GgmlType::Q2_K,
     ];
-    let b = bits_per_weight(src);
-    let below: Vec<u32> = ladder
+    let b = src.bits_per_weight();
+    let below: Vec<GgmlType> = ladder
         .iter()
         .copied()
-        .filter(|&t| bits_per_weight(t) < b - 1e-9)
+        .filter(|&t| t.bits_per_weight() < b - 1e-9)
         .collect();
     let mid = below.first().copied().unwrap_or(src);
     let low = below.get(1).copied().unwrap_or(mid);
@@ -366,15 +350,15 @@ pub fn default_tiers(src: u32) -> [TierType; 3] {
 }
 
 /// Warnings a user should see about a plan: upcasts and double quantization.
-pub fn plan_warnings(src_types: &[u32], overrides: &TierOverrides) -> Vec<String> {
+pub fn plan_warnings(src_types: &[GgmlType], overrides: &TierOverrides) -> Vec<String> {
     let mut w = Vec::new();
-    let quantized: Vec<u32> = src_types
+    let quantized: Vec<GgmlType> = src_types
         .iter()
         .copied()
-        .filter(|&t| !is_float(t))
+        .filter(|&t| !t.is_float())
         .collect();
     if !quantized.is_empty() {
-        let mut names: Vec<String> = quantized.iter().map(|&t| type_name(t)).collect();
+        let mut names: Vec<String> = quantized.iter().map(|&t| t.name()).collect();
         names.sort();
         names.dedup();
         w.push(format!(
@@ -386,12 +370,12 @@ pub fn plan_warnings(src_types: &[u32], overrides: &TierOverrides) -> Vec<String
         if let Some(TierType::Type(t)) = overrides.0[g as usize] {
             if let Some(&src) = src_types
                 .iter()
-                .find(|&&s| bits_per_weight(t) > bits_per_weight(s) + 1e-9)
+                .find(|&&s| t.bits_per_weight() > s.bits_per_weight() + 1e-9)
             {
                 w.push(format!(
                     "--tiers {g}={} is an upcast of {} weights: more bytes, no added precision",
-                    type_name(t),
-                    type_name(src)
+                    t.name(),
+                    src.name()
                 ));
             }
         }
@@ -410,21 +394,14 @@ mod tests {
 
     #[test]
     fn float_source_ladder() {
-        let t = tensor_types(sys::GGML_TYPE_F16, 4096, &TierOverrides::default());
-        assert_eq!(
-            t,
-            [Some(sys::GGML_TYPE_Q4_K), Some(sys::GGML_TYPE_Q8_0), None]
-        );
-        let t = tensor_types(sys::GGML_TYPE_F16, 576, &TierOverrides::default());
-        assert_eq!(
-            t[0],
-            Some(sys::GGML_TYPE_Q4_0),
-            "576 is not a multiple of 256"
-        );
-        let t = tensor_types(sys::GGML_TYPE_BF16, 4096, &TierOverrides::default());
+        let t = tensor_types(GgmlType::F16, 4096, &TierOverrides::default());
+        assert_eq!(t, [Some(GgmlType::Q4_K), Some(GgmlType::Q8_0), None]);
+        let t = tensor_types(GgmlType::F16, 576, &TierOverrides::default());
+        assert_eq!(t[0], Some(GgmlType::Q4_0), "576 is not a multiple of 256");
+        let t = tensor_types(GgmlType::BF16, 4096, &TierOverrides::default());
         assert_eq!(t[2], None, "BF16 stays BF16");
-        let t = tensor_types(sys::GGML_TYPE_F32, 4096, &TierOverrides::default());
-        assert_eq!(t[2], Some(sys::GGML_TYPE_F16));
+        let t = tensor_types(GgmlType::F32, 4096, &TierOverrides::default());
+        assert_eq!(t[2], Some(GgmlType::F16));
     }
 
     #[test]
@@ -448,45 +425,32 @@ mod tests {
     fn rows_that_fit_no_k_quant_still_get_distinct_gears() {
         // Q5_0 matrices with rows of 896 (Qwen2-0.5B's hidden size): Q4_K and Q3_K both fall
         // back to Q4_0; mid moves up to Q4_1.
-        let t = tensor_types(sys::GGML_TYPE_Q5_0, 896, &TierOverrides::default());
-        assert_eq!(
-            t,
-            [Some(sys::GGML_TYPE_Q4_0), Some(sys::GGML_TYPE_Q4_1), None]
-        );
+        let t = tensor_types(GgmlType::Q5_0, 896, &TierOverrides::default());
+        assert_eq!(t, [Some(GgmlType::Q4_0), Some(GgmlType::Q4_1), None]);
         assert_eq!(same_type_warning(&[t], &[896]), None);
         // Q4_0 at 896: nothing smaller fits, every gear is the source: said so.
-        let q4 = tensor_types(sys::GGML_TYPE_Q4_0, 896, &TierOverrides::default());
+        let q4 = tensor_types(GgmlType::Q4_0, 896, &TierOverrides::default());
         assert_eq!(q4, [None, None, None]);
         let w = same_type_warning(&[t, q4], &[896, 896]).unwrap();
         assert!(w.starts_with("1 of 2 managed tensors"), "{w}");
         // A mid the user chose is kept even when it equals low.
         let o: TierOverrides = "low=Q4_0,mid=Q4_0".parse().unwrap();
-        let t = tensor_types(sys::GGML_TYPE_F16, 896, &o);
+        let t = tensor_types(GgmlType::F16, 896, &o);
         assert_eq!(t[0], t[1]);
     }
 
     #[test]
     fn quantized_source_is_never_upcast_by_default() {
-        let t = tensor_types(sys::GGML_TYPE_Q4_1, 1536, &TierOverrides::default());
-        assert_eq!(
-            t,
-            [Some(sys::GGML_TYPE_Q3_K), Some(sys::GGML_TYPE_Q4_K), None]
-        );
-        let t = tensor_types(sys::GGML_TYPE_Q8_0, 4096, &TierOverrides::default());
-        assert_eq!(
-            t,
-            [Some(sys::GGML_TYPE_Q5_K), Some(sys::GGML_TYPE_Q6_K), None]
-        );
-        for src in [
-            sys::GGML_TYPE_Q4_1,
-            sys::GGML_TYPE_Q8_0,
-            sys::GGML_TYPE_Q5_0,
-        ] {
+        let t = tensor_types(GgmlType::Q4_1, 1536, &TierOverrides::default());
+        assert_eq!(t, [Some(GgmlType::Q3_K), Some(GgmlType::Q4_K), None]);
+        let t = tensor_types(GgmlType::Q8_0, 4096, &TierOverrides::default());
+        assert_eq!(t, [Some(GgmlType::Q5_K), Some(GgmlType::Q6_K), None]);
+        for src in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q5_0] {
             for ty in tensor_types(src, 4096, &TierOverrides::default())
                 .into_iter()
                 .flatten()
             {
-                assert!(bits_per_weight(ty) < bits_per_weight(src));
+                assert!(ty.bits_per_weight() < src.bits_per_weight());
             }
         }
     }
@@ -494,9 +458,9 @@ mod tests {
     #[test]
     fn overrides_parse_and_warn_on_upcast() {
         let o: TierOverrides = "low=Q4_0,mid=q8_0,high=source".parse().unwrap();
-        assert_eq!(o.0[0], Some(TierType::Type(sys::GGML_TYPE_Q4_0)));
+        assert_eq!(o.0[0], Some(TierType::Type(GgmlType::Q4_0)));
         assert_eq!(o.0[2], Some(TierType::Source));
-        let w = plan_warnings(&[sys::GGML_TYPE_Q4_1], &o);
+        let w = plan_warnings(&[GgmlType::Q4_1], &o);
         assert!(w.iter().any(|s| s.contains("upcast")), "{w:?}");
         assert!(w.iter().any(|s| s.contains("double quantization")));
         assert!("low=Q9_9".parse::<TierOverrides>().is_err());

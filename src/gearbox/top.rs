@@ -10,14 +10,13 @@ use super::plan::{self, Manage, TierOverrides, TierType};
 use super::Gear;
 use crate::error::{Error, Result};
 use crate::llama::requantize;
-use crate::llama::sys;
-use crate::llama::weights::type_name;
+use crate::llama::GgmlType;
 use crate::store::{digest, gguf, ResolvedModel, Source};
 
 /// Mid and low under a quantized top, unless the user names them: the next K-quants below
 /// Q8_0 that keep three distinct gears (6.6 and 4.5 bits per weight).
-const MID_UNDER_TOP: u32 = sys::GGML_TYPE_Q6_K;
-const LOW_UNDER_TOP: u32 = sys::GGML_TYPE_Q4_K;
+const MID_UNDER_TOP: GgmlType = GgmlType::Q6_K;
+const LOW_UNDER_TOP: GgmlType = GgmlType::Q4_K;
 
 /// The model to load in place of a float source, and the tier plan to build on it.
 #[derive(Debug, Clone)]
@@ -28,7 +27,7 @@ pub struct QuantizedTop {
     /// The plan over the loaded model: high is the loaded type, mid and low as chosen.
     pub overrides: TierOverrides,
     /// The top gear's type, e.g. Q8_0.
-    pub ggml_type: u32,
+    pub ggml_type: GgmlType,
     /// Whether the file was written by this call (false: reused from an earlier run).
     pub written: bool,
     /// Seconds llama.cpp took to write it (0 when reused).
@@ -36,32 +35,34 @@ pub struct QuantizedTop {
 }
 
 /// The float matrices of `m` that `manage` covers, with their types.
-fn managed_float(m: &ResolvedModel, manage: &Manage) -> Vec<(String, u32, i64)> {
+fn managed_float(m: &ResolvedModel, manage: &Manage) -> Vec<(String, Option<GgmlType>, i64)> {
     m.info
         .tensors
         .iter()
         .filter(|t| manage.matches(&t.name) && t.ne.iter().filter(|&&n| n > 1).count() >= 2)
-        .map(|t| (t.name.clone(), t.ggml_type, t.ne[0] as i64))
+        .map(|t| {
+            (
+                t.name.clone(),
+                GgmlType::from_id(t.ggml_type),
+                t.ne[0] as i64,
+            )
+        })
         .collect()
-}
-
-fn is_float(ty: u32) -> bool {
-    [sys::GGML_TYPE_F32, sys::GGML_TYPE_F16, sys::GGML_TYPE_BF16].contains(&ty)
 }
 
 /// Where the requantized copy of `m` lives: named by the source's digest and the type list,
 /// so another plan (or another source) never reads a stale file.
-fn file_for(dir: &Path, source_sha: &str, types: &[(String, u32)]) -> PathBuf {
+fn file_for(dir: &Path, source_sha: &str, types: &[(String, GgmlType)]) -> PathBuf {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for (n, t) in types {
-        h.update(format!("{n}:{t}\n"));
+        h.update(format!("{n}:{}\n", t.id()));
     }
     let key = crate::store::verify::hex(&h.finalize());
     dir.join("top").join(format!(
         "{}-{}-{}.gguf",
         &source_sha[..source_sha.len().min(16)],
-        type_name(types[0].1).to_lowercase(),
+        types[0].1.name().to_lowercase(),
         &key[..12]
     ))
 }
@@ -83,10 +84,15 @@ pub fn prepare(
         return Ok(None);
     };
     let managed = managed_float(m, manage);
-    if is_float(top) || managed.is_empty() || !managed.iter().all(|(_, t, _)| is_float(*t)) {
+    if top.is_float()
+        || managed.is_empty()
+        || !managed
+            .iter()
+            .all(|(_, t, _)| t.is_some_and(GgmlType::is_float))
+    {
         return Ok(None);
     }
-    let types: Vec<(String, u32)> = managed
+    let types: Vec<(String, GgmlType)> = managed
         .iter()
         .map(|(n, _, ne0)| (n.clone(), plan::fit_row(top, *ne0)))
         .collect();
@@ -95,7 +101,7 @@ pub fn prepare(
     let (written, quantize_s) = if file.is_file() {
         log(&format!(
             "high gear {}: loading {} (written from the float model by an earlier run)",
-            type_name(top),
+            top.name(),
             file.display()
         ));
         (false, 0.0)
@@ -106,10 +112,10 @@ pub fn prepare(
         log(&format!(
             "high gear {}: writing {} tensors of {} as {} into {} (once; the float weights are \
              then not loaded)",
-            type_name(top),
+            top.name(),
             types.len(),
             m.path.display(),
-            type_name(top),
+            top.name(),
             file.display()
         ));
         let t = Instant::now();

@@ -4,7 +4,7 @@
 //! Used by the unit tests (CPU twin) and by `gearbx-bench kernels` (GPU).
 
 use crate::error::Result;
-use crate::llama::{sys, weights};
+use crate::llama::{sys, weights, GgmlType};
 
 use super::REQUANT_BLOCK;
 
@@ -159,8 +159,13 @@ pub fn cases(src_type: u32, blocks: usize, seed: u64) -> Vec<Case> {
 pub fn ggml_reference(src_type: u32, bytes: &[u8], dst_type: u32) -> Result<Vec<u8>> {
     let elem = super::source_elem_bytes(src_type).expect("a requantization source type");
     let n = bytes.len() / elem;
-    let f = weights::to_f32(src_type, bytes, n)?;
-    weights::quantize(dst_type, &f, n / REQUANT_BLOCK, REQUANT_BLOCK)
+    let f = weights::to_f32(GgmlType::from_ggml(src_type), bytes, n)?;
+    weights::quantize(
+        GgmlType::from_ggml(dst_type),
+        &f,
+        n / REQUANT_BLOCK,
+        REQUANT_BLOCK,
+    )
 }
 
 /// Index of the first block where `a` and `b` differ.

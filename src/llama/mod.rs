@@ -5,6 +5,7 @@
 pub mod backend_entropy;
 mod context;
 pub mod cuda_graphs;
+mod ggml_type;
 mod log;
 mod model;
 pub mod requantize;
@@ -15,7 +16,8 @@ use std::ffi::CStr;
 use std::sync::Once;
 
 pub use context::{Context, ContextParams};
-pub use gearbx_llama_sys as sys;
+pub(crate) use gearbx_llama_sys as sys;
+pub use ggml_type::GgmlType;
 pub use log::{set_verbose, take_last_error};
 pub use model::{ChatMessage, Model, ModelParams};
 pub use sampler::{random_seed, Sampler, SamplingParams};

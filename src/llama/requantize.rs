@@ -5,7 +5,7 @@
 use std::ffi::CString;
 use std::path::Path;
 
-use super::sys;
+use super::{sys, GgmlType};
 use crate::error::{Error, Result};
 use crate::store::GgufInfo;
 
@@ -17,7 +17,7 @@ use crate::store::GgufInfo;
 pub fn write_typed(
     source: &Path,
     info: &GgufInfo,
-    types: &[(String, u32)],
+    types: &[(String, GgmlType)],
     dest: &Path,
     threads: usize,
 ) -> Result<usize> {
@@ -31,7 +31,7 @@ pub fn write_typed(
         let ty = types
             .iter()
             .find(|(n, _)| *n == t.name)
-            .map_or(t.ggml_type, |(_, ty)| *ty);
+            .map_or(t.ggml_type, |(_, ty)| ty.id());
         changed += usize::from(ty != t.ggml_type);
         let pattern = format!("^{}$", regex_escape(&t.name));
         overrides.push((CString::new(pattern).expect("tensor names have no NUL"), ty));
@@ -52,7 +52,7 @@ pub fn write_typed(
         types
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, ty)| *ty)
+            .map(|(_, ty)| ty.id())
             .or_else(|| {
                 info.tensors
                     .iter()

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::ffi::{c_void, CStr};
 use std::ptr::NonNull;
 
-use super::{sys, Context, Model};
+use super::{sys, Context, GgmlType, Model};
 use crate::error::{Error, Result};
 
 /// A weight matrix owned by a loaded model. Valid while the model lives.
@@ -63,9 +63,9 @@ impl WeightTensor {
             .into_owned()
     }
 
-    /// The tensor's current ggml type id.
-    pub fn ggml_type(&self) -> u32 {
-        self.t().type_
+    /// The tensor's current ggml type.
+    pub fn ggml_type(&self) -> GgmlType {
+        GgmlType::from_ggml(self.t().type_)
     }
 
     pub fn ne(&self) -> [i64; 4] {
@@ -195,9 +195,9 @@ pub fn find_matmul_weights(model: &Model, n_threads: i32) -> Result<Vec<WeightTe
 }
 
 /// Converts a row-major tensor's bytes from `ty` to f32.
-pub fn to_f32(ty: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
+pub fn to_f32(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
     let mut out = vec![0f32; n];
-    if ty == sys::GGML_TYPE_F32 {
+    if ty == GgmlType::F32 {
         if bytes.len() != n * 4 {
             return Err(Error::Llama("F32 size mismatch".into()));
         }
@@ -206,52 +206,47 @@ pub fn to_f32(ty: u32, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
         }
         return Ok(out);
     }
-    // SAFETY: ty < GGML_TYPE_COUNT is checked by ggml_type_layout before use.
-    let layout =
-        super::ggml_type_layout(ty).ok_or_else(|| Error::Llama(format!("unknown type {ty}")))?;
+    let layout = ty.layout();
     if !(n as u64).is_multiple_of(layout.0) || bytes.len() as u64 != n as u64 / layout.0 * layout.1
     {
         return Err(Error::Llama(format!(
-            "{} bytes do not hold {n} values of type {}",
+            "{} bytes do not hold {n} values of type {ty}",
             bytes.len(),
-            type_name(ty)
         )));
     }
     // SAFETY: valid type id; the traits table is static.
-    let traits = unsafe { &*sys::ggml_get_type_traits(ty as sys::ggml_type) };
+    let traits = unsafe { &*sys::ggml_get_type_traits(ty.id() as sys::ggml_type) };
     let f = traits
         .to_float
-        .ok_or_else(|| Error::Llama(format!("type {} cannot be dequantized", type_name(ty))))?;
+        .ok_or_else(|| Error::Llama(format!("type {ty} cannot be dequantized")))?;
     // SAFETY: bytes holds exactly n values of `ty` (checked above); out holds n floats.
     unsafe { f(bytes.as_ptr() as *const c_void, out.as_mut_ptr(), n as i64) };
     Ok(out)
 }
 
 /// Quantizes `rows` rows of `n_per_row` floats into `ty` with ggml's reference quantizers.
-pub fn quantize(ty: u32, data: &[f32], rows: usize, n_per_row: usize) -> Result<Vec<u8>> {
-    let (blck, _) =
-        super::ggml_type_layout(ty).ok_or_else(|| Error::Llama(format!("unknown type {ty}")))?;
+pub fn quantize(ty: GgmlType, data: &[f32], rows: usize, n_per_row: usize) -> Result<Vec<u8>> {
+    let (blck, _) = ty.layout();
     if !(n_per_row as u64).is_multiple_of(blck) {
         return Err(Error::Llama(format!(
-            "rows of {n_per_row} do not fit {} blocks of {blck}",
-            type_name(ty)
+            "rows of {n_per_row} do not fit {ty} blocks of {blck}"
         )));
     }
+    let raw = ty.id() as sys::ggml_type;
     // SAFETY: valid type id.
-    if unsafe { sys::ggml_quantize_requires_imatrix(ty as sys::ggml_type) } {
+    if unsafe { sys::ggml_quantize_requires_imatrix(raw) } {
         return Err(Error::InvalidParam(format!(
-            "{} needs an importance matrix; pick another tier type",
-            type_name(ty)
+            "{ty} needs an importance matrix; pick another tier type"
         )));
     }
     assert_eq!(data.len(), rows * n_per_row);
     // SAFETY: valid type id; row_size only computes.
-    let row = unsafe { sys::ggml_row_size(ty as sys::ggml_type, n_per_row as i64) };
+    let row = unsafe { sys::ggml_row_size(raw, n_per_row as i64) };
     let mut out = vec![0u8; row * rows];
     // SAFETY: data holds rows*n_per_row floats, out holds rows*row bytes, no imatrix.
     let written = unsafe {
         sys::ggml_quantize_chunk(
-            ty as sys::ggml_type,
+            raw,
             data.as_ptr(),
             out.as_mut_ptr() as *mut c_void,
             0,
@@ -262,34 +257,11 @@ pub fn quantize(ty: u32, data: &[f32], rows: usize, n_per_row: usize) -> Result<
     };
     if written != out.len() {
         return Err(Error::Llama(format!(
-            "quantizing to {} wrote {written} of {} bytes",
-            type_name(ty),
+            "quantizing to {ty} wrote {written} of {} bytes",
             out.len()
         )));
     }
     Ok(out)
-}
-
-/// ggml's name for a type id ("q4_0", "f16"); upper-cased by callers that print it.
-pub fn type_name(ty: u32) -> String {
-    if ty >= sys::GGML_TYPE_COUNT {
-        return format!("type{ty}");
-    }
-    // SAFETY: valid type id; returns a static string.
-    unsafe { CStr::from_ptr(sys::ggml_type_name(ty as sys::ggml_type)) }
-        .to_string_lossy()
-        .to_uppercase()
-}
-
-/// Parses a type name like "Q4_0", "q8_0", "F16".
-pub fn type_from_name(name: &str) -> Option<u32> {
-    (0..sys::GGML_TYPE_COUNT)
-        .find(|&t| super::ggml_type_layout(t).is_some() && type_name(t).eq_ignore_ascii_case(name))
-}
-
-/// Bits per weight of a type.
-pub fn bits_per_weight(ty: u32) -> f64 {
-    super::ggml_type_layout(ty).map_or(0.0, |(b, s)| s as f64 * 8.0 / b as f64)
 }
 
 /// The CUDA device whose memory holds `buffer` (buffer types named `CUDA<n>`); None for host
@@ -503,7 +475,7 @@ impl<'m> TensorTiers<'m> {
     /// A weight that an earlier set already holds in that type shares its shadow (stored
     /// once). On CPU, types the repacking buffer supports for that shape go there. Returns the
     /// set index; fill it with [`TensorTiers::fill`].
-    pub fn add_set(&mut self, types: &[Option<u32>]) -> Result<usize> {
+    pub fn add_set(&mut self, types: &[Option<GgmlType>]) -> Result<usize> {
         assert_eq!(types.len(), self.weights.len());
         let repack = cpu_repack_buft();
         let mut set = vec![None; self.weights.len()];
@@ -518,7 +490,7 @@ impl<'m> TensorTiers<'m> {
                 .sets
                 .iter()
                 .filter_map(|s| s[i])
-                .find(|t| unsafe { t.as_ref() }.type_ == ty);
+                .find(|t| unsafe { t.as_ref() }.type_ == ty.id());
             if let Some(t) = earlier {
                 set[i] = Some(t);
                 shared[i] = true;
@@ -534,7 +506,7 @@ impl<'m> TensorTiers<'m> {
                 unsafe { sys::ggml_backend_buffer_is_host(f.buffer) } || !f.extra.is_null();
             let buft = if on_host_cpu {
                 match repack {
-                    Some(r) if cpu_supports_weight_in(r, ty, w.ne()) => r,
+                    Some(r) if cpu_supports_weight_in(r, ty.id(), w.ne()) => r,
                     // SAFETY: returns the static CPU buffer type.
                     _ => unsafe { sys::ggml_backend_cpu_buffer_type() },
                 }
@@ -573,7 +545,7 @@ impl<'m> TensorTiers<'m> {
                 let t = unsafe {
                     sys::ggml_new_tensor_4d(
                         ctx.as_ptr(),
-                        ty as sys::ggml_type,
+                        ty.id() as sys::ggml_type,
                         ne[0],
                         ne[1],
                         ne[2],
@@ -608,12 +580,12 @@ impl<'m> TensorTiers<'m> {
     }
 
     /// The type weight `i` has in set `s`.
-    pub fn type_in_set(&self, s: usize, i: usize) -> u32 {
-        match s {
+    pub fn type_in_set(&self, s: usize, i: usize) -> GgmlType {
+        GgmlType::from_ggml(match s {
             0 => self.original[i].ty,
             // SAFETY: shadow tensors live as long as self.
             _ => self.sets[s - 1][i].map_or(self.original[i].ty, |t| unsafe { t.as_ref() }.type_),
-        }
+        })
     }
 
     /// Bytes of weight `i`'s own shadow in set `s` (None: nothing to build there: the weight
@@ -644,10 +616,10 @@ impl<'m> TensorTiers<'m> {
     }
 
     /// Bytes weight `i` takes in type `ty` (ggml's row size times its rows).
-    pub fn bytes_in_type(&self, i: usize, ty: u32) -> u64 {
+    pub fn bytes_in_type(&self, i: usize, ty: GgmlType) -> u64 {
         let ne = self.weights[i].ne();
         // SAFETY: a pure function of its arguments.
-        let row = unsafe { sys::ggml_row_size(ty as sys::ggml_type, ne[0]) } as u64;
+        let row = unsafe { sys::ggml_row_size(ty.id() as sys::ggml_type, ne[0]) } as u64;
         row * (ne[1] * ne[2] * ne[3]) as u64
     }
 
@@ -774,7 +746,7 @@ impl<'m> TensorTiers<'m> {
     }
 
     /// The type each managed tensor has right now (introspection for tests and telemetry).
-    pub fn current_types(&self) -> Vec<(String, u32)> {
+    pub fn current_types(&self) -> Vec<(String, GgmlType)> {
         self.weights
             .iter()
             .map(|w| (w.name(), w.ggml_type()))

@@ -16,8 +16,7 @@ use crate::error::{Error, Result};
 use crate::gearbox::plan::{TierOverrides, TierType};
 use crate::gearbox::{BuildReport, Gear, Gearbox, GearboxOptions, Manage};
 use crate::llama::requantize;
-use crate::llama::weights::type_name;
-use crate::llama::{sys, Context, Model, ModelParams, Token};
+use crate::llama::{sys, Context, GgmlType, Model, ModelParams, Token};
 use crate::monitor::Monitor;
 use crate::store::GgufInfo;
 
@@ -308,12 +307,12 @@ fn static_model(
     path: &Path,
     info: &GgufInfo,
     gb: &Gearbox<'_>,
-    ty: u32,
+    ty: GgmlType,
     dir: &Path,
     threads: usize,
     log: &mut impl FnMut(&str),
 ) -> Result<(StaticModel, Model)> {
-    let types: Vec<(String, u32)> = gb
+    let types: Vec<(String, GgmlType)> = gb
         .current_types()
         .into_iter()
         .map(|(n, _)| (n, ty))
@@ -329,18 +328,11 @@ fn static_model(
     } else {
         ""
     };
-    let file = dir.join(format!(
-        "{stem}-{}{head}.gguf",
-        type_name(ty).to_lowercase()
-    ));
+    let file = dir.join(format!("{stem}-{}{head}.gguf", ty.name().to_lowercase()));
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let fresh = matches!((modified(&file), modified(path)), (Some(f), Some(s)) if f >= s);
     let quantize_s = if fresh {
-        log(&format!(
-            "static {} reused: {}",
-            type_name(ty),
-            file.display()
-        ));
+        log(&format!("static {} reused: {}", ty.name(), file.display()));
         0.0
     } else {
         let t = Instant::now();
@@ -351,7 +343,7 @@ fn static_model(
         let s = t.elapsed().as_secs_f64();
         log(&format!(
             "static {} written by llama_model_quantize in {s:.1} s",
-            type_name(ty)
+            ty.name()
         ));
         s
     };
@@ -359,7 +351,7 @@ fn static_model(
     let file_bytes = std::fs::metadata(&file).map_or(0, |m| m.len());
     Ok((
         StaticModel {
-            ggml_type: type_name(ty),
+            ggml_type: ty.name(),
             quantize_s,
             file_bytes,
         },
@@ -367,7 +359,7 @@ fn static_model(
     ))
 }
 
-fn overrides(low: u32, mid: u32) -> TierOverrides {
+fn overrides(low: GgmlType, mid: GgmlType) -> TierOverrides {
     TierOverrides([Some(TierType::Type(low)), Some(TierType::Type(mid)), None])
 }
 
@@ -375,7 +367,7 @@ fn build<'m>(
     model: &'m Model,
     path: &Path,
     info: &GgufInfo,
-    (low, mid): (u32, u32),
+    (low, mid): (GgmlType, GgmlType),
     opts: &GpuOptions,
 ) -> Result<Gearbox<'m>> {
     Gearbox::build(
@@ -410,11 +402,7 @@ pub fn run_all(
         .iter()
         .map(|t| t.ne.iter().product::<u64>())
         .sum();
-    let (q8, q4, q4k) = (
-        sys::GGML_TYPE_Q8_0,
-        sys::GGML_TYPE_Q4_0,
-        sys::GGML_TYPE_Q4_K,
-    );
+    let (q8, q4, q4k) = (GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K);
 
     // Tiers Q4_0/Q8_0 (every shadow by our kernels when the weights are on a GPU); the
     // default plan (Q4_K low) is built after the first part, for the Q4_K comparison.
@@ -528,7 +516,7 @@ pub fn run_all(
         t,
     )?;
     log(&format!("  {check:?}"));
-    let tier_types = [type_name(q4), type_name(q8), type_name(sys::GGML_TYPE_F16)];
+    let tier_types = [q4.name(), q8.name(), GgmlType::F16.name()];
     let mut fixed_report: Vec<FixedVsStatic> = Gear::ALL
         .iter()
         .map(|&g| FixedVsStatic {
@@ -575,7 +563,7 @@ pub fn run_all(
     }
     fixed_report.push(FixedVsStatic {
         gear: Gear::Low,
-        tier_type: type_name(q4k),
+        tier_type: q4k.name(),
         ratio: ratio(&k_gear, &k_static),
         gear_tokens_per_s: Series::of(k_gear),
         static_tokens_per_s: Series::of(k_static),

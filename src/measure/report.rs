@@ -15,7 +15,7 @@ use crate::engine::{self, prompt, GearControl, GenerateParams, PromptSpec};
 use crate::error::{Error, Result};
 use crate::gearbox::{BuildReport, CacheOptions, Gear, Gearbox, GearboxOptions};
 use crate::llama::requantize;
-use crate::llama::{weights, Context, ContextParams, Model, ModelParams, Token};
+use crate::llama::{Context, ContextParams, GgmlType, Model, ModelParams, Token};
 use crate::monitor::{classifier, Monitor, MonitorConfig};
 use crate::store::{digest, verify::hex, ResolvedModel};
 
@@ -357,12 +357,12 @@ fn static_model(
     threads: usize,
 ) -> Result<Option<(StaticBaseline, Model)>> {
     let names = gb.current_types();
-    let types: Vec<(String, u32)> = names
+    let types: Vec<(String, GgmlType)> = names
         .iter()
         .enumerate()
         .map(|(i, (n, _))| (n.clone(), gb.type_at(gear, i)))
         .collect();
-    let src_types: Vec<u32> = names
+    let src_types: Vec<GgmlType> = names
         .iter()
         .enumerate()
         .map(|(i, _)| gb.type_at(Gear::High, i))
@@ -372,7 +372,7 @@ fn static_model(
     }
     let mut h = Sha256::new();
     for (n, t) in &types {
-        h.update(format!("{n}:{t}\n"));
+        h.update(format!("{n}:{}\n", t.id()));
     }
     let key = &hex(&h.finalize())[..12];
     std::fs::create_dir_all(dir)
@@ -392,7 +392,7 @@ fn static_model(
     let model = Model::load(&file, &ModelParams::default())?;
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
     for (_, t) in &types {
-        *counts.entry(weights::type_name(*t)).or_default() += 1;
+        *counts.entry(t.name()).or_default() += 1;
     }
     let summary = counts
         .iter()
