@@ -3,7 +3,7 @@
 
 use std::ffi::{c_float, c_int, c_void};
 
-use crate::llama::sys;
+use crate::llama::GgmlType;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -47,25 +47,25 @@ pub const REQUANT_BLOCK: usize = 32;
 
 /// Whether our kernels requantize `src_type` (ggml id: F32, F16, BF16) into `dst_type` (Q8_0,
 /// Q4_0).
-pub fn requant_supported(src_type: u32, dst_type: u32) -> bool {
+pub fn requant_supported(src_type: GgmlType, dst_type: GgmlType) -> bool {
     // SAFETY: pure function of two integers.
-    unsafe { ffi::gearbx_requant_supported(src_type as c_int, dst_type as c_int) != 0 }
+    unsafe { ffi::gearbx_requant_supported(src_type.id() as c_int, dst_type.id() as c_int) != 0 }
 }
 
 /// Bytes of one element of a requantization source type.
-pub fn source_elem_bytes(src_type: u32) -> Option<usize> {
+pub fn source_elem_bytes(src_type: GgmlType) -> Option<usize> {
     match src_type {
-        sys::GGML_TYPE_F32 => Some(4),
-        sys::GGML_TYPE_F16 | sys::GGML_TYPE_BF16 => Some(2),
+        GgmlType::F32 => Some(4),
+        GgmlType::F16 | GgmlType::BF16 => Some(2),
         _ => None,
     }
 }
 
 /// Bytes `n` values take in `dst_type` (Q8_0: 34 per block of 32, Q4_0: 18).
-pub fn requant_bytes(dst_type: u32, n: usize) -> Option<usize> {
+pub fn requant_bytes(dst_type: GgmlType, n: usize) -> Option<usize> {
     let per_block = match dst_type {
-        sys::GGML_TYPE_Q8_0 => 34,
-        sys::GGML_TYPE_Q4_0 => 18,
+        GgmlType::Q8_0 => 34,
+        GgmlType::Q4_0 => 18,
         _ => return None,
     };
     n.is_multiple_of(REQUANT_BLOCK)
@@ -75,7 +75,7 @@ pub fn requant_bytes(dst_type: u32, n: usize) -> Option<usize> {
 /// The scalar C twin of the CUDA kernels: `src` (bytes of `src_type` values, a multiple of 32
 /// of them) requantized into `dst_type`, bit-identical to ggml's reference quantizer.
 /// None for an unsupported pair or a length that is not whole blocks.
-pub fn requant_ref(src_type: u32, src: &[u8], dst_type: u32) -> Option<Vec<u8>> {
+pub fn requant_ref(src_type: GgmlType, src: &[u8], dst_type: GgmlType) -> Option<Vec<u8>> {
     let elem = source_elem_bytes(src_type)?;
     if !src.len().is_multiple_of(elem) || !requant_supported(src_type, dst_type) {
         return None;
@@ -86,9 +86,9 @@ pub fn requant_ref(src_type: u32, src: &[u8], dst_type: u32) -> Option<Vec<u8>> 
     // the pair and n are checked above (the C side checks them again).
     let rc = unsafe {
         ffi::gearbx_requant_ref(
-            src_type as c_int,
+            src_type.id() as c_int,
             src.as_ptr() as *const c_void,
-            dst_type as c_int,
+            dst_type.id() as c_int,
             out.as_mut_ptr() as *mut c_void,
             n as i64,
         )
@@ -107,6 +107,7 @@ pub fn entropy_bits(logits: &[f32]) -> (f32, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llama::sys;
 
     /// Naive two-pass reference in f64: softmax, then -sum p log2 p.
     fn reference(l: &[f32]) -> f64 {
@@ -205,8 +206,8 @@ mod tests {
                         parity::first_mismatch(&ours, &ggml, dst),
                         None,
                         "{} -> {} on {}: {} of 2048 blocks differ",
-                        crate::llama::GgmlType::from_ggml(src),
-                        crate::llama::GgmlType::from_ggml(dst),
+                        src,
+                        dst,
                         case.class,
                         parity::mismatches(&ours, &ggml, dst)
                     );
@@ -218,11 +219,11 @@ mod tests {
     #[test]
     fn requant_refuses_what_it_cannot_do() {
         let f16 = vec![0u8; 64];
-        assert!(requant_ref(sys::GGML_TYPE_F16, &f16, sys::GGML_TYPE_Q4_K).is_none());
-        assert!(requant_ref(sys::GGML_TYPE_Q8_0, &f16, sys::GGML_TYPE_Q4_0).is_none());
-        assert!(requant_ref(sys::GGML_TYPE_F16, &f16[..62], sys::GGML_TYPE_Q4_0).is_none());
+        assert!(requant_ref(GgmlType::F16, &f16, GgmlType::Q4_K).is_none());
+        assert!(requant_ref(GgmlType::Q8_0, &f16, GgmlType::Q4_0).is_none());
+        assert!(requant_ref(GgmlType::F16, &f16[..62], GgmlType::Q4_0).is_none());
         assert_eq!(
-            requant_ref(sys::GGML_TYPE_F16, &f16, sys::GGML_TYPE_Q8_0)
+            requant_ref(GgmlType::F16, &f16, GgmlType::Q8_0)
                 .unwrap()
                 .len(),
             34

@@ -412,11 +412,6 @@ fn run_memory(
     Ok(())
 }
 
-/// ggml's name of a type id (the kernels work in ids).
-fn type_name(id: u32) -> String {
-    GgmlType::from_id(id).map_or_else(|| format!("type{id}"), GgmlType::name)
-}
-
 /// Prints one line per (source, target, class); true when every block matched.
 fn run_kernels(blocks: usize, bench_mvalues: usize) -> gearbx::Result<bool> {
     #[cfg(feature = "cuda")]
@@ -448,12 +443,7 @@ fn run_kernels(blocks: usize, bench_mvalues: usize) -> gearbx::Result<bool> {
                     "-".into()
                 };
                 ok &= tw == 0 && (gpu_cell == "-" || gpu_cell == "0");
-                println!(
-                    "| {} | {} | {} | {tw} | {gpu_cell} |",
-                    type_name(src),
-                    type_name(dst),
-                    case.class
-                );
+                println!("| {} | {} | {} | {tw} | {gpu_cell} |", src, dst, case.class);
             }
         }
     }
@@ -467,10 +457,10 @@ fn run_kernels(blocks: usize, bench_mvalues: usize) -> gearbx::Result<bool> {
             })
             .collect();
         for dst in parity::TARGETS {
-            let (_, ms) = kernels::cuda::requant_host(GgmlType::F16.id(), &src, dst)?;
+            let (_, ms) = kernels::cuda::requant_host(GgmlType::F16, &src, dst)?;
             println!(
                 "F16 -> {}: {n} values in {ms:.2} ms on the GPU ({:.0} GB/s of F16 read)",
-                type_name(dst),
+                dst,
                 src.len() as f64 / ms as f64 / 1e6
             );
         }
@@ -488,13 +478,18 @@ fn run_kernels(blocks: usize, bench_mvalues: usize) -> gearbx::Result<bool> {
 }
 
 #[cfg(feature = "cuda")]
-fn gpu_mismatches(src: u32, bytes: &[u8], dst: u32, ggml: &[u8]) -> gearbx::Result<usize> {
+fn gpu_mismatches(
+    src: GgmlType,
+    bytes: &[u8],
+    dst: GgmlType,
+    ggml: &[u8],
+) -> gearbx::Result<usize> {
     let (out, _) = kernels::cuda::requant_host(src, bytes, dst)?;
     Ok(parity::mismatches(&out, ggml, dst))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn gpu_mismatches(_: u32, _: &[u8], _: u32, _: &[u8]) -> gearbx::Result<usize> {
+fn gpu_mismatches(_: GgmlType, _: &[u8], _: GgmlType, _: &[u8]) -> gearbx::Result<usize> {
     unreachable!("no GPU without --features cuda")
 }
 

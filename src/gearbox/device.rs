@@ -16,7 +16,7 @@ fn target(tiers: &TensorTiers<'_>, s: usize, i: usize, dst_type: GgmlType) -> Op
         return None;
     }
     let src_type = tiers.weights()[i].ggml_type();
-    if !crate::kernels::requant_supported(src_type.id(), dst_type.id()) {
+    if !crate::kernels::requant_supported(src_type, dst_type) {
         return None;
     }
     let (src_dev, _) = tiers.source_on_cuda(i)?;

@@ -4,6 +4,7 @@
 use std::ffi::{c_char, c_int, c_void, CStr};
 
 use crate::error::{Error, Result};
+use crate::llama::GgmlType;
 
 mod ffi {
     use std::ffi::{c_char, c_int, c_void};
@@ -58,9 +59,9 @@ pub fn device_count() -> usize {
 /// and of `dst_type`, alive until [`synchronize`] returns.
 pub unsafe fn requant_device(
     device: i32,
-    src_type: u32,
+    src_type: GgmlType,
     src: *const c_void,
-    dst_type: u32,
+    dst_type: GgmlType,
     dst: *mut c_void,
     n: usize,
 ) -> Result<()> {
@@ -69,9 +70,9 @@ pub unsafe fn requant_device(
     let rc = unsafe {
         ffi::gearbx_cuda_requant(
             device,
-            src_type as c_int,
+            src_type.id() as c_int,
             src,
-            dst_type as c_int,
+            dst_type.id() as c_int,
             dst,
             n as i64,
             err.as_mut_ptr(),
@@ -91,7 +92,7 @@ pub fn synchronize(device: i32) -> Result<()> {
 
 /// Uploads `src` (values of `src_type`), requantizes it on device 0 into `dst_type` and
 /// returns the bytes and the kernel's time in milliseconds.
-pub fn requant_host(src_type: u32, src: &[u8], dst_type: u32) -> Result<(Vec<u8>, f32)> {
+pub fn requant_host(src_type: GgmlType, src: &[u8], dst_type: GgmlType) -> Result<(Vec<u8>, f32)> {
     let elem = super::source_elem_bytes(src_type)
         .ok_or_else(|| Error::InvalidParam(format!("source type {src_type} not supported")))?;
     let n = src.len() / elem;
@@ -104,10 +105,10 @@ pub fn requant_host(src_type: u32, src: &[u8], dst_type: u32) -> Result<(Vec<u8>
     let rc = unsafe {
         ffi::gearbx_cuda_requant_host(
             0,
-            src_type as c_int,
+            src_type.id() as c_int,
             src.as_ptr() as *const c_void,
             src.len(),
-            dst_type as c_int,
+            dst_type.id() as c_int,
             out.as_mut_ptr() as *mut c_void,
             out.len(),
             n as i64,

@@ -4,7 +4,7 @@
 //! Used by the unit tests (CPU twin) and by `gearbx-bench kernels` (GPU).
 
 use crate::error::Result;
-use crate::llama::{sys, weights, GgmlType};
+use crate::llama::{weights, GgmlType};
 
 use super::REQUANT_BLOCK;
 
@@ -33,10 +33,10 @@ impl Rng {
     }
 }
 
-fn encode(src_type: u32, values: &[f32]) -> Vec<u8> {
+fn encode(src_type: GgmlType, values: &[f32]) -> Vec<u8> {
     match src_type {
-        sys::GGML_TYPE_F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        sys::GGML_TYPE_F16 => values
+        GgmlType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        GgmlType::F16 => values
             .iter()
             .flat_map(|&v| super::fp32_to_fp16(v).to_le_bytes())
             .collect(),
@@ -48,12 +48,12 @@ fn encode(src_type: u32, values: &[f32]) -> Vec<u8> {
 }
 
 /// Random bit patterns of the source type; `finite` leaves out infinities and NaN.
-fn random_bits(src_type: u32, n: usize, rng: &mut Rng, finite: bool) -> Vec<u8> {
+fn random_bits(src_type: GgmlType, n: usize, rng: &mut Rng, finite: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(n * 4);
     for _ in 0..n {
         let r = rng.next();
         match src_type {
-            sys::GGML_TYPE_F32 => {
+            GgmlType::F32 => {
                 let mut b = r as u32;
                 if finite && (b >> 23) & 0xff == 0xff {
                     b &= !(1 << 30);
@@ -62,11 +62,7 @@ fn random_bits(src_type: u32, n: usize, rng: &mut Rng, finite: bool) -> Vec<u8> 
             }
             t => {
                 let mut b = r as u16;
-                let exp_all = if t == sys::GGML_TYPE_F16 {
-                    0x7c00
-                } else {
-                    0x7f80
-                };
+                let exp_all = if t == GgmlType::F16 { 0x7c00 } else { 0x7f80 };
                 if finite && b & exp_all == exp_all {
                     b &= !(1 << 14);
                 }
@@ -78,12 +74,12 @@ fn random_bits(src_type: u32, n: usize, rng: &mut Rng, finite: bool) -> Vec<u8> 
 }
 
 /// Every input class for `src_type` (F32, F16 or BF16), `blocks` blocks of 32 each.
-pub fn cases(src_type: u32, blocks: usize, seed: u64) -> Vec<Case> {
-    let mut rng = Rng(seed ^ src_type as u64);
+pub fn cases(src_type: GgmlType, blocks: usize, seed: u64) -> Vec<Case> {
+    let mut rng = Rng(seed ^ src_type.id() as u64);
     let n = blocks * REQUANT_BLOCK;
     let (max_finite, min_sub) = match src_type {
-        sys::GGML_TYPE_F32 => (f32::MAX, f32::from_bits(1)),
-        sys::GGML_TYPE_F16 => (65504.0, 5.960_464_5e-8),
+        GgmlType::F32 => (f32::MAX, f32::from_bits(1)),
+        GgmlType::F16 => (65504.0, 5.960_464_5e-8),
         _ => (f32::from_bits(0x7f7f_0000), f32::from_bits(0x0001_0000)),
     };
     let mut v = |f: &mut dyn FnMut(usize, &mut Rng) -> f32| -> Vec<f32> {
@@ -156,20 +152,15 @@ pub fn cases(src_type: u32, blocks: usize, seed: u64) -> Vec<Case> {
 
 /// ggml's reference: the source converted to f32 by ggml, quantized by `ggml_quantize_chunk`
 /// (what llama.cpp's quantizer and gearbx's CPU tier build run).
-pub fn ggml_reference(src_type: u32, bytes: &[u8], dst_type: u32) -> Result<Vec<u8>> {
+pub fn ggml_reference(src_type: GgmlType, bytes: &[u8], dst_type: GgmlType) -> Result<Vec<u8>> {
     let elem = super::source_elem_bytes(src_type).expect("a requantization source type");
     let n = bytes.len() / elem;
-    let f = weights::to_f32(GgmlType::from_ggml(src_type), bytes, n)?;
-    weights::quantize(
-        GgmlType::from_ggml(dst_type),
-        &f,
-        n / REQUANT_BLOCK,
-        REQUANT_BLOCK,
-    )
+    let f = weights::to_f32(src_type, bytes, n)?;
+    weights::quantize(dst_type, &f, n / REQUANT_BLOCK, REQUANT_BLOCK)
 }
 
 /// Index of the first block where `a` and `b` differ.
-pub fn first_mismatch(a: &[u8], b: &[u8], dst_type: u32) -> Option<usize> {
+pub fn first_mismatch(a: &[u8], b: &[u8], dst_type: GgmlType) -> Option<usize> {
     let bb = super::requant_bytes(dst_type, REQUANT_BLOCK).expect("a requantization type");
     if a.len() != b.len() {
         return Some(0);
@@ -178,7 +169,7 @@ pub fn first_mismatch(a: &[u8], b: &[u8], dst_type: u32) -> Option<usize> {
 }
 
 /// Number of blocks where `a` and `b` differ.
-pub fn mismatches(a: &[u8], b: &[u8], dst_type: u32) -> usize {
+pub fn mismatches(a: &[u8], b: &[u8], dst_type: GgmlType) -> usize {
     let bb = super::requant_bytes(dst_type, REQUANT_BLOCK).expect("a requantization type");
     a.chunks(bb)
         .zip(b.chunks(bb))
@@ -187,5 +178,5 @@ pub fn mismatches(a: &[u8], b: &[u8], dst_type: u32) -> usize {
 }
 
 /// The source and destination types the kernels cover.
-pub const SOURCES: [u32; 3] = [sys::GGML_TYPE_F32, sys::GGML_TYPE_F16, sys::GGML_TYPE_BF16];
-pub const TARGETS: [u32; 2] = [sys::GGML_TYPE_Q8_0, sys::GGML_TYPE_Q4_0];
+pub const SOURCES: [GgmlType; 3] = [GgmlType::F32, GgmlType::F16, GgmlType::BF16];
+pub const TARGETS: [GgmlType; 2] = [GgmlType::Q8_0, GgmlType::Q4_0];
