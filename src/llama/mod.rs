@@ -76,7 +76,7 @@ pub fn init() {
 
 /// Block size (elements) and block byte size of a ggml type id, `None` for ids that are
 /// unknown or no longer supported. Used to bound tensor sizes in untrusted GGUF headers.
-pub fn ggml_type_layout(ty: u32) -> Option<(u64, u64)> {
+pub(crate) fn ggml_type_layout(ty: u32) -> Option<(u64, u64)> {
     if ty >= sys::GGML_TYPE_COUNT {
         return None;
     }
