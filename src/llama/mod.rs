@@ -91,6 +91,23 @@ pub(crate) fn ggml_type_layout(ty: u32) -> Option<(u64, u64)> {
     (blck > 0 && size > 0).then_some((blck as u64, size as u64))
 }
 
+/// The first GPU's description as its backend gives it ("NVIDIA H200"); None without one.
+pub fn gpu_description() -> Option<String> {
+    init();
+    // SAFETY: registry lookups; descriptions are static strings owned by the backend.
+    unsafe {
+        let d = sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_GPU);
+        if d.is_null() {
+            return None;
+        }
+        Some(
+            CStr::from_ptr(sys::ggml_backend_dev_description(d))
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+}
+
 /// llama.cpp's description of the CPU features it was built with (for `--verbose`).
 pub fn system_info() -> String {
     init();

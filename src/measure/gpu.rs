@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::gearbox::plan::{TierOverrides, TierType};
 use crate::gearbox::{BuildReport, Gear, Gearbox, GearboxOptions, Manage};
 use crate::llama::requantize;
-use crate::llama::{sys, Context, GgmlType, Model, ModelParams, Token};
+use crate::llama::{Context, GgmlType, Model, ModelParams, Token};
 use crate::monitor::Monitor;
 use crate::store::GgufInfo;
 
@@ -132,17 +132,7 @@ pub struct GpuReport {
 
 /// The first GPU's description ("NVIDIA H100 80GB HBM3"), or "CPU only".
 pub fn device_name() -> String {
-    crate::llama::init();
-    // SAFETY: registry lookups; descriptions are static strings owned by the backend.
-    unsafe {
-        let d = sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_GPU);
-        if d.is_null() {
-            return "CPU only".into();
-        }
-        std::ffi::CStr::from_ptr(sys::ggml_backend_dev_description(d))
-            .to_string_lossy()
-            .into_owned()
-    }
+    crate::llama::gpu_description().unwrap_or_else(|| "CPU only".into())
 }
 
 /// Parses a gear trace: one letter per forward pass, `l`, `m` or `h` (whitespace ignored).
