@@ -13,9 +13,9 @@ run: deps
 # are built, not run), clippy with warnings as errors, the tests and doctests, then the chat
 # example for two turns on the default model.
 test: deps
-	cargo build --release --all-targets
-	cargo clippy --release --all-targets -- -D warnings
-	cargo test --release
+	cargo build --release --workspace --all-targets
+	cargo clippy --release --workspace --all-targets -- -D warnings
+	cargo test --release --workspace
 	printf 'Name a colour.\nAnd another one?\n' | cargo run --release --example chat
 
 # The measurement report: SmolLM2 and Gemma-3-270M against static llama.cpp models, Austen text.
@@ -24,7 +24,7 @@ DATA ?= $(HOME)/.cache/gearbx/data
 report: deps
 	python3 scripts/fetch-austen.py $(DATA)/austen
 	bash scripts/fetch-gemma.sh $(DATA)/gemma-3-270m-q4_k_m.gguf
-	cargo run --release --bin gearbx-bench -- --text $(DATA)/austen/pride-and-prejudice.txt \
+	cargo run --release -p gearbx-bench -- --text $(DATA)/austen/pride-and-prejudice.txt \
 		--out docs -m $(HOME)/.cache/gearbx/models/SmolLM2-135M-Instruct.Q4_1.gguf \
 		-m $(DATA)/gemma-3-270m-q4_k_m.gguf
 

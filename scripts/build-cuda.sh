@@ -17,4 +17,5 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target-cuda}
 export CUDAToolkit_ROOT=$T CMAKE_CUDA_COMPILER=$T/bin/nvcc CMAKE_CUDA_ARCHITECTURES=${ARCHS:-90a}
 export PATH=$T/bin:$PATH
 cargo build --release --features cuda --bins
+cargo build --release -p gearbx-bench --features cuda
 echo "built: $CARGO_TARGET_DIR/release/{gearbx-run,gearbx-bench}"

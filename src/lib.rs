@@ -4,8 +4,9 @@
 //! on it, as gearbx-run and the C engine do.
 //!
 //! Layers: [`store`] resolves a model (Ollama store, GGUF path, default model), [`llama`] owns
-//! the llama.cpp handles, [`engine`] runs the decode loop, [`kernels`] are our own C kernels,
-//! [`measure`] is the benchmark and quality harness, [`capi`] the C ABI of include/gearbx.h.
+//! the llama.cpp handles, [`engine`] runs the decode loop, [`gearbox`] builds and shifts the
+//! tiers, [`kernels`] are our own C kernels, [`capi`] the C ABI of include/gearbx.h. The
+//! measurement harness is the separate crate `gearbx-bench` (crates/gearbx-bench).
 
 pub mod capi;
 pub mod engine;
@@ -13,10 +14,8 @@ pub mod error;
 pub mod gearbox;
 pub mod kernels;
 pub mod llama;
-pub mod measure;
 pub mod monitor;
 pub mod session;
 pub mod store;
-pub mod synth;
 
 pub use error::{Error, Result};

@@ -181,7 +181,12 @@ pub fn fixture() -> &'static Fixture {
 /// A `gearbx-run` command against the fixture's store, with no stdin.
 pub fn gbx() -> Command {
     let f = fixture();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gearbx-run"));
+    // The gearbx package's tests run its binary; gearbx-bench's tests share this fixture
+    // but not the binary.
+    let Some(exe) = option_env!("CARGO_BIN_EXE_gearbx-run") else {
+        panic!("gbx() is for the gearbx package's tests");
+    };
+    let mut c = Command::new(exe);
     c.env("OLLAMA_MODELS", f.store.path())
         .env("GEARBX_CACHE_DIR", default_model::cache_dir().unwrap())
         .env("GEARBX_THREADS", "1")

@@ -7,11 +7,11 @@
 use serde::Serialize;
 
 use super::speed::Series;
-use crate::engine::lossless::{self, Guarantee, LosslessParams, LosslessStats};
-use crate::engine::{self, GearControl, GenerateParams, Outcome};
-use crate::error::Result;
-use crate::gearbox::{Gear, Gearbox};
-use crate::llama::{Context, Sampler, Token};
+use gearbx::engine::lossless::{self, Guarantee, LosslessParams, LosslessStats};
+use gearbx::engine::{self, GearControl, GenerateParams, Outcome};
+use gearbx::error::Result;
+use gearbx::gearbox::{Gear, Gearbox};
+use gearbx::llama::{Context, Sampler, Token};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LosslessReport {
@@ -159,7 +159,7 @@ pub fn measure(
     // Entropy where users get it: in the graph on a GPU (the high gear alone and lossless
     // mode's plain steps), from host logits on the CPU.
     let mut params = GenerateParams::greedy(tokens, true);
-    params.entropy = crate::engine::EntropySource::Auto;
+    params.entropy = gearbx::engine::EntropySource::Auto;
     let guarantees = [Guarantee::Strict, Guarantee::Verified];
     let lp = |g| LosslessParams {
         guarantee: Some(g),

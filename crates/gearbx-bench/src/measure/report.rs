@@ -11,13 +11,13 @@ use sha2::{Digest, Sha256};
 use super::lossless::{self, LosslessSection};
 use super::quality::{self, EvalOptions, Lane, LaneResult, Policy};
 use super::speed::{self, SpeedReport, SpeedSetup};
-use crate::engine::{self, prompt, GearControl, GenerateParams, PromptSpec};
-use crate::error::{Error, Result};
-use crate::gearbox::{BuildReport, CacheOptions, Gear, Gearbox, GearboxOptions};
-use crate::llama::requantize;
-use crate::llama::{Context, ContextParams, GgmlType, Model, ModelParams, Token};
-use crate::monitor::{classifier, Monitor, MonitorConfig};
-use crate::store::{digest, verify::hex, ResolvedModel};
+use gearbx::engine::{self, prompt, GearControl, GenerateParams, PromptSpec};
+use gearbx::error::{Error, Result};
+use gearbx::gearbox::{BuildReport, CacheOptions, Gear, Gearbox, GearboxOptions};
+use gearbx::llama::requantize;
+use gearbx::llama::{Context, ContextParams, GgmlType, Model, ModelParams, Token};
+use gearbx::monitor::{classifier, Monitor, MonitorConfig};
+use gearbx::store::{digest, verify::hex, ResolvedModel};
 
 /// What to measure and where to keep intermediate files.
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ pub struct ReportOptions {
     pub lossless_prompts: usize,
     pub lossless_tokens: usize,
     /// Which matrices shift (`--manage`; the static baselines quantize the same ones).
-    pub manage: crate::gearbox::Manage,
+    pub manage: gearbx::gearbox::Manage,
 }
 
 /// A static llama.cpp model standing in for one gear.
@@ -599,7 +599,7 @@ pub fn run(
         description: model.description(),
         n_vocab: model.n_vocab(),
         threads: t,
-        system: crate::llama::system_info(),
+        system: gearbx::llama::system_info(),
         tiers: gb.report().clone(),
         baselines,
         speed,

@@ -11,14 +11,14 @@ use serde::Serialize;
 
 use super::report::context_with;
 use super::speed::Series;
-use crate::engine::{self, EntropySource, GearControl, GenerateParams, Outcome};
-use crate::error::{Error, Result};
-use crate::gearbox::plan::{TierOverrides, TierType};
-use crate::gearbox::{BuildReport, Gear, Gearbox, GearboxOptions, Manage};
-use crate::llama::requantize;
-use crate::llama::{Context, GgmlType, Model, ModelParams, Token};
-use crate::monitor::Monitor;
-use crate::store::GgufInfo;
+use gearbx::engine::{self, EntropySource, GearControl, GenerateParams, Outcome};
+use gearbx::error::{Error, Result};
+use gearbx::gearbox::plan::{TierOverrides, TierType};
+use gearbx::gearbox::{BuildReport, Gear, Gearbox, GearboxOptions, Manage};
+use gearbx::llama::requantize;
+use gearbx::llama::{Context, GgmlType, Model, ModelParams, Token};
+use gearbx::monitor::Monitor;
+use gearbx::store::GgufInfo;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -132,7 +132,7 @@ pub struct GpuReport {
 
 /// The first GPU's description ("NVIDIA H100 80GB HBM3"), or "CPU only".
 pub fn device_name() -> String {
-    crate::llama::gpu_description().unwrap_or_else(|| "CPU only".into())
+    gearbx::llama::gpu_description().unwrap_or_else(|| "CPU only".into())
 }
 
 /// Parses a gear trace: one letter per forward pass, `l`, `m` or `h` (whitespace ignored).
@@ -564,7 +564,7 @@ pub fn run_all(
         model: path.display().to_string(),
         device: device_name(),
         cuda_graphs: std::env::var_os("GGML_CUDA_DISABLE_GRAPHS").is_none(),
-        graph_variants: crate::llama::cuda_graphs::variants_available(),
+        graph_variants: gearbx::llama::cuda_graphs::variants_available(),
         rebuild_graphs: rebuild,
         manage_output: opts.manage_output,
         shift_check: Some(check),

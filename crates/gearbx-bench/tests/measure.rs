@@ -2,6 +2,7 @@
 //! (prepared by scripts/fetch-austen.py from Debian's r-cran-janeaustenr), a few dozen
 //! positions. Asserts the outputs are well formed and the numbers that must hold do.
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ fn austen() -> PathBuf {
     let st = Command::new("python3")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/scripts/fetch-austen.py"
+            "/../../scripts/fetch-austen.py"
         ))
         .arg(&dir)
         .status()

@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
-use crate::gearbox::{Gear, Gearbox};
-use crate::llama::{Context, Token};
-use crate::monitor::{classifier, Monitor, MonitorConfig};
+use gearbx::error::{Error, Result};
+use gearbx::gearbox::{Gear, Gearbox};
+use gearbx::llama::{Context, Token};
+use gearbx::monitor::{classifier, Monitor, MonitorConfig};
 
 /// How a lane picks its gear.
 #[derive(Debug, Clone)]

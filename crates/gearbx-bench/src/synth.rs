@@ -21,8 +21,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
-use crate::llama::sys;
+use gearbx::error::{Error, Result};
+use gearbx_llama_sys as sys;
 
 /// GGUF data alignment (`general.alignment`, also llama.cpp's default).
 const ALIGNMENT: u64 = 32;
@@ -394,7 +394,7 @@ fn value_pool(seed: u64, threads: usize) -> Vec<u8> {
                         let (sn, cs) = (std::f64::consts::TAU * u2).sin_cos();
                         for (k, z) in pair.chunks_mut(2).zip([r * cs, r * sn]) {
                             k.copy_from_slice(
-                                &crate::kernels::fp32_to_fp16(z as f32).to_le_bytes(),
+                                &gearbx::kernels::fp32_to_fp16(z as f32).to_le_bytes(),
                             );
                         }
                     }

@@ -9,12 +9,12 @@ use serde::Serialize;
 
 use super::lossless as measured;
 use super::speed::Series;
-use crate::engine::drafting::DraftEstimates;
-use crate::engine::lossless::{self, AcceptanceReplay, Guarantee, LosslessParams};
-use crate::engine::{EntropySource, GenerateParams, Outcome};
-use crate::error::{Error, Result};
-use crate::gearbox::Gearbox;
-use crate::llama::{Context, Token};
+use gearbx::engine::drafting::DraftEstimates;
+use gearbx::engine::lossless::{self, AcceptanceReplay, Guarantee, LosslessParams};
+use gearbx::engine::{EntropySource, GenerateParams, Outcome};
+use gearbx::error::{Error, Result};
+use gearbx::gearbox::Gearbox;
+use gearbx::llama::{Context, Token};
 
 /// One lossless configuration against the high gear alone.
 #[derive(Debug, Clone, Serialize)]

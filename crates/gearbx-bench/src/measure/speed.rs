@@ -4,11 +4,11 @@
 
 use serde::Serialize;
 
-use crate::engine::{self, GearControl, GenerateParams, Outcome};
-use crate::error::Result;
-use crate::gearbox::{Gear, Gearbox};
-use crate::llama::{Context, Token};
-use crate::monitor::{Monitor, MonitorConfig};
+use gearbx::engine::{self, GearControl, GenerateParams, Outcome};
+use gearbx::error::Result;
+use gearbx::gearbox::{Gear, Gearbox};
+use gearbx::llama::{Context, Token};
+use gearbx::monitor::{Monitor, MonitorConfig};
 
 /// Median and range of one series.
 #[derive(Debug, Clone, Serialize)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::quality::LaneResult;
 use super::report::{ModelReport, RouterControl};
 use super::svg;
-use crate::error::{Error, Result};
+use gearbx::error::{Error, Result};
 
 fn pct(f: [f64; 3]) -> String {
     format!(

@@ -10,7 +10,7 @@ use std::time::Instant;
 use gearbx::gearbox::{Gear, Gearbox, GearboxOptions};
 use gearbx::llama::{Context, ContextParams, GgmlType, Model, ModelParams};
 use gearbx::store::gguf;
-use gearbx::synth::{self, Shape};
+use gearbx_bench::synth::{self, Shape};
 
 fn tiny() -> Shape {
     Shape::preset("tiny").unwrap()

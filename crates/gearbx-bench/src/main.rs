@@ -11,9 +11,9 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use gearbx::kernels::{self, parity};
 use gearbx::llama::GgmlType;
-use gearbx::measure::{gpu, markdown, report};
 use gearbx::store::{self, default_model, OllamaStore};
-use gearbx::synth;
+use gearbx_bench::measure::{gpu, markdown, report};
+use gearbx_bench::synth;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -607,7 +607,7 @@ fn run_lossless(
     threads: usize,
 ) -> gearbx::Result<()> {
     use gearbx::gearbox::{Gearbox, GearboxOptions};
-    use gearbx::measure::{lossless, lossless_replay};
+    use gearbx_bench::measure::{lossless, lossless_replay};
     if tokens == 0 || rounds == 0 {
         return Err(gearbx::Error::InvalidParam(
             "--tokens and --rounds must be at least 1".into(),
@@ -665,7 +665,7 @@ fn run_lossless(
     let header = format!(
         "# Lossless mode: {} on {}\n\nCommand: `{}`\n\n",
         path.display(),
-        gearbx::measure::gpu::device_name(),
+        gearbx_bench::measure::gpu::device_name(),
         std::env::args().collect::<Vec<_>>().join(" ")
     );
     for (name, body) in [
