@@ -1,16 +1,19 @@
 //! `gearbx-run`: run a model from an Ollama store, a GGUF file or the default model, streaming
-//! text like `ollama run`.
+//! text like `ollama run`. This file parses the command line and drives a session
+//! (`gearbx::session`); render.rs shows the results.
 
-use std::io::{IsTerminal, Read, Write};
+mod render;
+
+use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::Parser;
 use gearbx::engine::lossless::LosslessParams;
-use gearbx::engine::{EntropySource, StopReason, TokenEvent};
+use gearbx::engine::{EntropySource, StopReason};
 use gearbx::error::{exit, Error};
-use gearbx::gearbox::{plan, Gear, Manage, TierOrigin};
+use gearbx::gearbox::{plan, Gear, Manage};
 use gearbx::llama::{self, SamplingParams};
 use gearbx::monitor::MonitorConfig;
 use gearbx::session::{self, GearPolicy, Session, SessionOptions, TierCache, TierOptions};
@@ -606,22 +609,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             eprintln!("gearbx-run: warning: {w}");
         }
         if cli.verbose || std::io::stderr().is_terminal() {
-            let how = match r.origin {
-                TierOrigin::Built => "built",
-                TierOrigin::Cache => "read from the tier cache",
-                TierOrigin::Gpu => "built on the GPU",
-            };
-            eprintln!(
-                "gearbx-run: tiers of {} tensors {how} in {:.0} ms; low {} ({:.1} MB, {}), mid {} ({:.1} MB, {}), high {} ({:.1} MB, {})",
-                r.managed_tensors, r.build_ms, r.types[0], r.bytes[0] as f64 / 1e6, r.placement[0],
-                r.types[1], r.bytes[1] as f64 / 1e6, r.placement[1],
-                r.types[2], r.bytes[2] as f64 / 1e6, r.placement[2]
-            );
-            eprintln!(
-                "gearbx-run: tiers hold {:.1} MB beside the model ({} tensors shared between gears)",
-                r.shadow_bytes as f64 / 1e6,
-                r.shared_tensors
-            );
+            render::tiers(&r);
         }
     }
     if cli.verbose {
@@ -633,14 +621,11 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         );
     }
 
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let mut broken_pipe = false;
     let colour = !cli.json
         && !cli.no_color
         && std::env::var_os("NO_COLOR").is_none()
         && std::io::stdout().is_terminal();
-    let mut trace = match &cli.trace {
+    let trace = match &cli.trace {
         Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(
             |e| {
                 Failure(
@@ -651,41 +636,12 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         )?)),
         None => None,
     };
-    let on_token = |ev: &TokenEvent<'_>| {
-        if let Some(t) = trace.as_mut() {
-            if ev.token >= 0 {
-                let line = json!({
-                    "index": ev.index, "token": ev.token, "text": ev.text, "entropy_bits": ev.entropy_bits,
-                    "gear": ev.gear, "next_gear": ev.next_gear.map(|g| g.0), "reason": ev.next_gear.map(|g| g.1),
-                    "swap_us": ev.swap_us,
-                });
-                let _ = writeln!(t, "{line}");
-            }
-        }
-        if !cli.json && !broken_pipe && !ev.text.is_empty() {
-            // A closed pipe (`| head`) is not an error: stop writing, finish quietly.
-            let r = match (colour, ev.gear) {
-                (true, Some(g)) => {
-                    let c = match g {
-                        Gear::Low => "32",
-                        Gear::Mid => "33",
-                        Gear::High => "31",
-                    };
-                    write!(out, "\x1b[{c}m{}\x1b[0m", ev.text)
-                }
-                _ => out.write_all(ev.text.as_bytes()),
-            };
-            broken_pipe = r.and_then(|_| out.flush()).is_err();
-        }
-    };
-    let outcome = sess.generate(&req, on_token)?;
-    if let Some(mut t) = trace.take() {
-        let _ = writeln!(t, "{}", json!({ "summary": &outcome }));
-        let _ = t.flush();
-    }
+    let stdout = std::io::stdout();
+    let mut stream = render::Stream::new(stdout.lock(), colour, !cli.json, trace);
+    let outcome = sess.generate(&req, |ev| stream.token(ev))?;
     let interrupted = outcome.stop_reason == StopReason::Interrupted;
-    if cli.json {
-        let v = json!({
+    let result = cli.json.then(|| {
+        json!({
             "model": m.path,
             "model_name": m.store_entry().map(|s| s.name.short()),
             // The file llama.cpp loaded (a requantized copy under a quantized top gear) and
@@ -709,49 +665,11 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             "temperature": req.sampling.temperature,
             "gears": outcome.gears,
             "lossless": outcome.lossless,
-        });
-        let _ = writeln!(out, "{v}");
-    } else {
-        let _ = writeln!(out);
-        eprintln!(
-            "[gearbx] prompt {} tok {:.1} tok/s | generated {} tok {:.1} tok/s | stop: {}",
-            outcome.prompt_tokens,
-            outcome.prompt_tokens_per_s,
-            outcome.generated_tokens,
-            outcome.decode_tokens_per_s,
-            serde_json::to_value(outcome.stop_reason)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default()
-        );
-        if let Some(l) = &outcome.lossless {
-            eprintln!(
-                "[gearbx] lossless ({}): {} verifies, {} drafted, {} accepted ({:.0}%), {:.2} accepted per verify, {} plain steps, verify width {}, expected gain of drafting {:.2}",
-                l.guarantee,
-                l.verifies,
-                l.drafted,
-                l.accepted,
-                l.acceptance_rate * 100.0,
-                l.mean_accepted_len,
-                l.plain_steps,
-                l.verify_width,
-                l.estimates.expected_gain
-            );
-        } else if let Some(g) = &outcome.gears {
-            let rate = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.1}"));
-            eprintln!(
-                "[gearbx] gear {}: low {:.0}% mid {:.0}% high {:.0}% | {} shifts, {:.1} us mean | tok/s low {} mid {} high {}",
-                g.mode,
-                g.token_fraction[0] * 100.0,
-                g.token_fraction[1] * 100.0,
-                g.token_fraction[2] * 100.0,
-                g.shifts,
-                g.swap_us_mean,
-                rate(g.tokens_per_s[0]),
-                rate(g.tokens_per_s[1]),
-                rate(g.tokens_per_s[2])
-            );
-        }
+        })
+    });
+    stream.finish(&outcome, result);
+    if !cli.json {
+        render::summary(&outcome);
     }
     Ok(if interrupted {
         exit::INTERRUPTED
