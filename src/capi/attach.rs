@@ -12,8 +12,8 @@ use self_cell::self_cell;
 use super::abi::{self, gearbx_llama_abi};
 use super::types::*;
 use super::{
-    arg, gearbx_status, guard, guard_value, lock_handle, opt_str, req_str, ApiError, ApiResult,
-    GEARBX_ERR_RUNTIME,
+    arg, construct, gearbx_status, guard, guard_value, lock_handle, opt_str, req_str, ApiError,
+    ApiResult, GEARBX_ERR_RUNTIME,
 };
 use crate::engine::driver::GearDriver;
 use crate::gearbox::{CacheOptions, Gear, Gearbox};
@@ -106,86 +106,89 @@ pub unsafe extern "C" fn gearbx_attach(
     params: *const gearbx_attach_params,
     out: *mut *mut gearbx_attachment,
 ) -> gearbx_status {
-    guard(|| {
-        if out.is_null() {
-            return Err(ApiError::invalid("out is NULL"));
+    // SAFETY: out is the caller's writable storage (this function's contract).
+    unsafe { construct(out, || attach(model, ctx, params)) }
+}
+
+/// The body of [`gearbx_attach`].
+///
+/// # Safety
+/// As for [`gearbx_attach`].
+unsafe fn attach(
+    model: *mut llama_model,
+    ctx: *mut llama_context,
+    params: *const gearbx_attach_params,
+) -> ApiResult<gearbx_attachment> {
+    // SAFETY: the caller's contract.
+    let p = unsafe { arg(params, "params") }?;
+    abi::check(&p.llama_abi, &abi::runtime_ggml_version())?;
+    if ctx.is_null() {
+        return Err(ApiError::invalid("ctx is NULL"));
+    }
+    // SAFETY: ctx is a live context (the caller's contract).
+    let ctx_model = unsafe { sys::llama_get_model(ctx) };
+    if !std::ptr::eq(ctx_model, model) {
+        return Err(ApiError::invalid("ctx was not created from model"));
+    }
+    // SAFETY: model is NULL or a live model that outlives the attachment.
+    let host_model =
+        unsafe { Model::from_host(model) }.ok_or_else(|| ApiError::invalid("model is NULL"))?;
+    let policy = check_mode(p.gears.mode, false)?;
+    let threads = match p.n_threads {
+        0 => std::thread::available_parallelism().map_or(4, |n| n.get()),
+        n if n < 0 => {
+            return Err(ApiError::invalid(format!(
+                "n_threads must be >= 0, got {n}"
+            )))
         }
-        // SAFETY: out is non-null and writable (the caller's contract).
-        unsafe { *out = std::ptr::null_mut() };
-        // SAFETY: the caller's contract.
-        let p = unsafe { arg(params, "params") }?;
-        abi::check(&p.llama_abi, &abi::runtime_ggml_version())?;
-        if ctx.is_null() {
-            return Err(ApiError::invalid("ctx is NULL"));
-        }
-        // SAFETY: ctx is a live context (the caller's contract).
-        let ctx_model = unsafe { sys::llama_get_model(ctx) };
-        if !std::ptr::eq(ctx_model, model) {
-            return Err(ApiError::invalid("ctx was not created from model"));
-        }
-        // SAFETY: model is NULL or a live model that outlives the attachment.
-        let host_model =
-            unsafe { Model::from_host(model) }.ok_or_else(|| ApiError::invalid("model is NULL"))?;
-        let policy = check_mode(p.gears.mode, false)?;
-        let threads = match p.n_threads {
-            0 => std::thread::available_parallelism().map_or(4, |n| n.get()),
-            n if n < 0 => {
-                return Err(ApiError::invalid(format!(
-                    "n_threads must be >= 0, got {n}"
-                )))
-            }
-            n => n as usize,
-        };
-        // SAFETY: the params' strings are NULL or NUL-terminated (the caller's contract).
-        let (path, mut opts, cache_dir) = unsafe {
-            (
-                PathBuf::from(req_str(p.model_path, "params.model_path")?),
-                p.gears.gearbox_options(threads)?,
-                p.gears.cache_dir()?,
-            )
-        };
-        let monitor_cfg = p.gears.monitor()?;
-        if !path.exists() {
-            return Err(crate::Error::FileNotFound(path).into());
-        }
-        let info = gguf::inspect(&path)?;
-        let resolved = ResolvedModel {
-            path: path.clone(),
-            info,
-            source: Source::File,
-        };
-        if !p.gears.no_tier_cache {
-            opts.cache = Some(CacheOptions::for_model(
-                cache_dir,
-                &resolved,
-                p.gears.progress,
-            )?);
-        }
-        let n_vocab = host_model.n_vocab();
-        let attached = Attached::try_new(host_model, |m| {
-            Gearbox::build(m, &resolved.path, &resolved.info, &opts)
-        })?;
-        let state = State {
-            attached,
-            ctx,
-            n_vocab,
-            policy,
-            driver: GearDriver::new(
-                (policy == GEARBX_GEAR_AUTO)
-                    .then(|| Monitor::new(monitor_cfg.clone(), n_vocab, Gear::High)),
-                gear_from_c(policy).unwrap_or(Gear::High),
-            ),
-            monitor_cfg,
-            used: Gear::High,
-            observed: 0,
-            entropy_sum: 0.0,
-        };
-        let a = Box::new(gearbx_attachment {
-            state: Mutex::new(state),
-        });
-        // SAFETY: as above.
-        unsafe { *out = Box::into_raw(a) };
-        Ok(())
+        n => n as usize,
+    };
+    // SAFETY: the params' strings are NULL or NUL-terminated (the caller's contract).
+    let (path, mut opts, cache_dir) = unsafe {
+        (
+            PathBuf::from(req_str(p.model_path, "params.model_path")?),
+            p.gears.gearbox_options(threads)?,
+            p.gears.cache_dir()?,
+        )
+    };
+    let monitor_cfg = p.gears.monitor()?;
+    if !path.exists() {
+        return Err(crate::Error::FileNotFound(path).into());
+    }
+    let info = gguf::inspect(&path)?;
+    let resolved = ResolvedModel {
+        path: path.clone(),
+        info,
+        source: Source::File,
+    };
+    if !p.gears.no_tier_cache {
+        opts.cache = Some(CacheOptions::for_model(
+            cache_dir,
+            &resolved,
+            p.gears.progress,
+        )?);
+    }
+    let n_vocab = host_model.n_vocab();
+    let attached = Attached::try_new(host_model, |m| {
+        Gearbox::build(m, &resolved.path, &resolved.info, &opts)
+    })?;
+    let state = State {
+        attached,
+        ctx,
+        n_vocab,
+        policy,
+        driver: GearDriver::new(
+            (policy == GEARBX_GEAR_AUTO)
+                .then(|| Monitor::new(monitor_cfg.clone(), n_vocab, Gear::High)),
+            gear_from_c(policy).unwrap_or(Gear::High),
+        ),
+        monitor_cfg,
+        used: Gear::High,
+        observed: 0,
+        entropy_sum: 0.0,
+    };
+    Ok(gearbx_attachment {
+        state: Mutex::new(state),
     })
 }
 

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use super::types::*;
 use super::{
-    arg, gearbx_status, guard, guard_value, lock_handle, opt_str, req_str, ApiError, ApiResult,
-    GEARBX_ERR_CANCELLED,
+    arg, construct, gearbx_status, guard, guard_value, lock_handle, opt_str, req_str, ApiError,
+    ApiResult, GEARBX_ERR_CANCELLED,
 };
 use crate::engine::lossless::{Guarantee, LosslessParams};
 use crate::engine::{self, PromptSpec, StopReason};
@@ -199,19 +199,13 @@ pub unsafe extern "C" fn gearbx_engine_open(
     params: *const gearbx_engine_params,
     out: *mut *mut gearbx_engine,
 ) -> gearbx_status {
-    guard(|| {
-        if out.is_null() {
-            return Err(ApiError::invalid("out is NULL"));
-        }
-        // SAFETY: out is non-null and writable (the caller's contract).
-        unsafe { *out = std::ptr::null_mut() };
+    let make = || {
         // SAFETY: the caller's contract for both pointers.
         let (p, name) = unsafe { (arg(params, "params")?, opt_str(model, "model")?) };
-        let engine = open(name, p)?;
-        // SAFETY: as above.
-        unsafe { *out = Box::into_raw(Box::new(engine)) };
-        Ok(())
-    })
+        open(name, p)
+    };
+    // SAFETY: out is the caller's writable storage (this function's contract).
+    unsafe { construct(out, make) }
 }
 
 fn open(name: Option<&str>, p: &gearbx_engine_params) -> ApiResult<gearbx_engine> {

@@ -113,6 +113,28 @@ pub(crate) fn guard(body: impl FnOnce() -> ApiResult) -> gearbx_status {
     }
 }
 
+/// Runs a constructor entry point: `*out` is NULL unless `make` succeeds, and then owns the
+/// boxed value (the caller frees it with the matching close/detach).
+///
+/// # Safety
+/// `out` is NULL (refused) or writable storage for one pointer.
+pub(crate) unsafe fn construct<T>(
+    out: *mut *mut T,
+    make: impl FnOnce() -> ApiResult<T>,
+) -> gearbx_status {
+    guard(|| {
+        if out.is_null() {
+            return Err(ApiError::invalid("out is NULL"));
+        }
+        // SAFETY: out is non-null and writable (the caller's contract).
+        unsafe { *out = std::ptr::null_mut() };
+        let value = make()?;
+        // SAFETY: as above.
+        unsafe { *out = Box::into_raw(Box::new(value)) };
+        Ok(())
+    })
+}
+
 /// Runs `body` for an entry point that cannot report a status (a `void` or value-returning
 /// function): a panic is swallowed and `fallback` returned.
 pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
