@@ -135,6 +135,7 @@ pub mod param {
         MANAGE = "manage/layers", "--manage/--layers";
         TIERS = "tiers", "--tiers";
         N_CTX = "n_ctx", "-c/--ctx-size";
+        N_BATCH = "n_batch", "n_batch";
         THREADS = "threads", "-t/--threads";
     }
 }
@@ -168,7 +169,14 @@ impl Error {
     pub fn cli_message(&self) -> String {
         match self {
             Error::BadParam { param, rule } => format!("invalid parameter: {} {rule}", param.flag),
-            Error::PromptTooLong { .. } => self.to_string().replace("(n_ctx;", "(-c/--ctx-size;"),
+            Error::PromptTooLong {
+                n_prompt,
+                n_ctx,
+                n_ctx_train,
+            } => format!(
+                "the prompt is {n_prompt} tokens but the context holds {n_ctx}; raise \
+                 -c/--ctx-size (the model was trained with {n_ctx_train}) or shorten the prompt"
+            ),
             _ => self.to_string(),
         }
     }

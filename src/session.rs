@@ -138,8 +138,9 @@ pub struct Request {
     /// Lossless mode (needs tiers): drafts at the low gear, verification at the high gear.
     pub lossless: Option<LosslessParams>,
     /// Keep the KV cache of the previous generation and decode only the part of this prompt
-    /// that differs from what it holds (a chat's earlier turns). False: start from an empty
-    /// cache, as every one-shot run does.
+    /// that differs from what it holds (a chat's earlier turns). The kept entries are what the
+    /// previous generation wrote, at the gears it ran at (a fresh run would prefill them all at
+    /// the high gear). False: start from an empty cache, as every one-shot run does.
     pub reuse_cache: bool,
 }
 
@@ -165,6 +166,7 @@ pub struct Session {
     n_ctx: u32,
     /// What the KV cache holds, position by position (for `reuse_cache`).
     cached: Vec<Token>,
+    abort: Arc<AtomicBool>,
 }
 
 /// All cores, or `n`.
@@ -187,11 +189,14 @@ impl Session {
     /// not read).
     pub fn open_resolved(resolved: ResolvedModel, o: &SessionOptions) -> Result<Self> {
         let threads = threads_or_all(o.threads);
-        if threads == 0 || threads > i32::MAX as usize {
+        if !(1..=i32::MAX as usize).contains(&threads) {
             return Err(Error::bad_param(
                 param::THREADS,
-                format!("must be at least 1, got {threads}"),
+                format!("must be in 1..={}, got {threads}", i32::MAX),
             ));
+        }
+        if o.n_batch == 0 {
+            return Err(Error::bad_param(param::N_BATCH, "must be at least 1"));
         }
         if o.n_ctx == Some(0) {
             return Err(Error::bad_param(param::N_CTX, "must be at least 1"));
@@ -208,7 +213,7 @@ impl Session {
                 &resolved,
                 &t.manage,
                 &t.overrides,
-                &CacheOptions::dir(cache_dir(&t.cache))?,
+                || CacheOptions::dir(cache_dir(&t.cache)),
                 threads,
                 o.progress,
                 log,
@@ -275,6 +280,7 @@ impl Session {
             loaded_file,
             n_ctx,
             cached: Vec::new(),
+            abort: o.abort.clone(),
         })
     }
 
@@ -327,6 +333,8 @@ impl Session {
         mut on_token: impl FnMut(&TokenEvent<'_>),
     ) -> Result<Outcome> {
         req.sampling.validate()?;
+        // An abort belongs to the generation it stopped; this one starts clear.
+        self.abort.store(false, std::sync::atomic::Ordering::SeqCst);
         let prompt = self.prompt(&req.prompt)?;
         if prompt.tokens.len() >= self.n_ctx as usize {
             return Err(Error::PromptTooLong {
@@ -347,14 +355,18 @@ impl Session {
         // Reuse: keep the cached prefix this prompt shares (at least one token is decoded, for
         // the logits of the next one).
         let keep = if req.reuse_cache {
-            common_prefix(&self.cached, &prompt.tokens).min(prompt.tokens.len() - 1)
+            common_prefix(&self.cached, &prompt.tokens).min(prompt.tokens.len().saturating_sub(1))
         } else {
             0
         };
         let mut generated: Vec<Token> = Vec::new();
         let cold = classifier::classify(&req.prompt.user).gear;
         let result = self.loaded.with_dependent_mut(|model, parts| {
-            parts.ctx.truncate(keep as u32)?;
+            if keep == 0 {
+                parts.ctx.clear();
+            } else {
+                parts.ctx.truncate(keep as u32)?;
+            }
             let on_token = |ev: &TokenEvent<'_>| {
                 if ev.token >= 0 {
                     generated.push(ev.token);
@@ -415,7 +427,11 @@ impl Session {
         let mut held = prompt.tokens;
         held.extend(generated);
         held.truncate(n_past);
-        self.cached = if outcome.is_ok() { held } else { Vec::new() };
+        // After an interruption the cache may hold part of a batch past n_past: start afresh.
+        let whole = outcome
+            .as_ref()
+            .is_ok_and(|o| o.stop_reason != engine::StopReason::Interrupted);
+        self.cached = if whole { held } else { Vec::new() };
         outcome.map(|o| Outcome {
             prompt_tokens: keep + o.prompt_tokens,
             prompt_cached: keep,

@@ -113,6 +113,7 @@ fn gears_and_lossless_need_tiers_and_fixed_gears_shift() {
     let mut gears = Vec::new();
     let low = geared.generate(&req, |ev| gears.push(ev.gear)).unwrap();
     // The first token comes from the prompt's pass, which always runs at the high gear.
+    assert!(gears.len() > 1, "{gears:?}");
     assert_eq!(gears[0], Some(Gear::High));
     assert!(
         gears[1..].iter().all(|g| *g == Some(Gear::Low)),
@@ -142,7 +143,13 @@ fn bad_options_are_refused_with_a_message() {
     let mut s = Session::open(&options("smollm2:135m", false)).unwrap();
     let mut req = s.default_request("Hi");
     req.sampling.top_p = 2.0;
-    assert!(s.generate(&req, |_| {}).is_err());
+    match s.generate(&req, |_| {}) {
+        Err(gearbx::Error::BadParam { param, rule }) => {
+            assert_eq!(param, gearbx::error::param::TOP_P);
+            assert_eq!(rule, "must be in [0, 1], got 2");
+        }
+        other => panic!("{other:?}"),
+    }
     req.sampling.top_p = 0.9;
     req.n_predict = Some(2);
     let ok = s.generate(&req, |_| {}).unwrap();
@@ -150,4 +157,33 @@ fn bad_options_are_refused_with_a_message() {
         ok.stop_reason,
         StopReason::Length | StopReason::Eos | StopReason::StopWord
     ));
+}
+
+#[test]
+fn an_interrupted_generation_leaves_nothing_behind() {
+    let o = options("smollm2:135m", false);
+    let abort = o.abort.clone();
+    let mut s = Session::open(&o).unwrap();
+    let mut req = s.default_request("Count from one to fifty.");
+    req.sampling.temperature = 0.0;
+    req.n_predict = Some(40);
+    req.reuse_cache = true;
+    let full = s.generate(&req, |_| {}).unwrap();
+    // Interrupted after a few tokens (as Ctrl-C or gearbx_engine_cancel would).
+    let mut seen = 0;
+    let cut = s
+        .generate(&req, |_| {
+            seen += 1;
+            if seen == 3 {
+                abort.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+        .unwrap();
+    assert_eq!(cut.stop_reason, StopReason::Interrupted);
+    assert!(cut.generated_tokens < full.generated_tokens);
+    // The next request runs (the abort was the last one's) and reuses nothing of the
+    // interrupted one's cache.
+    let after = s.generate(&req, |_| {}).unwrap();
+    assert_eq!(after.prompt_cached, 0);
+    assert_eq!(after.text, full.text);
 }

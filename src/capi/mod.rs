@@ -113,6 +113,17 @@ pub(crate) fn guard(body: impl FnOnce() -> ApiResult) -> gearbx_status {
     }
 }
 
+/// A C `n_threads`: 0 for all cores (`session::threads_or_all`), negative refused.
+pub(crate) fn n_threads(n: i32) -> ApiResult<usize> {
+    match n {
+        0 => Ok(crate::session::threads_or_all(None)),
+        n if n < 0 => Err(ApiError::invalid(format!(
+            "n_threads must be >= 0, got {n}"
+        ))),
+        n => Ok(n as usize),
+    }
+}
+
 /// Runs a constructor entry point: `*out` is NULL unless `make` succeeds, and then owns the
 /// boxed value (the caller frees it with the matching close/detach).
 ///

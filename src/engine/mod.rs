@@ -212,7 +212,8 @@ pub(crate) fn check_prompt(ctx: &Context<'_>, prompt: &[Token]) -> Result<()> {
     Ok(())
 }
 
-/// Generates from `prompt` in a fresh context, calling `on_token` for every token.
+/// Generates from `prompt`, decoded after what the context already holds (nothing, unless a
+/// session keeps its cache), calling `on_token` for every token.
 pub fn generate(
     ctx: &mut Context<'_>,
     prompt: &[Token],

@@ -158,7 +158,7 @@ impl Manage {
                 "all" => (m.attn, m.ffn) = (true, true),
                 _ => {
                     return Err(format!(
-                        "--manage takes a list of attn, ffn, output and all, not {part:?}"
+                        "manage takes a list of attn, ffn, output and all, not {part:?}"
                     ))
                 }
             }

@@ -52,7 +52,7 @@ fn managed_float(m: &ResolvedModel, manage: &Manage) -> Vec<(String, Option<Ggml
 
 /// Where the requantized copy of `m` lives: named by the source's digest and the type list,
 /// so another plan (or another source) never reads a stale file.
-fn file_for(dir: &Path, source_sha: &str, types: &[(String, GgmlType)]) -> PathBuf {
+fn file_for(dir: &Path, source_sha: &str, top: GgmlType, types: &[(String, GgmlType)]) -> PathBuf {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for (n, t) in types {
@@ -62,20 +62,21 @@ fn file_for(dir: &Path, source_sha: &str, types: &[(String, GgmlType)]) -> PathB
     dir.join("top").join(format!(
         "{}-{}-{}.gguf",
         &source_sha[..source_sha.len().min(16)],
-        types[0].1.name().to_lowercase(),
+        top.name().to_lowercase(),
         &key[..12]
     ))
 }
 
 /// The quantized top for `m` when the plan asks for one: the source's managed matrices are
 /// all float and `overrides` sets the high gear to a quantized type. Writes the copy into
-/// `<dir>/top/` when it is not there yet (`log` hears what happens; `progress` shows the
-/// digest's progress). None: load `m` as it is.
+/// `<dir()>/top/` when it is not there yet (`dir` is asked only then: the tier cache folder,
+/// also with the tier cache off, since the copy is the model rather than a cache; `log` hears
+/// what happens; `progress` shows the digest's progress). None: load `m` as it is.
 pub fn prepare(
     m: &ResolvedModel,
     manage: &Manage,
     overrides: &TierOverrides,
-    dir: &Path,
+    dir: impl FnOnce() -> Result<PathBuf>,
     threads: usize,
     progress: bool,
     mut log: impl FnMut(&str),
@@ -96,8 +97,9 @@ pub fn prepare(
         .iter()
         .map(|(n, _, ne0)| (n.clone(), plan::fit_row(top, *ne0)))
         .collect();
+    let dir = dir()?;
     let source_sha = digest::source_sha256(m, &dir.join("digests"), progress)?;
-    let file = file_for(dir, &source_sha, &types);
+    let file = file_for(&dir, &source_sha, top, &types);
     let (written, quantize_s) = if file.is_file() {
         log(&format!(
             "high gear {}: loading {} (written from the float model by an earlier run)",

@@ -323,7 +323,7 @@ fn main() -> ExitCode {
 }
 
 fn threads_or_all(t: Option<usize>) -> usize {
-    t.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+    gearbx::session::threads_or_all(t)
 }
 
 fn run_synth(shape: &str, out: &std::path::Path, seed: u64) -> gearbx::Result<()> {
@@ -360,52 +360,43 @@ fn run_memory(
     n_gpu_layers: Option<i32>,
     tier_cache: &Option<PathBuf>,
 ) -> gearbx::Result<()> {
-    use gearbx::gearbox::{plan, top, CacheOptions, Gearbox, GearboxOptions, Manage};
-    use gearbx::llama::{Model, ModelParams};
-    let m = store::resolve(path.to_str(), &OllamaStore::from_env()?, true)?;
-    let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
-    let overrides = tiers
-        .map(plan::parse_overrides)
-        .transpose()?
-        .unwrap_or_default();
-    let manage = Manage::default();
-    let dir = CacheOptions::dir(tier_cache.clone())?;
+    use gearbx::gearbox::plan;
+    use gearbx::session::{Session, SessionOptions, TierCache, TierOptions};
     let t0 = Instant::now();
-    let q = top::prepare(&m, &manage, &overrides, &dir, threads, true, |s| {
-        eprintln!("gearbx-bench: {s}")
-    })?;
-    let (loaded, overrides) = match &q {
-        Some(t) => (&t.model, t.overrides.clone()),
-        None => (&m, overrides),
-    };
-    let params = ModelParams {
-        n_gpu_layers: n_gpu_layers.unwrap_or(ModelParams::default().n_gpu_layers),
-    };
-    let model = Model::load(&loaded.path, &params)?;
-    let opts = GearboxOptions {
-        manage,
-        overrides,
-        gears: gears.parse().map_err(gearbx::Error::InvalidParam)?,
-        threads,
+    // Opened as gearbx-run opens a model (a quantized top loads its copy).
+    let sess = Session::open(&SessionOptions {
+        model: Some(path.to_string_lossy().into_owned()),
+        n_gpu_layers: n_gpu_layers.unwrap_or(SessionOptions::default().n_gpu_layers),
+        tiers: Some(TierOptions {
+            overrides: tiers
+                .map(plan::parse_overrides)
+                .transpose()?
+                .unwrap_or_default(),
+            gears: gears.parse().map_err(gearbx::Error::InvalidParam)?,
+            cache: tier_cache
+                .clone()
+                .map_or(TierCache::Default, TierCache::Dir),
+            ..Default::default()
+        }),
         progress: true,
-        cache: Some(CacheOptions::for_model(tier_cache.clone(), loaded, true)?),
-    };
-    let gb = Gearbox::build(&model, &loaded.path, &loaded.info, &opts)?;
-    let r = gb.report();
+        log: Some(|s| eprintln!("gearbx-bench: {s}")),
+        ..Default::default()
+    })?;
+    let r = sess.tiers().expect("opened with tiers");
+    let model_bytes = sess.model().size_bytes();
     println!(
         "{}",
         serde_json::json!({
             "model": path,
-            "loaded_model": loaded.path,
+            "loaded_model": sess.loaded_file().path,
             "tiers": tiers,
             "gears": gears,
-            "model_bytes": model.size_bytes(),
+            "model_bytes": model_bytes,
             "shadow_bytes": r.shadow_bytes,
-            "resident_bytes": model.size_bytes() + r.shadow_bytes,
+            "resident_bytes": model_bytes + r.shadow_bytes,
             "types": r.types,
             "bytes": r.bytes,
             "memory": r.memory,
-            "top_quantize_s": q.as_ref().map(|t| t.quantize_s),
             "seconds": t0.elapsed().as_secs_f64(),
         })
     );

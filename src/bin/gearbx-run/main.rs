@@ -558,7 +558,8 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
                     .map(Manage::parse_layers)
                     .transpose()
                     .map_err(|e| Failure(exit::USAGE, format!("--{e}")))?,
-                ..Manage::parse_kind(&cli.manage).map_err(|e| Failure(exit::USAGE, e))?
+                ..Manage::parse_kind(&cli.manage)
+                    .map_err(|e| Failure(exit::USAGE, format!("--{e}")))?
             },
             overrides: match &cli.tiers {
                 Some(t) => plan::parse_overrides(t)?,
