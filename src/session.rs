@@ -229,11 +229,8 @@ impl Session {
                 n_gpu_layers: o.n_gpu_layers,
             },
         )?;
-        let n_ctx = o
-            .n_ctx
-            .or_else(|| resolved.store_entry().and_then(|s| s.params.num_ctx))
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| DEFAULT_N_CTX.min(model.n_ctx_train().max(1)));
+        let n_ctx = choose_n_ctx(o.n_ctx, &resolved, Some(model.n_ctx_train()))
+            .expect("known with the model's training context");
         let gb_opts = match &tiers {
             None => None,
             Some(t) => Some(GearboxOptions {
@@ -316,14 +313,7 @@ impl Session {
     /// The prompt `spec` becomes on this model: the store's system prompt where `spec` has
     /// none, the chat template unless raw.
     pub fn prompt(&self, spec: &PromptSpec) -> Result<Prompt> {
-        let spec = PromptSpec {
-            system: spec
-                .system
-                .clone()
-                .or_else(|| self.resolved.store_entry().and_then(|s| s.system.clone())),
-            ..spec.clone()
-        };
-        engine::prompt::build(self.model(), &spec)
+        build_prompt(self.model(), &self.resolved, spec)
     }
 
     /// Generates a reply to `req`, calling `on_token` for every token.
@@ -438,6 +428,46 @@ impl Session {
             ..o
         })
     }
+}
+
+/// Checks with the vocabulary alone (no weights, no tiers) that `spec` fits the context a
+/// session opened on `m` with `o` would have: what gearbx-run asks before the heavy work.
+pub fn check_prompt_fits(m: &ResolvedModel, o: &SessionOptions, spec: &PromptSpec) -> Result<()> {
+    // A vocabulary-only model has no hyperparameters: the training context is the header's.
+    let Some(n_ctx) = choose_n_ctx(o.n_ctx, m, m.info.context_length) else {
+        return Ok(()); // unknown here; the session checks it when it generates
+    };
+    let vocab = Model::load_vocab(&m.path)?;
+    let prompt = build_prompt(&vocab, m, spec)?;
+    if prompt.tokens.len() >= n_ctx as usize {
+        return Err(Error::PromptTooLong {
+            n_prompt: prompt.tokens.len(),
+            n_ctx,
+            n_ctx_train: m.info.context_length.unwrap_or(0),
+        });
+    }
+    Ok(())
+}
+
+/// The context size: the caller's, else the store's `num_ctx`, else [`DEFAULT_N_CTX`] capped
+/// at the model's training context (None: that is not known).
+fn choose_n_ctx(explicit: Option<u32>, m: &ResolvedModel, n_ctx_train: Option<u32>) -> Option<u32> {
+    explicit
+        .or_else(|| m.store_entry().and_then(|s| s.params.num_ctx))
+        .filter(|&n| n > 0)
+        .or_else(|| n_ctx_train.map(|t| DEFAULT_N_CTX.min(t.max(1))))
+}
+
+/// `spec` on `model`, with the store's system prompt where `spec` has none.
+fn build_prompt(model: &Model, m: &ResolvedModel, spec: &PromptSpec) -> Result<Prompt> {
+    let spec = PromptSpec {
+        system: spec
+            .system
+            .clone()
+            .or_else(|| m.store_entry().and_then(|s| s.system.clone())),
+        ..spec.clone()
+    };
+    engine::prompt::build(model, &spec)
 }
 
 /// A request for `user` on model `m`: the store's sampling settings over the built-in

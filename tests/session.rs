@@ -187,3 +187,25 @@ fn an_interrupted_generation_leaves_nothing_behind() {
     assert_eq!(after.prompt_cached, 0);
     assert_eq!(after.text, full.text);
 }
+
+#[test]
+fn gearbx_run_refuses_a_prompt_that_cannot_fit_before_building_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "smollm2:135m",
+        "-c",
+        "8",
+        "--tier-cache",
+        dir.path().to_str().unwrap(),
+        "-p",
+        "This prompt is certainly longer than eight tokens",
+    ]);
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("raise -c/--ctx-size (the model was trained with 8192)"),
+        "{}",
+        stderr(&o)
+    );
+    let left = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(left, 0, "refused before any tier was built or cached");
+}

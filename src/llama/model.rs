@@ -48,6 +48,16 @@ pub struct ChatMessage<'a> {
 impl Model {
     /// Loads a GGUF file (memory-mapped).
     pub fn load(path: &Path, params: &ModelParams) -> Result<Self> {
+        Self::load_with(path, params, false)
+    }
+
+    /// Loads only a GGUF's hyperparameters, vocabulary and chat template, no weights: for
+    /// tokenizing before the weights are worth loading.
+    pub fn load_vocab(path: &Path) -> Result<Self> {
+        Self::load_with(path, &ModelParams { n_gpu_layers: 0 }, true)
+    }
+
+    fn load_with(path: &Path, params: &ModelParams, vocab_only: bool) -> Result<Self> {
         super::init();
         let c_path = CString::new(path.to_string_lossy().as_bytes()).map_err(|_| {
             Error::InvalidParam(format!("path {} contains a NUL byte", path.display()))
@@ -55,6 +65,7 @@ impl Model {
         // SAFETY: returns a plain struct of defaults.
         let mut p = unsafe { sys::llama_model_default_params() };
         p.n_gpu_layers = params.n_gpu_layers;
+        p.vocab_only = vocab_only;
         // SAFETY: c_path is a valid NUL-terminated string; p is a valid params struct.
         let raw = unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), p) };
         let ptr = NonNull::new(raw).ok_or_else(|| {

@@ -25,6 +25,8 @@ pub struct GgufInfo {
     pub file_type: Option<u32>,
     pub size_label: Option<String>,
     pub has_chat_template: bool,
+    /// `<architecture>.context_length`: the context the model was trained with.
+    pub context_length: Option<u32>,
     /// Bytes of tensor data the tensors occupy (sum of their sizes).
     pub tensor_bytes: u64,
     /// Every tensor, with where its data lies in the file.
@@ -260,6 +262,7 @@ pub fn inspect(path: &Path) -> Result<GgufInfo> {
         )));
     }
     let mut alignment = 32u64;
+    let mut context_lengths: Vec<(String, u32)> = Vec::new();
     for _ in 0..n_kv {
         let key = r.string("key")?;
         let t = r.u32(&key)?;
@@ -270,9 +273,19 @@ pub fn inspect(path: &Path) -> Result<GgufInfo> {
             ("general.file_type", Value::U32(v)) => info.file_type = Some(v),
             ("general.alignment", Value::U32(v)) => alignment = v as u64,
             ("tokenizer.chat_template", _) => info.has_chat_template = true,
+            (k, Value::U32(v)) if k.ends_with(".context_length") => {
+                context_lengths.push((k.to_string(), v))
+            }
             _ => {}
         }
     }
+    info.context_length = info.architecture.as_ref().and_then(|a| {
+        let key = format!("{a}.context_length");
+        context_lengths
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+    });
     if alignment == 0 || !alignment.is_power_of_two() {
         return Err(r.bad(format!(
             "general.alignment {alignment} is not a power of two"

@@ -578,21 +578,21 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
     };
 
     let progress = std::io::stderr().is_terminal();
-    let mut sess = Session::open_resolved(
-        m.clone(),
-        &SessionOptions {
-            n_ctx: cli.ctx_size,
-            threads: Some(threads),
-            n_gpu_layers: cli
-                .n_gpu_layers
-                .unwrap_or(SessionOptions::default().n_gpu_layers),
-            tiers,
-            progress,
-            log: Some(|s| eprintln!("gearbx-run: {s}")),
-            abort,
-            ..Default::default()
-        },
-    )?;
+    let opts = SessionOptions {
+        n_ctx: cli.ctx_size,
+        threads: Some(threads),
+        n_gpu_layers: cli
+            .n_gpu_layers
+            .unwrap_or(SessionOptions::default().n_gpu_layers),
+        tiers,
+        progress,
+        log: Some(|s| eprintln!("gearbx-run: {s}")),
+        abort,
+        ..Default::default()
+    };
+    // A prompt that cannot fit is refused before the weights load and the tiers are built.
+    session::check_prompt_fits(m, &opts, &req.prompt)?;
+    let mut sess = Session::open_resolved(m.clone(), &opts)?;
     if cli.verbose {
         eprintln!(
             "gearbx-run: {} ({}), n_ctx {}, {threads} threads",
