@@ -39,6 +39,8 @@ use crate::store::{self, OllamaStore, ResolvedModel};
 /// Context window when neither the caller nor the store names one (capped at the model's
 /// training context).
 pub const DEFAULT_N_CTX: u32 = 4096;
+/// ggml's most threads per graph (GGML_MAX_N_THREADS).
+pub const MAX_THREADS: usize = 512;
 /// Largest prompt chunk per forward pass.
 pub const DEFAULT_N_BATCH: u32 = 2048;
 
@@ -169,9 +171,11 @@ pub struct Session {
     abort: Arc<AtomicBool>,
 }
 
-/// All cores, or `n`.
+/// All cores (at most [`MAX_THREADS`]), or `n`.
 pub fn threads_or_all(n: Option<usize>) -> usize {
-    n.unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()))
+    n.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(4, |n| n.get().min(MAX_THREADS))
+    })
 }
 
 impl Session {
@@ -189,10 +193,10 @@ impl Session {
     /// not read).
     pub fn open_resolved(resolved: ResolvedModel, o: &SessionOptions) -> Result<Self> {
         let threads = threads_or_all(o.threads);
-        if !(1..=i32::MAX as usize).contains(&threads) {
+        if !(1..=MAX_THREADS).contains(&threads) {
             return Err(Error::bad_param(
                 param::THREADS,
-                format!("must be in 1..={}, got {threads}", i32::MAX),
+                format!("must be in 1..={MAX_THREADS} (ggml's maximum), got {threads}"),
             ));
         }
         if o.n_batch == 0 {

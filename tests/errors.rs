@@ -156,6 +156,35 @@ fn invalid_flag_values() {
         "unexpected argument",
     );
     fails(&["smollm2:135m", "-p", "   "], 2, "empty");
+    // Bounded before anything loads: types ggml cannot quantize to (Q8_1 aborted inside
+    // ggml_quantize_chunk), windows and penalty histories that allocated without limit,
+    // more threads than ggml runs.
+    fails(
+        &["smollm2:135m", "--tiers", "low=Q8_1", "-p", "hi"],
+        2,
+        "--tiers names Q8_1, which is not a tier type",
+    );
+    fails(
+        &[
+            "smollm2:135m",
+            "--window",
+            "18446744073709551615",
+            "-p",
+            "hi",
+        ],
+        2,
+        "--window must be in 1..=65536",
+    );
+    fails(
+        &["smollm2:135m", "--repeat-last-n", "2147483647", "-p", "hi"],
+        2,
+        "--repeat-last-n must be in -1..=1048576",
+    );
+    fails(
+        &["smollm2:135m", "-t", "1000", "-p", "hi"],
+        2,
+        "-t/--threads must be in 1..=512",
+    );
 }
 
 #[test]

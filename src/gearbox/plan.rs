@@ -234,6 +234,13 @@ impl FromStr for TierOverrides {
             } else {
                 let ty = GgmlType::from_name(t)
                     .ok_or_else(|| format!("names an unknown tensor type {t:?}"))?;
+                if !TIER_TYPES.contains(&ty) {
+                    let ok: Vec<String> = TIER_TYPES.iter().map(|t| t.name()).collect();
+                    return Err(format!(
+                        "names {ty}, which is not a tier type (one of {}, or source)",
+                        ok.join(", ")
+                    ));
+                }
                 TierType::Type(ty)
             };
             o.0[gear as usize] = Some(tier);
@@ -283,6 +290,24 @@ pub fn tensor_types(src: GgmlType, ne0: i64, overrides: &TierOverrides) -> [Opti
     }
     out
 }
+
+/// The types a tier can have: those ggml quantizes to without an importance matrix (Q8_1,
+/// the integer types and F64 are not among them).
+pub const TIER_TYPES: [GgmlType; 13] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q6_K,
+    GgmlType::Q5_K,
+    GgmlType::Q5_1,
+    GgmlType::Q5_0,
+    GgmlType::Q4_K,
+    GgmlType::Q4_1,
+    GgmlType::Q4_0,
+    GgmlType::Q3_K,
+    GgmlType::Q2_K,
+];
 
 /// Types of 32-value blocks (any row that is a multiple of 32 takes them), largest first.
 const BLOCK32: [GgmlType; 5] = [

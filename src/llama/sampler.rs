@@ -39,6 +39,9 @@ impl Default for SamplingParams {
     }
 }
 
+/// The longest penalty window: llama.cpp allocates a history ring of this many tokens.
+pub const MAX_REPEAT_LAST_N: i32 = 1 << 20;
+
 /// A seed from the clock, for runs that ask for none.
 pub fn random_seed() -> u32 {
     std::time::SystemTime::now()
@@ -78,10 +81,13 @@ impl SamplingParams {
         if self.top_k < 0 {
             return bad(param::TOP_K, format!("must be >= 0, got {}", self.top_k));
         }
-        if self.repeat_last_n < -1 {
+        if !(-1..=MAX_REPEAT_LAST_N).contains(&self.repeat_last_n) {
             return bad(
                 param::REPEAT_LAST_N,
-                format!("must be >= -1, got {}", self.repeat_last_n),
+                format!(
+                    "must be in -1..={MAX_REPEAT_LAST_N} (-1: the whole context), got {}",
+                    self.repeat_last_n
+                ),
             );
         }
         Ok(())

@@ -51,12 +51,18 @@ impl Default for MonitorConfig {
     }
 }
 
+/// The longest entropy window (tokens) the monitor keeps.
+pub const MAX_WINDOW: usize = 65_536;
+
 impl MonitorConfig {
     pub fn validate(&self) -> Result<()> {
         use crate::error::{param, Param};
         let bad = |p, rule: &str| Err(Error::bad_param(p, rule));
-        if self.window == 0 {
-            return bad(param::WINDOW, "must be at least 1");
+        if !(1..=MAX_WINDOW).contains(&self.window) {
+            return bad(
+                param::WINDOW,
+                &format!("must be in 1..={MAX_WINDOW}, got {}", self.window),
+            );
         }
         if !(self.low_bits.is_finite()
             && self.high_bits.is_finite()
