@@ -130,6 +130,7 @@ pub mod param {
         REPEAT_PENALTY = "repeat_penalty", "--repeat-penalty";
         REPEAT_LAST_N = "repeat_last_n", "--repeat-last-n";
         DRAFT_MAX = "draft_max", "--draft-max";
+        CALIBRATE = "calibrate", "--calibrate";
         WINDOW = "window", "--window";
         HYSTERESIS = "hysteresis", "--hysteresis";
         MANAGE = "manage/layers", "--manage/--layers";

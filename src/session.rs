@@ -25,8 +25,8 @@ use std::sync::Arc;
 
 use self_cell::self_cell;
 
-use crate::engine::lossless::{self, LosslessParams};
-use crate::engine::{self, EntropySource, GearControl, GenerateParams, Outcome, PromptSpec};
+use crate::engine::lossless::LosslessParams;
+use crate::engine::{self, decode, EntropySource, GearControl, GenerateParams, Outcome, PromptSpec};
 use crate::engine::{Prompt, TokenEvent};
 use crate::error::{param, Error, Result};
 use crate::gearbox::{
@@ -367,47 +367,34 @@ impl Session {
                 }
                 on_token(ev)
             };
-            let outcome = match &req.lossless {
-                Some(lp) => {
-                    let gb = parts.gearbox.as_mut().ok_or_else(|| {
-                        Error::InvalidParam(
-                            "lossless mode needs tiers: this session was opened without them"
-                                .into(),
-                        )
-                    })?;
-                    lossless::generate(
-                        &mut parts.ctx,
-                        &prompt.tokens[keep..],
-                        &params,
-                        gb,
-                        lp,
-                        on_token,
-                    )
+            if req.lossless.is_some() && parts.gearbox.is_none() {
+                return Err(Error::InvalidParam(
+                    "lossless mode needs tiers: this session was opened without them".into(),
+                ));
+            }
+            let control = parts.gearbox.as_mut().map(|gb| {
+                let (monitor, fixed) = match &req.gear {
+                    GearPolicy::Auto(cfg) if req.lossless.is_none() => {
+                        (Some(Monitor::new(cfg.clone(), model.n_vocab(), cold)), cold)
+                    }
+                    GearPolicy::Auto(_) => (None, Gear::High),
+                    GearPolicy::Fixed(g) => (None, *g),
+                };
+                GearControl {
+                    gearbox: gb,
+                    monitor,
+                    fixed,
+                    calibrate: req.calibrate,
                 }
-                None => {
-                    let control = parts.gearbox.as_mut().map(|gb| {
-                        let (monitor, fixed) = match &req.gear {
-                            GearPolicy::Auto(cfg) => {
-                                (Some(Monitor::new(cfg.clone(), model.n_vocab(), cold)), cold)
-                            }
-                            GearPolicy::Fixed(g) => (None, *g),
-                        };
-                        GearControl {
-                            gearbox: gb,
-                            monitor,
-                            fixed,
-                            calibrate: req.calibrate,
-                        }
-                    });
-                    engine::generate(
-                        &mut parts.ctx,
-                        &prompt.tokens[keep..],
-                        &params,
-                        control,
-                        on_token,
-                    )
-                }
-            };
+            });
+            let outcome = decode::run(
+                &mut parts.ctx,
+                &prompt.tokens[keep..],
+                &params,
+                control,
+                req.lossless.as_ref(),
+                on_token,
+            );
             Ok::<_, Error>((outcome, parts.ctx.n_past() as usize))
         });
         let (outcome, n_past) = match result {

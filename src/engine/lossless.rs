@@ -14,21 +14,22 @@
 //! output is distributed as the high gear's sampling, though not the same draws as a plain run
 //! with the same seed.
 
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::decode::{interrupted, Run};
 use super::drafting::{DraftController, DraftEstimates, Next};
 use super::driver::GearDriver;
-use super::emit::{Emitter, Telemetry, Timing};
+use super::emit::Telemetry;
 use super::speculative::{self, Rng};
-use super::{
-    check_prompt, per_s, EntropyPlace, GearStats, GenerateParams, Outcome, StopReason, TokenEvent,
-};
+use super::{per_s, GearControl, GearStats, GenerateParams, Outcome, StopReason, TokenEvent};
 use crate::error::{param, Error, Result};
 use crate::gearbox::{Gear, Gearbox, PerGear};
 use crate::kernels;
+use crate::llama::backend_entropy::Probe;
 use crate::llama::{Context, Model, Sampler, Token};
 use crate::monitor::REF_VOCAB;
 
@@ -522,7 +523,8 @@ fn entropy_of(row: &[f32], n_gen: usize) -> Result<f32> {
     Ok(bits)
 }
 
-/// Generates from `prompt` with drafts at the low gear and verification at the high gear.
+/// Generates from `prompt` with drafts at the low gear and verification at the high gear
+/// (the decode loop of [`super::decode::run`] with the lossless strategy).
 pub fn generate(
     ctx: &mut Context<'_>,
     prompt: &[Token],
@@ -531,131 +533,146 @@ pub fn generate(
     lp: &LosslessParams,
     on_token: impl FnMut(&TokenEvent<'_>),
 ) -> Result<Outcome> {
-    let r = run(ctx, prompt, params, gearbox, lp, on_token);
-    // Strict mode's kernels and a backend chain end with the generation, also on errors.
-    ctx.set_width_invariant(false);
-    ctx.detach_sampler();
-    r
+    let gears = GearControl {
+        gearbox,
+        monitor: None,
+        fixed: Gear::High,
+        calibrate: None,
+    };
+    super::decode::run(ctx, prompt, params, Some(gears), Some(lp), on_token)
 }
 
-fn run(
-    ctx: &mut Context<'_>,
-    prompt: &[Token],
-    params: &GenerateParams,
-    gearbox: &mut Gearbox<'_>,
-    lp: &LosslessParams,
-    mut on_token: impl FnMut(&TokenEvent<'_>),
-) -> Result<Outcome> {
-    check_prompt(ctx, prompt)?;
-    if lp.draft_max == 0 {
-        return Err(Error::bad_param(param::DRAFT_MAX, "must be at least 1"));
-    }
-    if lp.draft_max >= ctx.n_batch() as usize {
-        return Err(Error::bad_param(
-            param::DRAFT_MAX,
-            format!(
-                "{} needs a batch of {} (n_batch is {})",
-                lp.draft_max,
-                lp.draft_max + 1,
-                ctx.n_batch()
-            ),
-        ));
-    }
-    let model = ctx.model();
-    let guarantee = lp
-        .guarantee
-        .unwrap_or_else(|| Guarantee::default_for(model));
-    ctx.detach_sampler();
-    let mut decider = if params.sampling.is_greedy() {
-        Decider::Greedy(Sampler::new(&params.sampling, model, ctx.n_ctx())?)
-    } else {
-        Decider::Stochastic {
-            shaper: Sampler::shaper(&params.sampling, model, ctx.n_ctx())?,
-            rng: Rng::new(params.sampling.seed as u64),
-        }
-    };
-    let scale = (model.n_vocab() as f64).log2() / REF_VOCAB.log2();
-    let (stop_bits, gate_bits) = (lp.draft_stop_bits * scale, lp.gate_bits * scale);
-    let mut out = Emitter::new(params);
-    let mut st = LosslessStats::new(guarantee);
-    let mut ctl = DraftController::default();
-    // Strict on CUDA: verification batches with single-token kernels (our patch 0003); the
-    // per-block probe below still proves each width before it is used.
-    ctx.set_width_invariant(guarantee == Guarantee::Strict);
-    // Verified: every verification has the declared width; strict: as wide as is exact.
-    let fixed_width = (guarantee == Guarantee::Verified).then_some(lp.draft_max + 1);
-    let mut passes = [0usize; 3];
-    let mut driver = GearDriver::new(None, Gear::High);
-    let mut shift = |gb: &mut Gearbox<'_>, ctx: &Context<'_>, g: Gear| {
-        if gb.gear() != g {
-            let us = gb.shift(ctx, g).as_secs_f64() * 1e6;
-            driver.shifted(us);
-        }
-    };
-    let interrupted = |e: Error, ctx: &Context<'_>| if ctx.aborted() { Ok(()) } else { Err(e) };
+/// The lossless strategy's state over one generation: the token the next pass starts from,
+/// the drafting controller, the strict guarantee's per-block widths, the statistics.
+pub(crate) struct LosslessStep<'p> {
+    lp: &'p LosslessParams,
+    decider: Decider,
+    /// The draft stop and the entropy gate, scaled to this vocabulary.
+    stop_bits: f64,
+    gate_bits: f64,
+    st: LosslessStats,
+    ctl: DraftController,
+    /// Verified: every verification has the declared width; strict: as wide as is exact.
+    fixed_width: Option<usize>,
+    /// Strict: the tokens the per-block exactness probe decodes.
+    probe: Vec<Token>,
+    block_width: Option<(u32, usize)>,
+    /// Plain steps sample on the backend (a GPU, greedy) while no draft is made.
+    backend_plain: bool,
+    attached: Option<Rc<Probe>>,
+    /// The last emitted token, not yet decoded, and the entropy it was drawn with.
+    pending: Token,
+    last_h: f32,
+    /// The next draft length when not adaptive.
+    k_next: usize,
+}
 
-    shift(gearbox, ctx, Gear::High);
-    // Strict: drafts are capped per KV block so that verification rounds as the plain loop does.
-    let probe: Vec<Token> = prompt
-        .iter()
-        .copied()
-        .cycle()
-        .take(lp.draft_max + 1)
-        .collect();
-    let mut block_width: Option<(u32, usize)> = None;
-    // Where the plain loop samples on the backend (a GPU, greedy), plain steps do too, with a
-    // chain attached for as long as no draft is made: attaching or detaching one makes
-    // llama.cpp re-reserve its compute graph (sched_need_reserve), so it is never toggled
-    // while drafting does not pay.
-    let backend_plain = lp.adaptive
-        && model.offloaded()
-        && params.sampling.is_greedy()
-        && params.entropy != super::EntropySource::Host;
-    let mut attached: Option<std::rc::Rc<crate::llama::backend_entropy::Probe>> = None;
-    if backend_plain {
-        let (chain, probe) = Sampler::with_entropy_probe(&params.sampling, model, ctx.n_ctx())?;
-        ctx.attach_sampler(chain)?;
-        attached = Some(probe);
-    }
-    let t0 = Instant::now();
-    let mut stop = None;
-    if let Err(e) = ctx.decode(prompt) {
-        interrupted(e, ctx)?;
-        stop = Some(StopReason::Interrupted);
-    }
-    let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let t1 = Instant::now();
-    let mut pending: Token = -1;
-    let mut last_h = 0f32;
-    if stop.is_none() {
-        (pending, last_h) = match &attached {
-            Some(probe) => {
-                let tok = ctx.sample_attached()?;
-                decider.record(tok);
-                (tok, attached_entropy(ctx, probe, 0)?)
-            }
-            None => {
-                let h = entropy_of(ctx.logits()?, 0)?;
-                (decider.first(ctx)?, h)
+impl<'p> LosslessStep<'p> {
+    pub(crate) fn new(
+        r: &mut Run<'_, '_, '_, '_>,
+        prompt: &[Token],
+        lp: &'p LosslessParams,
+    ) -> Result<Self> {
+        if lp.draft_max == 0 {
+            return Err(Error::bad_param(param::DRAFT_MAX, "must be at least 1"));
+        }
+        if lp.draft_max >= r.ctx.n_batch() as usize {
+            return Err(Error::bad_param(
+                param::DRAFT_MAX,
+                format!(
+                    "{} needs a batch of {} (n_batch is {})",
+                    lp.draft_max,
+                    lp.draft_max + 1,
+                    r.ctx.n_batch()
+                ),
+            ));
+        }
+        let (model, params) = (r.ctx.model(), r.params);
+        let guarantee = lp
+            .guarantee
+            .unwrap_or_else(|| Guarantee::default_for(model));
+        let decider = if params.sampling.is_greedy() {
+            Decider::Greedy(Sampler::new(&params.sampling, model, r.ctx.n_ctx())?)
+        } else {
+            Decider::Stochastic {
+                shaper: Sampler::shaper(&params.sampling, model, r.ctx.n_ctx())?,
+                rng: Rng::new(params.sampling.seed as u64),
             }
         };
-        stop = out.emit(ctx, pending, last_h, ctx.n_past(), HIGH, &mut on_token);
-    }
-    let mut k_next = lp.draft_max.div_ceil(2);
-    while stop.is_none() {
-        if ctx.aborted() {
-            stop = Some(StopReason::Interrupted);
-            break;
+        let scale = (model.n_vocab() as f64).log2() / REF_VOCAB.log2();
+        // Strict on CUDA: verification batches with single-token kernels (our patch 0003); the
+        // per-block probe still proves each width before it is used.
+        r.ctx.set_width_invariant(guarantee == Guarantee::Strict);
+        // Where the plain loop samples on the backend (a GPU, greedy), plain steps do too, with
+        // a chain attached for as long as no draft is made: attaching or detaching one makes
+        // llama.cpp re-reserve its compute graph (sched_need_reserve), so it is never toggled
+        // while drafting does not pay.
+        let backend_plain = lp.adaptive
+            && model.offloaded()
+            && params.sampling.is_greedy()
+            && params.entropy != super::EntropySource::Host;
+        let mut attached = None;
+        if backend_plain {
+            let (chain, probe) =
+                Sampler::with_entropy_probe(&params.sampling, model, r.ctx.n_ctx())?;
+            r.ctx.attach_sampler(chain)?;
+            attached = Some(probe);
         }
-        let p0 = ctx.n_past();
+        Ok(Self {
+            lp,
+            decider,
+            stop_bits: lp.draft_stop_bits * scale,
+            gate_bits: lp.gate_bits * scale,
+            st: LosslessStats::new(guarantee),
+            ctl: DraftController::default(),
+            fixed_width: (guarantee == Guarantee::Verified).then_some(lp.draft_max + 1),
+            // Strict: drafts are capped per KV block so that verification rounds as the plain
+            // loop does.
+            probe: prompt
+                .iter()
+                .copied()
+                .cycle()
+                .take(lp.draft_max + 1)
+                .collect(),
+            block_width: None,
+            backend_plain,
+            attached,
+            pending: -1,
+            last_h: 0.0,
+            k_next: lp.draft_max.div_ceil(2),
+        })
+    }
+
+    /// The first token, from the prompt's logits.
+    pub(crate) fn first(&mut self, r: &mut Run<'_, '_, '_, '_>) -> Result<Option<StopReason>> {
+        (self.pending, self.last_h) = match &self.attached {
+            Some(probe) => {
+                let tok = r.ctx.sample_attached()?;
+                self.decider.record(tok);
+                (tok, attached_entropy(r.ctx, probe, 0)?)
+            }
+            None => {
+                let h = entropy_of(r.ctx.logits()?, 0)?;
+                (self.decider.first(r.ctx)?, h)
+            }
+        };
+        Ok(r.emit(self.pending, self.last_h, r.ctx.n_past(), HIGH))
+    }
+
+    /// One step: a plain high-gear pass over the pending token, or drafts at the low gear and
+    /// one verification of them at the high gear.
+    pub(crate) fn next(&mut self, r: &mut Run<'_, '_, '_, '_>) -> Result<Option<StopReason>> {
+        let (lp, model) = (self.lp, r.ctx.model());
+        let p0 = r.ctx.n_past();
         // Room: the batch [pending, drafts...] (padded to the declared width when verified)
         // must fit, a strict batch must not cross a KV block, and drafting past the token
         // budget is wasted work.
-        let room = (ctx.n_ctx() - p0).saturating_sub(2) as usize;
-        let budget = params
+        let room = (r.ctx.n_ctx() - p0).saturating_sub(2) as usize;
+        let budget = r
+            .params
             .n_predict
-            .map_or(usize::MAX, |n| n.saturating_sub(out.n_gen() + 1));
-        let cap = match fixed_width {
+            .map_or(usize::MAX, |n| n.saturating_sub(r.out.n_gen() + 1));
+        let cap = match self.fixed_width {
             Some(w) if w - 1 > room => 0,
             Some(w) => (w - 1).min(budget),
             None => lp
@@ -665,275 +682,307 @@ fn run(
                 .min((KV_PAD - 1 - p0 % KV_PAD) as usize),
         };
         let replay = lp.replay.as_ref().map(|r| r.lock().expect("replay state"));
-        let gated = replay.is_none() && last_h as f64 > gate_bits;
+        let gated = replay.is_none() && self.last_h as f64 > self.gate_bits;
         let mut k = if cap == 0 || gated {
             0
         } else if lp.adaptive {
-            match ctl.next(cap, fixed_width) {
+            match self.ctl.next(cap, self.fixed_width) {
                 Next::Plain => 0,
                 Next::Draft(k) => k,
                 Next::TimeDraft => {
-                    // A throw-away pass at the low gear, as a draft step: the pass, its
-                    // entropy, a draw from a forked chain (with a backend chain attached: the
-                    // pass and the entropy the graph computed, the chain's history untouched).
-                    // One pass: a first use (a CUDA graph not yet captured) makes it slower,
-                    // which errs towards not drafting; re-timing corrects it.
-                    let td = Instant::now();
-                    shift(gearbox, ctx, Gear::Low);
-                    let t = Instant::now();
-                    ctx.decode(&[pending])?;
-                    StepPenalty::pay(lp.penalty.draft);
-                    if !read_entropy(ctx, attached.as_deref(), out.n_gen())? {
-                        let mut d = decider.drafter()?;
-                        decider.draft(&mut d, ctx)?;
-                    }
-                    let secs = t.elapsed().as_secs_f64();
-                    ctx.truncate(p0)?;
-                    ctl.draft_step(secs);
-                    st.draft_ms += td.elapsed().as_secs_f64() * 1e3;
-                    // And a throw-away batch of two at the high gear: what a verified column
-                    // costs (on a compute-bound CPU nearly a whole step, which rules drafting
-                    // out before any draft or exactness probe is paid for).
-                    let tb = Instant::now();
-                    shift(gearbox, ctx, Gear::High);
-                    ctx.decode(&[pending, pending])?;
-                    StepPenalty::pay(lp.penalty.high);
-                    read_entropy(ctx, attached.as_deref(), out.n_gen())?;
-                    ctl.batch(2, tb.elapsed().as_secs_f64());
-                    ctx.truncate(p0)?;
-                    st.verify_ms += tb.elapsed().as_secs_f64() * 1e3;
+                    self.time_draft(r, p0)?;
                     0
                 }
             }
-        } else if let Some(r) = &replay {
-            r.recorded_len().min(cap)
+        } else if let Some(rp) = &replay {
+            rp.recorded_len().min(cap)
         } else {
-            k_next.min(cap)
+            self.k_next.min(cap)
         };
         drop(replay);
         // Drafting and probing read host logits: no backend chain attached from here on
         // (unless no probe will run: this generation found no exact width already).
-        let no_width = fixed_width.is_none() && matches!(block_width, Some((_, 1)));
+        let no_width = self.fixed_width.is_none() && matches!(self.block_width, Some((_, 1)));
         if no_width {
             k = 0;
-            ctl.not_drafted();
+            self.ctl.not_drafted();
         }
-        if k > 0 && attached.take().is_some() {
-            ctx.detach_sampler();
+        if k > 0 && self.attached.take().is_some() {
+            r.ctx.detach_sampler();
         }
-        // Strict: as wide as this KV block's probe found exact (probed when first needed, and
-        // only where the probe's widest batch fits in the block: near a block's end, plain
-        // steps until the next one).
-        if k > 0 && fixed_width.is_none() {
-            let block = p0 / KV_PAD;
-            let width = match block_width {
-                Some((b, w)) if b == block => w,
-                // No exact width found once: no more probing (each probe costs passes, and on
-                // a GPU a chain detached and attached again) for this generation.
-                Some((_, 1)) => 1,
-                _ if ((KV_PAD - p0 % KV_PAD) as usize) < probe.len() => 1,
-                _ => {
-                    let tp = Instant::now();
-                    shift(gearbox, ctx, Gear::High);
-                    // The probe's passes teach the controller too (with the test hook's
-                    // extra high-gear time, as if it had been slept).
-                    let extra = lp.penalty.high.as_secs_f64();
-                    let w = exact_verify_width(ctx, &probe, |w, secs| {
-                        if w == 1 {
-                            ctl.plain(secs + extra);
-                        } else {
-                            ctl.batch(w, secs + extra);
-                        }
-                    })?;
-                    st.probe_ms += tp.elapsed().as_secs_f64() * 1e3;
-                    st.verify_width = if block_width.is_none() {
-                        w
-                    } else {
-                        st.verify_width.min(w)
-                    };
-                    block_width = Some((block, w));
-                    w
-                }
-            };
-            k = k.min(width - 1);
+        if k > 0 && self.fixed_width.is_none() {
+            k = k.min(self.strict_width(r, p0)? - 1);
             if k == 0 {
-                ctl.not_drafted(); // a plain step after all: as the plain loop runs one
+                self.ctl.not_drafted(); // a plain step after all: as the plain loop runs one
             }
         }
 
         // A plain step while drafting is off runs as the plain loop does on a GPU: token and
         // entropy from a chain attached to the context (backend sampling), not host logits.
-        if k == 0 && backend_plain && !ctl.drafting() {
-            let tv = Instant::now();
-            shift(gearbox, ctx, Gear::High);
-            if attached.is_none() {
-                let (mut chain, probe) =
-                    Sampler::with_entropy_probe(&params.sampling, model, ctx.n_ctx())?;
-                for &t in out.tokens() {
-                    chain.accept(t); // the penalty history the host chain has
-                }
-                ctx.attach_sampler(chain)?;
-                attached = Some(probe);
-            }
-            if let Err(e) = ctx.decode(&[pending]) {
-                interrupted(e, ctx)?;
-                stop = Some(StopReason::Interrupted);
-                break;
-            }
-            StepPenalty::pay(lp.penalty.high);
-            passes[Gear::High as usize] += 1;
-            let tok = ctx.sample_attached()?;
-            let h = attached_entropy(ctx, attached.as_ref().expect("attached above"), out.n_gen())?;
-            decider.record(tok);
-            (last_h, pending) = (h, tok);
-            let n_before = out.n_gen();
-            stop = out.emit(ctx, tok, h, p0 + 1, HIGH, &mut on_token);
-            let secs = tv.elapsed().as_secs_f64();
-            st.verify_ms += secs * 1e3;
-            st.passes.push((1, out.n_gen() - n_before));
-            st.plain_steps += 1;
-            ctl.plain(secs);
-            continue;
+        if k == 0 && self.backend_plain && !self.ctl.drafting() {
+            return self.backend_step(r, p0);
         }
-        if attached.take().is_some() {
-            ctx.detach_sampler();
+        if self.attached.take().is_some() {
+            r.ctx.detach_sampler();
         }
 
         // Draft at the low gear with a fork of the chain; its KV entries are dropped after.
         let mut drafts: Vec<Token> = Vec::with_capacity(k);
         // Forked only when drafting: a plain step needs no copy of the chain.
         let mut drafter = if k > 0 {
-            Some(decider.drafter()?)
+            Some(self.decider.drafter()?)
         } else {
             None
         };
         let mut draft_secs = 0.0;
         if let Some(drafter) = drafter.as_mut() {
             let td = Instant::now();
-            shift(gearbox, ctx, Gear::Low);
-            let mut cur = pending;
+            r.shift(Gear::Low);
+            let mut cur = self.pending;
+            let mut stop = None;
             for _ in 0..k {
-                if let Err(e) = ctx.decode(&[cur]) {
-                    interrupted(e, ctx)?;
+                if let Err(e) = r.ctx.decode(&[cur]) {
+                    interrupted(e, r.ctx)?;
                     stop = Some(StopReason::Interrupted);
                     break;
                 }
                 StepPenalty::pay(lp.penalty.draft);
-                passes[Gear::Low as usize] += 1;
-                let (h, n_bad) = kernels::entropy_bits(ctx.logits()?);
+                r.passes[Gear::Low as usize] += 1;
+                let (h, n_bad) = kernels::entropy_bits(r.ctx.logits()?);
                 if n_bad > 0 {
                     break; // a broken draft; the high gear decides alone
                 }
-                let d = decider.draft(drafter, ctx)?;
+                let d = self.decider.draft(drafter, r.ctx)?;
                 drafts.push(d);
-                if model.is_eog(d) || (h as f64 > stop_bits && lp.replay.is_none()) {
+                if model.is_eog(d) || (h as f64 > self.stop_bits && lp.replay.is_none()) {
                     break;
                 }
                 cur = d;
             }
-            ctx.truncate(p0)?;
+            r.ctx.truncate(p0)?;
             draft_secs = td.elapsed().as_secs_f64();
-            st.draft_ms += draft_secs * 1e3;
+            self.st.draft_ms += draft_secs * 1e3;
             if stop.is_some() {
-                break;
+                return Ok(stop);
             }
         }
 
         // Verify: one high-gear pass over [pending, drafts...].
         let tv = Instant::now();
-        shift(gearbox, ctx, Gear::High);
-        let mut batch = Vec::with_capacity(fixed_width.unwrap_or(drafts.len() + 1));
-        batch.push(pending);
+        r.shift(Gear::High);
+        let mut batch = Vec::with_capacity(self.fixed_width.unwrap_or(drafts.len() + 1));
+        batch.push(self.pending);
         batch.extend_from_slice(&drafts);
-        if let (Some(w), false) = (fixed_width, drafts.is_empty()) {
+        if let (Some(w), false) = (self.fixed_width, drafts.is_empty()) {
             // Rows past the drafts are never read: causal attention keeps them out of the
             // rows that are.
             batch.resize(w, *batch.last().expect("pending"));
         }
-        if let Err(e) = ctx.decode_all_logits(&batch) {
-            interrupted(e, ctx)?;
-            stop = Some(StopReason::Interrupted);
-            break;
+        if let Err(e) = r.ctx.decode_all_logits(&batch) {
+            interrupted(e, r.ctx)?;
+            return Ok(Some(StopReason::Interrupted));
         }
         StepPenalty::pay(lp.penalty.high);
-        passes[Gear::High as usize] += 1;
-        let (mut j, n_before) = (0, out.n_gen());
+        r.passes[Gear::High as usize] += 1;
+        let (mut j, n_before) = (0, r.out.n_gen());
         let replayed = lp
             .replay
             .as_ref()
             .filter(|_| !drafts.is_empty())
-            .map(|r| r.lock().expect("replay state").accept(drafts.len()));
+            .map(|rp| rp.lock().expect("replay state").accept(drafts.len()));
+        let mut stop = None;
         for i in 0..=drafts.len() {
-            last_h = entropy_of(ctx.logits_at(i)?, out.n_gen())?;
-            let (s, kept) = decider.verify(drafter.as_ref(), ctx, i, drafts.get(i).copied())?;
+            self.last_h = entropy_of(r.ctx.logits_at(i)?, r.out.n_gen())?;
+            let (s, kept) =
+                self.decider
+                    .verify(drafter.as_ref(), r.ctx, i, drafts.get(i).copied())?;
             let kept = replayed.map_or(kept, |rj| i < rj);
-            pending = s;
-            stop = out.emit(ctx, s, last_h, p0 + i as u32 + 1, HIGH, &mut on_token);
+            self.pending = s;
+            stop = r.emit(s, self.last_h, p0 + i as u32 + 1, HIGH);
             if stop.is_some() || !kept {
                 break;
             }
             j += 1;
         }
-        ctx.truncate(p0 + j as u32 + 1)?;
+        r.ctx.truncate(p0 + j as u32 + 1)?;
         let verify_secs = tv.elapsed().as_secs_f64();
+        let st = &mut self.st;
         st.verify_ms += verify_secs * 1e3;
-        st.passes.push((batch.len(), out.n_gen() - n_before));
+        st.passes.push((batch.len(), r.out.n_gen() - n_before));
         if drafts.is_empty() {
             st.plain_steps += 1;
-            ctl.plain(verify_secs);
+            self.ctl.plain(verify_secs);
         } else {
             st.verifies += 1;
             st.drafted += drafts.len();
             st.accepted += j;
             st.cycles.push((drafts.len(), j));
-            ctl.verified(drafts.len(), j, batch.len(), draft_secs, verify_secs);
-            k_next = if j == drafts.len() {
-                (k_next + 1).min(lp.draft_max)
+            self.ctl
+                .verified(drafts.len(), j, batch.len(), draft_secs, verify_secs);
+            self.k_next = if j == drafts.len() {
+                (self.k_next + 1).min(lp.draft_max)
             } else {
                 (j + 1).min(lp.draft_max)
             };
         }
+        Ok(stop)
     }
-    if let Some(w) = fixed_width {
-        st.verify_width = w;
+
+    /// Times what drafting would cost without drafting: a throw-away pass at the low gear, as
+    /// a draft step (the pass, its entropy, a draw from a forked chain; with a backend chain
+    /// attached: the pass and the entropy the graph computed, the chain's history untouched),
+    /// then a throw-away batch of two at the high gear: what a verified column costs (on a
+    /// compute-bound CPU nearly a whole step, which rules drafting out before any draft or
+    /// exactness probe is paid for). One pass each: a first use (a CUDA graph not yet
+    /// captured) makes it slower, which errs towards not drafting; re-timing corrects it.
+    fn time_draft(&mut self, r: &mut Run<'_, '_, '_, '_>, p0: u32) -> Result<()> {
+        let penalty = self.lp.penalty;
+        let td = Instant::now();
+        r.shift(Gear::Low);
+        let t = Instant::now();
+        r.ctx.decode(&[self.pending])?;
+        StepPenalty::pay(penalty.draft);
+        if !read_entropy(r.ctx, self.attached.as_deref(), r.out.n_gen())? {
+            let mut d = self.decider.drafter()?;
+            self.decider.draft(&mut d, r.ctx)?;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        r.ctx.truncate(p0)?;
+        self.ctl.draft_step(secs);
+        self.st.draft_ms += td.elapsed().as_secs_f64() * 1e3;
+        let tb = Instant::now();
+        r.shift(Gear::High);
+        r.ctx.decode(&[self.pending, self.pending])?;
+        StepPenalty::pay(penalty.high);
+        read_entropy(r.ctx, self.attached.as_deref(), r.out.n_gen())?;
+        self.ctl.batch(2, tb.elapsed().as_secs_f64());
+        r.ctx.truncate(p0)?;
+        self.st.verify_ms += tb.elapsed().as_secs_f64() * 1e3;
+        Ok(())
     }
-    st.drafting_turned_off = ctl.turned_off;
-    st.estimates = ctl.estimates(lp.draft_max, fixed_width);
-    let stop_reason = stop.expect("loop ends with a reason");
-    st.finish();
-    let eval_ms = t1.elapsed().as_secs_f64() * 1e3;
-    let n_gen = out.n_gen();
-    // Every emitted token after the first needed the forward passes of the loop.
-    let eval_count = n_gen.saturating_sub(1);
-    let (shifts, swap_us_mean, swap_us_max) = driver.shifts();
-    let gears = GearStats {
-        mode: "lossless".into(),
-        passes: PerGear(passes),
-        tokens: PerGear([0, 0, n_gen]),
-        token_fraction: PerGear([0.0, 0.0, if n_gen > 0 { 1.0 } else { 0.0 }]),
-        // Draft and verify passes differ in width: only the emitted rate is meaningful.
-        tokens_per_s: PerGear([
-            None,
-            None,
-            (eval_count > 0).then(|| per_s(eval_count, eval_ms)),
-        ]),
-        shifts,
-        swap_us_mean,
-        swap_us_max,
-        thresholds_bits: None,
-        tiers: gearbox.report().clone(),
-    };
-    Ok(out.finish(
-        stop_reason,
-        Timing {
-            prompt_tokens: prompt.len(),
-            prompt_ms,
-            eval_count,
-            eval_ms,
-        },
-        EntropyPlace::Host,
-        Some(gears),
-        Some(st),
-        &mut on_token,
-    ))
+
+    /// Strict: the verification width this KV block's probe found exact (probed when first
+    /// needed, and only where the probe's widest batch fits in the block: near a block's end,
+    /// plain steps until the next one).
+    fn strict_width(&mut self, r: &mut Run<'_, '_, '_, '_>, p0: u32) -> Result<usize> {
+        let block = p0 / KV_PAD;
+        Ok(match self.block_width {
+            Some((b, w)) if b == block => w,
+            // No exact width found once: no more probing (each probe costs passes, and on a
+            // GPU a chain detached and attached again) for this generation.
+            Some((_, 1)) => 1,
+            _ if ((KV_PAD - p0 % KV_PAD) as usize) < self.probe.len() => 1,
+            _ => {
+                let tp = Instant::now();
+                r.shift(Gear::High);
+                // The probe's passes teach the controller too (with the test hook's extra
+                // high-gear time, as if it had been slept).
+                let extra = self.lp.penalty.high.as_secs_f64();
+                let ctl = &mut self.ctl;
+                let w = exact_verify_width(r.ctx, &self.probe, |w, secs| {
+                    if w == 1 {
+                        ctl.plain(secs + extra);
+                    } else {
+                        ctl.batch(w, secs + extra);
+                    }
+                })?;
+                self.st.probe_ms += tp.elapsed().as_secs_f64() * 1e3;
+                self.st.verify_width = if self.block_width.is_none() {
+                    w
+                } else {
+                    self.st.verify_width.min(w)
+                };
+                self.block_width = Some((block, w));
+                w
+            }
+        })
+    }
+
+    /// A plain high-gear step with the backend chain attached (attached again if a draft had
+    /// detached it, with the emitted tokens as its penalty history).
+    fn backend_step(
+        &mut self,
+        r: &mut Run<'_, '_, '_, '_>,
+        p0: u32,
+    ) -> Result<Option<StopReason>> {
+        let tv = Instant::now();
+        r.shift(Gear::High);
+        if self.attached.is_none() {
+            let (mut chain, probe) =
+                Sampler::with_entropy_probe(&r.params.sampling, r.ctx.model(), r.ctx.n_ctx())?;
+            for &t in r.out.tokens() {
+                chain.accept(t); // the penalty history the host chain has
+            }
+            r.ctx.attach_sampler(chain)?;
+            self.attached = Some(probe);
+        }
+        if let Err(e) = r.ctx.decode(&[self.pending]) {
+            interrupted(e, r.ctx)?;
+            return Ok(Some(StopReason::Interrupted));
+        }
+        StepPenalty::pay(self.lp.penalty.high);
+        r.passes[Gear::High as usize] += 1;
+        let tok = r.ctx.sample_attached()?;
+        let probe = self.attached.as_ref().expect("attached above");
+        let h = attached_entropy(r.ctx, probe, r.out.n_gen())?;
+        self.decider.record(tok);
+        (self.last_h, self.pending) = (h, tok);
+        let n_before = r.out.n_gen();
+        let stop = r.emit(tok, h, p0 + 1, HIGH);
+        let secs = tv.elapsed().as_secs_f64();
+        self.st.verify_ms += secs * 1e3;
+        self.st.passes.push((1, r.out.n_gen() - n_before));
+        self.st.plain_steps += 1;
+        self.ctl.plain(secs);
+        Ok(stop)
+    }
+
+    /// The generation's gear totals and drafting statistics.
+    pub(crate) fn finish(
+        self,
+        r: &Run<'_, '_, '_, '_>,
+        eval_ms: f64,
+    ) -> (GearStats, LosslessStats) {
+        let Self {
+            mut st,
+            ctl,
+            fixed_width,
+            lp,
+            ..
+        } = self;
+        if let Some(w) = fixed_width {
+            st.verify_width = w;
+        }
+        st.drafting_turned_off = ctl.turned_off;
+        st.estimates = ctl.estimates(lp.draft_max, fixed_width);
+        st.finish();
+        let n_gen = r.out.n_gen();
+        // Every emitted token after the first needed the forward passes of the loop.
+        let eval_count = n_gen.saturating_sub(1);
+        let (shifts, swap_us_mean, swap_us_max) =
+            r.driver.as_ref().map_or((0, 0.0, 0.0), GearDriver::shifts);
+        let gears = GearStats {
+            mode: "lossless".into(),
+            passes: PerGear(r.passes),
+            tokens: PerGear([0, 0, n_gen]),
+            token_fraction: PerGear([0.0, 0.0, if n_gen > 0 { 1.0 } else { 0.0 }]),
+            // Draft and verify passes differ in width: only the emitted rate is meaningful.
+            tokens_per_s: PerGear([
+                None,
+                None,
+                (eval_count > 0).then(|| per_s(eval_count, eval_ms)),
+            ]),
+            shifts,
+            swap_us_mean,
+            swap_us_max,
+            thresholds_bits: None,
+            tiers: r
+                .gearbox
+                .as_ref()
+                .expect("lossless runs with a gearbox")
+                .report()
+                .clone(),
+        };
+        (gears, st)
+    }
 }

@@ -1,6 +1,7 @@
 //! The decode loop: prompt → llama_decode → logits → entropy → sampler → streamed text, with
 //! stop conditions and timing.
 
+pub mod decode;
 pub mod drafting;
 pub mod driver;
 mod emit;
@@ -9,16 +10,11 @@ pub mod prompt;
 pub mod speculative;
 pub mod text;
 
-use std::rc::Rc;
-use std::time::Instant;
-
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::gearbox::{BuildReport, Gear, Gearbox, PerGear};
-use crate::kernels;
-use crate::llama::backend_entropy::Probe;
-use crate::llama::{Context, Sampler, SamplingParams, Token};
+use crate::llama::{Context, SamplingParams, Token};
 use crate::monitor::{Monitor, Reason};
 pub use prompt::{Prompt, PromptSpec, Turn};
 
@@ -182,13 +178,6 @@ pub struct Outcome {
     pub lossless: Option<lossless::LosslessStats>,
 }
 
-/// How tokens are drawn and entropy read: a host chain over host logits, or a chain attached
-/// to the context whose probe reports the entropy.
-enum Draw {
-    Host(Sampler),
-    Backend(Rc<Probe>),
-}
-
 pub(crate) fn per_s(n: usize, ms: f64) -> f64 {
     if ms > 0.0 {
         n as f64 * 1000.0 / ms
@@ -213,197 +202,14 @@ pub(crate) fn check_prompt(ctx: &Context<'_>, prompt: &[Token]) -> Result<()> {
 }
 
 /// Generates from `prompt`, decoded after what the context already holds (nothing, unless a
-/// session keeps its cache), calling `on_token` for every token.
+/// session keeps its cache), one token per step, calling `on_token` for every token (the
+/// decode loop of [`decode::run`] with the plain strategy).
 pub fn generate(
     ctx: &mut Context<'_>,
     prompt: &[Token],
     params: &GenerateParams,
-    mut gears: Option<GearControl<'_, '_>>,
-    mut on_token: impl FnMut(&TokenEvent<'_>),
+    gears: Option<GearControl<'_, '_>>,
+    on_token: impl FnMut(&TokenEvent<'_>),
 ) -> Result<Outcome> {
-    let model = ctx.model();
-    check_prompt(ctx, prompt)?;
-    if gears.is_some() && model.shifts_need_graph_rebuild() && !ctx.rebuilds_graphs() {
-        return Err(Error::InvalidParam(
-            "shifting gears on this GPU backend needs a context made with rebuild_graphs (it \
-             cannot keep a captured graph per gear, so llama.cpp's reused graphs would keep the \
-             old weights)"
-                .into(),
-        ));
-    }
-    ctx.detach_sampler();
-    let calibrating = gears
-        .as_ref()
-        .is_some_and(|g| g.calibrate.is_some() && g.monitor.is_some());
-    let backend = match params.entropy {
-        EntropySource::Host => false,
-        EntropySource::Auto => model.offloaded() && !calibrating,
-        EntropySource::Backend if calibrating => {
-            return Err(Error::InvalidParam(
-                "--calibrate reads the logits of every prompt position on the host; use it \
-                 with --entropy host or auto"
-                    .into(),
-            ))
-        }
-        EntropySource::Backend => true,
-    };
-    // Host: a plain chain over host logits. Backend: the chain, between the entropy probe's
-    // head and tail, attached to the context so it runs inside the graph.
-    let mut draw = if backend {
-        let (s, probe) = Sampler::with_entropy_probe(&params.sampling, model, ctx.n_ctx())?;
-        ctx.attach_sampler(s)?;
-        Draw::Backend(probe)
-    } else {
-        Draw::Host(Sampler::new(&params.sampling, model, ctx.n_ctx())?)
-    };
-    let mut out = emit::Emitter::new(params);
-
-    // The prompt runs at the high gear: its KV cache serves every later token.
-    if let Some(g) = gears.as_mut() {
-        g.gearbox.shift(ctx, Gear::High);
-    }
-    let t0 = Instant::now();
-    let interrupted = |e: Error, ctx: &Context<'_>| if ctx.aborted() { Ok(()) } else { Err(e) };
-    let mut stop_reason = None;
-    let calibrate = gears
-        .as_ref()
-        .and_then(|g| g.calibrate.filter(|_| g.monitor.is_some()));
-    let prefill = match calibrate {
-        Some(_) => ctx.decode_with_entropies(prompt),
-        None => ctx.decode(prompt).map(|_| Vec::new()),
-    };
-    match prefill {
-        Err(e) => {
-            interrupted(e, ctx)?;
-            stop_reason = Some(StopReason::Interrupted);
-        }
-        Ok(h) => {
-            if let (Some((keep_low, keep_high)), Some(m)) =
-                (calibrate, gears.as_mut().and_then(|g| g.monitor.as_mut()))
-            {
-                let h: Vec<f64> = h.iter().map(|&x| x as f64).collect();
-                m.calibrate(&h, keep_low, keep_high);
-            }
-        }
-    }
-    let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let t1 = Instant::now();
-    let mut eval_count = 0usize;
-    let mut passes = [0usize; 3];
-    let mut gear_ms = [0f64; 3];
-    // After the prompt: the cold-start gear (auto) or the fixed gear.
-    let mut used_gear = gears.as_ref().map(|_| Gear::High);
-    let mut driver = gears
-        .as_mut()
-        .map(|g| driver::GearDriver::new(g.monitor.take(), g.fixed));
-    if let (Some(g), Some(d)) = (gears.as_mut(), driver.as_ref()) {
-        g.gearbox.shift(ctx, d.first_gear());
-    }
-    while stop_reason.is_none() {
-        if ctx.aborted() {
-            stop_reason = Some(StopReason::Interrupted);
-            break;
-        }
-        let (tok, entropy) = match &mut draw {
-            Draw::Host(s) => {
-                let (entropy, n_bad) = kernels::entropy_bits(ctx.logits()?);
-                if n_bad > 0 {
-                    return Err(Error::NanLogits(out.n_gen()));
-                }
-                (s.sample(ctx), entropy)
-            }
-            Draw::Backend(p) => {
-                let tok = ctx.sample_attached()?;
-                let entropy = match ctx.sampled_probs() {
-                    Some(v) => v[0],
-                    None => p.host_bits(),
-                };
-                if !entropy.is_finite() {
-                    return Err(Error::NanLogits(out.n_gen()));
-                }
-                (tok, entropy)
-            }
-        };
-        if model.is_eog(tok) {
-            stop_reason = Some(StopReason::Eos);
-            break;
-        }
-        let mut tele = emit::Telemetry {
-            gear: used_gear,
-            ..Default::default()
-        };
-        if let (Some(g), Some(d)) = (gears.as_mut(), driver.as_mut()) {
-            let before = g.gearbox.gear();
-            let (next, why) = d.step(used_gear.expect("gearbox"), entropy as f64);
-            if next != before {
-                tele.swap_us = g.gearbox.shift(ctx, next).as_secs_f64() * 1e6;
-                d.shifted(tele.swap_us);
-            }
-            tele.next_gear = Some((next, why));
-        }
-        stop_reason = out.emit(ctx, tok, entropy, ctx.n_past(), tele, &mut on_token);
-        if stop_reason.is_none() {
-            let g = gears.as_ref().map(|g| g.gearbox.gear());
-            let td = Instant::now();
-            if let Err(e) = ctx.decode(&[tok]) {
-                interrupted(e, ctx)?;
-                stop_reason = Some(StopReason::Interrupted);
-            } else {
-                eval_count += 1;
-                if let Some(g) = g {
-                    passes[g as usize] += 1;
-                    gear_ms[g as usize] += td.elapsed().as_secs_f64() * 1e3;
-                }
-            }
-            used_gear = g;
-        }
-    }
-    let stop_reason = stop_reason.expect("loop ends with a reason");
-    let entropy_on = match &draw {
-        Draw::Backend(p) if p.on_backend() => EntropyPlace::Backend,
-        _ => EntropyPlace::Host,
-    };
-    ctx.detach_sampler();
-    let eval_ms = t1.elapsed().as_secs_f64() * 1e3;
-    let gear_stats = gears.as_ref().zip(driver.as_ref()).map(|(g, d)| {
-        let tokens_at = d.tokens();
-        let (shifts, swap_us_mean, swap_us_max) = d.shifts();
-        GearStats {
-            mode: if d.monitor.is_some() {
-                "auto".into()
-            } else {
-                d.fixed.to_string()
-            },
-            passes: PerGear(passes),
-            tokens: PerGear(tokens_at),
-            token_fraction: PerGear(tokens_at.map(|n| {
-                if out.n_gen() > 0 {
-                    n as f64 / out.n_gen() as f64
-                } else {
-                    0.0
-                }
-            })),
-            tokens_per_s: PerGear(
-                [0, 1, 2].map(|i| (passes[i] > 0).then(|| per_s(passes[i], gear_ms[i]))),
-            ),
-            shifts,
-            swap_us_mean,
-            swap_us_max,
-            thresholds_bits: d.thresholds(),
-            tiers: g.gearbox.report().clone(),
-        }
-    });
-    Ok(out.finish(
-        stop_reason,
-        emit::Timing {
-            prompt_tokens: prompt.len(),
-            prompt_ms,
-            eval_count,
-            eval_ms,
-        },
-        entropy_on,
-        gear_stats,
-        None,
-        &mut on_token,
-    ))
+    decode::run(ctx, prompt, params, gears, None, on_token)
 }

@@ -93,21 +93,13 @@ pub(super) fn run(
             toks.push(ev.token);
         }
     };
-    let o = match lossless {
-        Some(lp) => lossless::generate(ctx, prompt, params, gb, lp, collect)?,
-        None => engine::generate(
-            ctx,
-            prompt,
-            params,
-            Some(GearControl {
-                gearbox: gb,
-                monitor: None,
-                fixed: Gear::High,
-                calibrate: None,
-            }),
-            collect,
-        )?,
+    let high = GearControl {
+        gearbox: gb,
+        monitor: None,
+        fixed: Gear::High,
+        calibrate: None,
     };
+    let o = engine::decode::run(ctx, prompt, params, Some(high), lossless, collect)?;
     Ok((o, toks))
 }
 
