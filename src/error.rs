@@ -22,6 +22,9 @@ pub mod exit {
     pub const RUNTIME: u8 = 7;
     /// The default model could not be obtained (pip missing or failing, no cache directory).
     pub const FETCH: u8 = 8;
+    /// A file could not be read or written: permissions, a full disk, a write error on
+    /// stdout, the JSON or the trace file.
+    pub const IO: u8 = 11;
     /// Generation was interrupted by Ctrl-C (the statistics are still printed).
     pub const INTERRUPTED: u8 = 130;
 }
@@ -42,6 +45,11 @@ pub enum Error {
 
     #[error("model file {0} does not exist")]
     FileNotFound(PathBuf),
+
+    /// A FIFO, a device or a folder where a model, a blob or a layer was expected: opening
+    /// one could block or never end.
+    #[error("{0} is not a regular file (a FIFO, a device or a folder cannot be read as a model, a blob or a layer)")]
+    NotAFile(PathBuf),
 
     #[error("blob {digest} of model {name:?} is missing: expected it at {path}")]
     BlobMissing {
@@ -191,14 +199,15 @@ impl Error {
             Error::ModelNotFound { .. } | Error::FileNotFound(_) | Error::BlobMissing { .. } => {
                 exit::NOT_FOUND
             }
-            Error::BadManifest { .. } | Error::NoGgufLayer { .. } | Error::BadGguf { .. } => {
-                exit::BAD_MODEL
-            }
+            Error::BadManifest { .. }
+            | Error::NoGgufLayer { .. }
+            | Error::BadGguf { .. }
+            | Error::NotAFile(_) => exit::BAD_MODEL,
             Error::DigestMismatch { .. } => exit::DIGEST_MISMATCH,
             Error::PromptTooLong { .. } => exit::PROMPT_TOO_LONG,
             Error::Llama(_) | Error::NanLogits(_) | Error::TiersDoNotFit(_) => exit::RUNTIME,
             Error::Fetch(_) => exit::FETCH,
-            Error::Io { .. } | Error::TierCache { .. } => exit::INTERNAL,
+            Error::Io { .. } | Error::TierCache { .. } => exit::IO,
         }
     }
 }

@@ -119,12 +119,27 @@ const PROMPT: &str = "Write one sentence about the sea.";
 fn c_program_generates_through_the_engine_api_of_the_static_library() {
     let f = fixture();
     let exe = compile("engine", "gearbx", &[], &[]);
+    // The model with a NaN norm epsilon, which llama.cpp asserts on (vendor patch 0004).
+    let bad = tmp().join("nan-epsilon.gguf");
+    common::gguf_edit::rewrite(
+        &f.model,
+        &bad,
+        |k, v| {
+            Some(if k == "llama.attention.layer_norm_rms_epsilon" {
+                common::gguf_edit::f32v(f32::NAN)
+            } else {
+                v
+            })
+        },
+        vec![],
+    );
     let mut c = Command::new(&exe);
     c.args([
         f.store.path().to_str().unwrap(),
         "smollm2:135m",
         PROMPT,
         "24",
+        bad.to_str().unwrap(),
     ])
     .env(
         "GEARBX_TIER_CACHE",

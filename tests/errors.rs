@@ -262,3 +262,94 @@ fn list_shows_models_and_flags_broken_ones() {
         .unwrap();
     assert!(line.contains("unusable"), "{line}");
 }
+
+/// Structurally valid GGUFs with values llama.cpp asserts on (vendor patch 0004 and our
+/// header check): each one exit 4 naming the key, never an abort.
+#[test]
+fn bad_values_in_a_valid_gguf_are_refused_with_the_key() {
+    use common::gguf_edit::*;
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let arch = "llama";
+    let key = |k: &str| format!("{arch}.{k}");
+    type Case = (&'static str, Box<dyn Fn(&str, Raw) -> Option<Raw>>, Vec<(String, Raw)>, &'static str);
+    let set = |k: String, v: Raw| -> Box<dyn Fn(&str, Raw) -> Option<Raw>> {
+        Box::new(move |key: &str, old: Raw| Some(if key == k { v.clone() } else { old }))
+    };
+    let keep = || -> Box<dyn Fn(&str, Raw) -> Option<Raw>> { Box::new(|_: &str, old: Raw| Some(old)) };
+    let cases: Vec<Case> = vec![
+        ("blocks0", set(key("block_count"), u32v(0)), vec![], "block_count is 0"),
+        ("blocks1000", set(key("block_count"), u32v(1000)), vec![], "block_count is 1000"),
+        ("blocksmax", set(key("block_count"), u32v(u32::MAX)), vec![], "block_count is 4294967295"),
+        ("epsnan", set(key("attention.layer_norm_rms_epsilon"), f32v(f32::NAN)), vec![], "layer_norm_rms_epsilon nan"),
+        ("epsneg", set(key("attention.layer_norm_rms_epsilon"), f32v(-1.0)), vec![], "layer_norm_rms_epsilon -1"),
+        ("experts", keep(), vec![(key("expert_count"), u32v(1000))], "expert_count 1000"),
+        ("used", keep(), vec![(key("expert_used_count"), u32v(2))], "expert_used_count 2"),
+        ("rope", keep(), vec![(key("rope.scaling.type"), strv("sideways"))], "rope.scaling.type 'sideways'"),
+        (
+            "duptoken",
+            Box::new(|k: &str, old: Raw| {
+                Some(if k == "tokenizer.ggml.tokens" {
+                    let mut t = strings(&old);
+                    t[300] = t[301].clone();
+                    string_array(&t)
+                } else {
+                    old
+                })
+            }),
+            vec![],
+            "share a text",
+        ),
+    ];
+    for (name, edit, add, needle) in cases {
+        let p = dir.path().join(format!("{name}.gguf"));
+        let add = add.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        rewrite(&f.model, &p, |k, v| edit(k, v), add);
+        let err = fails(&[p.to_str().unwrap(), "-n", "2", "-p", "hi"], 4, needle);
+        assert_eq!(err.lines().count(), 1, "{name}: one line: {err}");
+        std::fs::remove_file(&p).unwrap();
+    }
+}
+
+/// A FIFO where a model, a text layer or the tier cache is expected: a clear error (or, for
+/// the cache, a rebuild), never a hang.
+#[test]
+fn fifos_are_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("model.gguf");
+    let rc = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(rc.success());
+    let t = std::time::Instant::now();
+    fails(&[fifo.to_str().unwrap(), "-p", "hi"], 4, "not a regular file");
+    assert!(t.elapsed().as_secs() < 60);
+}
+
+/// Output that cannot be written is an error (exit 11 and a line saying so), not a silent
+/// exit 0; a closed pipe stays quiet; stderr on a full device costs the messages, not a panic.
+#[test]
+fn lost_output_is_an_error_and_a_full_stderr_no_panic() {
+    let full = || std::fs::File::options().write(true).open("/dev/full").unwrap();
+    let base = ["smollm2:135m", "--temp", "0", "-n", "6", "-p", "hi"];
+    for extra in [&[][..], &["--json"][..], &["--trace", "/dev/full"][..]] {
+        let mut c = gbx();
+        c.args(base).args(extra);
+        if extra.first() != Some(&"--trace") {
+            c.stdout(full());
+        }
+        let o = c.output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(11), "{extra:?}: {err}");
+        assert!(err.contains("the output is incomplete"), "{extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let o = gbx().args(base).stderr(full()).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "stderr on /dev/full");
+    assert!(!stdout(&o).is_empty());
+    // A bad flag with stderr full: the usage exit code, no panic (101).
+    let o = gbx()
+        .args(["smollm2:135m", "--window", "0", "-p", "hi"])
+        .stderr(full())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}

@@ -252,7 +252,7 @@ fn prompt_from_stdin_and_quoted_prompt_without_model() {
 
 #[test]
 fn ctrl_c_stops_cleanly_and_prints_stats() {
-    for json in [false, true] {
+    for (json, lossless) in [(false, false), (true, false), (false, true)] {
         let mut cmd = gbx();
         // --ignore-eos: generation runs until the context (2048) is full, long past the signal.
         cmd.args([
@@ -270,6 +270,10 @@ fn ctrl_c_stops_cleanly_and_prints_stats() {
         ]);
         if json {
             cmd.arg("--json");
+        }
+        if lossless {
+            // Interrupted early: the first steps time drafting and probe exact widths.
+            cmd.arg("--lossless");
         }
         let mut child = cmd
             .stdout(Stdio::piped())

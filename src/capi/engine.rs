@@ -212,7 +212,9 @@ fn open(name: Option<&str>, p: &gearbx_engine_params) -> ApiResult<gearbx_engine
     let monitor = p.gears.monitor()?;
     crate::llama::set_verbose(p.verbose);
     let cancel = Arc::new(AtomicBool::new(false));
-    let say: fn(&str) = |s| eprintln!("gearbx: {s}");
+    let say: fn(&str) = |s| {
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("gearbx: {s}\n"));
+    };
     let session = Session::open(&SessionOptions {
         model: name.map(String::from),
         models_dir: models_dir.map(std::path::PathBuf::from),

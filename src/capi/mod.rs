@@ -22,7 +22,7 @@ use crate::error::{exit, Error};
 pub type gearbx_status = i32;
 /// Success.
 pub const GEARBX_OK: gearbx_status = 0;
-/// A bug in gearbx (a panic was caught at the boundary) or an I/O failure.
+/// A bug in gearbx (a panic was caught at the boundary).
 pub const GEARBX_ERR_INTERNAL: gearbx_status = 1;
 /// A NULL pointer, a bad value in a params struct, or misuse of a handle.
 pub const GEARBX_ERR_INVALID_ARGUMENT: gearbx_status = 2;
@@ -42,6 +42,8 @@ pub const GEARBX_ERR_FETCH: gearbx_status = 8;
 pub const GEARBX_ERR_VERSION_MISMATCH: gearbx_status = 9;
 /// The handle is in use by another call (two threads, or a call from inside a callback).
 pub const GEARBX_ERR_BUSY: gearbx_status = 10;
+/// A file could not be read or written (permissions, a full disk).
+pub const GEARBX_ERR_IO: gearbx_status = 11;
 /// `gearbx_engine_cancel` stopped the generation; what was generated was delivered.
 pub const GEARBX_ERR_CANCELLED: gearbx_status = 130;
 
@@ -77,6 +79,7 @@ impl From<Error> for ApiError {
             exit::PROMPT_TOO_LONG => GEARBX_ERR_PROMPT_TOO_LONG,
             exit::RUNTIME => GEARBX_ERR_RUNTIME,
             exit::FETCH => GEARBX_ERR_FETCH,
+            exit::IO => GEARBX_ERR_IO,
             _ => GEARBX_ERR_INTERNAL,
         };
         Self::new(code, e.to_string())

@@ -187,11 +187,17 @@ fn run_steps(
             stop = Some(StopReason::Interrupted);
             break;
         }
-        stop = match (&mut step, first) {
-            (Step::Plain(s), true) => s.first(&mut r)?,
-            (Step::Plain(s), false) => s.next(&mut r)?,
-            (Step::Lossless(s), true) => s.first(&mut r)?,
-            (Step::Lossless(s), false) => s.next(&mut r)?,
+        let stepped = match (&mut step, first) {
+            (Step::Plain(s), true) => s.first(&mut r),
+            (Step::Plain(s), false) => s.next(&mut r),
+            (Step::Lossless(s), true) => s.first(&mut r),
+            (Step::Lossless(s), false) => s.next(&mut r),
+        };
+        // Whatever failed inside a step after an abort (a decode the abort stopped, or what
+        // read its missing output) is the interruption, reported as one with the totals.
+        stop = match stepped {
+            Err(_) if r.ctx.aborted() => Some(StopReason::Interrupted),
+            s => s?,
         };
         first = false;
     }

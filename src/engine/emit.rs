@@ -1,4 +1,4 @@
-//! Per-token emission shared by the plain and the lossless loop: end of generation, UTF-8
+//! Per-token emission for the decode loop (both strategies): end of generation, UTF-8
 //! assembly, stop strings, the token budget and the context limit, the callback, and the
 //! outcome built from what was emitted.
 

@@ -1,5 +1,6 @@
-//! The decode loop: prompt → llama_decode → logits → entropy → sampler → streamed text, with
-//! stop conditions and timing.
+//! Generation: what a request asks for (params, stop conditions), what it reports (token
+//! events, the outcome, gear totals), and the entry points into the one decode loop
+//! ([`decode`]) for each strategy.
 
 pub mod decode;
 pub mod drafting;

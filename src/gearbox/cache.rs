@@ -91,6 +91,11 @@ impl Reader {
     /// Opens `path`; `Ok(None)` when there is no such file. Errors when the file exists but
     /// does not hold exactly `expected` entries under `key` (the caller rebuilds).
     pub fn open(path: &Path, key: &str, expected: &[Entry]) -> Result<Option<Self>> {
+        // Asked before opening: opening a FIFO blocks until someone writes to it.
+        match std::fs::metadata(path) {
+            Ok(m) if !m.is_file() => return Err(damaged(path, "not a regular file")),
+            _ => {}
+        }
         let mut file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

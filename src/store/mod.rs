@@ -101,3 +101,16 @@ pub fn resolve(
         }
     }
 }
+
+/// The metadata of `path` if it is a regular file (symlinks followed), asked before anything
+/// opens it: opening a FIFO blocks until a writer comes, and a device never ends.
+pub fn regular_file(path: &Path) -> Result<std::fs::Metadata> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::FileNotFound(path.to_path_buf()),
+        _ => Error::io(format!("reading {}", path.display()), e),
+    })?;
+    if !meta.is_file() {
+        return Err(Error::NotAFile(path.to_path_buf()));
+    }
+    Ok(meta)
+}

@@ -263,10 +263,13 @@ impl OllamaStore {
 }
 
 fn read_small(path: &Path, name: &str, digest: &str) -> Result<String> {
-    let meta = std::fs::metadata(path).map_err(|_| Error::BlobMissing {
-        name: name.to_string(),
-        digest: digest.to_string(),
-        path: path.to_path_buf(),
+    let meta = super::regular_file(path).map_err(|e| match e {
+        Error::FileNotFound(_) => Error::BlobMissing {
+            name: name.to_string(),
+            digest: digest.to_string(),
+            path: path.to_path_buf(),
+        },
+        e => e,
     })?;
     if meta.len() > MAX_TEXT_LAYER {
         return Err(Error::BadManifest {

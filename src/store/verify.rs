@@ -28,6 +28,7 @@ pub fn byte_bar(len: u64, msg: &str, show: bool) -> ProgressBar {
 
 /// Hex sha256 of a file, read in 1 MiB chunks.
 pub fn sha256_file(path: &Path, show_progress: bool) -> Result<String> {
+    super::regular_file(path)?;
     let mut f =
         File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);

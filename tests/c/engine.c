@@ -77,8 +77,8 @@ static void *cancel_after_five(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: %s MODELS_DIR MODEL PROMPT N_TOKENS\n", argv[0]);
+    if (argc != 5 && argc != 6) {
+        fprintf(stderr, "usage: %s MODELS_DIR MODEL PROMPT N_TOKENS [BAD_GGUF]\n", argv[0]);
         return 2;
     }
     const char *models_dir = argv[1], *model = argv[2], *prompt = argv[3];
@@ -94,6 +94,11 @@ int main(int argc, char **argv) {
     ep.n_threads = 1;
     CHECK(gearbx_engine_open("no-such-model:7b", &ep, &engine) == GEARBX_ERR_NOT_FOUND, "unknown");
     CHECK(strstr(gearbx_last_error(), "no-such-model") != NULL, "message names the model");
+    if (argc == 6) {
+        /* A GGUF whose values llama.cpp asserts on: an error, not an abort of this program. */
+        CHECK(gearbx_engine_open(argv[5], &ep, &engine) == GEARBX_ERR_BAD_MODEL, "bad values");
+        CHECK(engine == NULL && strstr(gearbx_last_error(), "epsilon") != NULL, "names the key");
+    }
     CHECK(gearbx_engine_generate(NULL, NULL, NULL, NULL, NULL) == GEARBX_ERR_INVALID_ARGUMENT,
           "NULL engine");
     CHECK(gearbx_engine_cancel(NULL) == GEARBX_ERR_INVALID_ARGUMENT, "NULL cancel");

@@ -3,6 +3,8 @@
 //! temporary directory, with blobs named by their real sha256.
 #![allow(dead_code)]
 
+pub mod gguf_edit;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;

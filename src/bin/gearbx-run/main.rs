@@ -2,6 +2,29 @@
 //! text like `ollama run`. This file parses the command line and drives a session
 //! (`gearbx::session`); render.rs shows the results.
 
+/// `eprintln!` without its panic when stderr cannot be written (`2>/dev/full`): a message
+/// that cannot be shown is dropped, the exit code still says what happened.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `println!` for a function that returns `Result<_, Failure>`: a write error (a full disk)
+/// fails with exit 11, a closed pipe is quiet.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        match writeln!(std::io::stdout(), $($arg)*) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(Failure(exit::IO, format!("writing stdout failed: {e}")));
+            }
+            _ => {}
+        }
+    }};
+}
+
 mod render;
 
 use std::io::{IsTerminal, Read};
@@ -307,7 +330,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(Failure(code, msg)) => {
-            eprintln!("gearbx-run: error: {msg}");
+            say!("gearbx-run: error: {msg}");
             ExitCode::from(code)
         }
     }
@@ -316,7 +339,7 @@ fn main() -> ExitCode {
 fn run(mut cli: Cli) -> Result<u8, Failure> {
     llama::set_verbose(cli.verbose);
     if cli.version {
-        println!(
+        out!(
             "gearbx-run {}\n{}",
             env!("CARGO_PKG_VERSION"),
             llama::build_info()
@@ -371,7 +394,7 @@ fn run(mut cli: Cli) -> Result<u8, Failure> {
 fn list(store: &OllamaStore) -> Result<u8, Failure> {
     let models = store.list();
     if models.is_empty() {
-        eprintln!(
+        say!(
             "no models in {} (set OLLAMA_MODELS or --models to another store)",
             store.root().display()
         );
@@ -383,7 +406,7 @@ fn list(store: &OllamaStore) -> Result<u8, Failure> {
         .max()
         .unwrap_or(4)
         .max(4);
-    println!("{:<width$}  {:>9}  {:<10}  FAMILY", "NAME", "SIZE", "QUANT");
+    out!("{:<width$}  {:>9}  {:<10}  FAMILY", "NAME", "SIZE", "QUANT");
     for m in models {
         let size = format!("{:.1} GB", m.size as f64 / 1e9);
         let size = if m.size < 1_000_000_000 {
@@ -392,11 +415,11 @@ fn list(store: &OllamaStore) -> Result<u8, Failure> {
             size
         };
         match m.problem {
-            None => println!(
+            None => out!(
                 "{:<width$}  {:>9}  {:<10}  {}",
                 m.name, size, m.quantization, m.family
             ),
-            Some(p) => println!(
+            Some(p) => out!(
                 "{:<width$}  {:>9}  {:<10}  (unusable: {p})",
                 m.name, "-", "-"
             ),
@@ -409,11 +432,11 @@ fn verify_model(m: &ResolvedModel, show_progress: bool) -> Result<u8, Failure> {
     match m.expected_sha256() {
         Some(expected) => {
             verify::verify(&m.path, &expected, show_progress)?;
-            println!("ok: {} matches sha256:{expected}", m.path.display());
+            out!("ok: {} matches sha256:{expected}", m.path.display());
         }
         None => {
             let actual = verify::sha256_file(&m.path, show_progress)?;
-            println!(
+            out!(
                 "{}: sha256:{actual} (a plain file has no digest to compare with)",
                 m.path.display()
             );
@@ -431,7 +454,7 @@ fn read_prompt(cli: &Cli) -> Result<String, Failure> {
     }
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        eprintln!("Enter a prompt; finish with Ctrl-D:");
+        say!("Enter a prompt; finish with Ctrl-D:");
     }
     let mut s = String::new();
     stdin.lock().read_to_string(&mut s).map_err(|e| {
@@ -586,7 +609,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             .unwrap_or(SessionOptions::default().n_gpu_layers),
         tiers,
         progress,
-        log: Some(|s| eprintln!("gearbx-run: {s}")),
+        log: Some(|s| say!("gearbx-run: {s}")),
         abort,
         ..Default::default()
     };
@@ -594,20 +617,20 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
     session::check_prompt_fits(m, &opts, &req.prompt)?;
     let mut sess = Session::open_resolved(m.clone(), &opts)?;
     if cli.verbose {
-        eprintln!(
+        say!(
             "gearbx-run: {} ({}), n_ctx {}, {threads} threads",
             sess.model().description(),
             sess.loaded_file().path.display(),
             sess.n_ctx()
         );
-        eprintln!("gearbx-run: {}", llama::system_info());
+        say!("gearbx-run: {}", llama::system_info());
         if m.store_entry().is_some_and(|s| s.template.is_some()) {
-            eprintln!("gearbx-run: the store's Go template layer is not rendered; the GGUF's chat template is used");
+            say!("gearbx-run: the store's Go template layer is not rendered; the GGUF's chat template is used");
         }
     }
     if let Some(r) = sess.tiers() {
         for w in &r.warnings {
-            eprintln!("gearbx-run: warning: {w}");
+            say!("gearbx-run: warning: {w}");
         }
         if cli.verbose || std::io::stderr().is_terminal() {
             render::tiers(&r);
@@ -615,7 +638,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
     }
     if cli.verbose {
         let prompt = sess.prompt(&req.prompt)?;
-        eprintln!(
+        say!(
             "gearbx-run: prompt ({} tokens):\n{}",
             prompt.tokens.len(),
             prompt.text
@@ -668,10 +691,11 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             "lossless": outcome.lossless,
         })
     });
-    stream.finish(&outcome, result);
+    let written = stream.finish(&outcome, result);
     if !cli.json {
         render::summary(&outcome);
     }
+    written.map_err(|msg| Failure(exit::IO, msg))?;
     Ok(if interrupted {
         exit::INTERRUPTED
     } else {

@@ -16,7 +16,10 @@ pub struct Stream<'a> {
     pub text: bool,
     /// One JSON line per token (`--trace`).
     pub trace: Option<std::io::BufWriter<std::fs::File>>,
+    /// The reader of stdout went away (`| head`): stop writing, finish quietly.
     broken_pipe: bool,
+    /// The first write that failed otherwise (a full disk): the output is incomplete.
+    lost: Option<String>,
 }
 
 impl<'a> Stream<'a> {
@@ -32,6 +35,7 @@ impl<'a> Stream<'a> {
             text,
             trace,
             broken_pipe: false,
+            lost: None,
         }
     }
 
@@ -44,10 +48,12 @@ impl<'a> Stream<'a> {
                     "gear": ev.gear, "next_gear": ev.next_gear.map(|g| g.0), "reason": ev.next_gear.map(|g| g.1),
                     "swap_us": ev.swap_us,
                 });
-                let _ = writeln!(t, "{line}");
+                if let Err(e) = writeln!(t, "{line}") {
+                    self.lose("the --trace file", e);
+                }
             }
         }
-        if self.text && !self.broken_pipe && !ev.text.is_empty() {
+        if self.text && !self.broken_pipe && self.lost.is_none() && !ev.text.is_empty() {
             // A closed pipe (`| head`) is not an error: stop writing, finish quietly.
             let r = match (self.colour, ev.gear) {
                 (true, Some(g)) => {
@@ -60,24 +66,44 @@ impl<'a> Stream<'a> {
                 }
                 _ => self.out.write_all(ev.text.as_bytes()),
             };
-            self.broken_pipe = r.and_then(|_| self.out.flush()).is_err();
+            if let Err(e) = r.and_then(|_| self.out.flush()) {
+                self.lose("stdout", e);
+            }
         }
     }
 
-    /// The end: the trace's summary line, then the `--json` result or a newline after the text.
-    pub fn finish(&mut self, outcome: &Outcome, result: Option<serde_json::Value>) {
+    /// Records a failed write: a closed pipe quietly, anything else as lost output.
+    fn lose(&mut self, what: &str, e: std::io::Error) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe && what == "stdout" {
+            self.broken_pipe = true;
+        } else if self.lost.is_none() {
+            self.lost = Some(format!("writing {what} failed, the output is incomplete: {e}"));
+        }
+    }
+
+    /// The end: the trace's summary line, then the `--json` result or a newline after the
+    /// text. Err: a write failed (other than a closed pipe), with the message.
+    pub fn finish(
+        &mut self,
+        outcome: &Outcome,
+        result: Option<serde_json::Value>,
+    ) -> Result<(), String> {
         if let Some(mut t) = self.trace.take() {
-            let _ = writeln!(t, "{}", json!({ "summary": outcome }));
-            let _ = t.flush();
-        }
-        match result {
-            Some(v) => {
-                let _ = writeln!(self.out, "{v}");
-            }
-            None => {
-                let _ = writeln!(self.out);
+            let r = writeln!(t, "{}", json!({ "summary": outcome })).and_then(|_| t.flush());
+            if let Err(e) = r {
+                self.lose("the --trace file", e);
             }
         }
+        if !self.broken_pipe {
+            let r = match result {
+                Some(v) => writeln!(self.out, "{v}"),
+                None => writeln!(self.out),
+            };
+            if let Err(e) = r.and_then(|_| self.out.flush()) {
+                self.lose("stdout", e);
+            }
+        }
+        self.lost.take().map_or(Ok(()), Err)
     }
 }
 
@@ -88,13 +114,13 @@ pub fn tiers(r: &BuildReport) {
         TierOrigin::Cache => "read from the tier cache",
         TierOrigin::Gpu => "built on the GPU",
     };
-    eprintln!(
+    say!(
         "gearbx-run: tiers of {} tensors {how} in {:.0} ms; low {} ({:.1} MB, {}), mid {} ({:.1} MB, {}), high {} ({:.1} MB, {})",
         r.managed_tensors, r.build_ms, r.types[0], r.bytes[0] as f64 / 1e6, r.placement[0],
         r.types[1], r.bytes[1] as f64 / 1e6, r.placement[1],
         r.types[2], r.bytes[2] as f64 / 1e6, r.placement[2]
     );
-    eprintln!(
+    say!(
         "gearbx-run: tiers hold {:.1} MB beside the model ({} tensors shared between gears)",
         r.shadow_bytes as f64 / 1e6,
         r.shared_tensors
@@ -103,7 +129,7 @@ pub fn tiers(r: &BuildReport) {
 
 /// The statistics on stderr after the text.
 pub fn summary(outcome: &Outcome) {
-    eprintln!(
+    say!(
         "[gearbx] prompt {} tok {:.1} tok/s | generated {} tok {:.1} tok/s | stop: {}",
         outcome.prompt_tokens,
         outcome.prompt_tokens_per_s,
@@ -115,7 +141,7 @@ pub fn summary(outcome: &Outcome) {
             .unwrap_or_default()
     );
     if let Some(l) = &outcome.lossless {
-        eprintln!(
+        say!(
             "[gearbx] lossless ({}): {} verifies, {} drafted, {} accepted ({:.0}%), {:.2} accepted per verify, {} plain steps, verify width {}, expected gain of drafting {:.2}",
             l.guarantee,
             l.verifies,
@@ -129,7 +155,7 @@ pub fn summary(outcome: &Outcome) {
         );
     } else if let Some(g) = &outcome.gears {
         let rate = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.1}"));
-        eprintln!(
+        say!(
             "[gearbx] gear {}: low {:.0}% mid {:.0}% high {:.0}% | {} shifts, {:.1} us mean | tok/s low {} mid {} high {}",
             g.mode,
             g.token_fraction[0] * 100.0,
