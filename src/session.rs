@@ -37,8 +37,10 @@ use crate::monitor::{classifier, Monitor, MonitorConfig};
 use crate::store::{self, OllamaStore, ResolvedModel};
 
 /// Context window when neither the caller nor the store names one (capped at the model's
-/// training context).
+/// training context); a caller's 0 means the training context, as in llama.cpp.
 pub const DEFAULT_N_CTX: u32 = 4096;
+/// The largest context accepted (16M tokens, past every released model's training context).
+pub const MAX_N_CTX: u32 = 1 << 24;
 /// ggml's most threads per graph (GGML_MAX_N_THREADS).
 pub const MAX_THREADS: usize = 512;
 /// Largest prompt chunk per forward pass.
@@ -202,8 +204,11 @@ impl Session {
         if o.n_batch == 0 {
             return Err(Error::bad_param(param::N_BATCH, "must be at least 1"));
         }
-        if o.n_ctx == Some(0) {
-            return Err(Error::bad_param(param::N_CTX, "must be at least 1"));
+        if let Some(n) = o.n_ctx.filter(|&n| n > MAX_N_CTX) {
+            return Err(Error::bad_param(
+                param::N_CTX,
+                format!("must be at most {MAX_N_CTX}, got {n}"),
+            ));
         }
         let log = |s: &str| {
             if let Some(f) = o.log {
@@ -235,6 +240,13 @@ impl Session {
         )?;
         let n_ctx = choose_n_ctx(o.n_ctx, &resolved, Some(model.n_ctx_train()))
             .expect("known with the model's training context");
+        if n_ctx > model.n_ctx_train() && model.n_ctx_train() > 0 {
+            log(&format!(
+                "warning: a context of {n_ctx} tokens is more than the {} the model was trained \
+                 with; output past that length degrades",
+                model.n_ctx_train()
+            ));
+        }
         let gb_opts = match &tiers {
             None => None,
             Some(t) => Some(GearboxOptions {
@@ -440,13 +452,18 @@ pub fn check_prompt_fits(m: &ResolvedModel, o: &SessionOptions, spec: &PromptSpe
     Ok(())
 }
 
-/// The context size: the caller's, else the store's `num_ctx`, else [`DEFAULT_N_CTX`] capped
-/// at the model's training context (None: that is not known).
+/// The context size: the caller's (0: the training context), else the store's `num_ctx`, else
+/// [`DEFAULT_N_CTX`] capped at the model's training context (None: that is not known).
 fn choose_n_ctx(explicit: Option<u32>, m: &ResolvedModel, n_ctx_train: Option<u32>) -> Option<u32> {
-    explicit
-        .or_else(|| m.store_entry().and_then(|s| s.params.num_ctx))
-        .filter(|&n| n > 0)
-        .or_else(|| n_ctx_train.map(|t| DEFAULT_N_CTX.min(t.max(1))))
+    match explicit {
+        Some(0) => n_ctx_train.filter(|&t| t > 0),
+        Some(n) => Some(n),
+        None => m
+            .store_entry()
+            .and_then(|s| s.params.num_ctx)
+            .filter(|&n| n > 0)
+            .or_else(|| n_ctx_train.map(|t| DEFAULT_N_CTX.min(t.max(1)))),
+    }
 }
 
 /// `spec` on `model`, with the store's system prompt where `spec` has none.

@@ -149,7 +149,7 @@ fn invalid_flag_values() {
     fails(&["smollm2:135m", "--top-p", "2", "-p", "hi"], 2, "--top-p");
     fails(&["smollm2:135m", "-t", "0", "-p", "hi"], 2, "--threads");
     fails(&["smollm2:135m", "-n", "0", "-p", "hi"], 2, "--n-predict");
-    fails(&["smollm2:135m", "-c", "0", "-p", "hi"], 2, "--ctx-size");
+    fails(&["smollm2:135m", "-c", "99999999", "-p", "hi"], 2, "--ctx-size");
     fails(
         &["smollm2:135m", "--no-such-flag"],
         2,
@@ -352,4 +352,49 @@ fn lost_output_is_an_error_and_a_full_stderr_no_panic() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// `-c N` is the context, exactly (llama.cpp pads its cache to 256 cells; generation still
+/// stops at N); `-c 0` is the training length, as in llama.cpp.
+#[test]
+fn context_size_is_honoured_exactly_and_0_is_the_training_length() {
+    let v = run_json(&[
+        "smollm2:135m", "--temp", "0", "--ignore-eos", "-n", "-1", "-c", "64", "-p", "hi",
+    ]);
+    assert_eq!(v["n_ctx"], 64);
+    assert_eq!(v["stop_reason"], "context");
+    let used = v["prompt_tokens"].as_u64().unwrap() + v["generated_tokens"].as_u64().unwrap();
+    assert!((60..=64).contains(&used), "{used} of 64 positions");
+    let train = gearbx::store::gguf::inspect(&fixture().model)
+        .unwrap()
+        .context_length
+        .unwrap();
+    let v = run_json(&["smollm2:135m", "-n", "1", "-c", "0", "-p", "hi"]);
+    assert_eq!(v["n_ctx"], train);
+    // Lossless in contexts smaller than a draft batch: shorter drafts, to the full context.
+    for (c, g) in [("4", "strict"), ("4", "verified"), ("12", "strict"), ("12", "verified")] {
+        let lossless = format!("--lossless={g}");
+        let v = run_json(&[
+            "smollm2:135m", "--raw", "--temp", "0", "--ignore-eos", "-n", "-1", "-c", c,
+            &lossless, "-p", "hi",
+        ]);
+        assert_eq!(v["stop_reason"], "context", "-c {c} {g}");
+    }
+}
+
+/// Set-but-empty environment variables count as unset; a name with whitespace around it is
+/// refused, not run as the default model.
+#[test]
+fn empty_environment_and_padded_names() {
+    let model = fixture().model.to_str().unwrap().to_string();
+    for var in ["OLLAMA_MODELS", "GEARBX_TIER_CACHE", "GEARBX_THREADS"] {
+        let o = gbx()
+            .env(var, "")
+            .args([&model, "-n", "2", "-p", "hi"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{var}=: {}", stderr(&o));
+    }
+    let err = fails(&["smollm2:135m ", "-p", "hi"], 2, "invalid model name");
+    assert!(err.contains("whitespace"), "{err}");
 }

@@ -131,9 +131,12 @@ fn gears_and_lossless_need_tiers_and_fixed_gears_shift() {
 #[test]
 fn bad_options_are_refused_with_a_message() {
     let mut o = options("smollm2:135m", false);
-    o.n_ctx = Some(0);
+    o.n_ctx = Some(20_000_000);
     let e = Session::open(&o).err().unwrap().to_string();
-    assert_eq!(e, "invalid parameter: n_ctx must be at least 1");
+    assert_eq!(
+        e,
+        "invalid parameter: n_ctx must be at most 16777216, got 20000000"
+    );
     let o = options("no-such-model:7b", false);
     let e = Session::open(&o).err().unwrap();
     assert!(

@@ -565,6 +565,8 @@ pub(crate) struct LosslessStep<'p> {
     last_h: f32,
     /// The next draft length when not adaptive.
     k_next: usize,
+    /// The longest draft: the request's, shortened to what a batch of this context holds.
+    draft_max: usize,
 }
 
 impl<'p> LosslessStep<'p> {
@@ -576,17 +578,9 @@ impl<'p> LosslessStep<'p> {
         if lp.draft_max == 0 {
             return Err(Error::bad_param(param::DRAFT_MAX, "must be at least 1"));
         }
-        if lp.draft_max >= r.ctx.n_batch() as usize {
-            return Err(Error::bad_param(
-                param::DRAFT_MAX,
-                format!(
-                    "{} needs a batch of {} (n_batch is {})",
-                    lp.draft_max,
-                    lp.draft_max + 1,
-                    r.ctx.n_batch()
-                ),
-            ));
-        }
+        // A verification batch holds the pending token and the drafts: in a context smaller
+        // than that (n_batch never exceeds n_ctx), drafts are shorter, or none at all.
+        let draft_max = lp.draft_max.min(r.ctx.n_batch() as usize - 1);
         let (model, params) = (r.ctx.model(), r.params);
         let guarantee = lp
             .guarantee
@@ -625,21 +619,22 @@ impl<'p> LosslessStep<'p> {
             gate_bits: lp.gate_bits * scale,
             st: LosslessStats::new(guarantee),
             ctl: DraftController::default(),
-            fixed_width: (guarantee == Guarantee::Verified).then_some(lp.draft_max + 1),
+            fixed_width: (guarantee == Guarantee::Verified).then_some(draft_max + 1),
             // Strict: drafts are capped per KV block so that verification rounds as the plain
             // loop does.
             probe: prompt
                 .iter()
                 .copied()
                 .cycle()
-                .take(lp.draft_max + 1)
+                .take(draft_max + 1)
                 .collect(),
             block_width: None,
             backend_plain,
             attached,
             pending: -1,
             last_h: 0.0,
-            k_next: lp.draft_max.div_ceil(2),
+            k_next: draft_max.div_ceil(2),
+            draft_max,
         })
     }
 
@@ -675,7 +670,7 @@ impl<'p> LosslessStep<'p> {
         let cap = match self.fixed_width {
             Some(w) if w - 1 > room => 0,
             Some(w) => (w - 1).min(budget),
-            None => lp
+            None => self
                 .draft_max
                 .min(room)
                 .min(budget)
@@ -820,9 +815,9 @@ impl<'p> LosslessStep<'p> {
             self.ctl
                 .verified(drafts.len(), j, batch.len(), draft_secs, verify_secs);
             self.k_next = if j == drafts.len() {
-                (self.k_next + 1).min(lp.draft_max)
+                (self.k_next + 1).min(self.draft_max)
             } else {
-                (j + 1).min(lp.draft_max)
+                (j + 1).min(self.draft_max)
             };
         }
         Ok(stop)
@@ -947,14 +942,14 @@ impl<'p> LosslessStep<'p> {
             mut st,
             ctl,
             fixed_width,
-            lp,
+            draft_max,
             ..
         } = self;
         if let Some(w) = fixed_width {
             st.verify_width = w;
         }
         st.drafting_turned_off = ctl.turned_off;
-        st.estimates = ctl.estimates(lp.draft_max, fixed_width);
+        st.estimates = ctl.estimates(draft_max, fixed_width);
         st.finish();
         let n_gen = r.out.n_gen();
         // Every emitted token after the first needed the forward passes of the loop.

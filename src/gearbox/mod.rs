@@ -56,7 +56,8 @@ impl CacheOptions {
 
     /// The tier cache folder: `dir` if given, else `$GEARBX_TIER_CACHE`, else `<cache>/tiers`.
     pub fn dir(dir: Option<PathBuf>) -> Result<PathBuf> {
-        match dir.or_else(|| std::env::var_os("GEARBX_TIER_CACHE").map(PathBuf::from)) {
+        let from_env = std::env::var_os("GEARBX_TIER_CACHE").filter(|v| !v.is_empty());
+        match dir.or_else(|| from_env.map(PathBuf::from)) {
             Some(d) => Ok(d),
             None => Ok(crate::store::default_model::cache_dir()?.join("tiers")),
         }

@@ -84,6 +84,12 @@ impl<'m> Context<'m> {
         })?;
         // SAFETY: ptr is a valid context.
         let n_ctx = unsafe { sys::llama_n_ctx(ptr.as_ptr()) };
+        // llama.cpp pads the cache to a multiple of 256 cells; the context is what was asked.
+        let n_ctx = if params.n_ctx > 0 {
+            n_ctx.min(params.n_ctx)
+        } else {
+            n_ctx
+        };
         Ok(Self {
             ptr,
             model,

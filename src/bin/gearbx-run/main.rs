@@ -100,7 +100,7 @@ struct Cli {
     )]
     n_predict: Option<i64>,
 
-    /// Context size in tokens (default: the store's num_ctx, else 4096, capped at the model's training length).
+    /// Context size in tokens; 0: the model's training length, as in llama.cpp (default: the store's num_ctx, else 4096, capped at the training length).
     #[arg(
         short = 'c',
         long = "ctx-size",
@@ -314,7 +314,15 @@ fn llama_cpp_spellings(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<st
     .collect()
 }
 
+/// The environment variables gearbx-run reads: set but empty counts as unset.
+const ENV_VARS: [&str; 3] = ["GEARBX_THREADS", "OLLAMA_MODELS", "GEARBX_TIER_CACHE"];
+
 fn main() -> ExitCode {
+    for k in ENV_VARS {
+        if std::env::var_os(k).is_some_and(|v| v.is_empty()) {
+            std::env::remove_var(k); // before any other thread exists
+        }
+    }
     let cli = match Cli::try_parse_from(llama_cpp_spellings(std::env::args_os())) {
         Ok(c) => c,
         Err(e) => {
@@ -366,6 +374,17 @@ fn run(mut cli: Cli) -> Result<u8, Failure> {
     if let Some(m) = cli.model_flag.take() {
         if let Some(first) = cli.model.replace(m) {
             cli.prompt_words.insert(0, first);
+        }
+    }
+    // A name with whitespace only around it is a mistyped name, not a prompt.
+    if let Some(m) = cli.model.as_deref() {
+        let t = m.trim();
+        if t != m && !t.is_empty() && !t.contains(char::is_whitespace) && !std::path::Path::new(m).exists() {
+            return Err(Error::InvalidName {
+                name: m.to_string(),
+                reason: "it has whitespace around it".into(),
+            }
+            .into());
         }
     }
     // A model name never contains whitespace: `gearbx-run "Why is the sky blue?"` is a prompt
@@ -511,12 +530,6 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         Some(t) => t as usize,
         None => session::threads_or_all(None),
     };
-    if cli.ctx_size == Some(0) {
-        return Err(Failure(
-            exit::USAGE,
-            "-c/--ctx-size must be at least 1".into(),
-        ));
-    }
     let gear_mode = cli.gear.to_ascii_lowercase();
     if cli.lossless.is_none() && cli.draft_always {
         return Err(Failure(
