@@ -194,6 +194,7 @@ impl Session {
     /// As [`Session::open`] for a model already resolved (`o.model` and `o.models_dir` are
     /// not read).
     pub fn open_resolved(resolved: ResolvedModel, o: &SessionOptions) -> Result<Self> {
+        check_store_params(&resolved)?;
         let threads = threads_or_all(o.threads);
         if !(1..=MAX_THREADS).contains(&threads) {
             return Err(Error::bad_param(
@@ -509,6 +510,23 @@ pub fn default_request(m: &ResolvedModel, user: &str) -> Request {
         calibrate: None,
         lossless: None,
         reuse_cache: false,
+    }
+}
+
+/// The store's parameters for `m` (its params layer) as the sampler reads them, with Ollama's
+/// meanings (top_k 0 or less: no cut; num_predict 0 or less: no limit; num_ctx 0: the
+/// default): a value outside them makes the model unusable as stored, said in the store's
+/// own field names.
+pub fn check_store_params(m: &ResolvedModel) -> Result<()> {
+    let Some(s) = m.store_entry() else {
+        return Ok(());
+    };
+    match default_request(m, "").sampling.validate() {
+        Err(Error::BadParam { param, rule }) => Err(Error::BadManifest {
+            path: s.manifest_path.clone(),
+            reason: format!("its params layer sets {} out of range: {rule}", param.name),
+        }),
+        r => r,
     }
 }
 

@@ -398,3 +398,49 @@ fn empty_environment_and_padded_names() {
     let err = fails(&["smollm2:135m ", "-p", "hi"], 2, "invalid model name");
     assert!(err.contains("whitespace"), "{err}");
 }
+
+/// A store's params layer is read with Ollama's meanings (top_k -1, num_predict -2, num_ctx 0
+/// are valid); a value out of range is a bad model (exit 4) in the store's words, not a flag
+/// the user never typed.
+#[test]
+fn store_params_follow_ollama_semantics() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("blobs")).unwrap();
+    let model_digest = format!("sha256:{}", f.sha256);
+    std::os::unix::fs::symlink(&f.model, root.join(format!("blobs/sha256-{}", f.sha256))).unwrap();
+    let size = std::fs::metadata(&f.model).unwrap().len();
+    for (name, params) in [
+        ("lenient", r#"{"top_k": -1, "num_predict": -2, "num_ctx": 0}"#),
+        ("wrong", r#"{"top_p": 2}"#),
+    ] {
+        let d = put_blob(root, params.as_bytes());
+        put_manifest(
+            root,
+            "library",
+            name,
+            "latest",
+            &[
+                ("application/vnd.ollama.image.model", &model_digest, size),
+                ("application/vnd.ollama.image.params", &d, params.len() as u64),
+            ],
+            None,
+        );
+    }
+    let o = gbx()
+        .env("OLLAMA_MODELS", root)
+        .args(["lenient", "--temp", "0", "-n", "3", "-p", "hi"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = gbx()
+        .env("OLLAMA_MODELS", root)
+        .args(["wrong", "-n", "3", "-p", "hi"])
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert!(err.contains("params layer sets top_p"), "{err}");
+    assert!(!err.contains("--top-p"), "{err}");
+}

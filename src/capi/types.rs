@@ -97,7 +97,7 @@ pub struct gearbx_gear_params {
 pub struct gearbx_sampling_params {
     /// Default 0.8.
     pub temperature: f32,
-    /// 0 disables. Default 40.
+    /// 0 or less disables. Default 40.
     pub top_k: i32,
     /// 1 disables. Default 0.9.
     pub top_p: f32,

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
     pub temperature: f32,
+    /// 0 or less: no top-k cut (as llama.cpp and Ollama read it).
     pub top_k: i32,
     pub top_p: f32,
     pub min_p: f32,
@@ -77,9 +78,6 @@ impl SamplingParams {
                 param::REPEAT_PENALTY,
                 format!("must be > 0, got {}", self.repeat_penalty),
             );
-        }
-        if self.top_k < 0 {
-            return bad(param::TOP_K, format!("must be >= 0, got {}", self.top_k));
         }
         if !(-1..=MAX_REPEAT_LAST_N).contains(&self.repeat_last_n) {
             return bad(

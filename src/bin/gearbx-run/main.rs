@@ -128,8 +128,8 @@ struct Cli {
     #[arg(long = "temp", visible_alias = "temperature", value_name = "T")]
     temp: Option<f32>,
 
-    /// Top-k sampling; 0 disables (default 40).
-    #[arg(long, value_name = "K")]
+    /// Top-k sampling; 0 or less disables (default 40).
+    #[arg(long, value_name = "K", allow_negative_numbers = true)]
     top_k: Option<i32>,
 
     /// Top-p (nucleus) sampling (default 0.9).
@@ -492,6 +492,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
     }
     // The request: the store's defaults (session::default_request) under the flags. Every flag
     // is checked before anything is loaded.
+    session::check_store_params(m)?;
     let mut req = session::default_request(m, &user);
     let d = &req.sampling;
     req.sampling = SamplingParams {
