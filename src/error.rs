@@ -102,6 +102,11 @@ pub enum Error {
     #[error("tier cache {path} cannot be used: {reason}")]
     TierCache { path: PathBuf, reason: String },
 
+    /// Stopped by the caller's abort flag (Ctrl-C) before it finished (a generation that is
+    /// interrupted ends normally instead, with what it generated).
+    #[error("interrupted")]
+    Interrupted,
+
     #[error("could not obtain the default model: {0}")]
     Fetch(String),
 
@@ -207,6 +212,7 @@ impl Error {
             Error::PromptTooLong { .. } => exit::PROMPT_TOO_LONG,
             Error::Llama(_) | Error::NanLogits(_) | Error::TiersDoNotFit(_) => exit::RUNTIME,
             Error::Fetch(_) => exit::FETCH,
+            Error::Interrupted => exit::INTERRUPTED,
             Error::Io { .. } | Error::TierCache { .. } => exit::IO,
         }
     }

@@ -256,6 +256,7 @@ impl Session {
                 gears: t.gears,
                 threads,
                 progress: o.progress,
+                abort: Some(o.abort.clone()),
                 cache: match t.cache {
                     TierCache::Off => None,
                     _ => Some(CacheOptions::for_model(
@@ -339,6 +340,7 @@ impl Session {
         req: &Request,
         mut on_token: impl FnMut(&TokenEvent<'_>),
     ) -> Result<Outcome> {
+        req.prompt.validate()?;
         req.sampling.validate()?;
         // An abort belongs to the generation it stopped; this one starts clear.
         self.abort.store(false, std::sync::atomic::Ordering::SeqCst);

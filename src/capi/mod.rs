@@ -80,6 +80,7 @@ impl From<Error> for ApiError {
             exit::RUNTIME => GEARBX_ERR_RUNTIME,
             exit::FETCH => GEARBX_ERR_FETCH,
             exit::IO => GEARBX_ERR_IO,
+            exit::INTERRUPTED => GEARBX_ERR_CANCELLED,
             _ => GEARBX_ERR_INTERNAL,
         };
         Self::new(code, e.to_string())

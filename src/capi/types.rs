@@ -294,6 +294,7 @@ impl gearbx_gear_params {
             threads,
             progress: self.progress,
             cache: None,
+            abort: None,
         })
     }
 

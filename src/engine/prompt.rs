@@ -15,6 +15,16 @@ pub struct PromptSpec {
     pub raw: bool,
 }
 
+impl PromptSpec {
+    /// Refuses a request with nothing to answer: an empty (or blank) user message.
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.user.trim().is_empty() {
+            return Err(crate::Error::InvalidParam("the prompt is empty".into()));
+        }
+        Ok(())
+    }
+}
+
 /// One earlier message of a chat.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Turn {

@@ -91,6 +91,9 @@ impl Reader {
     /// Opens `path`; `Ok(None)` when there is no such file. Errors when the file exists but
     /// does not hold exactly `expected` entries under `key` (the caller rebuilds).
     pub fn open(path: &Path, key: &str, expected: &[Entry]) -> Result<Option<Self>> {
+        if let Some(dir) = path.parent() {
+            remove_stale_temps(dir);
+        }
         // Asked before opening: opening a FIFO blocks until someone writes to it.
         match std::fs::metadata(path) {
             Ok(m) if !m.is_file() => return Err(damaged(path, "not a regular file")),
@@ -275,6 +278,30 @@ impl Writer {
     }
 }
 
+/// Removes what writers killed before they finished left in `dir`: files named
+/// `<name>.tmp<pid>` (as [`Writer`] and the quantized top name theirs) whose process is gone.
+/// A live writer's file (another gearbx writing the same cache) is left alone.
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.rsplit_once(".tmp"))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid.to_string()).exists();
+        let is_file = e.file_type().is_ok_and(|t| t.is_file());
+        if is_file && !alive && Path::new("/proc/self").exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 impl Drop for Writer {
     fn drop(&mut self) {
         if !self.finished {
@@ -369,5 +396,20 @@ mod tests {
         assert_eq!(a, key("aa", &[t(2)]));
         assert_ne!(a, key("bb", &[t(2)]));
         assert_ne!(a, key("aa", &[t(8)]));
+    }
+
+    #[test]
+    fn temps_of_dead_writers_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // Above Linux's largest pid (2^22): no such process.
+        let dead = dir.path().join("a.tmp4194305");
+        let live = dir.path().join(format!("b.tmp{}", std::process::id()));
+        let kept = dir.path().join("c.tiers");
+        for p in [&dead, &live, &kept] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        remove_stale_temps(dir.path());
+        assert!(!dead.exists());
+        assert!(live.exists() && kept.exists());
     }
 }

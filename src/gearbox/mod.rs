@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -35,6 +35,8 @@ pub struct GearboxOptions {
     pub progress: bool,
     /// Where to keep built tiers between runs (None: always build).
     pub cache: Option<CacheOptions>,
+    /// Set from another thread (Ctrl-C) to stop building: [`Error::Interrupted`].
+    pub abort: Option<Arc<AtomicBool>>,
 }
 
 /// The on-disk tier cache of one model.
@@ -204,9 +206,11 @@ fn for_each_tensor(
     n: usize,
     threads: usize,
     what: &str,
-    progress: bool,
+    opts: &GearboxOptions,
     work: impl Fn(usize) -> Result<()> + Sync,
 ) -> Result<()> {
+    let progress = opts.progress;
+    let aborted = || opts.abort.as_ref().is_some_and(|a| a.load(Ordering::Relaxed));
     let pb = if progress {
         ProgressBar::new(n as u64)
     } else {
@@ -228,7 +232,11 @@ fn for_each_tensor(
                 if i >= n || first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
                     return;
                 }
-                if let Err(e) = work(i) {
+                if let Err(e) = if aborted() {
+                    Err(Error::Interrupted)
+                } else {
+                    work(i)
+                } {
                     let mut fe = first_error.lock().unwrap_or_else(|p| p.into_inner());
                     fe.get_or_insert(e);
                     return;
@@ -366,7 +374,7 @@ impl<'m> Gearbox<'m> {
             let loaded = cache::Reader::open(path, key, &entries).and_then(|r| match r {
                 None => Ok(false),
                 Some(r) => {
-                    for_each_tensor(n, threads, "loading tiers", opts.progress, |i| {
+                    for_each_tensor(n, threads, "loading tiers", opts, |i| {
                         for &k in &entries_of[i] {
                             tiers.fill(entries[k].set, i, &r.read(k)?)?;
                         }
@@ -395,7 +403,7 @@ impl<'m> Gearbox<'m> {
             let on_gpu = AtomicUsize::new(0);
             // Each worker takes a tensor and builds every set that needs a copy of it: on the
             // GPU where the weight lives there, else from its source dequantized once.
-            for_each_tensor(n, threads, "building tiers", opts.progress, |i| {
+            for_each_tensor(n, threads, "building tiers", opts, |i| {
                 let w = tiers.weights()[i];
                 let mut f32s = None;
                 let ne = w.ne();

@@ -122,6 +122,7 @@ pub fn prepare(
         ));
         let t = Instant::now();
         // Written under a temporary name and renamed: an interrupted write is never loaded.
+        super::cache::remove_stale_temps(parent);
         let tmp = file.with_extension(format!("tmp{}", std::process::id()));
         let r = requantize::write_typed(&m.path, &m.info, &types, &tmp, threads);
         if let Err(e) = r {

@@ -112,6 +112,9 @@ int main(int argc, char **argv) {
 
     /* 1. Greedy generation in auto mode, as `gearbx-run --temp 0 -n N` does it. */
     gearbx_generate_params gp = gearbx_generate_default_params(engine);
+    gp.prompt = "  ";
+    CHECK(gearbx_engine_generate(engine, &gp, NULL, NULL, NULL) == GEARBX_ERR_INVALID_ARGUMENT,
+          "an empty prompt is refused, as gearbx-run refuses it");
     gp.prompt = prompt;
     gp.n_predict = n_tokens;
     gp.sampling.temperature = 0.0f;

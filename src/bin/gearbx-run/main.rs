@@ -487,13 +487,11 @@ fn read_prompt(cli: &Cli) -> Result<String, Failure> {
 
 fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, Failure> {
     let user = read_prompt(cli)?;
-    if user.trim().is_empty() {
-        return Err(Failure(exit::USAGE, "the prompt is empty".into()));
-    }
     // The request: the store's defaults (session::default_request) under the flags. Every flag
     // is checked before anything is loaded.
     session::check_store_params(m)?;
     let mut req = session::default_request(m, &user);
+    req.prompt.validate()?;
     let d = &req.sampling;
     req.sampling = SamplingParams {
         temperature: cli.temp.unwrap_or(d.temperature),
