@@ -1,7 +1,7 @@
 # The two commands of the README. Each installs what the build needs first.
 PROMPT ?= Why is the sky blue?
 
-.PHONY: run test deps report lib header memcheck patches patches-edit
+.PHONY: run test deps report lib header memcheck patches patches-edit fuzz
 deps:
 	@bash scripts/deps.sh
 
@@ -49,3 +49,9 @@ patches-edit:
 	bash scripts/patches.sh edit
 patches:
 	bash scripts/patches.sh export
+
+# The fuzz targets (fuzz/): libFuzzer through cargo-fuzz on stable Rust, FUZZ_SECONDS per
+# target (CI runs 20). Installs cargo-fuzz on first use.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)

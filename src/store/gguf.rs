@@ -307,7 +307,14 @@ pub fn inspect(path: &Path) -> Result<GgufInfo> {
         tensors.push((name, ne, ty, offset));
     }
     let data_start = r.pos.div_ceil(alignment) * alignment;
-    let data_len = r.len.saturating_sub(data_start);
+    if data_start > r.len && !tensors.is_empty() {
+        // Even an empty tensor would start past the end (found by fuzzing).
+        return Err(r.bad(format!(
+            "truncated: the tensor data would start at byte {data_start} of a {}-byte file",
+            r.len
+        )));
+    }
+    let data_len = r.len - data_start.min(r.len);
     for (name, ne, ty, offset) in tensors {
         let (blck, tsize) = ggml_type_layout(ty)
             .ok_or_else(|| r.bad(format!("tensor {name} has unknown type {ty}")))?;
@@ -368,5 +375,25 @@ fn check_block_count(r: &Reader, info: &GgufInfo, counts: &[(String, u32)]) -> R
         ))),
         None if n == 0 => Err(r.bad(format!("{key} is 0"))),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inputs the fuzz target `gguf` found, kept as regressions: each is refused cleanly.
+    #[test]
+    fn fuzz_regressions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in [(
+            "gguf-empty-tensor-past-the-end",
+            &include_bytes!("../../fuzz/regressions/gguf-empty-tensor-past-the-end")[..],
+        )] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            let e = inspect(&p).unwrap_err();
+            assert!(matches!(e, Error::BadGguf { .. }), "{name}: {e}");
+        }
     }
 }
