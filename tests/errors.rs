@@ -444,3 +444,33 @@ fn store_params_follow_ollama_semantics() {
     assert!(err.contains("params layer sets top_p"), "{err}");
     assert!(!err.contains("--top-p"), "{err}");
 }
+
+/// Values llama.cpp's loader checks itself (a vocabulary that does not match the embedding,
+/// a required key missing): exit 4 with llama.cpp's reason, not a runtime failure.
+#[test]
+fn llama_cpp_load_errors_about_the_file_are_bad_models() {
+    use common::gguf_edit::*;
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let short_vocab = dir.path().join("short-vocab.gguf");
+    rewrite(
+        &f.model,
+        &short_vocab,
+        |k, v| {
+            Some(if k == "tokenizer.ggml.tokens" {
+                let mut t = strings(&v);
+                t.pop();
+                string_array(&t)
+            } else {
+                v
+            })
+        },
+        vec![],
+    );
+    let no_ctx = dir.path().join("no-context-length.gguf");
+    rewrite(&f.model, &no_ctx, |k, v| (k != "llama.context_length").then_some(v), vec![]);
+    for (p, needle) in [(&short_vocab, "token_embd"), (&no_ctx, "context_length")] {
+        let err = fails(&[p.to_str().unwrap(), "-n", "2", "-p", "hi"], 4, needle);
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}

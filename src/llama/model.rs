@@ -10,6 +10,17 @@ use crate::error::{Error, Result};
 
 /// How llama.cpp's load errors about values in the file begin (vendor patch 0004).
 const INVALID_FILE: &str = "invalid model file: ";
+/// llama.cpp's own load errors that say the file is wrong (not the machine): a model that
+/// fails with one is unusable (exit 4), like one our header check refuses.
+const FILE_FAULTS: [&str; 7] = [
+    "has wrong shape",
+    "missing tensor",
+    "wrong number of tensors",
+    "key not found in model",
+    "has wrong type",
+    "unknown model architecture",
+    "unsupported model architecture",
+];
 
 /// How to load a model.
 #[derive(Debug, Clone)]
@@ -76,12 +87,19 @@ impl Model {
             let why = super::take_last_error()
                 .unwrap_or_else(|| "unknown reason (run with --verbose)".into());
             // Our patch 0004 turns llama.cpp's asserts on file values into these errors.
-            match why.split_once(INVALID_FILE) {
-                Some((_, reason)) => Error::BadGguf {
+            let reason = why.split("; ").next().unwrap_or(&why);
+            if let Some((_, r)) = why.split_once(INVALID_FILE) {
+                Error::BadGguf {
                     path: path.to_path_buf(),
-                    reason: reason.split("; ").next().unwrap_or(reason).to_string(),
-                },
-                None => Error::Llama(format!("could not load {}: {why}", path.display())),
+                    reason: r.split("; ").next().unwrap_or(r).to_string(),
+                }
+            } else if FILE_FAULTS.iter().any(|f| reason.contains(f)) {
+                Error::BadGguf {
+                    path: path.to_path_buf(),
+                    reason: reason.trim_start_matches("error loading model: ").to_string(),
+                }
+            } else {
+                Error::Llama(format!("could not load {}: {why}", path.display()))
             }
         })?;
         // SAFETY: ptr is a valid model; the vocab it returns lives as long as the model.
