@@ -26,7 +26,9 @@ use std::sync::Arc;
 use self_cell::self_cell;
 
 use crate::engine::lossless::LosslessParams;
-use crate::engine::{self, decode, EntropySource, GearControl, GenerateParams, Outcome, PromptSpec};
+use crate::engine::{
+    self, decode, EntropySource, GearControl, GenerateParams, Outcome, PromptSpec,
+};
 use crate::engine::{Prompt, TokenEvent};
 use crate::error::{param, Error, Result};
 use crate::gearbox::{

@@ -149,7 +149,11 @@ fn invalid_flag_values() {
     fails(&["smollm2:135m", "--top-p", "2", "-p", "hi"], 2, "--top-p");
     fails(&["smollm2:135m", "-t", "0", "-p", "hi"], 2, "--threads");
     fails(&["smollm2:135m", "-n", "0", "-p", "hi"], 2, "--n-predict");
-    fails(&["smollm2:135m", "-c", "99999999", "-p", "hi"], 2, "--ctx-size");
+    fails(
+        &["smollm2:135m", "-c", "99999999", "-p", "hi"],
+        2,
+        "--ctx-size",
+    );
     fails(
         &["smollm2:135m", "--no-such-flag"],
         2,
@@ -272,20 +276,61 @@ fn bad_values_in_a_valid_gguf_are_refused_with_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let arch = "llama";
     let key = |k: &str| format!("{arch}.{k}");
-    type Case = (&'static str, Box<dyn Fn(&str, Raw) -> Option<Raw>>, Vec<(String, Raw)>, &'static str);
-    let set = |k: String, v: Raw| -> Box<dyn Fn(&str, Raw) -> Option<Raw>> {
+    type Edit = Box<dyn Fn(&str, Raw) -> Option<Raw>>;
+    type Case = (&'static str, Edit, Vec<(String, Raw)>, &'static str);
+    let set = |k: String, v: Raw| -> Edit {
         Box::new(move |key: &str, old: Raw| Some(if key == k { v.clone() } else { old }))
     };
-    let keep = || -> Box<dyn Fn(&str, Raw) -> Option<Raw>> { Box::new(|_: &str, old: Raw| Some(old)) };
+    let keep = || -> Edit { Box::new(|_: &str, old: Raw| Some(old)) };
     let cases: Vec<Case> = vec![
-        ("blocks0", set(key("block_count"), u32v(0)), vec![], "block_count is 0"),
-        ("blocks1000", set(key("block_count"), u32v(1000)), vec![], "block_count is 1000"),
-        ("blocksmax", set(key("block_count"), u32v(u32::MAX)), vec![], "block_count is 4294967295"),
-        ("epsnan", set(key("attention.layer_norm_rms_epsilon"), f32v(f32::NAN)), vec![], "layer_norm_rms_epsilon nan"),
-        ("epsneg", set(key("attention.layer_norm_rms_epsilon"), f32v(-1.0)), vec![], "layer_norm_rms_epsilon -1"),
-        ("experts", keep(), vec![(key("expert_count"), u32v(1000))], "expert_count 1000"),
-        ("used", keep(), vec![(key("expert_used_count"), u32v(2))], "expert_used_count 2"),
-        ("rope", keep(), vec![(key("rope.scaling.type"), strv("sideways"))], "rope.scaling.type 'sideways'"),
+        (
+            "blocks0",
+            set(key("block_count"), u32v(0)),
+            vec![],
+            "block_count is 0",
+        ),
+        (
+            "blocks1000",
+            set(key("block_count"), u32v(1000)),
+            vec![],
+            "block_count is 1000",
+        ),
+        (
+            "blocksmax",
+            set(key("block_count"), u32v(u32::MAX)),
+            vec![],
+            "block_count is 4294967295",
+        ),
+        (
+            "epsnan",
+            set(key("attention.layer_norm_rms_epsilon"), f32v(f32::NAN)),
+            vec![],
+            "layer_norm_rms_epsilon nan",
+        ),
+        (
+            "epsneg",
+            set(key("attention.layer_norm_rms_epsilon"), f32v(-1.0)),
+            vec![],
+            "layer_norm_rms_epsilon -1",
+        ),
+        (
+            "experts",
+            keep(),
+            vec![(key("expert_count"), u32v(1000))],
+            "expert_count 1000",
+        ),
+        (
+            "used",
+            keep(),
+            vec![(key("expert_used_count"), u32v(2))],
+            "expert_used_count 2",
+        ),
+        (
+            "rope",
+            keep(),
+            vec![(key("rope.scaling.type"), strv("sideways"))],
+            "rope.scaling.type 'sideways'",
+        ),
         (
             "duptoken",
             Box::new(|k: &str, old: Raw| {
@@ -317,10 +362,17 @@ fn bad_values_in_a_valid_gguf_are_refused_with_the_key() {
 fn fifos_are_refused_without_blocking() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("model.gguf");
-    let rc = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    let rc = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
     assert!(rc.success());
     let t = std::time::Instant::now();
-    fails(&[fifo.to_str().unwrap(), "-p", "hi"], 4, "not a regular file");
+    fails(
+        &[fifo.to_str().unwrap(), "-p", "hi"],
+        4,
+        "not a regular file",
+    );
     assert!(t.elapsed().as_secs() < 60);
 }
 
@@ -328,7 +380,12 @@ fn fifos_are_refused_without_blocking() {
 /// exit 0; a closed pipe stays quiet; stderr on a full device costs the messages, not a panic.
 #[test]
 fn lost_output_is_an_error_and_a_full_stderr_no_panic() {
-    let full = || std::fs::File::options().write(true).open("/dev/full").unwrap();
+    let full = || {
+        std::fs::File::options()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
     let base = ["smollm2:135m", "--temp", "0", "-n", "6", "-p", "hi"];
     for extra in [&[][..], &["--json"][..], &["--trace", "/dev/full"][..]] {
         let mut c = gbx();
@@ -359,7 +416,16 @@ fn lost_output_is_an_error_and_a_full_stderr_no_panic() {
 #[test]
 fn context_size_is_honoured_exactly_and_0_is_the_training_length() {
     let v = run_json(&[
-        "smollm2:135m", "--temp", "0", "--ignore-eos", "-n", "-1", "-c", "64", "-p", "hi",
+        "smollm2:135m",
+        "--temp",
+        "0",
+        "--ignore-eos",
+        "-n",
+        "-1",
+        "-c",
+        "64",
+        "-p",
+        "hi",
     ]);
     assert_eq!(v["n_ctx"], 64);
     assert_eq!(v["stop_reason"], "context");
@@ -372,11 +438,26 @@ fn context_size_is_honoured_exactly_and_0_is_the_training_length() {
     let v = run_json(&["smollm2:135m", "-n", "1", "-c", "0", "-p", "hi"]);
     assert_eq!(v["n_ctx"], train);
     // Lossless in contexts smaller than a draft batch: shorter drafts, to the full context.
-    for (c, g) in [("4", "strict"), ("4", "verified"), ("12", "strict"), ("12", "verified")] {
+    for (c, g) in [
+        ("4", "strict"),
+        ("4", "verified"),
+        ("12", "strict"),
+        ("12", "verified"),
+    ] {
         let lossless = format!("--lossless={g}");
         let v = run_json(&[
-            "smollm2:135m", "--raw", "--temp", "0", "--ignore-eos", "-n", "-1", "-c", c,
-            &lossless, "-p", "hi",
+            "smollm2:135m",
+            "--raw",
+            "--temp",
+            "0",
+            "--ignore-eos",
+            "-n",
+            "-1",
+            "-c",
+            c,
+            &lossless,
+            "-p",
+            "hi",
         ]);
         assert_eq!(v["stop_reason"], "context", "-c {c} {g}");
     }
@@ -412,7 +493,10 @@ fn store_params_follow_ollama_semantics() {
     std::os::unix::fs::symlink(&f.model, root.join(format!("blobs/sha256-{}", f.sha256))).unwrap();
     let size = std::fs::metadata(&f.model).unwrap().len();
     for (name, params) in [
-        ("lenient", r#"{"top_k": -1, "num_predict": -2, "num_ctx": 0}"#),
+        (
+            "lenient",
+            r#"{"top_k": -1, "num_predict": -2, "num_ctx": 0}"#,
+        ),
         ("wrong", r#"{"top_p": 2}"#),
     ] {
         let d = put_blob(root, params.as_bytes());
@@ -423,7 +507,11 @@ fn store_params_follow_ollama_semantics() {
             "latest",
             &[
                 ("application/vnd.ollama.image.model", &model_digest, size),
-                ("application/vnd.ollama.image.params", &d, params.len() as u64),
+                (
+                    "application/vnd.ollama.image.params",
+                    &d,
+                    params.len() as u64,
+                ),
             ],
             None,
         );
@@ -468,7 +556,12 @@ fn llama_cpp_load_errors_about_the_file_are_bad_models() {
         vec![],
     );
     let no_ctx = dir.path().join("no-context-length.gguf");
-    rewrite(&f.model, &no_ctx, |k, v| (k != "llama.context_length").then_some(v), vec![]);
+    rewrite(
+        &f.model,
+        &no_ctx,
+        |k, v| (k != "llama.context_length").then_some(v),
+        vec![],
+    );
     for (p, needle) in [(&short_vocab, "token_embd"), (&no_ctx, "context_length")] {
         let err = fails(&[p.to_str().unwrap(), "-n", "2", "-p", "hi"], 4, needle);
         assert_eq!(err.lines().count(), 1, "{err}");

@@ -293,11 +293,7 @@ fn ctrl_c_stops_cleanly_and_prints_stats() {
                 .unwrap();
         }
         let t = Instant::now();
-        let ok = std::process::Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        sigint(&child);
         let out = child.wait_with_output().unwrap();
         assert!(
             t.elapsed() < Duration::from_secs(10),
@@ -346,7 +342,7 @@ fn ignore_eos_generates_exactly_n_tokens() {
 /// Ctrl-C while the model loads or the tiers are built stops there: exit 130, no generation.
 #[test]
 fn ctrl_c_during_the_tier_build_stops_it() {
-    let mut child = gbx()
+    let child = gbx()
         .args(["smollm2:135m", "--no-tier-cache", "-n", "4", "-p", "hi"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -354,14 +350,19 @@ fn ctrl_c_during_the_tier_build_stops_it() {
         .unwrap();
     // After the handler is installed (the first thing gearbx-run does), before the tiers end.
     std::thread::sleep(Duration::from_millis(150));
-    let ok = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    sigint(&child);
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     assert!(out.stdout.is_empty(), "nothing generated");
+}
+
+/// Sends SIGINT (Ctrl-C) to `child`.
+fn sigint(child: &std::process::Child) {
+    let ok = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
 }

@@ -69,8 +69,14 @@ impl Run<'_, '_, '_, '_> {
         n_past_after: u32,
         tele: Telemetry,
     ) -> Option<StopReason> {
-        self.out
-            .emit(self.ctx, tok, entropy, n_past_after, tele, &mut self.on_token)
+        self.out.emit(
+            self.ctx,
+            tok,
+            entropy,
+            n_past_after,
+            tele,
+            &mut self.on_token,
+        )
     }
 }
 
@@ -132,9 +138,8 @@ fn run_steps(
         (Some(_), None) => Some(GearDriver::new(monitor, fixed)),
     };
     // Calibration reads every prompt position's entropy (auto mode's plain loop only).
-    let calibrate = calibrate.filter(|_| {
-        lossless.is_none() && driver.as_ref().is_some_and(|d| d.monitor.is_some())
-    });
+    let calibrate = calibrate
+        .filter(|_| lossless.is_none() && driver.as_ref().is_some_and(|d| d.monitor.is_some()));
     let mut r = Run {
         ctx,
         gearbox,
@@ -210,7 +215,12 @@ fn run_steps(
         }
         Step::Lossless(s) => {
             let (gears, st) = s.finish(&r, eval_ms);
-            (r.out.n_gen().saturating_sub(1), EntropyPlace::Host, Some(gears), Some(st))
+            (
+                r.out.n_gen().saturating_sub(1),
+                EntropyPlace::Host,
+                Some(gears),
+                Some(st),
+            )
         }
     };
     let Run {

@@ -622,12 +622,7 @@ impl<'p> LosslessStep<'p> {
             fixed_width: (guarantee == Guarantee::Verified).then_some(draft_max + 1),
             // Strict: drafts are capped per KV block so that verification rounds as the plain
             // loop does.
-            probe: prompt
-                .iter()
-                .copied()
-                .cycle()
-                .take(draft_max + 1)
-                .collect(),
+            probe: prompt.iter().copied().cycle().take(draft_max + 1).collect(),
             block_width: None,
             backend_plain,
             attached,
@@ -895,11 +890,7 @@ impl<'p> LosslessStep<'p> {
 
     /// A plain high-gear step with the backend chain attached (attached again if a draft had
     /// detached it, with the emitted tokens as its penalty history).
-    fn backend_step(
-        &mut self,
-        r: &mut Run<'_, '_, '_, '_>,
-        p0: u32,
-    ) -> Result<Option<StopReason>> {
+    fn backend_step(&mut self, r: &mut Run<'_, '_, '_, '_>, p0: u32) -> Result<Option<StopReason>> {
         let tv = Instant::now();
         r.shift(Gear::High);
         if self.attached.is_none() {

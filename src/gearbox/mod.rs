@@ -210,7 +210,11 @@ fn for_each_tensor(
     work: impl Fn(usize) -> Result<()> + Sync,
 ) -> Result<()> {
     let progress = opts.progress;
-    let aborted = || opts.abort.as_ref().is_some_and(|a| a.load(Ordering::Relaxed));
+    let aborted = || {
+        opts.abort
+            .as_ref()
+            .is_some_and(|a| a.load(Ordering::Relaxed))
+    };
     let pb = if progress {
         ProgressBar::new(n as u64)
     } else {

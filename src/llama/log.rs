@@ -2,9 +2,9 @@
 //! lines since the last look are kept so a failed call can say why (llama.cpp logs the reason,
 //! then a generic "failed to load model" after it).
 
+use std::collections::VecDeque;
 use std::ffi::{c_char, c_void, CStr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use super::sys;
@@ -32,7 +32,9 @@ pub fn take_last_error() -> Option<String> {
 /// "llama_model_load: error loading model: X" → "error loading model: X".
 fn strip_function(line: &str) -> &str {
     match line.split_once(": ") {
-        Some((f, rest)) if !f.is_empty() && f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+        Some((f, rest))
+            if !f.is_empty() && f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+        {
             rest
         }
         _ => line,
@@ -83,6 +85,9 @@ mod tests {
             "error loading model: bad key: x"
         );
         assert_eq!(strip_function("no prefix here"), "no prefix here");
-        assert_eq!(strip_function("a phrase: with colon"), "a phrase: with colon");
+        assert_eq!(
+            strip_function("a phrase: with colon"),
+            "a phrase: with colon"
+        );
     }
 }

@@ -81,7 +81,7 @@ impl Model {
         p.n_gpu_layers = params.n_gpu_layers;
         p.vocab_only = vocab_only;
         super::take_last_error(); // what earlier calls left behind
-        // SAFETY: c_path is a valid NUL-terminated string; p is a valid params struct.
+                                  // SAFETY: c_path is a valid NUL-terminated string; p is a valid params struct.
         let raw = unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), p) };
         let ptr = NonNull::new(raw).ok_or_else(|| {
             let why = super::take_last_error()
@@ -96,7 +96,9 @@ impl Model {
             } else if FILE_FAULTS.iter().any(|f| reason.contains(f)) {
                 Error::BadGguf {
                     path: path.to_path_buf(),
-                    reason: reason.trim_start_matches("error loading model: ").to_string(),
+                    reason: reason
+                        .trim_start_matches("error loading model: ")
+                        .to_string(),
                 }
             } else {
                 Error::Llama(format!("could not load {}: {why}", path.display()))

@@ -379,7 +379,11 @@ fn run(mut cli: Cli) -> Result<u8, Failure> {
     // A name with whitespace only around it is a mistyped name, not a prompt.
     if let Some(m) = cli.model.as_deref() {
         let t = m.trim();
-        if t != m && !t.is_empty() && !t.contains(char::is_whitespace) && !std::path::Path::new(m).exists() {
+        if t != m
+            && !t.is_empty()
+            && !t.contains(char::is_whitespace)
+            && !std::path::Path::new(m).exists()
+        {
             return Err(Error::InvalidName {
                 name: m.to_string(),
                 reason: "it has whitespace around it".into(),
@@ -436,11 +440,16 @@ fn list(store: &OllamaStore) -> Result<u8, Failure> {
         match m.problem {
             None => out!(
                 "{:<width$}  {:>9}  {:<10}  {}",
-                m.name, size, m.quantization, m.family
+                m.name,
+                size,
+                m.quantization,
+                m.family
             ),
             Some(p) => out!(
                 "{:<width$}  {:>9}  {:<10}  (unusable: {p})",
-                m.name, "-", "-"
+                m.name,
+                "-",
+                "-"
             ),
         }
     }

@@ -77,7 +77,9 @@ impl<'a> Stream<'a> {
         if e.kind() == std::io::ErrorKind::BrokenPipe && what == "stdout" {
             self.broken_pipe = true;
         } else if self.lost.is_none() {
-            self.lost = Some(format!("writing {what} failed, the output is incomplete: {e}"));
+            self.lost = Some(format!(
+                "writing {what} failed, the output is incomplete: {e}"
+            ));
         }
     }
 
