@@ -10,7 +10,8 @@ fuzz_target!(|s: &str| {
         let rel = n.manifest_rel_path();
         assert!(!rel.is_absolute(), "{s:?} -> {rel:?}");
         assert!(
-            rel.components().all(|c| matches!(c, std::path::Component::Normal(_))),
+            rel.components()
+                .all(|c| matches!(c, std::path::Component::Normal(_))),
             "{s:?} -> {rel:?}"
         );
     }
