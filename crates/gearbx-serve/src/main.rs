@@ -154,7 +154,7 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
         threads: cli.threads,
         n_gpu_layers: cli.n_gpu_layers,
         tiers,
-        log: Some(|s| say(s)),
+        log: Some(say),
         ..Default::default()
     };
     let pool = Pool::open(&opts, cli.parallel as usize, cli.queue as usize).map_err(fail)?;
