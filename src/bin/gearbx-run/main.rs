@@ -25,6 +25,7 @@ macro_rules! out {
     }};
 }
 
+mod chat;
 mod render;
 
 use std::io::{IsTerminal, Read};
@@ -495,12 +496,23 @@ fn read_prompt(cli: &Cli) -> Result<String, Failure> {
 }
 
 fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, Failure> {
-    let user = read_prompt(cli)?;
+    // No prompt and a terminal on stdin: a chat, as `ollama run` opens one.
+    let chat = cli.prompt.is_none()
+        && cli.prompt_words.is_empty()
+        && !cli.json
+        && std::io::stdin().is_terminal();
+    let user = if chat {
+        String::new()
+    } else {
+        read_prompt(cli)?
+    };
     // The request: the store's defaults (session::default_request) under the flags. Every flag
     // is checked before anything is loaded.
     session::check_store_params(m)?;
     let mut req = session::default_request(m, &user);
-    req.prompt.validate()?;
+    if !chat {
+        req.prompt.validate()?;
+    }
     let d = &req.sampling;
     req.sampling = SamplingParams {
         temperature: cli.temp.unwrap_or(d.temperature),
@@ -635,7 +647,9 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         ..Default::default()
     };
     // A prompt that cannot fit is refused before the weights load and the tiers are built.
-    session::check_prompt_fits(m, &opts, &req.prompt)?;
+    if !chat {
+        session::check_prompt_fits(m, &opts, &req.prompt)?;
+    }
     let mut sess = Session::open_resolved(m.clone(), &opts)?;
     if cli.verbose {
         say!(
@@ -657,6 +671,13 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             render::tiers(&r);
         }
     }
+    let colour = !cli.json
+        && !cli.no_color
+        && std::env::var_os("NO_COLOR").is_none()
+        && std::io::stdout().is_terminal();
+    if chat {
+        return chat::run(&mut sess, req, colour);
+    }
     if cli.verbose {
         let prompt = sess.prompt(&req.prompt)?;
         say!(
@@ -666,10 +687,6 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         );
     }
 
-    let colour = !cli.json
-        && !cli.no_color
-        && std::env::var_os("NO_COLOR").is_none()
-        && std::io::stdout().is_terminal();
     let trace = match &cli.trace {
         Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(
             |e| {

@@ -171,3 +171,25 @@ pub fn summary(outcome: &Outcome) {
         );
     }
 }
+
+/// One line on stderr after a chat answer: tokens, speed, gears, how much of the prompt the
+/// KV cache already held.
+pub fn turn_summary(o: &Outcome) {
+    let gears = o.gears.as_ref().map_or(String::new(), |g| {
+        format!(
+            " | {} low {:.0}% mid {:.0}% high {:.0}%, {} shifts",
+            g.mode,
+            g.token_fraction[0] * 100.0,
+            g.token_fraction[1] * 100.0,
+            g.token_fraction[2] * 100.0,
+            g.shifts
+        )
+    });
+    say!(
+        "[gearbx] {} tok {:.1} tok/s{gears} | prompt {} tok, {} reused from the cache",
+        o.generated_tokens,
+        o.decode_tokens_per_s,
+        o.prompt_tokens,
+        o.prompt_cached
+    );
+}
