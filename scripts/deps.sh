@@ -12,6 +12,8 @@ ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 { command -v llvm-ar || ls /usr/bin/llvm-ar-*; } >/dev/null 2>&1 || missing+=(llvm)
 command -v python3 >/dev/null || missing+=(python3)
+# The server tests use curl for the raw NDJSON/SSE framing.
+command -v curl >/dev/null || missing+=(curl)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "deps.sh: installing ${missing[*]}" >&2
