@@ -67,6 +67,7 @@ fn main() -> gearbx::Result<()> {
         stop: req.stop.clone(),
         sampling: req.sampling.clone(),
         entropy: req.entropy,
+        top_logprobs: None,
     };
     println!(
         "{}: {rounds} rounds of {tokens} greedy tokens, {threads} threads",

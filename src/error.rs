@@ -144,6 +144,7 @@ pub mod param {
         REPEAT_LAST_N = "repeat_last_n", "--repeat-last-n";
         DRAFT_MAX = "draft_max", "--draft-max";
         CALIBRATE = "calibrate", "--calibrate";
+        TOP_LOGPROBS = "top_logprobs", "top_logprobs";
         WINDOW = "window", "--window";
         HYSTERESIS = "hysteresis", "--hysteresis";
         MANAGE = "manage/layers", "--manage/--layers";

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use self_cell::self_cell;
 
+use crate::engine::logprobs::MAX_TOP_LOGPROBS;
 use crate::engine::lossless::LosslessParams;
 use crate::engine::{
     self, decode, EntropySource, GearControl, GenerateParams, Outcome, PromptSpec,
@@ -148,6 +149,9 @@ pub struct Request {
     /// previous generation wrote, at the gears it ran at (a fresh run would prefill them all at
     /// the high gear). False: start from an empty cache, as every one-shot run does.
     pub reuse_cache: bool,
+    /// Report each token's log-probability and the n most likely alternatives (at most
+    /// [`MAX_TOP_LOGPROBS`](crate::engine::logprobs::MAX_TOP_LOGPROBS); not in lossless mode).
+    pub top_logprobs: Option<usize>,
 }
 
 /// The model and what borrows it.
@@ -344,6 +348,12 @@ impl Session {
     ) -> Result<Outcome> {
         req.prompt.validate()?;
         req.sampling.validate()?;
+        if let Some(n) = req.top_logprobs.filter(|&n| n > MAX_TOP_LOGPROBS) {
+            return Err(Error::bad_param(
+                param::TOP_LOGPROBS,
+                format!("must be at most {MAX_TOP_LOGPROBS}, got {n}"),
+            ));
+        }
         // An abort belongs to the generation it stopped; this one starts clear.
         self.abort.store(false, std::sync::atomic::Ordering::SeqCst);
         let prompt = self.prompt(&req.prompt)?;
@@ -362,6 +372,7 @@ impl Session {
             stop: req.stop.clone(),
             sampling: req.sampling.clone(),
             entropy: req.entropy,
+            top_logprobs: req.top_logprobs,
         };
         // Reuse: keep the cached prefix this prompt shares (at least one token is decoded, for
         // the logits of the next one).
@@ -514,6 +525,7 @@ pub fn default_request(m: &ResolvedModel, user: &str) -> Request {
         calibrate: None,
         lossless: None,
         reuse_cache: false,
+        top_logprobs: None,
     }
 }
 

@@ -31,6 +31,7 @@ fn greedy_params(n: usize) -> GenerateParams {
         stop: vec![],
         sampling: greedy(),
         entropy: Default::default(),
+        top_logprobs: None,
     }
 }
 

@@ -357,6 +357,7 @@ pub unsafe extern "C" fn gearbx_engine_generate(
                 ..defaults
             }),
             reuse_cache: false,
+            top_logprobs: None,
         };
         let cancel = e.cancel.clone();
         let on_token = |ev: &engine::TokenEvent<'_>| {

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::driver::GearDriver;
 use super::emit::{Emitter, Telemetry, Timing};
+use super::logprobs::{self, Logprobs};
 use super::lossless::{LosslessParams, LosslessStep};
 use super::{
     per_s, EntropyPlace, EntropySource, GearControl, GearStats, GenerateParams, Outcome,
@@ -68,6 +69,7 @@ impl Run<'_, '_, '_, '_> {
         entropy: f32,
         n_past_after: u32,
         tele: Telemetry,
+        logprobs: Option<&Logprobs>,
     ) -> Option<StopReason> {
         self.out.emit(
             self.ctx,
@@ -75,6 +77,7 @@ impl Run<'_, '_, '_, '_> {
             entropy,
             n_past_after,
             tele,
+            logprobs,
             &mut self.on_token,
         )
     }
@@ -270,6 +273,8 @@ impl Plain {
         }
         let params = r.params;
         let backend = match params.entropy {
+            // Log-probabilities read the full logits on the host.
+            _ if params.top_logprobs.is_some() => false,
             EntropySource::Host => false,
             EntropySource::Auto => model.offloaded() && !calibrating,
             EntropySource::Backend if calibrating => {
@@ -325,13 +330,18 @@ impl Plain {
 
     fn draw_emit(&mut self, r: &mut Run<'_, '_, '_, '_>) -> Result<Option<StopReason>> {
         let n_gen = r.out.n_gen();
+        let mut logprobs = None;
         let (tok, entropy) = match &mut self.draw {
             Draw::Host(s) => {
                 let (entropy, n_bad) = kernels::entropy_bits(r.ctx.logits()?);
                 if n_bad > 0 {
                     return Err(Error::NanLogits(n_gen));
                 }
-                (s.sample(r.ctx), entropy)
+                let tok = s.sample(r.ctx);
+                if let Some(n) = r.params.top_logprobs {
+                    logprobs = Some(logprobs::of(r.ctx.model(), r.ctx.logits()?, tok, n));
+                }
+                (tok, entropy)
             }
             Draw::Backend(p) => {
                 let tok = r.ctx.sample_attached()?;
@@ -358,7 +368,7 @@ impl Plain {
             tele.next_gear = Some((next, why));
         }
         self.last = tok;
-        Ok(r.emit(tok, entropy, r.ctx.n_past(), tele))
+        Ok(r.emit(tok, entropy, r.ctx.n_past(), tele, logprobs.as_ref()))
     }
 
     fn entropy_on(&self) -> EntropyPlace {

@@ -2,6 +2,7 @@
 //! assembly, stop strings, the token budget and the context limit, the callback, and the
 //! outcome built from what was emitted.
 
+use super::logprobs::Logprobs;
 use super::text::{StopFilter, Utf8Stream};
 use super::{
     lossless::LosslessStats, per_s, EntropyPlace, GearStats, GenerateParams, Outcome, StopReason,
@@ -71,6 +72,7 @@ impl<'p> Emitter<'p> {
         entropy: f32,
         n_past_after: u32,
         tele: Telemetry,
+        logprobs: Option<&Logprobs>,
         on_token: &mut impl FnMut(&TokenEvent<'_>),
     ) -> Option<StopReason> {
         let model = ctx.model();
@@ -90,6 +92,7 @@ impl<'p> Emitter<'p> {
             gear: tele.gear,
             next_gear: tele.next_gear,
             swap_us: tele.swap_us,
+            logprobs,
         });
         self.n_gen += 1;
         if hit {
@@ -128,6 +131,7 @@ impl<'p> Emitter<'p> {
                     gear: None,
                     next_gear: None,
                     swap_us: 0.0,
+                    logprobs: None,
                 });
             }
         }

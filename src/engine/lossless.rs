@@ -578,6 +578,11 @@ impl<'p> LosslessStep<'p> {
         if lp.draft_max == 0 {
             return Err(Error::bad_param(param::DRAFT_MAX, "must be at least 1"));
         }
+        if r.params.top_logprobs.is_some() {
+            return Err(Error::InvalidParam(
+                "log-probabilities are not reported in lossless mode".into(),
+            ));
+        }
         // A verification batch holds the pending token and the drafts: in a context smaller
         // than that (n_batch never exceeds n_ctx), drafts are shorter, or none at all.
         let draft_max = lp.draft_max.min(r.ctx.n_batch() as usize - 1);
@@ -646,7 +651,7 @@ impl<'p> LosslessStep<'p> {
                 (self.decider.first(r.ctx)?, h)
             }
         };
-        Ok(r.emit(self.pending, self.last_h, r.ctx.n_past(), HIGH))
+        Ok(r.emit(self.pending, self.last_h, r.ctx.n_past(), HIGH, None))
     }
 
     /// One step: a plain high-gear pass over the pending token, or drafts at the low gear and
@@ -788,7 +793,7 @@ impl<'p> LosslessStep<'p> {
                     .verify(drafter.as_ref(), r.ctx, i, drafts.get(i).copied())?;
             let kept = replayed.map_or(kept, |rj| i < rj);
             self.pending = s;
-            stop = r.emit(s, self.last_h, p0 + i as u32 + 1, HIGH);
+            stop = r.emit(s, self.last_h, p0 + i as u32 + 1, HIGH, None);
             if stop.is_some() || !kept {
                 break;
             }
@@ -914,7 +919,7 @@ impl<'p> LosslessStep<'p> {
         self.decider.record(tok);
         (self.last_h, self.pending) = (h, tok);
         let n_before = r.out.n_gen();
-        let stop = r.emit(tok, h, p0 + 1, HIGH);
+        let stop = r.emit(tok, h, p0 + 1, HIGH, None);
         let secs = tv.elapsed().as_secs_f64();
         self.st.verify_ms += secs * 1e3;
         self.st.passes.push((1, r.out.n_gen() - n_before));

@@ -6,6 +6,7 @@ pub mod decode;
 pub mod drafting;
 pub mod driver;
 mod emit;
+pub mod logprobs;
 pub mod lossless;
 pub mod prompt;
 pub mod speculative;
@@ -29,6 +30,9 @@ pub struct GenerateParams {
     pub sampling: SamplingParams,
     /// Where the entropy of each distribution is computed.
     pub entropy: EntropySource,
+    /// Report each token's log-probability and the n most likely tokens' (computed on the
+    /// host from the full logits; not in lossless mode). None: not computed.
+    pub top_logprobs: Option<usize>,
 }
 
 impl GenerateParams {
@@ -49,6 +53,7 @@ impl GenerateParams {
                 ignore_eos,
             },
             entropy: EntropySource::Host,
+            top_logprobs: None,
         }
     }
 }
@@ -121,6 +126,8 @@ pub struct TokenEvent<'a> {
     pub next_gear: Option<(Gear, Reason)>,
     /// Time the shift after this token took (0 when the gear stayed).
     pub swap_us: f64,
+    /// The token's log-probability and the most likely alternatives, when the request asked.
+    pub logprobs: Option<&'a logprobs::Logprobs>,
 }
 
 /// Gear shifting during generation: a built gearbox and either a fixed gear or a monitor.

@@ -154,6 +154,7 @@ async fn reply(
                 text,
                 gear,
                 entropy_bits,
+                ..
             } => {
                 let mut v = shape.piece(&model, &text);
                 v["done"] = json!(false);

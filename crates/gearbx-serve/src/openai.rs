@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::response::sse::{Event as Sse, KeepAlive};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use gearbx::engine::logprobs::{Logprobs, TokenLogprob};
 use gearbx::engine::{Outcome, PromptSpec};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -65,6 +66,9 @@ struct Sampling {
     n: Option<u32>,
     stream: bool,
     stream_options: Option<StreamOptions>,
+    /// Chat: true or false; completions: how many alternatives.
+    logprobs: Option<Value>,
+    top_logprobs: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -74,6 +78,25 @@ struct StreamOptions {
 }
 
 impl Sampling {
+    /// How many alternatives to report per token (None: no log-probabilities).
+    fn top_logprobs(&self, kind: Kind) -> std::result::Result<Option<usize>, HttpError> {
+        let n = match (kind, &self.logprobs) {
+            (_, None | Some(Value::Null) | Some(Value::Bool(false))) => {
+                if self.top_logprobs.is_some() {
+                    return Err(HttpError::bad("top_logprobs needs logprobs: true"));
+                }
+                return Ok(None);
+            }
+            (Kind::Chat, Some(Value::Bool(true))) => self.top_logprobs.unwrap_or(0),
+            (Kind::Completion, Some(Value::Number(n))) => n
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| HttpError::bad("logprobs must be a small non-negative integer"))?,
+            (_, Some(v)) => return Err(HttpError::bad(format!("logprobs cannot be {v}"))),
+        };
+        Ok(Some(n as usize))
+    }
+
     fn options(&self) -> std::result::Result<Options, HttpError> {
         if self.n.is_some_and(|n| n != 1) {
             return Err(HttpError::bad("n must be 1"));
@@ -163,22 +186,33 @@ async fn complete(
     prompt: PromptSpec,
     s: &Sampling,
 ) -> Result<Response> {
-    let req = app.request(prompt, &s.options()?)?;
+    let mut req = app.request(prompt, &s.options()?)?;
+    req.top_logprobs = s.top_logprobs(kind)?;
+    let req_logprobs = req.top_logprobs.is_some();
     let mut events = app.pool.submit(req)?;
     let (id, created) = (next_id(kind), created());
     if !s.stream {
         let mut text = String::new();
+        let mut lps: Vec<(usize, Logprobs)> = Vec::new();
         while let Some(ev) = events.recv().await {
             match ev {
-                Event::Token { text: t, .. } => text.push_str(&t),
+                Event::Token {
+                    text: t, logprobs, ..
+                } => {
+                    if let Some(l) = logprobs {
+                        lps.push((text.len(), l));
+                    }
+                    text.push_str(&t);
+                }
                 Event::Done(o) => {
+                    let logprobs = (req_logprobs).then(|| logprobs_json(kind, &lps));
                     let choice = match kind {
                         Kind::Chat => json!({
-                            "index": 0, "finish_reason": finish_reason(&o), "logprobs": null,
+                            "index": 0, "finish_reason": finish_reason(&o), "logprobs": logprobs,
                             "message": { "role": "assistant", "content": text },
                         }),
                         Kind::Completion => json!({
-                            "index": 0, "finish_reason": finish_reason(&o), "logprobs": null,
+                            "index": 0, "finish_reason": finish_reason(&o), "logprobs": logprobs,
                             "text": text,
                         }),
                     };
@@ -211,24 +245,31 @@ async fn complete(
     let (out, chunks) = tokio::sync::mpsc::unbounded_channel::<Sse>();
     tokio::spawn(async move {
         let mut first = true;
+        let mut offset = 0;
         while let Some(ev) = events.recv().await {
             let batch: Vec<Sse> = match ev {
                 Event::Token {
                     text,
                     gear,
                     entropy_bits,
+                    logprobs,
                 } => {
+                    let lp = logprobs.map(|l| logprobs_json(kind, &[(offset, l)]));
+                    offset += text.len();
                     let mut delta = json!({ "content": text });
                     if first {
                         delta["role"] = json!("assistant");
                         first = false;
                     }
-                    let choice = match kind {
+                    let mut choice = match kind {
                         Kind::Chat => json!({ "index": 0, "delta": delta, "finish_reason": null }),
                         Kind::Completion => {
                             json!({ "index": 0, "text": delta["content"], "finish_reason": null })
                         }
                     };
+                    if let Some(lp) = lp {
+                        choice["logprobs"] = lp;
+                    }
                     vec![chunk(
                         choice,
                         Some(("gearbx", token_telemetry(gear, entropy_bits))),
@@ -275,6 +316,40 @@ fn object(kind: Kind, chunk: bool) -> &'static str {
         (Kind::Chat, false) => "chat.completion",
         (Kind::Chat, true) => "chat.completion.chunk",
         (Kind::Completion, _) => "text_completion",
+    }
+}
+
+/// Log-probabilities in the API's shape: chat's `{"content": [...]}` entries, or the legacy
+/// completions' parallel arrays. `lps` holds each token's text offset and log-probabilities.
+fn logprobs_json(kind: Kind, lps: &[(usize, Logprobs)]) -> Value {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match kind {
+        Kind::Chat => {
+            let entry = |t: &TokenLogprob| json!({ "token": text(&t.bytes), "logprob": t.logprob, "bytes": t.bytes });
+            let content: Vec<Value> = lps
+                .iter()
+                .map(|(_, l)| {
+                    let mut e = entry(&l.chosen);
+                    e["top_logprobs"] = l.top.iter().map(entry).collect();
+                    e
+                })
+                .collect();
+            json!({ "content": content })
+        }
+        Kind::Completion => json!({
+            "tokens": lps.iter().map(|(_, l)| text(&l.chosen.bytes)).collect::<Vec<_>>(),
+            "token_logprobs": lps.iter().map(|(_, l)| l.chosen.logprob).collect::<Vec<_>>(),
+            "top_logprobs": lps
+                .iter()
+                .map(|(_, l)| {
+                    l.top
+                        .iter()
+                        .map(|t| (text(&t.bytes), json!(t.logprob)))
+                        .collect::<serde_json::Map<_, _>>()
+                })
+                .collect::<Vec<_>>(),
+            "text_offset": lps.iter().map(|(o, _)| o).collect::<Vec<_>>(),
+        }),
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
+use gearbx::engine::logprobs::Logprobs;
 use gearbx::engine::{Outcome, TokenEvent};
 use gearbx::gearbox::Gear;
 use gearbx::session::{Request, Session, SessionOptions};
@@ -21,6 +22,8 @@ pub enum Event {
         text: String,
         gear: Option<Gear>,
         entropy_bits: Option<f32>,
+        /// When the request asked for log-probabilities.
+        logprobs: Option<Logprobs>,
     },
     Done(Box<Outcome>),
     Failed(gearbx::Error),
@@ -136,6 +139,7 @@ fn work(mut session: Session, rx: &Mutex<Receiver<Job>>, abort: &AtomicBool, clo
                 text: ev.text.to_string(),
                 gear: ev.gear,
                 entropy_bits: (ev.token >= 0).then_some(ev.entropy_bits),
+                logprobs: ev.logprobs.cloned(),
             });
             if sent.is_err() {
                 abort.store(true, Ordering::SeqCst); // nobody is listening: stop

@@ -69,4 +69,11 @@ try:
     out["oa_bad_top_p"] = None
 except openai.BadRequestError as e:
     out["oa_bad_top_p"] = e.status_code
+lp = o.chat.completions.create(model=model, messages=msgs, temperature=0, max_tokens=8,
+                               logprobs=True, top_logprobs=3)
+out["oa_logprobs"] = [
+    {"token": c.token, "logprob": c.logprob, "top": [[t.token, t.logprob] for t in c.top_logprobs]}
+    for c in lp.choices[0].logprobs.content
+]
+out["oa_logprobs_tokens"] = lp.usage.completion_tokens
 print(json.dumps(out))

@@ -187,6 +187,31 @@ fn the_real_ollama_and_openai_clients_work() {
     );
     assert!(!text("oa_completion").is_empty());
     assert_eq!(v["oa_bad_top_p"], 400);
+    // Log-probabilities (of the model's distribution, before the repeat penalty that shapes
+    // the draw): one entry per token, three alternatives each, most likely first, the drawn
+    // token's value where it is among them.
+    let lps = v["oa_logprobs"].as_array().unwrap();
+    assert_eq!(lps.len() as u64, v["oa_logprobs_tokens"].as_u64().unwrap());
+    let mut first_is_top = 0;
+    for e in lps {
+        let top = e["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3, "{e}");
+        let lp = e["logprob"].as_f64().unwrap();
+        let tops: Vec<f64> = top.iter().map(|t| t[1].as_f64().unwrap()).collect();
+        assert!(
+            tops.windows(2).all(|w| w[0] >= w[1]) && tops[0] <= 0.0,
+            "{e}"
+        );
+        assert!(lp <= tops[0] + 1e-6, "{e}");
+        if let Some(t) = top.iter().find(|t| t[0] == e["token"]) {
+            assert!((t[1].as_f64().unwrap() - lp).abs() < 1e-6, "{e}");
+        }
+        first_is_top += usize::from(top[0][0] == e["token"]);
+    }
+    assert!(
+        first_is_top * 2 >= lps.len(),
+        "greedy mostly draws the top token: {lps:?}"
+    );
 }
 
 #[test]
