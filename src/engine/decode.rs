@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::driver::GearDriver;
 use super::emit::{Emitter, Telemetry, Timing};
-use super::logprobs::{self, Logprobs};
+use super::logprobs;
 use super::lossless::{LosslessParams, LosslessStep};
 use super::{
     per_s, EntropyPlace, EntropySource, GearControl, GearStats, GenerateParams, Outcome,
@@ -68,8 +68,7 @@ impl Run<'_, '_, '_, '_> {
         tok: Token,
         entropy: f32,
         n_past_after: u32,
-        tele: Telemetry,
-        logprobs: Option<&Logprobs>,
+        tele: Telemetry<'_>,
     ) -> Option<StopReason> {
         self.out.emit(
             self.ctx,
@@ -77,7 +76,6 @@ impl Run<'_, '_, '_, '_> {
             entropy,
             n_past_after,
             tele,
-            logprobs,
             &mut self.on_token,
         )
     }
@@ -360,6 +358,7 @@ impl Plain {
         }
         let mut tele = Telemetry {
             gear: self.used_gear,
+            logprobs: logprobs.as_ref(),
             ..Default::default()
         };
         if let (Some(used), Some(d)) = (self.used_gear, r.driver.as_mut()) {
@@ -368,7 +367,7 @@ impl Plain {
             tele.next_gear = Some((next, why));
         }
         self.last = tok;
-        Ok(r.emit(tok, entropy, r.ctx.n_past(), tele, logprobs.as_ref()))
+        Ok(r.emit(tok, entropy, r.ctx.n_past(), tele))
     }
 
     fn entropy_on(&self) -> EntropyPlace {

@@ -12,12 +12,14 @@ use crate::gearbox::Gear;
 use crate::llama::{Context, Token};
 use crate::monitor::Reason;
 
-/// The gear telemetry of one emitted token (see [`TokenEvent`]).
+/// The gear telemetry of one emitted token, and its log-probabilities when asked (see
+/// [`TokenEvent`]).
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Telemetry {
+pub(crate) struct Telemetry<'a> {
     pub gear: Option<Gear>,
     pub next_gear: Option<(Gear, Reason)>,
     pub swap_us: f64,
+    pub logprobs: Option<&'a Logprobs>,
 }
 
 /// Where a generation's time went, for its outcome.
@@ -71,8 +73,7 @@ impl<'p> Emitter<'p> {
         tok: Token,
         entropy: f32,
         n_past_after: u32,
-        tele: Telemetry,
-        logprobs: Option<&Logprobs>,
+        tele: Telemetry<'_>,
         on_token: &mut impl FnMut(&TokenEvent<'_>),
     ) -> Option<StopReason> {
         let model = ctx.model();
@@ -92,7 +93,7 @@ impl<'p> Emitter<'p> {
             gear: tele.gear,
             next_gear: tele.next_gear,
             swap_us: tele.swap_us,
-            logprobs,
+            logprobs: tele.logprobs,
         });
         self.n_gen += 1;
         if hit {

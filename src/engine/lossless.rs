@@ -34,10 +34,11 @@ use crate::llama::{Context, Model, Sampler, Token};
 use crate::monitor::REF_VOCAB;
 
 /// Every token lossless mode emits is the high gear's.
-const HIGH: Telemetry = Telemetry {
+const HIGH: Telemetry<'static> = Telemetry {
     gear: Some(Gear::High),
     next_gear: None,
     swap_us: 0.0,
+    logprobs: None,
 };
 
 /// What lossless mode promises about its tokens.
@@ -651,7 +652,7 @@ impl<'p> LosslessStep<'p> {
                 (self.decider.first(r.ctx)?, h)
             }
         };
-        Ok(r.emit(self.pending, self.last_h, r.ctx.n_past(), HIGH, None))
+        Ok(r.emit(self.pending, self.last_h, r.ctx.n_past(), HIGH))
     }
 
     /// One step: a plain high-gear pass over the pending token, or drafts at the low gear and
@@ -793,7 +794,7 @@ impl<'p> LosslessStep<'p> {
                     .verify(drafter.as_ref(), r.ctx, i, drafts.get(i).copied())?;
             let kept = replayed.map_or(kept, |rj| i < rj);
             self.pending = s;
-            stop = r.emit(s, self.last_h, p0 + i as u32 + 1, HIGH, None);
+            stop = r.emit(s, self.last_h, p0 + i as u32 + 1, HIGH);
             if stop.is_some() || !kept {
                 break;
             }
@@ -919,7 +920,7 @@ impl<'p> LosslessStep<'p> {
         self.decider.record(tok);
         (self.last_h, self.pending) = (h, tok);
         let n_before = r.out.n_gen();
-        let stop = r.emit(tok, h, p0 + 1, HIGH, None);
+        let stop = r.emit(tok, h, p0 + 1, HIGH);
         let secs = tv.elapsed().as_secs_f64();
         self.st.verify_ms += secs * 1e3;
         self.st.passes.push((1, r.out.n_gen() - n_before));
