@@ -210,7 +210,7 @@ typedef struct gearbx_engine_params {
 typedef struct gearbx_sampling_params {
   // Default 0.8.
   float temperature;
-  // 0 disables. Default 40.
+  // 0 or less disables. Default 40.
   int32_t top_k;
   // 1 disables. Default 0.9.
   float top_p;
@@ -269,7 +269,7 @@ typedef bool (*gearbx_token_callback)(const char *piece,
 // Success.
 #define GEARBX_OK 0
 
-// A bug in gearbx (a panic was caught at the boundary) or an I/O failure.
+// A bug in gearbx (a panic was caught at the boundary).
 #define GEARBX_ERR_INTERNAL 1
 
 // A NULL pointer, a bad value in a params struct, or misuse of a handle.
@@ -298,6 +298,9 @@ typedef bool (*gearbx_token_callback)(const char *piece,
 
 // The handle is in use by another call (two threads, or a call from inside a callback).
 #define GEARBX_ERR_BUSY 10
+
+// A file could not be read or written (permissions, a full disk).
+#define GEARBX_ERR_IO 11
 
 // `gearbx_engine_cancel` stopped the generation; what was generated was delivered.
 #define GEARBX_ERR_CANCELLED 130
