@@ -278,25 +278,43 @@ impl Writer {
     }
 }
 
-/// Removes what writers killed before they finished left in `dir`: files named
-/// `<name>.tmp<pid>` (as [`Writer`] and the quantized top name theirs) whose process is gone.
-/// A live writer's file (another gearbx writing the same cache) is left alone.
+/// A temporary file untouched for this long, whose writer is gone, is stale.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes what writers killed before they finished left in `dir`: gearbx's own temporary
+/// names (`<hex digest>-<key>.tmp<pid>`, as [`Writer`] and the quantized top name theirs)
+/// whose process is gone and which nobody has written for ten minutes. A live writer's file
+/// is left alone, also one of another machine or container sharing the folder (its pid is not
+/// visible here, but it keeps writing).
 pub fn remove_stale_temps(dir: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
+    if !Path::new("/proc/self").exists() {
+        return; // no way to tell a live writer
+    }
     for e in rd.flatten() {
         let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.rsplit_once(".tmp"))
-            .and_then(|(_, pid)| pid.parse::<u32>().ok())
-        else {
+        let Some((stem, pid)) = name.to_str().and_then(|n| n.rsplit_once(".tmp")) else {
+            continue;
+        };
+        let ours = stem
+            .split('-')
+            .next()
+            .is_some_and(|h| h.len() >= 12 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            && stem.contains('-');
+        let Ok(pid) = pid.parse::<u32>() else {
             continue;
         };
         let alive = Path::new("/proc").join(pid.to_string()).exists();
-        let is_file = e.file_type().is_ok_and(|t| t.is_file());
-        if is_file && !alive && Path::new("/proc/self").exists() {
+        let idle = e
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= STALE_AFTER);
+        if ours && !alive && idle {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -402,14 +420,29 @@ mod tests {
     fn temps_of_dead_writers_are_removed_and_live_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
         // Above Linux's largest pid (2^22): no such process.
-        let dead = dir.path().join("a.tmp4194305");
-        let live = dir.path().join(format!("b.tmp{}", std::process::id()));
-        let kept = dir.path().join("c.tiers");
-        for p in [&dead, &live, &kept] {
+        let dead = dir.path().join("0123456789ab-0123456789abcdef.tmp4194305");
+        let fresh = dir.path().join("0123456789ab-fedcba9876543210.tmp4194305");
+        let live = dir
+            .path()
+            .join(format!("0123456789ab-aa.tmp{}", std::process::id()));
+        let other = dir.path().join("report.tmp4194305");
+        let kept = dir.path().join("0123456789ab-0123456789abcdef.tiers");
+        let old = std::time::SystemTime::now() - STALE_AFTER * 2;
+        for p in [&dead, &fresh, &live, &other, &kept] {
             std::fs::write(p, b"x").unwrap();
+            if p != &fresh {
+                let f = std::fs::File::options().write(true).open(p).unwrap();
+                f.set_modified(old).unwrap();
+            }
         }
         remove_stale_temps(dir.path());
-        assert!(!dead.exists());
-        assert!(live.exists() && kept.exists());
+        assert!(!dead.exists(), "a dead writer's old file goes");
+        assert!(
+            fresh.exists(),
+            "a file written recently stays (a writer elsewhere)"
+        );
+        assert!(live.exists(), "a live writer's file stays");
+        assert!(other.exists(), "a name that is not gearbx's stays");
+        assert!(kept.exists());
     }
 }

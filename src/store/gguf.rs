@@ -376,9 +376,9 @@ fn check_block_count(r: &Reader, info: &GgufInfo, counts: &[(String, u32)]) -> R
         })
         .max();
     match last {
-        Some(last) if n as u64 != last + 1 => Err(r.bad(format!(
+        Some(last) if last.checked_add(1) != Some(n as u64) => Err(r.bad(format!(
             "{key} is {n} but the tensors are those of {} layers (blk.0 to blk.{last})",
-            last + 1
+            last as u128 + 1
         ))),
         None if n == 0 => Err(r.bad(format!("{key} is 0"))),
         _ => Ok(()),

@@ -97,6 +97,9 @@ fn main() -> ExitCode {
         "OLLAMA_MODELS",
     ] {
         if std::env::var_os(k).is_some_and(|v| v.is_empty()) {
+            if k == "GEARBX_API_KEY" {
+                say("warning: GEARBX_API_KEY is set but empty: no key is required");
+            }
             std::env::remove_var(k); // set but empty is unset; no other thread exists yet
         }
     }
@@ -171,7 +174,13 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
         .enable_all()
         .build()
         .map_err(|e| (exit::IO, format!("starting the runtime: {e}")))?;
-    rt.block_on(serve(app, &cli))
+    let served = rt.block_on(serve(app.clone(), &cli));
+    // Every connection is closed: wait for the workers to leave llama.cpp before exiting.
+    drop(rt);
+    if let Ok(app) = Arc::try_unwrap(app) {
+        app.pool.join();
+    }
+    served
 }
 
 /// The name the server reports and the names it accepts: the store's short and full names,
@@ -246,6 +255,17 @@ async fn serve(app: Arc<App>, cli: &Cli) -> Result<(), (u8, String)> {
             shutdown_signal().await;
             say("shutting down: stopping running generations");
             closing.pool.close();
+            // A client that never reads its stream does not hold the process: a second
+            // signal, or 30 s, ends it at once.
+            tokio::spawn(async {
+                tokio::select! {
+                    _ = shutdown_signal() => say("second signal: exiting now"),
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                        say("connections still open after 30 s: exiting now")
+                    }
+                }
+                std::process::exit(0);
+            });
         })
         .await
         .map_err(|e| (exit::IO, format!("serving: {e}")))

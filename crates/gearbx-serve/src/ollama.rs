@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 
-use crate::pool::Event;
+use crate::pool::{first_event, Event};
 use crate::request::{
     chat_prompt, finish_reason, ns, parse, summary_telemetry, token_telemetry, HttpError, Message,
     Options,
@@ -121,6 +121,13 @@ pub async fn generate(State(app): State<Arc<App>>, body: Bytes) -> Result<Respon
 pub async fn chat(State(app): State<Arc<App>>, body: Bytes) -> Result<Response> {
     let b: ChatBody = parse(&body)?;
     app.check_model(&b.model)?;
+    if b.messages.is_empty() {
+        // Ollama's way to load a model (`ollama run` sends it first).
+        let mut v = Shape::Chat.piece(&b.model, "");
+        v["done"] = json!(true);
+        v["done_reason"] = json!("load");
+        return Ok(Json(v).into_response());
+    }
     let prompt = chat_prompt(&b.messages)?;
     reply(&app, Shape::Chat, b.model, prompt, &b.options, b.stream).await
 }
@@ -148,7 +155,9 @@ async fn reply(
     }
     // One JSON object per line; the last has done: true and the totals. An error after the
     // stream began is a last line {"error": ...}, as Ollama sends it.
-    let lines = UnboundedReceiverStream::new(events).map(move |ev| {
+    let first = first_event(&mut events).await?;
+    let events = tokio_stream::once(first).chain(UnboundedReceiverStream::new(events));
+    let lines = events.map(move |ev| {
         let v = match ev {
             Event::Token {
                 text,

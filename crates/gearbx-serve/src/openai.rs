@@ -12,14 +12,14 @@ use axum::extract::State;
 use axum::response::sse::{Event as Sse, KeepAlive};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use gearbx::engine::logprobs::{Logprobs, TokenLogprob};
+use gearbx::engine::logprobs::{Logprobs, TokenLogprob, MAX_TOP_LOGPROBS};
 use gearbx::engine::{Outcome, PromptSpec};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 
-use crate::pool::Event;
+use crate::pool::{first_event, Event};
 use crate::request::{
     chat_prompt, finish_reason, parse, summary_telemetry, token_telemetry, HttpError, Message,
     Options, Stop,
@@ -88,12 +88,20 @@ impl Sampling {
                 return Ok(None);
             }
             (Kind::Chat, Some(Value::Bool(true))) => self.top_logprobs.unwrap_or(0),
+            (Kind::Completion, Some(Value::Number(n))) if n.as_u64().is_some_and(|n| n > 20) => {
+                return Err(HttpError::bad("logprobs must be at most 20"));
+            }
             (Kind::Completion, Some(Value::Number(n))) => n
                 .as_u64()
                 .and_then(|n| u32::try_from(n).ok())
                 .ok_or_else(|| HttpError::bad("logprobs must be a small non-negative integer"))?,
             (_, Some(v)) => return Err(HttpError::bad(format!("logprobs cannot be {v}"))),
         };
+        if n as usize > MAX_TOP_LOGPROBS {
+            return Err(HttpError::bad(format!(
+                "top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {n}"
+            )));
+        }
         Ok(Some(n as usize))
     }
 
@@ -229,6 +237,7 @@ async fn complete(
         return Err(HttpError::from(gearbx::Error::Interrupted).into());
     }
     let include_usage = s.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let (id2, model2) = (id.clone(), model.clone());
     let chunk = move |choice: Value, extra: Option<(&str, Value)>| {
         let mut v = json!({
             "id": id, "object": object(kind, true), "created": created, "model": model,
@@ -242,11 +251,20 @@ async fn complete(
     // A task turns events into SSE chunks (the end can be two: the finish and the usage);
     // when the client goes, its channel closes, the task drops `events`, and the worker's
     // next send fails, which stops the generation.
+    let head = first_event(&mut events).await?;
     let (out, chunks) = tokio::sync::mpsc::unbounded_channel::<Sse>();
     tokio::spawn(async move {
         let mut first = true;
         let mut offset = 0;
-        while let Some(ev) = events.recv().await {
+        let mut head = Some(head);
+        loop {
+            let ev = match head.take() {
+                Some(ev) => ev,
+                None => match events.recv().await {
+                    Some(ev) => ev,
+                    None => break,
+                },
+            };
             let batch: Vec<Sse> = match ev {
                 Event::Token {
                     text,
@@ -284,10 +302,15 @@ async fn complete(
                     let mut v = vec![chunk(choice, Some(("gearbx", summary_telemetry(&o))))];
                     if include_usage {
                         // OpenAI's usage chunk has no choices.
-                        v.push(Sse::default().data(
-                            json!({ "object": object(kind, true), "choices": [], "usage": usage(&o) })
+                        v.push(
+                            Sse::default().data(
+                                json!({
+                                    "id": id2, "object": object(kind, true), "created": created,
+                                    "model": model2, "choices": [], "usage": usage(&o),
+                                })
                                 .to_string(),
-                        ));
+                            ),
+                        );
                     }
                     v
                 }

@@ -44,6 +44,7 @@ pub enum Refused {
 
 pub struct Pool {
     queue: SyncSender<Job>,
+    workers: Vec<std::thread::JoinHandle<()>>,
     queue_len: usize,
     aborts: Vec<Arc<AtomicBool>>,
     closing: Arc<AtomicBool>,
@@ -52,16 +53,28 @@ pub struct Pool {
     pub n_ctx: u32,
 }
 
+/// Waits for a job's first event: a job refused by the session (a prompt too long for the
+/// context, a bad value) fails before any text, and the reply can still be an HTTP error
+/// instead of a stream that starts with 200.
+pub async fn first_event(events: &mut UnboundedReceiver<Event>) -> Result<Event, gearbx::Error> {
+    match events.recv().await {
+        Some(Event::Failed(e)) => Err(e),
+        Some(ev) => Ok(ev),
+        None => Err(gearbx::Error::Interrupted),
+    }
+}
+
 impl Pool {
     /// Opens `workers` sessions with `opts` (one after the other, each in its own thread) and
     /// starts them on a queue of `queue_len` waiting jobs.
-    pub fn open(opts: &SessionOptions, workers: usize, queue_len: usize) -> gearbx::Result<Self> {
+    pub fn open(opts: &SessionOptions, n_workers: usize, queue_len: usize) -> gearbx::Result<Self> {
         let (queue, rx) = sync_channel::<Job>(queue_len);
         let rx = Arc::new(Mutex::new(rx));
         let closing = Arc::new(AtomicBool::new(false));
         let mut aborts = Vec::new();
+        let mut workers = Vec::new();
         let mut opened = None;
-        for _ in 0..workers.max(1) {
+        for _ in 0..n_workers.max(1) {
             let abort = Arc::new(AtomicBool::new(false));
             let o = SessionOptions {
                 abort: abort.clone(),
@@ -70,7 +83,7 @@ impl Pool {
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let (rx, closing) = (rx.clone(), closing.clone());
             let abort_w = abort.clone();
-            std::thread::spawn(move || match Session::open(&o) {
+            let handle = std::thread::spawn(move || match Session::open(&o) {
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                 }
@@ -79,6 +92,7 @@ impl Pool {
                     work(session, &rx, &abort_w, &closing);
                 }
             });
+            workers.push(handle);
             let r = ready_rx.recv().map_err(|_| {
                 gearbx::Error::InvalidParam("a worker ended while opening its session".into())
             })??;
@@ -88,6 +102,7 @@ impl Pool {
         let (model, n_ctx) = opened.expect("at least one worker");
         Ok(Self {
             queue,
+            workers,
             queue_len,
             aborts,
             closing,
@@ -117,6 +132,16 @@ impl Pool {
             a.store(true, Ordering::SeqCst);
         }
     }
+
+    /// Closes the pool and waits for every worker to leave llama.cpp and end.
+    pub fn join(self) {
+        self.close();
+        let Pool { queue, workers, .. } = self;
+        drop(queue); // workers waiting for a job see the queue closed
+        for w in workers {
+            let _ = w.join();
+        }
+    }
 }
 
 fn work(mut session: Session, rx: &Mutex<Receiver<Job>>, abort: &AtomicBool, closing: &AtomicBool) {
@@ -134,21 +159,28 @@ fn work(mut session: Session, rx: &Mutex<Receiver<Job>>, abort: &AtomicBool, clo
             continue;
         }
         let tx = job.events;
-        let result = session.generate(&job.request, |ev: &TokenEvent<'_>| {
+        let on_token = |ev: &TokenEvent<'_>| {
             let sent = tx.send(Event::Token {
                 text: ev.text.to_string(),
                 gear: ev.gear,
                 entropy_bits: (ev.token >= 0).then_some(ev.entropy_bits),
                 logprobs: ev.logprobs.cloned(),
             });
-            if sent.is_err() {
-                abort.store(true, Ordering::SeqCst); // nobody is listening: stop
+            // Nobody listening, or the server closing (generate cleared the abort flag when it
+            // started, so a close() just before that is caught here): stop.
+            if sent.is_err() || closing.load(Ordering::SeqCst) {
+                abort.store(true, Ordering::SeqCst);
             }
+        };
+        // A panic (a bug) fails this request, not every later one.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            session.generate(&job.request, on_token)
+        }))
+        .unwrap_or_else(|_| {
+            Err(gearbx::Error::Llama(
+                "internal error while generating (a bug in gearbx)".into(),
+            ))
         });
-        if closing.load(Ordering::SeqCst) {
-            // The session cleared its abort at the start of the job; shutting down keeps it.
-            abort.store(true, Ordering::SeqCst);
-        }
         let _ = tx.send(match result {
             Ok(o) => Event::Done(Box::new(o)),
             Err(e) => Event::Failed(e),

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use gearbx::engine::{Outcome, PromptSpec, StopReason, Turn};
 use gearbx::error::exit;
 use gearbx::session::{default_request, Request};
+use gearbx::store::name::ModelName;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -141,9 +142,14 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HttpError
 }
 
 impl App {
-    /// Refuses a request for another model than the one served.
+    /// Refuses a request for another model than the one served (names compared as Ollama
+    /// reads them: `llama3.2` is `llama3.2:latest`).
     pub fn check_model(&self, name: &str) -> Result<(), HttpError> {
-        if self.aliases.iter().any(|a| a == name) {
+        let same_store_name = || {
+            let full = |n: &str| ModelName::parse(n).ok().map(|m| m.to_string());
+            full(name).is_some() && self.aliases.iter().any(|a| full(a) == full(name))
+        };
+        if self.aliases.iter().any(|a| a == name) || same_store_name() {
             Ok(())
         } else {
             Err(HttpError::not_found(name))

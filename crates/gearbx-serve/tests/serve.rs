@@ -318,6 +318,20 @@ fn bad_input_gets_a_json_error_and_the_key_is_required() {
         v["error"]["message"].as_str().unwrap().contains("context"),
         "{out}"
     );
+    // Also when streamed (Ollama's default): refused before the stream starts.
+    let body = format!(r#"{{"model":"{MODEL}","prompt":"{long}"}}"#);
+    let (code, out) = curl(&[&format!("{}/api/generate", s2.url), "-d", &body]);
+    assert_eq!(code, 400, "{out}");
+    let body = format!(
+        r#"{{"model":"{MODEL}","stream":true,"logprobs":true,"top_logprobs":50,"messages":[{{"role":"user","content":"hi"}}]}}"#
+    );
+    let (code, out) = curl(&[&format!("{}/v1/chat/completions", s2.url), "-d", &body]);
+    assert_eq!(code, 400, "{out}");
+    // Ollama's names: "smollm2:135m" is also "library/smollm2:135m"; an empty chat loads.
+    let body = r#"{"model":"library/smollm2:135m","messages":[]}"#;
+    let (code, out) = curl(&[&format!("{}/api/chat", s2.url), "-d", body]);
+    assert_eq!(code, 200, "{out}");
+    assert!(out.contains(r#""done_reason":"load""#), "{out}");
     // With the key, a good request works.
     let (code, _) = curl(&[&format!("{}/api/version", s.url), "-H", auth]);
     assert_eq!(code, 200);

@@ -4,6 +4,7 @@
 //! text coloured by gear and a one-line gear summary after each answer.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use gearbx::engine::{StopReason, Turn};
 use gearbx::error::exit;
@@ -32,7 +33,16 @@ enum Next {
     Bye,
 }
 
-pub fn run(sess: &mut Session, mut req: Request, colour: bool) -> Result<u8, Failure> {
+/// True while a chat runs: Ctrl-C then never exits the process.
+pub static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+pub fn run(
+    sess: &mut Session,
+    mut req: Request,
+    colour: bool,
+    abort: &AtomicBool,
+) -> Result<u8, Failure> {
+    ACTIVE.store(true, Ordering::SeqCst);
     let mut lines = Lines::new();
     req.reuse_cache = true;
     let mut turns: Vec<Turn> = Vec::new();
@@ -81,6 +91,7 @@ pub fn run(sess: &mut Session, mut req: Request, colour: bool) -> Result<u8, Fai
                 }
             }
         };
+        abort.store(false, Ordering::SeqCst); // a Ctrl-C belonged to this answer
         render::turn_summary(&outcome);
         if outcome.stop_reason == StopReason::Interrupted {
             say!("(stopped)");

@@ -360,7 +360,8 @@ fn run(mut cli: Cli) -> Result<u8, Failure> {
     let abort = Arc::new(AtomicBool::new(false));
     let flag = abort.clone();
     let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
+        // In a chat every Ctrl-C only stops the answer (the chat clears the flag after it).
+        if flag.swap(true, Ordering::SeqCst) && !chat::ACTIVE.load(Ordering::SeqCst) {
             std::process::exit(exit::INTERRUPTED as i32);
         }
     });
@@ -643,7 +644,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         tiers,
         progress,
         log: Some(|s| say!("gearbx-run: {s}")),
-        abort,
+        abort: abort.clone(),
         ..Default::default()
     };
     // A prompt that cannot fit is refused before the weights load and the tiers are built.
@@ -676,7 +677,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         && std::env::var_os("NO_COLOR").is_none()
         && std::io::stdout().is_terminal();
     if chat {
-        return chat::run(&mut sess, req, colour);
+        return chat::run(&mut sess, req, colour, &abort);
     }
     if cli.verbose {
         let prompt = sess.prompt(&req.prompt)?;
