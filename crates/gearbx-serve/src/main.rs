@@ -9,6 +9,7 @@ mod ollama;
 mod openai;
 mod pool;
 mod request;
+mod route;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -77,11 +78,34 @@ struct Cli {
     /// Show llama.cpp's log.
     #[arg(short, long)]
     verbose: bool,
+    /// Router mode: no model here; each request goes to --low, --mid or --high on this
+    /// OpenAI-compatible server (Ollama: http://127.0.0.1:11434), picked by the prompt
+    /// classifier (or the one the request names).
+    #[arg(long, value_name = "URL", requires_all = ["low", "mid", "high"])]
+    route: Option<String>,
+    /// Router mode: the upstream model for easy prompts.
+    #[arg(long, value_name = "MODEL")]
+    low: Option<String>,
+    /// Router mode: the upstream model for ordinary prompts.
+    #[arg(long, value_name = "MODEL")]
+    mid: Option<String>,
+    /// Router mode: the upstream model for hard prompts (code, math, long questions).
+    #[arg(long, value_name = "MODEL")]
+    high: Option<String>,
+    /// Router mode: the upstream's API key (sent as Authorization: Bearer).
+    #[arg(long, env = "GEARBX_UPSTREAM_KEY", hide_env_values = true)]
+    upstream_key: Option<String>,
+}
+
+/// Where generations run: sessions here, or models on an upstream server.
+pub enum Backend {
+    Local(Pool),
+    Route(route::Router),
 }
 
 /// What every handler shares.
 pub struct App {
-    pool: Pool,
+    backend: Backend,
     /// The name clients use (`/api/tags`), and every name accepted in a request's `model`.
     name: String,
     aliases: Vec<String>,
@@ -150,6 +174,26 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
     if cli.api_key.as_deref().is_some_and(|k| k.len() < 8) {
         return Err(usage("--api-key must be at least 8 characters".into()));
     }
+    if let Some(url) = &cli.route {
+        if cli.model.is_some() {
+            return Err(usage(
+                "--route serves the upstream's models: give no MODEL".into(),
+            ));
+        }
+        if !url.starts_with("http://") {
+            return Err(usage(format!("--route {url}: an http:// URL")));
+        }
+        let models = [&cli.low, &cli.mid, &cli.high].map(|m| m.clone().unwrap_or_default());
+        let app = Arc::new(App {
+            name: "gearbx-route".into(),
+            aliases: models.to_vec(),
+            backend: Backend::Route(route::Router::new(url, models, cli.upstream_key.clone())),
+            gear,
+            api_key: cli.api_key.clone(),
+        });
+        let rt = runtime()?;
+        return rt.block_on(serve(app, &cli));
+    }
     let opts = SessionOptions {
         model: cli.model.clone(),
         models_dir: cli.models_dir.clone(),
@@ -163,24 +207,32 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
     let pool = Pool::open(&opts, cli.parallel as usize, cli.queue as usize).map_err(fail)?;
     let (name, aliases) = names(&pool, cli.model.as_deref());
     let app = Arc::new(App {
-        pool,
+        backend: Backend::Local(pool),
         name,
         aliases,
         gear,
         api_key: cli.api_key.clone(),
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| (exit::IO, format!("starting the runtime: {e}")))?;
+    let rt = runtime()?;
     let served = rt.block_on(serve(app.clone(), &cli));
     // Every connection is closed: wait for the workers to leave llama.cpp before exiting.
     drop(rt);
-    if let Ok(app) = Arc::try_unwrap(app) {
-        app.pool.join();
+    if let Ok(App {
+        backend: Backend::Local(pool),
+        ..
+    }) = Arc::try_unwrap(app)
+    {
+        pool.join();
     }
     served
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, (u8, String)> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| (exit::IO, format!("starting the runtime: {e}")))
 }
 
 /// The name the server reports and the names it accepts: the store's short and full names,
@@ -254,7 +306,9 @@ async fn serve(app: Arc<App>, cli: &Cli) -> Result<(), (u8, String)> {
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             say("shutting down: stopping running generations");
-            closing.pool.close();
+            if let Backend::Local(pool) = &closing.backend {
+                pool.close();
+            }
             // A client that never reads its stream does not hold the process: a second
             // signal, or 30 s, ends it at once.
             tokio::spawn(async {

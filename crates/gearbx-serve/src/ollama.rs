@@ -22,7 +22,7 @@ use crate::request::{
     chat_prompt, finish_reason, ns, parse, summary_telemetry, token_telemetry, HttpError, Message,
     Options,
 };
-use crate::App;
+use crate::{App, Backend};
 
 /// An error in Ollama's shape.
 pub struct OllamaError(pub HttpError);
@@ -141,7 +141,7 @@ async fn reply(
     stream: bool,
 ) -> Result<Response> {
     let req = app.request(prompt, options)?;
-    let mut events = app.pool.submit(req)?;
+    let mut events = app.submit(req, &model)?;
     if !stream {
         let mut text = String::new();
         while let Some(ev) = events.recv().await {
@@ -208,8 +208,7 @@ fn last(shape: Shape, model: &str, text: &str, o: &Outcome) -> Value {
 }
 
 /// The served model as `/api/tags` and `/api/show` describe it.
-fn details(app: &App) -> Value {
-    let info = &app.pool.model.info;
+fn details(info: &gearbx::store::gguf::GgufInfo) -> Value {
     let arch = info.architecture.clone().unwrap_or_default();
     json!({
         "format": "gguf",
@@ -221,7 +220,17 @@ fn details(app: &App) -> Value {
 }
 
 pub async fn tags(State(app): State<Arc<App>>) -> Json<Value> {
-    let m = &app.pool.model;
+    let m = match &app.backend {
+        Backend::Local(pool) => &pool.model,
+        Backend::Route(r) => {
+            let models: Vec<Value> = r
+                .models
+                .iter()
+                .map(|m| json!({ "name": m, "model": m, "details": { "format": "routed" } }))
+                .collect();
+            return Json(json!({ "models": models }));
+        }
+    };
     let meta = std::fs::metadata(&m.path).ok();
     let modified = meta
         .as_ref()
@@ -233,7 +242,7 @@ pub async fn tags(State(app): State<Arc<App>>) -> Json<Value> {
         "modified_at": humantime::format_rfc3339_nanos(modified).to_string(),
         "size": meta.map_or(0, |x| x.len()),
         "digest": m.expected_sha256().unwrap_or_default(),
-        "details": details(&app),
+        "details": details(&m.info),
     }]}))
 }
 
@@ -246,7 +255,12 @@ struct ShowBody {
 pub async fn show(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Value>> {
     let b: ShowBody = parse(&body)?;
     app.check_model(&b.model)?;
-    let m = &app.pool.model;
+    let Backend::Local(pool) = &app.backend else {
+        return Ok(Json(
+            json!({ "details": { "format": "routed" }, "capabilities": ["completion"] }),
+        ));
+    };
+    let m = &pool.model;
     let arch = m.info.architecture.clone().unwrap_or_default();
     let store = m.store_entry();
     Ok(Json(json!({
@@ -254,11 +268,11 @@ pub async fn show(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Value
         "parameters": store.map(|s| format!("{:?}", s.params)).unwrap_or_default(),
         "template": store.and_then(|s| s.template.clone()).unwrap_or_default(),
         "system": store.and_then(|s| s.system.clone()).unwrap_or_default(),
-        "details": details(&app),
+        "details": details(&m.info),
         "model_info": {
             "general.architecture": arch,
             format!("{arch}.context_length"): m.info.context_length,
-            "gearbx.n_ctx": app.pool.n_ctx,
+            "gearbx.n_ctx": pool.n_ctx,
         },
         "capabilities": ["completion"],
     })))

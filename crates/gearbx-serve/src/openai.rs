@@ -197,7 +197,7 @@ async fn complete(
     let mut req = app.request(prompt, &s.options()?)?;
     req.top_logprobs = s.top_logprobs(kind)?;
     let req_logprobs = req.top_logprobs.is_some();
-    let mut events = app.pool.submit(req)?;
+    let mut events = app.submit(req, &model)?;
     let (id, created) = (next_id(kind), created());
     if !s.stream {
         let mut text = String::new();

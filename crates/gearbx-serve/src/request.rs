@@ -10,8 +10,10 @@ use gearbx::store::name::ModelName;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::pool::Refused;
-use crate::App;
+use crate::pool::{Event, Refused};
+use crate::route::Router;
+use crate::{App, Backend};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 /// The sampling options of a request, by Ollama's names (the OpenAI handlers fill the same
 /// struct from theirs).
@@ -145,6 +147,9 @@ impl App {
     /// Refuses a request for another model than the one served (names compared as Ollama
     /// reads them: `llama3.2` is `llama3.2:latest`).
     pub fn check_model(&self, name: &str) -> Result<(), HttpError> {
+        if matches!(self.backend, Backend::Route(_)) {
+            return Ok(()); // the router picks (or takes one of its three by name)
+        }
         let same_store_name = || {
             let full = |n: &str| ModelName::parse(n).ok().map(|m| m.to_string());
             full(name).is_some() && self.aliases.iter().any(|a| full(a) == full(name))
@@ -158,7 +163,10 @@ impl App {
 
     /// The request `prompt` and `options` ask for: the store's defaults under the options.
     pub fn request(&self, prompt: PromptSpec, o: &Options) -> Result<Request, HttpError> {
-        let mut r = default_request(&self.pool.model, "");
+        let mut r = match &self.backend {
+            Backend::Local(pool) => default_request(&pool.model, ""),
+            Backend::Route(_) => Router::base_request(PromptSpec::default()),
+        };
         r.prompt = prompt;
         r.reuse_cache = true;
         r.gear = self.gear.clone();
@@ -191,6 +199,16 @@ impl App {
         r.sampling.validate()?;
         r.prompt.validate()?;
         Ok(r)
+    }
+}
+
+impl App {
+    /// Starts `req` (asked for as model `named`) where generations run.
+    pub fn submit(&self, req: Request, named: &str) -> Result<UnboundedReceiver<Event>, HttpError> {
+        match &self.backend {
+            Backend::Local(pool) => Ok(pool.submit(req)?),
+            Backend::Route(router) => Ok(router.submit(req, named)),
+        }
     }
 }
 

@@ -30,6 +30,12 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Self {
+        let mut args = vec![MODEL, "--port", "0"];
+        args.extend_from_slice(extra);
+        Self::launch(&args)
+    }
+
+    fn launch(args: &[&str]) -> Self {
         let f = fixture();
         let mut child = Command::new(env!("CARGO_BIN_EXE_gearbx-serve"))
             .env("OLLAMA_MODELS", f.store.path())
@@ -37,8 +43,7 @@ impl Server {
             .env("GEARBX_TIER_CACHE", tmp().join("tier-cache"))
             .env("GEARBX_THREADS", "1")
             .env_remove("GEARBX_API_KEY")
-            .args([MODEL, "--port", "0"])
-            .args(extra)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -442,4 +447,66 @@ fn a_disconnect_cancels_and_sigterm_exits_cleanly() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(status.code(), Some(0));
+}
+
+/// The router in front of a second gearbx-serve: each prompt goes to its class's model (the
+/// three names are the one upstream model, spelt three ways Ollama's names allow), tokens come
+/// back in both APIs with the routed gear and a top-5 entropy (at most log2(6) bits).
+#[test]
+fn the_router_sends_each_prompt_to_its_class_upstream() {
+    let up = Server::start(&[]);
+    let low = "smollm2:135m";
+    let mid = "library/smollm2:135m";
+    let high = "registry.ollama.ai/library/smollm2:135m";
+    let r = Server::launch(&[
+        "--port", "0", "--route", &up.url, "--low", low, "--mid", mid, "--high", high,
+    ]);
+    let ask = |prompt: &str| {
+        let body = format!(
+            r#"{{"model":"any","prompt":"{prompt}","options":{{"temperature":0,"num_predict":12}}}}"#
+        );
+        let (code, out) = curl(&[&format!("{}/api/generate", r.url), "-d", &body]);
+        assert_eq!(code, 200, "{out}");
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let (last, pieces) = lines.split_last().unwrap();
+        assert_eq!(last["done"], true, "{out}");
+        assert!(!pieces.is_empty(), "{out}");
+        for p in pieces {
+            let h = p["gearbx"]["entropy_bits"].as_f64().unwrap();
+            assert!((0.0..=6f64.log2() + 1e-6).contains(&h), "{p}");
+        }
+        pieces[0]["gearbx"]["gear"].as_str().unwrap().to_string()
+    };
+    assert_eq!(ask("hi"), "low");
+    assert_eq!(
+        ask("Write a Python function that parses a JSON file, then explain its complexity."),
+        "high"
+    );
+    // OpenAI's API through the router, naming one of the three models: that one is used.
+    let body = format!(
+        r#"{{"model":"{mid}","stream":false,"max_tokens":8,"temperature":0,"messages":[{{"role":"user","content":"hi"}}]}}"#
+    );
+    let (code, out) = curl(&[&format!("{}/v1/chat/completions", r.url), "-d", &body]);
+    assert_eq!(code, 200, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(!v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .is_empty());
+    let (code, out) = curl(&[&format!("{}/api/tags", r.url)]);
+    assert_eq!(code, 200);
+    assert!(out.contains(high), "{out}");
+    // An upstream that refuses (no such model there) is an error, not a hang.
+    let bad = Server::launch(&[
+        "--port", "0", "--route", &up.url, "--low", "nope:1b", "--mid", "nope:1b", "--high",
+        "nope:1b",
+    ]);
+    let body = r#"{"model":"x","prompt":"hi","stream":false}"#;
+    let (code, out) = curl(&[&format!("{}/api/generate", bad.url), "-d", body]);
+    assert_eq!(code, 400, "{out}");
+    assert!(out.contains("upstream"), "{out}");
 }
