@@ -145,6 +145,7 @@ pub mod param {
         DRAFT_MAX = "draft_max", "--draft-max";
         CALIBRATE = "calibrate", "--calibrate";
         TOP_LOGPROBS = "top_logprobs", "top_logprobs";
+        SEED = "seed", "-s/--seed";
         WINDOW = "window", "--window";
         HYSTERESIS = "hysteresis", "--hysteresis";
         MANAGE = "manage/layers", "--manage/--layers";

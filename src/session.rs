@@ -37,6 +37,7 @@ use crate::gearbox::{
 };
 use crate::llama::{Context, ContextParams, Model, ModelParams, SamplingParams, Token};
 use crate::monitor::{classifier, Monitor, MonitorConfig};
+use crate::store::manifest::OllamaParams;
 use crate::store::{self, OllamaStore, ResolvedModel};
 
 /// Context window when neither the caller nor the store names one (capped at the model's
@@ -498,35 +499,52 @@ fn build_prompt(model: &Model, m: &ResolvedModel, spec: &PromptSpec) -> Result<P
 /// defaults ([`SamplingParams::default`]), the store's token budget and stop strings, auto
 /// gears, plain decoding, a fresh cache. What a caller overlays its own settings on.
 pub fn default_request(m: &ResolvedModel, user: &str) -> Request {
-    let d = m
-        .store_entry()
-        .map(|s| s.params.clone())
-        .unwrap_or_default();
-    let b = SamplingParams::default();
-    Request {
+    let mut r = Request {
         prompt: PromptSpec {
             user: user.to_string(),
             ..Default::default()
         },
-        n_predict: d.num_predict.filter(|&n| n > 0).map(|n| n as usize),
-        stop: d.stop.clone(),
-        sampling: SamplingParams {
-            temperature: d.temperature.unwrap_or(b.temperature),
-            top_k: d.top_k.unwrap_or(b.top_k),
-            top_p: d.top_p.unwrap_or(b.top_p),
-            min_p: d.min_p.unwrap_or(b.min_p),
-            repeat_penalty: d.repeat_penalty.unwrap_or(b.repeat_penalty),
-            repeat_last_n: d.repeat_last_n.unwrap_or(b.repeat_last_n),
-            seed: d.seed.filter(|s| *s >= 0).map_or(b.seed, |s| s as u32),
-            ignore_eos: b.ignore_eos,
-        },
+        n_predict: None,
+        stop: Vec::new(),
+        sampling: SamplingParams::default(),
         entropy: EntropySource::default(),
         gear: GearPolicy::default(),
         calibrate: None,
         lossless: None,
         reuse_cache: false,
         top_logprobs: None,
+    };
+    if let Some(s) = m.store_entry() {
+        // A value out of range is refused by check_store_params; here it keeps the default.
+        let _ = apply_ollama_params(&mut r, &s.params);
     }
+    r
+}
+
+/// Lays Ollama's options over `r` — a store's params layer, or an API request's `options` —
+/// with Ollama's meanings: what is absent keeps `r`'s value, num_predict 0 or less is no
+/// limit, a negative seed keeps `r`'s (random) one, stop strings replace `r`'s when given,
+/// num_ctx is the session's business (not a request's).
+pub fn apply_ollama_params(r: &mut Request, p: &OllamaParams) -> Result<()> {
+    let s = &mut r.sampling;
+    s.temperature = p.temperature.unwrap_or(s.temperature);
+    s.top_k = p.top_k.unwrap_or(s.top_k);
+    s.top_p = p.top_p.unwrap_or(s.top_p);
+    s.min_p = p.min_p.unwrap_or(s.min_p);
+    s.repeat_penalty = p.repeat_penalty.unwrap_or(s.repeat_penalty);
+    s.repeat_last_n = p.repeat_last_n.unwrap_or(s.repeat_last_n);
+    if let Some(seed) = p.seed.filter(|&x| x >= 0) {
+        s.seed = u32::try_from(seed).map_err(|_| {
+            Error::bad_param(param::SEED, format!("must be below 2^32, got {seed}"))
+        })?;
+    }
+    if let Some(n) = p.num_predict {
+        r.n_predict = usize::try_from(n).ok().filter(|&n| n > 0);
+    }
+    if !p.stop.is_empty() {
+        r.stop = p.stop.clone();
+    }
+    Ok(())
 }
 
 /// The store's parameters for `m` (its params layer) as the sampler reads them, with Ollama's
@@ -537,7 +555,8 @@ pub fn check_store_params(m: &ResolvedModel) -> Result<()> {
     let Some(s) = m.store_entry() else {
         return Ok(());
     };
-    match default_request(m, "").sampling.validate() {
+    let mut r = default_request(m, "");
+    match apply_ollama_params(&mut r, &s.params).and_then(|_| r.sampling.validate()) {
         Err(Error::BadParam { param, rule }) => Err(Error::BadManifest {
             path: s.manifest_path.clone(),
             reason: format!("its params layer sets {} out of range: {rule}", param.name),

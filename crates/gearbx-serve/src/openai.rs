@@ -22,7 +22,7 @@ use tokio_stream::StreamExt;
 use crate::pool::{first_event, Event};
 use crate::request::{
     chat_prompt, finish_reason, parse, summary_telemetry, token_telemetry, HttpError, Message,
-    Options, Stop,
+    Options,
 };
 use crate::App;
 
@@ -109,15 +109,31 @@ impl Sampling {
         if self.n.is_some_and(|n| n != 1) {
             return Err(HttpError::bad("n must be 1"));
         }
+        let max = self.max_completion_tokens.or(self.max_tokens);
         Ok(Options {
             temperature: self.temperature,
             top_p: self.top_p,
             seed: self.seed,
-            num_predict: self.max_completion_tokens.or(self.max_tokens),
-            stop: self.stop.clone(),
+            num_predict: max
+                .map(i32::try_from)
+                .transpose()
+                .map_err(|_| HttpError::bad("max_tokens is out of range"))?,
+            stop: match &self.stop {
+                None => Vec::new(),
+                Some(Stop::One(s)) => vec![s.clone()],
+                Some(Stop::Many(v)) => v.clone(),
+            },
             ..Default::default()
         })
     }
+}
+
+/// A stop string or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Deserialize)]

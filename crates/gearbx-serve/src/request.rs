@@ -5,7 +5,7 @@
 use axum::http::StatusCode;
 use gearbx::engine::{Outcome, PromptSpec, StopReason, Turn};
 use gearbx::error::exit;
-use gearbx::session::{default_request, Request};
+use gearbx::session::{apply_ollama_params, default_request, Request};
 use gearbx::store::name::ModelName;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -16,32 +16,9 @@ use crate::{App, Backend};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// The sampling options of a request, by Ollama's names (the OpenAI handlers fill the same
-/// struct from theirs).
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct Options {
-    pub temperature: Option<f32>,
-    pub top_k: Option<i32>,
-    pub top_p: Option<f32>,
-    pub min_p: Option<f32>,
-    pub repeat_penalty: Option<f32>,
-    pub repeat_last_n: Option<i32>,
-    pub seed: Option<i64>,
-    /// -1 (no limit), -2 (fill the context) and 0 or less all mean: until the end of text or
-    /// a full context.
-    pub num_predict: Option<i64>,
-    pub stop: Option<Stop>,
-    /// The server's context is fixed at start (`-c`); a request's num_ctx is not applied.
-    pub num_ctx: Option<i64>,
-}
-
-/// A stop string or several (OpenAI allows both).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum Stop {
-    One(String),
-    Many(Vec<String>),
-}
+/// struct from theirs): the store's params layer type, applied with the same mapping
+/// ([`gearbx::session::apply_ollama_params`]).
+pub use gearbx::store::manifest::OllamaParams as Options;
 
 /// A message's content: a string, or OpenAI's list of parts of which the text ones count.
 #[derive(Debug, Clone, Deserialize)]
@@ -170,29 +147,7 @@ impl App {
         r.prompt = prompt;
         r.reuse_cache = true;
         r.gear = self.gear.clone();
-        let s = &mut r.sampling;
-        s.temperature = o.temperature.unwrap_or(s.temperature);
-        s.top_k = o.top_k.unwrap_or(s.top_k);
-        s.top_p = o.top_p.unwrap_or(s.top_p);
-        s.min_p = o.min_p.unwrap_or(s.min_p);
-        s.repeat_penalty = o.repeat_penalty.unwrap_or(s.repeat_penalty);
-        s.repeat_last_n = o.repeat_last_n.unwrap_or(s.repeat_last_n);
-        if let Some(seed) = o.seed {
-            // Ollama's -1: a random seed (the default's).
-            if seed >= 0 {
-                s.seed = u32::try_from(seed)
-                    .map_err(|_| HttpError::bad(format!("seed {seed} is above 2^32-1")))?;
-            }
-        }
-        if let Some(n) = o.num_predict {
-            r.n_predict = usize::try_from(n).ok().filter(|&n| n > 0);
-        }
-        if let Some(stop) = &o.stop {
-            r.stop = match stop {
-                Stop::One(s) => vec![s.clone()],
-                Stop::Many(v) => v.clone(),
-            };
-        }
+        apply_ollama_params(&mut r, o)?;
         if r.stop.len() > 16 || r.stop.iter().any(|s| s.len() > 256) {
             return Err(HttpError::bad("at most 16 stop strings of up to 256 bytes"));
         }

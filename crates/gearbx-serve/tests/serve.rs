@@ -141,6 +141,14 @@ fn curl(args: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap(), body.to_string())
 }
 
+/// The JSON objects of an NDJSON body, one per line.
+fn ndjson(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
 #[test]
 fn the_real_ollama_and_openai_clients_work() {
     let s = Server::start(&[]);
@@ -227,11 +235,7 @@ fn curl_sees_ndjson_and_sse_framing() {
     );
     let (code, out) = curl(&[&format!("{}/api/generate", s.url), "-d", &body]);
     assert_eq!(code, 200);
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = ndjson(&out);
     let (last, pieces) = lines.split_last().unwrap();
     assert!(!pieces.is_empty());
     assert!(pieces
@@ -467,11 +471,7 @@ fn the_router_sends_each_prompt_to_its_class_upstream() {
         );
         let (code, out) = curl(&[&format!("{}/api/generate", r.url), "-d", &body]);
         assert_eq!(code, 200, "{out}");
-        let lines: Vec<serde_json::Value> = out
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = ndjson(&out);
         let (last, pieces) = lines.split_last().unwrap();
         assert_eq!(last["done"], true, "{out}");
         assert!(!pieces.is_empty(), "{out}");

@@ -3,7 +3,7 @@
 
 use std::io::{StdoutLock, Write};
 
-use gearbx::engine::{Outcome, TokenEvent};
+use gearbx::engine::{GearStats, Outcome, TokenEvent};
 use gearbx::gearbox::{BuildReport, Gear, TierOrigin};
 use serde_json::json;
 
@@ -158,11 +158,9 @@ pub fn summary(outcome: &Outcome) {
     } else if let Some(g) = &outcome.gears {
         let rate = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.1}"));
         say!(
-            "[gearbx] gear {}: low {:.0}% mid {:.0}% high {:.0}% | {} shifts, {:.1} us mean | tok/s low {} mid {} high {}",
+            "[gearbx] gear {}: {} | {} shifts, {:.1} us mean | tok/s low {} mid {} high {}",
             g.mode,
-            g.token_fraction[0] * 100.0,
-            g.token_fraction[1] * 100.0,
-            g.token_fraction[2] * 100.0,
+            fractions(g),
             g.shifts,
             g.swap_us_mean,
             rate(g.tokens_per_s[0]),
@@ -176,14 +174,7 @@ pub fn summary(outcome: &Outcome) {
 /// KV cache already held.
 pub fn turn_summary(o: &Outcome) {
     let gears = o.gears.as_ref().map_or(String::new(), |g| {
-        format!(
-            " | {} low {:.0}% mid {:.0}% high {:.0}%, {} shifts",
-            g.mode,
-            g.token_fraction[0] * 100.0,
-            g.token_fraction[1] * 100.0,
-            g.token_fraction[2] * 100.0,
-            g.shifts
-        )
+        format!(" | {} {}, {} shifts", g.mode, fractions(g), g.shifts)
     });
     say!(
         "[gearbx] {} tok {:.1} tok/s{gears} | prompt {} tok, {} reused from the cache",
@@ -192,4 +183,14 @@ pub fn turn_summary(o: &Outcome) {
         o.prompt_tokens,
         o.prompt_cached
     );
+}
+
+/// "low 40% mid 35% high 25%": the share of tokens from each gear.
+fn fractions(g: &GearStats) -> String {
+    format!(
+        "low {:.0}% mid {:.0}% high {:.0}%",
+        g.token_fraction[0] * 100.0,
+        g.token_fraction[1] * 100.0,
+        g.token_fraction[2] * 100.0
+    )
 }
