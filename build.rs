@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc");
-    cc::Build::new()
+    let mut kernels = cc::Build::new();
+    kernels
         .file("csrc/generic/entropy.c")
         .file("csrc/generic/requant.c")
         .include("csrc/generic")
@@ -16,8 +17,12 @@ fn main() {
         .flag_if_supported("-ffp-contract=off")
         .warnings(true)
         .extra_warnings(true)
-        .opt_level(3)
-        .compile("gearbx_kernels");
+        .opt_level(3);
+    // The x86 twins carry their own target attributes and are picked at run time.
+    if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64") {
+        kernels.file("csrc/x86/entropy_avx2.c");
+    }
+    kernels.compile("gearbx_kernels");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
         build_cuda();
     }
