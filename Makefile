@@ -1,7 +1,7 @@
 # The two commands of the README. Each installs what the build needs first.
 PROMPT ?= Why is the sky blue?
 
-.PHONY: run test deps report lib header memcheck patches patches-edit fuzz
+.PHONY: run test deps report lib header memcheck patches patches-edit fuzz arm
 deps:
 	@bash scripts/deps.sh
 
@@ -55,3 +55,8 @@ patches:
 FUZZ_SECONDS ?= 60
 fuzz: deps
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# The C kernels' NEON twins on AArch64 under qemu-aarch64 (cross compiler and qemu-user from
+# Debian, installed on first use): scripts/arm-check.sh.
+arm:
+	bash scripts/arm-check.sh

@@ -19,8 +19,14 @@ fn main() {
         .extra_warnings(true)
         .opt_level(3);
     // The x86 twins carry their own target attributes and are picked at run time.
-    if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64") {
-        kernels.file("csrc/x86/entropy_avx2.c");
+    match std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
+        Ok("x86_64") => {
+            kernels.file("csrc/x86/entropy_avx2.c");
+        }
+        Ok("aarch64") => {
+            kernels.file("csrc/neon/entropy_neon.c");
+        }
+        _ => {}
     }
     kernels.compile("gearbx_kernels");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {

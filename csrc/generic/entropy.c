@@ -11,6 +11,8 @@ float gearbx_entropy_bits(const float *logits, size_t n, size_t *n_nonfinite) {
     if (gearbx_have_avx2()) {
         return gearbx_entropy_bits_avx2(logits, n, n_nonfinite);
     }
+#elif defined(__aarch64__)
+    return gearbx_entropy_bits_neon(logits, n, n_nonfinite);
 #endif
     return gearbx_entropy_bits_scalar(logits, n, n_nonfinite);
 }

@@ -13,12 +13,16 @@ extern "C" {
  * *n_nonfinite (may be NULL) and returns NaN when there are any, or when n == 0.
  * -inf logits are allowed (masked tokens, probability 0). */
 float gearbx_entropy_bits(const float *logits, size_t n, size_t *n_nonfinite);
-/* The scalar reference, and on x86-64 the AVX2+FMA twin (csrc/x86/entropy_avx2.c; call it
- * only when gearbx_have_avx2() says the CPU has both). gearbx_entropy_bits picks. */
+/* The scalar reference, and its twins: on x86-64 AVX2+FMA (csrc/x86/entropy_avx2.c; call it
+ * only when gearbx_have_avx2() says the CPU has both), on AArch64 NEON. gearbx_entropy_bits
+ * picks. */
 float gearbx_entropy_bits_scalar(const float *logits, size_t n, size_t *n_nonfinite);
 #if defined(__x86_64__) || defined(_M_X64)
 float gearbx_entropy_bits_avx2(const float *logits, size_t n, size_t *n_nonfinite);
 int gearbx_have_avx2(void);
+#elif defined(__aarch64__)
+/* The NEON twin (csrc/neon/entropy_neon.c); NEON is in every AArch64 CPU. */
+float gearbx_entropy_bits_neon(const float *logits, size_t n, size_t *n_nonfinite);
 #endif
 
 /* Requantization (csrc/generic/requant.c): n values (a multiple of 32) of src_type (ggml ids:
