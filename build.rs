@@ -21,7 +21,9 @@ fn main() {
     // The x86 twins carry their own target attributes and are picked at run time.
     match std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
         Ok("x86_64") => {
-            kernels.file("csrc/x86/entropy_avx2.c");
+            kernels
+                .file("csrc/x86/entropy_avx2.c")
+                .file("csrc/x86/requant_avx2.c");
         }
         Ok("aarch64") => {
             kernels.file("csrc/neon/entropy_neon.c");

@@ -30,6 +30,8 @@ mod ffi {
         ) -> c_float;
         #[cfg(target_arch = "x86_64")]
         pub fn gearbx_have_avx2() -> c_int;
+        #[cfg(target_arch = "x86_64")]
+        pub fn gearbx_quantize_q8_0_avx2(x: *const c_float, out: *mut u8, nblocks: i64);
         pub fn gearbx_fp32_to_fp16(f: c_float) -> u16;
         pub fn gearbx_fp16_to_fp32(h: u16) -> c_float;
         pub fn gearbx_requant_supported(src_type: c_int, dst_type: c_int) -> c_int;
@@ -116,6 +118,23 @@ pub fn entropy_bits(logits: &[f32]) -> (f32, usize) {
     // SAFETY: logits is valid for logits.len() floats; bad is a valid out pointer.
     let h: c_float = unsafe { ffi::gearbx_entropy_bits(logits.as_ptr(), logits.len(), &mut bad) };
     (h, bad)
+}
+
+/// `x` (a whole number of blocks of 32) in Q8_0 through the AVX2 twin, bit-identical to
+/// ggml's reference quantizer; None where this CPU has no AVX2+FMA (or `x` is not whole
+/// blocks): then ggml's own quantizer does it.
+pub fn quantize_q8_0_fast(x: &[f32]) -> Option<Vec<u8>> {
+    if entropy_kernel() != EntropyKernel::Avx2 || !x.len().is_multiple_of(REQUANT_BLOCK) {
+        return None;
+    }
+    let blocks = x.len() / REQUANT_BLOCK;
+    let mut out = vec![0u8; blocks * 34];
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: x holds blocks*32 floats, out blocks*34 bytes; the CPU has AVX2 and FMA.
+    unsafe {
+        ffi::gearbx_quantize_q8_0_avx2(x.as_ptr(), out.as_mut_ptr(), blocks as i64)
+    };
+    Some(out)
 }
 
 /// The entropy twins: the scalar C reference, and the AVX2+FMA kernel where the CPU has it.
@@ -353,6 +372,32 @@ mod tests {
                 (hs - ha).abs() <= tol,
                 "n = {}: scalar {hs}, avx2 {ha}",
                 r.len()
+            );
+        }
+    }
+
+    /// The AVX2 Q8_0 quantizer against the scalar twin (itself bit-identical to ggml) on every
+    /// adversarial class of F32 rows: bit for bit.
+    #[test]
+    fn q8_0_avx2_is_bit_identical_on_every_class() {
+        if entropy_kernel() != EntropyKernel::Avx2 {
+            eprintln!("this CPU has no AVX2+FMA: only the scalar twin runs");
+            return;
+        }
+        for case in parity::cases(GgmlType::F32, 2048, 11) {
+            let x: Vec<f32> = case
+                .bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            let fast = quantize_q8_0_fast(&x).unwrap();
+            let twin = requant_ref(GgmlType::F32, &case.bytes, GgmlType::Q8_0).unwrap();
+            assert_eq!(
+                parity::first_mismatch(&fast, &twin, GgmlType::Q8_0),
+                None,
+                "{}: {} of 2048 blocks differ",
+                case.class,
+                parity::mismatches(&fast, &twin, GgmlType::Q8_0)
             );
         }
     }

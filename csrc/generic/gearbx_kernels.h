@@ -20,6 +20,9 @@ float gearbx_entropy_bits_scalar(const float *logits, size_t n, size_t *n_nonfin
 #if defined(__x86_64__) || defined(_M_X64)
 float gearbx_entropy_bits_avx2(const float *logits, size_t n, size_t *n_nonfinite);
 int gearbx_have_avx2(void);
+/* F32 to Q8_0, nblocks blocks of 32 (csrc/x86/requant_avx2.c): bit-identical to
+ * gearbx_requant_ref (and ggml's reference); only when gearbx_have_avx2(). */
+void gearbx_quantize_q8_0_avx2(const float *x, uint8_t *out, int64_t nblocks);
 #elif defined(__aarch64__)
 /* The NEON twin (csrc/neon/entropy_neon.c); NEON is in every AArch64 CPU. */
 float gearbx_entropy_bits_neon(const float *logits, size_t n, size_t *n_nonfinite);

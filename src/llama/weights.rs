@@ -224,8 +224,14 @@ pub fn to_f32(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// Quantizes `rows` rows of `n_per_row` floats into `ty` with ggml's reference quantizers.
+/// Quantizes `rows` rows of `n_per_row` floats into `ty` with ggml's reference quantizers, or
+/// our SIMD twin where there is one for `ty` on this CPU (bit-identical output).
 pub fn quantize(ty: GgmlType, data: &[f32], rows: usize, n_per_row: usize) -> Result<Vec<u8>> {
+    if ty == GgmlType::Q8_0 && data.len() == rows * n_per_row {
+        if let Some(q) = crate::kernels::quantize_q8_0_fast(data) {
+            return Ok(q);
+        }
+    }
     let (blck, _) = ty.layout();
     if !(n_per_row as u64).is_multiple_of(blck) {
         return Err(Error::Llama(format!(
