@@ -72,8 +72,11 @@ float gearbx_entropy_bits_neon(const float *logits, size_t n, size_t *n_nonfinit
     float64x2_t s0 = vdupq_n_f64(0.0), s1 = vdupq_n_f64(0.0);
     float64x2_t t0 = vdupq_n_f64(0.0), t1 = vdupq_n_f64(0.0);
     for (i = 0; i + 4 <= n; i += 4) {
-        float32x4_t d = vmaxq_f32(vsubq_f32(vld1q_f32(logits + i), vm), dmin);
-        float32x4_t e = exp_f32(d);
+        /* Below e^-87.3 a token counts as probability 0, exactly (as in the AVX2 twin). */
+        float32x4_t raw = vsubq_f32(vld1q_f32(logits + i), vm);
+        float32x4_t d = vmaxq_f32(raw, dmin);
+        float32x4_t e = vreinterpretq_f32_u32(
+            vandq_u32(vreinterpretq_u32_f32(exp_f32(d)), vcgtq_f32(raw, dmin)));
         float32x4_t ed = vmulq_f32(e, d);
         s0 = vaddq_f64(s0, vcvt_f64_f32(vget_low_f32(e)));
         s1 = vaddq_f64(s1, vcvt_high_f64_f32(e));

@@ -78,9 +78,12 @@ GBX_AVX2 float gearbx_entropy_bits_avx2(const float *logits, size_t n, size_t *n
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
     __m256d t0 = _mm256_setzero_pd(), t1 = _mm256_setzero_pd();
     for (i = 0; i + 8 <= n; i += 8) {
-        /* d clamped like exp's argument: a -inf logit gives e ~ 0 and e d ~ 0, never NaN. */
-        __m256 d = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(logits + i), vm), dmin);
-        __m256 e = exp_ps(d);
+        /* Below e^-87.3 (~1e-38, nothing against s >= 1) a token counts as probability 0,
+         * exactly, as a -inf logit does: a one-hot row is 0 bits, and 0 * -inf is never
+         * formed (d is clamped first). */
+        __m256 raw = _mm256_sub_ps(_mm256_loadu_ps(logits + i), vm);
+        __m256 d = _mm256_max_ps(raw, dmin);
+        __m256 e = _mm256_and_ps(exp_ps(d), _mm256_cmp_ps(raw, dmin, _CMP_GT_OQ));
         __m256 ed = _mm256_mul_ps(e, d);
         s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
         s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));

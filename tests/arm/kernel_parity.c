@@ -87,6 +87,11 @@ int main(void) {
     for (size_t i = 0; i < 5000; i++) buf[i] = -1.0e4f;
     buf[4321] = 10.0f;
     check(buf, 5000);
+    size_t nb = 0;
+    if (twin(buf, 5000, &nb) != 0.0f) {
+        printf("FAIL: a one-hot row is not exactly 0 bits\n");
+        failures++;
+    }
     for (size_t i = 0; i < 3001; i++) buf[i] = i % 3 == 0 ? -INFINITY : rnd() * 3.0f;
     check(buf, 3001);
     for (size_t i = 0; i < 4096; i++) buf[i] = i % 2 == 0 ? 1.0e30f : -1.0e30f;
