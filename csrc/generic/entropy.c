@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stddef.h>
 
+#include "entropy_parts.h"
 #include "gearbx_kernels.h"
 
 float gearbx_entropy_bits(const float *logits, size_t n, size_t *n_nonfinite) {
@@ -20,34 +21,9 @@ float gearbx_entropy_bits(const float *logits, size_t n, size_t *n_nonfinite) {
 float gearbx_entropy_bits_scalar(const float *logits, size_t n, size_t *n_nonfinite) {
     size_t bad = 0;
     float max = -INFINITY;
-    for (size_t i = 0; i < n; i++) {
-        float l = logits[i];
-        if (isnan(l) || l == INFINITY) {
-            bad++;
-        } else if (l > max) {
-            max = l;
-        }
-    }
-    if (n_nonfinite) {
-        *n_nonfinite = bad;
-    }
-    if (bad > 0 || n == 0 || max == -INFINITY) {
+    gearbx_entropy_scan(logits, 0, n, &max, &bad);
+    if (gearbx_entropy_undefined(n, bad, max, n_nonfinite)) {
         return NAN;
     }
-    /* p_i = e^(l_i - max) / s;  H = ln s - sum(e^(l_i - max) (l_i - max)) / s  (nats) */
-    double s = 0.0, t = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        if (logits[i] == -INFINITY) {
-            continue; /* probability 0 contributes 0, and 0 * -inf would be NaN */
-        }
-        double d = (double)logits[i] - (double)max;
-        double e = exp(d);
-        s += e;
-        t += e * d;
-    }
-    double h = log(s) - t / s;
-    if (h < 0.0) {
-        h = 0.0; /* rounding at a one-hot distribution */
-    }
-    return (float)(h / 0.69314718055994530942);
+    return gearbx_entropy_finish(logits, 0, n, max, 0.0, 0.0);
 }

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stddef.h>
 
+#include "../generic/entropy_parts.h"
 #include "../generic/gearbx_kernels.h"
 
 /* e^x for x in [-87.3, 0] (clamped below). */
@@ -53,18 +54,8 @@ float gearbx_entropy_bits_neon(const float *logits, size_t n, size_t *n_nonfinit
             max = lanes[k];
         }
     }
-    for (; i < n; i++) {
-        float l = logits[i];
-        if (isnan(l) || l == INFINITY) {
-            bad++;
-        } else if (l > max) {
-            max = l;
-        }
-    }
-    if (n_nonfinite) {
-        *n_nonfinite = bad;
-    }
-    if (bad > 0 || n == 0 || max == -INFINITY) {
+    gearbx_entropy_scan(logits, i, n, &max, &bad);
+    if (gearbx_entropy_undefined(n, bad, max, n_nonfinite)) {
         return NAN;
     }
     const float32x4_t vm = vdupq_n_f32(max);
@@ -85,19 +76,6 @@ float gearbx_entropy_bits_neon(const float *logits, size_t n, size_t *n_nonfinit
     }
     double s = vaddvq_f64(vaddq_f64(s0, s1));
     double t = vaddvq_f64(vaddq_f64(t0, t1));
-    for (; i < n; i++) {
-        if (logits[i] == -INFINITY) {
-            continue;
-        }
-        double d = (double)logits[i] - (double)max;
-        double e = exp(d);
-        s += e;
-        t += e * d;
-    }
-    double h = log(s) - t / s;
-    if (h < 0.0) {
-        h = 0.0;
-    }
-    return (float)(h / 0.69314718055994530942);
+    return gearbx_entropy_finish(logits, i, n, max, s, t);
 }
 #endif

@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stddef.h>
 
+#include "../generic/entropy_parts.h"
 #include "../generic/gearbx_kernels.h"
 
 #define GBX_AVX2 __attribute__((target("avx2,fma")))
@@ -59,18 +60,8 @@ GBX_AVX2 float gearbx_entropy_bits_avx2(const float *logits, size_t n, size_t *n
             max = lanes[k];
         }
     }
-    for (; i < n; i++) {
-        float l = logits[i];
-        if (isnan(l) || l == INFINITY) {
-            bad++;
-        } else if (l > max) {
-            max = l;
-        }
-    }
-    if (n_nonfinite) {
-        *n_nonfinite = bad;
-    }
-    if (bad > 0 || n == 0 || max == -INFINITY) {
+    gearbx_entropy_scan(logits, i, n, &max, &bad);
+    if (gearbx_entropy_undefined(n, bad, max, n_nonfinite)) {
         return NAN;
     }
     const __m256 vm = _mm256_set1_ps(max);
@@ -95,20 +86,7 @@ GBX_AVX2 float gearbx_entropy_bits_avx2(const float *logits, size_t n, size_t *n
     _mm256_storeu_pd(tv, _mm256_add_pd(t0, t1));
     double s = sv[0] + sv[1] + sv[2] + sv[3];
     double t = tv[0] + tv[1] + tv[2] + tv[3];
-    for (; i < n; i++) {
-        if (logits[i] == -INFINITY) {
-            continue;
-        }
-        double d = (double)logits[i] - (double)max;
-        double e = exp(d);
-        s += e;
-        t += e * d;
-    }
-    double h = log(s) - t / s;
-    if (h < 0.0) {
-        h = 0.0;
-    }
-    return (float)(h / 0.69314718055994530942);
+    return gearbx_entropy_finish(logits, i, n, max, s, t);
 }
 
 int gearbx_have_avx2(void) {
