@@ -32,6 +32,10 @@ mod ffi {
         pub fn gearbx_have_avx2() -> c_int;
         #[cfg(target_arch = "x86_64")]
         pub fn gearbx_quantize_q8_0_avx2(x: *const c_float, out: *mut u8, nblocks: i64);
+        #[cfg(target_arch = "x86_64")]
+        pub fn gearbx_quantize_q4_0_avx2(x: *const c_float, out: *mut u8, nblocks: i64);
+        #[cfg(target_arch = "x86_64")]
+        pub fn gearbx_quantize_q4_k_avx2(x: *const c_float, out: *mut u8, nblocks: i64);
         pub fn gearbx_fp32_to_fp16(f: c_float) -> u16;
         pub fn gearbx_fp16_to_fp32(h: u16) -> c_float;
         pub fn gearbx_requant_supported(src_type: c_int, dst_type: c_int) -> c_int;
@@ -57,11 +61,21 @@ pub fn fp16_to_fp32(h: u16) -> f32 {
     unsafe { ffi::gearbx_fp16_to_fp32(h) }
 }
 
-/// Values per block of the types the requantization kernels write (Q8_0, Q4_0).
+/// Values per block of Q8_0 and Q4_0 (the adversarial cases come in blocks of this size).
 pub const REQUANT_BLOCK: usize = 32;
 
+/// Values and bytes per block of a type the requantization kernels write (Q8_0, Q4_0, Q4_K).
+pub fn requant_block(dst_type: GgmlType) -> Option<(usize, usize)> {
+    match dst_type {
+        GgmlType::Q8_0 => Some((32, 34)),
+        GgmlType::Q4_0 => Some((32, 18)),
+        GgmlType::Q4_K => Some((256, 144)),
+        _ => None,
+    }
+}
+
 /// Whether our kernels requantize `src_type` (ggml id: F32, F16, BF16) into `dst_type` (Q8_0,
-/// Q4_0).
+/// Q4_0, Q4_K).
 pub fn requant_supported(src_type: GgmlType, dst_type: GgmlType) -> bool {
     // SAFETY: pure function of two integers.
     unsafe { ffi::gearbx_requant_supported(src_type.id() as c_int, dst_type.id() as c_int) != 0 }
@@ -76,19 +90,15 @@ pub fn source_elem_bytes(src_type: GgmlType) -> Option<usize> {
     }
 }
 
-/// Bytes `n` values take in `dst_type` (Q8_0: 34 per block of 32, Q4_0: 18).
+/// Bytes `n` values take in `dst_type` (Q8_0: 34 per block of 32, Q4_0: 18, Q4_K: 144 per
+/// 256); None when `n` is not whole blocks.
 pub fn requant_bytes(dst_type: GgmlType, n: usize) -> Option<usize> {
-    let per_block = match dst_type {
-        GgmlType::Q8_0 => 34,
-        GgmlType::Q4_0 => 18,
-        _ => return None,
-    };
-    n.is_multiple_of(REQUANT_BLOCK)
-        .then(|| n / REQUANT_BLOCK * per_block)
+    let (values, bytes) = requant_block(dst_type)?;
+    n.is_multiple_of(values).then(|| n / values * bytes)
 }
 
-/// The scalar C twin of the CUDA kernels: `src` (bytes of `src_type` values, a multiple of 32
-/// of them) requantized into `dst_type`, bit-identical to ggml's reference quantizer.
+/// The scalar C twin of the CUDA kernels: `src` (bytes of `src_type` values, whole blocks of
+/// `dst_type`) requantized into `dst_type`, bit-identical to ggml's reference quantizer.
 /// None for an unsupported pair or a length that is not whole blocks.
 pub fn requant_ref(src_type: GgmlType, src: &[u8], dst_type: GgmlType) -> Option<Vec<u8>> {
     let elem = source_elem_bytes(src_type)?;
@@ -120,20 +130,27 @@ pub fn entropy_bits(logits: &[f32]) -> (f32, usize) {
     (h, bad)
 }
 
-/// `x` (a whole number of blocks of 32) in Q8_0 through the AVX2 twin, bit-identical to
-/// ggml's reference quantizer; None where this CPU has no AVX2+FMA (or `x` is not whole
-/// blocks): then ggml's own quantizer does it.
-pub fn quantize_q8_0_fast(x: &[f32]) -> Option<Vec<u8>> {
-    if entropy_kernel() != EntropyKernel::Avx2 || !x.len().is_multiple_of(REQUANT_BLOCK) {
+/// `x` (whole blocks of `dst_type`) in `dst_type` (Q8_0, Q4_0 or Q4_K) through the SIMD twin
+/// of this CPU, bit-identical to ggml's reference quantizer; None where there is no twin for
+/// the type on this CPU (or `x` is not whole blocks): then ggml's own quantizer does it.
+pub fn quantize_fast(dst_type: GgmlType, x: &[f32]) -> Option<Vec<u8>> {
+    let (values, bytes) = requant_block(dst_type)?;
+    if entropy_kernel() != EntropyKernel::Avx2 || !x.len().is_multiple_of(values) {
         return None;
     }
-    let blocks = x.len() / REQUANT_BLOCK;
-    let mut out = vec![0u8; blocks * 34];
+    let blocks = x.len() / values;
+    let mut out = vec![0u8; blocks * bytes];
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: x holds blocks*32 floats, out blocks*34 bytes; the CPU has AVX2 and FMA.
-    unsafe {
-        ffi::gearbx_quantize_q8_0_avx2(x.as_ptr(), out.as_mut_ptr(), blocks as i64)
-    };
+    {
+        let f = match dst_type {
+            GgmlType::Q8_0 => ffi::gearbx_quantize_q8_0_avx2,
+            GgmlType::Q4_0 => ffi::gearbx_quantize_q4_0_avx2,
+            _ => ffi::gearbx_quantize_q4_k_avx2,
+        };
+        // SAFETY: x holds `blocks` blocks of dst_type's values, out their bytes; the CPU has
+        // AVX2 and FMA (checked above).
+        unsafe { f(x.as_ptr(), out.as_mut_ptr(), blocks as i64) };
+    }
     Some(out)
 }
 
@@ -286,7 +303,8 @@ mod tests {
     #[test]
     fn requant_refuses_what_it_cannot_do() {
         let f16 = vec![0u8; 64];
-        assert!(requant_ref(GgmlType::F16, &f16, GgmlType::Q4_K).is_none());
+        assert!(requant_ref(GgmlType::F16, &f16, GgmlType::Q5_K).is_none());
+        assert!(requant_ref(GgmlType::F16, &f16, GgmlType::Q4_K).is_none(), "not 256 values");
         assert!(requant_ref(GgmlType::Q8_0, &f16, GgmlType::Q4_0).is_none());
         assert!(requant_ref(GgmlType::F16, &f16[..62], GgmlType::Q4_0).is_none());
         assert_eq!(
@@ -376,10 +394,10 @@ mod tests {
         }
     }
 
-    /// The AVX2 Q8_0 quantizer against the scalar twin (itself bit-identical to ggml) on every
-    /// adversarial class of F32 rows: bit for bit.
+    /// The AVX2 quantizers (Q8_0, Q4_0, Q4_K) against the scalar twin (itself bit-identical to
+    /// ggml) on every adversarial class of F32 rows: bit for bit.
     #[test]
-    fn q8_0_avx2_is_bit_identical_on_every_class() {
+    fn quantizer_avx2_twins_are_bit_identical_on_every_class() {
         if entropy_kernel() != EntropyKernel::Avx2 {
             eprintln!("this CPU has no AVX2+FMA: only the scalar twin runs");
             return;
@@ -390,15 +408,17 @@ mod tests {
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
                 .collect();
-            let fast = quantize_q8_0_fast(&x).unwrap();
-            let twin = requant_ref(GgmlType::F32, &case.bytes, GgmlType::Q8_0).unwrap();
-            assert_eq!(
-                parity::first_mismatch(&fast, &twin, GgmlType::Q8_0),
-                None,
-                "{}: {} of 2048 blocks differ",
-                case.class,
-                parity::mismatches(&fast, &twin, GgmlType::Q8_0)
-            );
+            for dst in parity::TARGETS {
+                let fast = quantize_fast(dst, &x).unwrap();
+                let twin = requant_ref(GgmlType::F32, &case.bytes, dst).unwrap();
+                assert_eq!(
+                    parity::first_mismatch(&fast, &twin, dst),
+                    None,
+                    "{dst} on {}: {} blocks differ",
+                    case.class,
+                    parity::mismatches(&fast, &twin, dst)
+                );
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
-/* Requantization on the GPU: F32/F16/BF16 weights already on the device to Q8_0 or Q4_0, one
- * thread per 32-value block, with the block quantizers the CPU twin uses (requant_block.h).
+/* Requantization on the GPU: F32/F16/BF16 weights already on the device to Q8_0, Q4_0 or Q4_K,
+ * one thread per block (32 values; 256 for Q4_K), with the block quantizers the CPU twin uses (requant_block.h).
  * Built with -fmad=false: the only fused multiply-adds are the ones written as fmaf. */
 #include <cuda_runtime.h>
 #include <stdio.h>
@@ -24,6 +24,8 @@ static void launch_for_dst(int dst_type, const void *src, uint8_t *dst, int64_t 
     const int grid = (int)(want < 65535 ? (want > 0 ? want : 1) : 65535);
     if (dst_type == GEARBX_T_Q8_0) {
         requant_kernel<S, GEARBX_T_Q8_0><<<grid, threads, 0, stream>>>(src, dst, nb);
+    } else if (dst_type == GEARBX_T_Q4_K) {
+        requant_kernel<S, GEARBX_T_Q4_K><<<grid, threads, 0, stream>>>(src, dst, nb);
     } else {
         requant_kernel<S, GEARBX_T_Q4_0><<<grid, threads, 0, stream>>>(src, dst, nb);
     }
@@ -38,7 +40,7 @@ static int fail(char *err, size_t err_len, const char *what, cudaError_t e) {
 
 extern "C" int gearbx_cuda_requant(int device, int src_type, const void *src, int dst_type,
                                    void *dst, int64_t n, char *err, size_t err_len) {
-    if (n < 0 || n % GEARBX_QK != 0 || gearbx_block_bytes(dst_type) == 0) {
+    if (n < 0 || gearbx_block_bytes(dst_type) == 0 || n % gearbx_block_values(dst_type) != 0) {
         if (err && err_len) {
             snprintf(err, err_len, "unsupported requantization (src %d, dst %d, n %lld)",
                      src_type, dst_type, (long long)n);
@@ -49,7 +51,7 @@ extern "C" int gearbx_cuda_requant(int device, int src_type, const void *src, in
     if (e != cudaSuccess) {
         return fail(err, err_len, "cudaSetDevice", e);
     }
-    const int64_t nb = n / GEARBX_QK;
+    const int64_t nb = n / gearbx_block_values(dst_type);
     uint8_t *out = (uint8_t *)dst;
     switch (src_type) {
     case GEARBX_T_F32:

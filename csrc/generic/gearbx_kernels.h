@@ -23,14 +23,18 @@ int gearbx_have_avx2(void);
 /* F32 to Q8_0, nblocks blocks of 32 (csrc/x86/requant_avx2.c): bit-identical to
  * gearbx_requant_ref (and ggml's reference); only when gearbx_have_avx2(). */
 void gearbx_quantize_q8_0_avx2(const float *x, uint8_t *out, int64_t nblocks);
+/* F32 to Q4_0 (blocks of 32) and Q4_K (blocks of 256), likewise bit-identical. */
+void gearbx_quantize_q4_0_avx2(const float *x, uint8_t *out, int64_t nblocks);
+void gearbx_quantize_q4_k_avx2(const float *x, uint8_t *out, int64_t nblocks);
 #elif defined(__aarch64__)
 /* The NEON twin (csrc/neon/entropy_neon.c); NEON is in every AArch64 CPU. */
 float gearbx_entropy_bits_neon(const float *logits, size_t n, size_t *n_nonfinite);
 #endif
 
-/* Requantization (csrc/generic/requant.c): n values (a multiple of 32) of src_type (ggml ids:
- * F32 0, F16 1, BF16 30) into dst_type (Q4_0 2, Q8_0 8), bit-identical to ggml's reference
- * quantizers as llama.cpp builds them. Returns 0, or -1 for an unsupported pair or bad n. */
+/* Requantization (csrc/generic/requant.c): n values (a multiple of the block: 32, 256 for
+ * Q4_K) of src_type (ggml ids: F32 0, F16 1, BF16 30) into dst_type (Q4_0 2, Q8_0 8, Q4_K 12),
+ * bit-identical to ggml's reference quantizers as llama.cpp builds them. Returns 0, or -1 for
+ * an unsupported pair or bad n. */
 int gearbx_requant_supported(int src_type, int dst_type);
 int gearbx_requant_ref(int src_type, const void *src, int dst_type, void *dst, int64_t n);
 

@@ -1,5 +1,6 @@
-/* Scalar requantization (the CPU twin of csrc/cuda/requant.cu): F32/F16/BF16 rows to Q8_0 or
- * Q4_0, block by block with the quantizers of requant_block.h. */
+/* Scalar requantization (the CPU twin of csrc/cuda/requant.cu and the reference of the SIMD
+ * twins): F32/F16/BF16 rows to Q8_0, Q4_0 or Q4_K, block by block with the quantizers of
+ * requant_block.h. */
 #include "gearbx_kernels.h"
 #include "requant_block.h"
 
@@ -9,10 +10,11 @@ int gearbx_requant_supported(int src_type, int dst_type) {
 }
 
 int gearbx_requant_ref(int src_type, const void *src, int dst_type, void *dst, int64_t n) {
-    if (!gearbx_requant_supported(src_type, dst_type) || n < 0 || n % GEARBX_QK != 0) {
+    if (!gearbx_requant_supported(src_type, dst_type) || n < 0 ||
+        n % gearbx_block_values(dst_type) != 0) {
         return -1;
     }
-    for (int64_t b = 0; b < n / GEARBX_QK; b++) {
+    for (int64_t b = 0; b < n / gearbx_block_values(dst_type); b++) {
         gearbx_requant_block(src_type, src, dst_type, (uint8_t *)dst, b);
     }
     return 0;

@@ -73,7 +73,8 @@ fn random_bits(src_type: GgmlType, n: usize, rng: &mut Rng, finite: bool) -> Vec
     out
 }
 
-/// Every input class for `src_type` (F32, F16 or BF16), `blocks` blocks of 32 each.
+/// Every input class for `src_type` (F32, F16 or BF16), `blocks` blocks of 32 each (a
+/// multiple of 8 makes whole Q4_K blocks).
 pub fn cases(src_type: GgmlType, blocks: usize, seed: u64) -> Vec<Case> {
     let mut rng = Rng(seed ^ src_type.id() as u64);
     let n = blocks * REQUANT_BLOCK;
@@ -117,6 +118,23 @@ pub fn cases(src_type: GgmlType, blocks: usize, seed: u64) -> Vec<Case> {
                 }
             }),
         ),
+        // Q4_K: sub-blocks of 32 at scales from 0 to 1e4 side by side (a sub-block whose
+        // 6-bit scale rounds to 0 keeps make_qkx2_quants' values), some of them constant.
+        ("mixed-scales", {
+            let scales = [0.0f32, 1e-6, 1e-3, 0.02, 1.0, 1e4];
+            let (mut scale, mut flat) = (0.0f32, false);
+            v(&mut |i, r| {
+                if i % REQUANT_BLOCK == 0 {
+                    scale = scales[(r.next() % 6) as usize];
+                    flat = r.next() % 5 == 0;
+                }
+                scale * if flat { 0.5 } else { r.normal() }
+            })
+        }),
+        // Q4_K: all-positive sub-blocks (the minimum is clamped to 0) and small integers
+        // (candidate scales land values on rounding ties).
+        ("positive", v(&mut |_, r| r.unit() * 3.0 + 0.25)),
+        ("small-ints", v(&mut |_, r| (r.next() % 16) as f32 * 0.25 - 2.0)),
         (
             "largest-finite",
             v(&mut |_, r| match r.next() % 4 {
@@ -156,12 +174,13 @@ pub fn ggml_reference(src_type: GgmlType, bytes: &[u8], dst_type: GgmlType) -> R
     let elem = super::source_elem_bytes(src_type).expect("a requantization source type");
     let n = bytes.len() / elem;
     let f = weights::to_f32(src_type, bytes, n)?;
-    weights::quantize(dst_type, &f, n / REQUANT_BLOCK, REQUANT_BLOCK)
+    let (values, _) = super::requant_block(dst_type).expect("a requantization type");
+    weights::quantize_ggml(dst_type, &f, n / values, values)
 }
 
 /// Index of the first block where `a` and `b` differ.
 pub fn first_mismatch(a: &[u8], b: &[u8], dst_type: GgmlType) -> Option<usize> {
-    let bb = super::requant_bytes(dst_type, REQUANT_BLOCK).expect("a requantization type");
+    let (_, bb) = super::requant_block(dst_type).expect("a requantization type");
     if a.len() != b.len() {
         return Some(0);
     }
@@ -170,7 +189,7 @@ pub fn first_mismatch(a: &[u8], b: &[u8], dst_type: GgmlType) -> Option<usize> {
 
 /// Number of blocks where `a` and `b` differ.
 pub fn mismatches(a: &[u8], b: &[u8], dst_type: GgmlType) -> usize {
-    let bb = super::requant_bytes(dst_type, REQUANT_BLOCK).expect("a requantization type");
+    let (_, bb) = super::requant_block(dst_type).expect("a requantization type");
     a.chunks(bb)
         .zip(b.chunks(bb))
         .filter(|(x, y)| x != y)
@@ -179,4 +198,4 @@ pub fn mismatches(a: &[u8], b: &[u8], dst_type: GgmlType) -> usize {
 
 /// The source and destination types the kernels cover.
 pub const SOURCES: [GgmlType; 3] = [GgmlType::F32, GgmlType::F16, GgmlType::BF16];
-pub const TARGETS: [GgmlType; 2] = [GgmlType::Q8_0, GgmlType::Q4_0];
+pub const TARGETS: [GgmlType; 3] = [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K];

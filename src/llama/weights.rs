@@ -224,14 +224,23 @@ pub fn to_f32(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// Quantizes `rows` rows of `n_per_row` floats into `ty` with ggml's reference quantizers, or
-/// our SIMD twin where there is one for `ty` on this CPU (bit-identical output).
+/// Quantizes `rows` rows of `n_per_row` floats into `ty`: through our SIMD twin where this CPU
+/// has one for `ty` (bit-identical to ggml's reference, rows of whole blocks), else as
+/// [`quantize_ggml`].
 pub fn quantize(ty: GgmlType, data: &[f32], rows: usize, n_per_row: usize) -> Result<Vec<u8>> {
-    if ty == GgmlType::Q8_0 && data.len() == rows * n_per_row {
-        if let Some(q) = crate::kernels::quantize_q8_0_fast(data) {
+    let whole_rows = crate::kernels::requant_block(ty)
+        .is_some_and(|(values, _)| n_per_row.is_multiple_of(values));
+    if whole_rows && data.len() == rows * n_per_row {
+        if let Some(q) = crate::kernels::quantize_fast(ty, data) {
             return Ok(q);
         }
     }
+    quantize_ggml(ty, data, rows, n_per_row)
+}
+
+/// Quantizes `rows` rows of `n_per_row` floats into `ty` with ggml's reference quantizers
+/// (`ggml_quantize_chunk`, no importance matrix).
+pub fn quantize_ggml(ty: GgmlType, data: &[f32], rows: usize, n_per_row: usize) -> Result<Vec<u8>> {
     let (blck, _) = ty.layout();
     if !(n_per_row as u64).is_multiple_of(blck) {
         return Err(Error::Llama(format!(
