@@ -26,7 +26,9 @@ fn main() {
                 .file("csrc/x86/requant_avx2.c");
         }
         Ok("aarch64") => {
-            kernels.file("csrc/neon/entropy_neon.c");
+            kernels
+                .file("csrc/neon/entropy_neon.c")
+                .file("csrc/neon/requant_neon.c");
         }
         _ => {}
     }

@@ -1,6 +1,8 @@
-//! Tier building side by side in one process: ggml's reference path (its to_float, then
-//! `ggml_quantize_chunk`) against ours (the same to_float, then our SIMD quantizers), on the
-//! same tensors, 2 threads each (rows split in halves), every output compared byte for byte.
+//! Tier building side by side in one process: ggml's reference path (the whole tensor through
+//! its to_float, then `ggml_quantize_chunk` per type: the gearbox's build before our kernels)
+//! against ours (`weights::requantize`: chunks of rows converted in cache by our F16 converter,
+//! then our SIMD quantizers), on the same tensors, 2 threads each (rows split in halves), every
+//! output compared byte for byte.
 //! The tensors are a synthetic model of Llama-3.2-1B's shape in F16 (16 layers of 2048/8192
 //! matrices and the 128,256 x 2048 head, 1.24 G weights, random values of real weights' scale),
 //! or the float matrices of a GGUF file given as the argument (e.g. an F16 SmolLM2).
@@ -95,6 +97,13 @@ fn gguf_matrices(path: &str) -> Vec<Matrix> {
         .collect()
 }
 
+/// ggml's own to_float for `ty` (what `weights::to_f32` did for every type before).
+fn ggml_to_f32(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n];
+    weights::to_f32_ggml_into(ty, bytes, &mut out).expect("dequantize");
+    out
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Path {
     Ggml,
@@ -114,15 +123,18 @@ fn build(m: &Matrix, types: &[GgmlType], path: Path) -> (Vec<Vec<u8>>, f64) {
             .map(|&(r0, nr)| {
                 s.spawn(move || {
                     let bytes = &m.bytes[r0 * m.cols * elem..(r0 + nr) * m.cols * elem];
-                    let f = weights::to_f32(m.ty, bytes, nr * m.cols).expect("dequantize");
-                    types
-                        .iter()
-                        .map(|&ty| match path {
-                            Path::Ggml => weights::quantize_ggml(ty, &f, nr, m.cols),
-                            Path::Ours => weights::quantize(ty, &f, nr, m.cols),
-                        })
-                        .collect::<Result<Vec<_>, _>>()
-                        .expect("quantize")
+                    match path {
+                        Path::Ggml => {
+                            let f = ggml_to_f32(m.ty, bytes, nr * m.cols);
+                            types
+                                .iter()
+                                .map(|&ty| weights::quantize_ggml(ty, &f, nr, m.cols))
+                                .collect::<Result<Vec<_>, _>>()
+                                .expect("quantize")
+                        }
+                        Path::Ours => weights::requantize(m.ty, bytes, nr, m.cols, types)
+                            .expect("requantize"),
+                    }
                 })
             })
             .collect();

@@ -36,6 +36,16 @@ mod ffi {
         pub fn gearbx_quantize_q4_0_avx2(x: *const c_float, out: *mut u8, nblocks: i64);
         #[cfg(target_arch = "x86_64")]
         pub fn gearbx_quantize_q4_k_avx2(x: *const c_float, out: *mut u8, nblocks: i64);
+        #[cfg(target_arch = "x86_64")]
+        pub fn gearbx_f16_to_f32_row_avx2(x: *const u16, out: *mut c_float, n: i64);
+        #[cfg(target_arch = "aarch64")]
+        pub fn gearbx_f16_to_f32_row_neon(x: *const u16, out: *mut c_float, n: i64);
+        #[cfg(target_arch = "aarch64")]
+        pub fn gearbx_quantize_q8_0_neon(x: *const c_float, out: *mut u8, nblocks: i64);
+        #[cfg(target_arch = "aarch64")]
+        pub fn gearbx_quantize_q4_0_neon(x: *const c_float, out: *mut u8, nblocks: i64);
+        #[cfg(target_arch = "aarch64")]
+        pub fn gearbx_quantize_q4_k_neon(x: *const c_float, out: *mut u8, nblocks: i64);
         pub fn gearbx_fp32_to_fp16(f: c_float) -> u16;
         pub fn gearbx_fp16_to_fp32(h: u16) -> c_float;
         pub fn gearbx_requant_supported(src_type: c_int, dst_type: c_int) -> c_int;
@@ -135,23 +145,75 @@ pub fn entropy_bits(logits: &[f32]) -> (f32, usize) {
 /// the type on this CPU (or `x` is not whole blocks): then ggml's own quantizer does it.
 pub fn quantize_fast(dst_type: GgmlType, x: &[f32]) -> Option<Vec<u8>> {
     let (values, bytes) = requant_block(dst_type)?;
-    if entropy_kernel() != EntropyKernel::Avx2 || !x.len().is_multiple_of(values) {
-        return None;
-    }
+    let mut out = vec![0u8; x.len() / values * bytes];
+    quantize_fast_into(dst_type, x, &mut out).then_some(out)
+}
+
+/// [`quantize_fast`] into `out`, which must hold exactly the output's bytes; false (nothing
+/// written) where there is no twin, or the lengths are not whole blocks.
+pub fn quantize_fast_into(dst_type: GgmlType, x: &[f32], out: &mut [u8]) -> bool {
+    let (Some((values, bytes)), Some(f)) = (requant_block(dst_type), simd_quantizer(dst_type))
+    else {
+        return false;
+    };
     let blocks = x.len() / values;
-    let mut out = vec![0u8; blocks * bytes];
-    #[cfg(target_arch = "x86_64")]
-    {
-        let f = match dst_type {
-            GgmlType::Q8_0 => ffi::gearbx_quantize_q8_0_avx2,
-            GgmlType::Q4_0 => ffi::gearbx_quantize_q4_0_avx2,
-            _ => ffi::gearbx_quantize_q4_k_avx2,
-        };
-        // SAFETY: x holds `blocks` blocks of dst_type's values, out their bytes; the CPU has
-        // AVX2 and FMA (checked above).
-        unsafe { f(x.as_ptr(), out.as_mut_ptr(), blocks as i64) };
+    if !x.len().is_multiple_of(values) || out.len() != blocks * bytes {
+        return false;
     }
-    Some(out)
+    // SAFETY: x holds `blocks` blocks of dst_type's values, out their bytes (checked); the CPU
+    // has the instructions of the twin (simd_quantizer checks).
+    unsafe { f(x.as_ptr(), out.as_mut_ptr(), blocks as i64) };
+    true
+}
+
+/// IEEE halves (little-endian bytes, two per value) into `out` (exact), through F16C or NEON
+/// where the CPU has it. Panics if the lengths disagree.
+pub fn f16_to_f32_into(src: &[u8], out: &mut [f32]) {
+    assert_eq!(src.len(), out.len() * 2, "two bytes per half");
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        #[cfg(target_arch = "x86_64")]
+        let f = (entropy_kernel() == EntropyKernel::Avx2).then_some(ffi::gearbx_f16_to_f32_row_avx2);
+        #[cfg(target_arch = "aarch64")]
+        let f = Some(ffi::gearbx_f16_to_f32_row_neon);
+        if let Some(f) = f {
+            // SAFETY: src holds out.len() halves (checked; unaligned loads in the kernels);
+            // out is writable for as many floats; the CPU has the instructions.
+            unsafe { f(src.as_ptr() as *const u16, out.as_mut_ptr(), out.len() as i64) };
+            return;
+        }
+    }
+    for (o, h) in out.iter_mut().zip(src.chunks_exact(2)) {
+        *o = fp16_to_fp32(u16::from_le_bytes([h[0], h[1]]));
+    }
+}
+
+type Quantizer = unsafe extern "C" fn(*const c_float, *mut u8, i64);
+
+/// This CPU's SIMD twin of the `dst_type` quantizer: AVX2+FMA on x86-64 (checked at run
+/// time), NEON on AArch64 (always there).
+fn simd_quantizer(dst_type: GgmlType) -> Option<Quantizer> {
+    #[cfg(target_arch = "x86_64")]
+    if entropy_kernel() == EntropyKernel::Avx2 {
+        return match dst_type {
+            GgmlType::Q8_0 => Some(ffi::gearbx_quantize_q8_0_avx2),
+            GgmlType::Q4_0 => Some(ffi::gearbx_quantize_q4_0_avx2),
+            GgmlType::Q4_K => Some(ffi::gearbx_quantize_q4_k_avx2),
+            _ => None,
+        };
+    }
+    #[cfg(target_arch = "aarch64")]
+    return match dst_type {
+        GgmlType::Q8_0 => Some(ffi::gearbx_quantize_q8_0_neon),
+        GgmlType::Q4_0 => Some(ffi::gearbx_quantize_q4_0_neon),
+        GgmlType::Q4_K => Some(ffi::gearbx_quantize_q4_k_neon),
+        _ => None,
+    };
+    #[allow(unreachable_code)]
+    {
+        let _ = dst_type;
+        None
+    }
 }
 
 /// The entropy twins: the scalar C reference, and the AVX2+FMA kernel where the CPU has it.
@@ -191,7 +253,7 @@ pub fn entropy_bits_with(k: EntropyKernel, logits: &[f32]) -> Option<(f32, usize
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llama::sys;
+    use crate::llama::{sys, weights};
 
     /// Naive two-pass reference in f64: softmax, then -sum p log2 p.
     fn reference(l: &[f32]) -> f64 {
@@ -300,6 +362,64 @@ mod tests {
         }
     }
 
+    /// The SIMD half converter against ggml's on every half (NaN payloads included).
+    #[test]
+    fn f16_converter_is_exact_for_every_half() {
+        let halves: Vec<u8> = (0..=u16::MAX).flat_map(|h| h.to_le_bytes()).collect();
+        let mut ours = vec![0f32; 65536];
+        f16_to_f32_into(&halves, &mut ours);
+        let mut ggml = vec![0f32; 65536];
+        weights::to_f32_ggml_into(GgmlType::F16, &halves, &mut ggml).unwrap();
+        for h in 0..65536 {
+            assert_eq!(ours[h].to_bits(), ggml[h].to_bits(), "half {h:#06x}");
+        }
+    }
+
+    /// The chunked pipeline of tier building (convert a chunk, quantize it into every type)
+    /// against ggml's path (the whole tensor through ggml's to_float, then
+    /// ggml_quantize_chunk per type), from float and quantized sources, with row counts that
+    /// end chunks early and late.
+    #[test]
+    fn requantize_matches_ggml_path() {
+        let types = [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q4_0, GgmlType::Q5_K];
+        for (src, cols, rows) in [
+            (GgmlType::F16, 2048usize, 37usize),
+            (GgmlType::BF16, 512, 300),
+            (GgmlType::F32, 256, 257),
+            (GgmlType::Q8_0, 768, 90),
+        ] {
+            let vals: Vec<f32> = parity::cases(GgmlType::F32, rows * cols / REQUANT_BLOCK, 3)
+                .into_iter()
+                .find(|c| c.class == "normal-1")
+                .unwrap()
+                .bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            let bytes = weights::quantize_ggml(src, &vals, rows, cols)
+                .or_else(|_| -> crate::error::Result<Vec<u8>> {
+                    Ok(match src {
+                        GgmlType::F32 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                        GgmlType::F16 => vals.iter().flat_map(|&v| fp32_to_fp16(v).to_le_bytes()).collect(),
+                        _ => vals.iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect(),
+                    })
+                })
+                .unwrap();
+            let ours = weights::requantize(src, &bytes, rows, cols, &types).unwrap();
+            let mut f = vec![0f32; rows * cols];
+            if src == GgmlType::F32 {
+                f = weights::to_f32(src, &bytes, rows * cols).unwrap(); // ggml has no F32 to_float
+            } else {
+                weights::to_f32_ggml_into(src, &bytes, &mut f).unwrap();
+            }
+            for (ty, got) in types.iter().zip(&ours) {
+                let want = weights::quantize_ggml(*ty, &f, rows, cols).unwrap();
+                assert!(got == &want, "{src} -> {ty}, {rows} rows of {cols}");
+            }
+        }
+        assert!(weights::requantize(GgmlType::F16, &[0u8; 100], 1, 50, &types).is_err());
+    }
+
     #[test]
     fn requant_refuses_what_it_cannot_do() {
         let f16 = vec![0u8; 64];
@@ -394,12 +514,12 @@ mod tests {
         }
     }
 
-    /// The AVX2 quantizers (Q8_0, Q4_0, Q4_K) against the scalar twin (itself bit-identical to
-    /// ggml) on every adversarial class of F32 rows: bit for bit.
+    /// The SIMD quantizers (Q8_0, Q4_0, Q4_K; AVX2 or NEON) against the scalar twin (itself
+    /// bit-identical to ggml) on every adversarial class of F32 rows: bit for bit.
     #[test]
-    fn quantizer_avx2_twins_are_bit_identical_on_every_class() {
-        if entropy_kernel() != EntropyKernel::Avx2 {
-            eprintln!("this CPU has no AVX2+FMA: only the scalar twin runs");
+    fn quantizer_simd_twins_are_bit_identical_on_every_class() {
+        if quantize_fast(GgmlType::Q8_0, &[0.0; 32]).is_none() {
+            eprintln!("this CPU has no SIMD twin: only the scalar twin runs");
             return;
         }
         for case in parity::cases(GgmlType::F32, 2048, 11) {

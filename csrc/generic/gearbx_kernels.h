@@ -26,9 +26,16 @@ void gearbx_quantize_q8_0_avx2(const float *x, uint8_t *out, int64_t nblocks);
 /* F32 to Q4_0 (blocks of 32) and Q4_K (blocks of 256), likewise bit-identical. */
 void gearbx_quantize_q4_0_avx2(const float *x, uint8_t *out, int64_t nblocks);
 void gearbx_quantize_q4_k_avx2(const float *x, uint8_t *out, int64_t nblocks);
+/* IEEE half to float, n values (F16C): exact, as gearbx_fp16_to_fp32. */
+void gearbx_f16_to_f32_row_avx2(const uint16_t *x, float *out, int64_t n);
 #elif defined(__aarch64__)
 /* The NEON twin (csrc/neon/entropy_neon.c); NEON is in every AArch64 CPU. */
 float gearbx_entropy_bits_neon(const float *logits, size_t n, size_t *n_nonfinite);
+/* The NEON quantizers (csrc/neon/requant_neon.c), bit-identical to gearbx_requant_ref. */
+void gearbx_quantize_q8_0_neon(const float *x, uint8_t *out, int64_t nblocks);
+void gearbx_quantize_q4_0_neon(const float *x, uint8_t *out, int64_t nblocks);
+void gearbx_quantize_q4_k_neon(const float *x, uint8_t *out, int64_t nblocks);
+void gearbx_f16_to_f32_row_neon(const uint16_t *x, float *out, int64_t n);
 #endif
 
 /* Requantization (csrc/generic/requant.c): n values (a multiple of the block: 32, 256 for

@@ -93,7 +93,9 @@ int gearbx_have_avx2(void) {
     static int have = -1;
     if (have < 0) {
         __builtin_cpu_init();
-        have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        /* F16C comes with AVX2 in every CPU that has it (x86-64-v3); the tier kernels use it. */
+        have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
     }
     return have;
 }

@@ -19,7 +19,18 @@
 #include "../generic/gearbx_kernels.h"
 #include "../generic/requant_block.h"
 
-#define GBX_AVX2 __attribute__((target("avx2,fma")))
+#define GBX_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+/* IEEE half to float with F16C (exact, as gearbx_fp16_to_fp32). */
+GBX_AVX2 void gearbx_f16_to_f32_row_avx2(const uint16_t *x, float *out, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+    }
+    for (; i < n; i++) {
+        out[i] = gearbx_f16_to_f32(x[i]);
+    }
+}
 
 /* roundf of each lane: truncate, then one step away from zero where the dropped part is at
  * least one half (v - trunc(v) is exact). */

@@ -409,41 +409,42 @@ impl<'m> Gearbox<'m> {
             // GPU where the weight lives there, else from its source dequantized once.
             for_each_tensor(n, threads, "building tiers", opts, |i| {
                 let w = tiers.weights()[i];
-                let mut f32s = None;
                 let ne = w.ne();
                 let rows = (ne[1] * ne[2] * ne[3]) as usize;
+                let mut on_cpu = Vec::new();
                 for &k in &entries_of[i] {
                     let e = &entries[k];
                     let ty = GgmlType::from_ggml(e.ggml_type);
-                    if let Some(dev) = device::build(&tiers, e.set, i, ty)? {
-                        on_gpu.fetch_add(1, Ordering::Relaxed);
-                        let mut g = gpus.lock().unwrap_or_else(|p| p.into_inner());
-                        if !g.contains(&dev) {
-                            g.push(dev);
-                        }
-                        drop(g);
-                        if let Some(wr) = &writer {
-                            // Read back after the kernel (the copy's stream waits for it).
-                            if let Err(err) =
-                                tiers.read_shadow(e.set, i).and_then(|q| wr.write(k, &q))
-                            {
-                                write_error
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .get_or_insert(err);
-                            }
-                        }
+                    let Some(dev) = device::build(&tiers, e.set, i, ty)? else {
+                        on_cpu.push((k, ty));
                         continue;
-                    }
-                    let f32s = match &mut f32s {
-                        Some(f) => f,
-                        None => {
-                            let bytes = source_bytes(&w, &file, gguf)?;
-                            f32s.insert(weights::to_f32(w.ggml_type(), &bytes, w.n_elements())?)
-                        }
                     };
-                    let q = weights::quantize(ty, f32s, rows, ne[0] as usize)?;
-                    tiers.fill(e.set, i, &q)?;
+                    on_gpu.fetch_add(1, Ordering::Relaxed);
+                    let mut g = gpus.lock().unwrap_or_else(|p| p.into_inner());
+                    if !g.contains(&dev) {
+                        g.push(dev);
+                    }
+                    drop(g);
+                    if let Some(wr) = &writer {
+                        // Read back after the kernel (the copy's stream waits for it).
+                        if let Err(err) = tiers.read_shadow(e.set, i).and_then(|q| wr.write(k, &q)) {
+                            write_error
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(err);
+                        }
+                    }
+                }
+                if on_cpu.is_empty() {
+                    return Ok(());
+                }
+                // The rest from the source, converted once a chunk at a time into every type.
+                let bytes = source_bytes(&w, &file, gguf)?;
+                let types: Vec<GgmlType> = on_cpu.iter().map(|&(_, ty)| ty).collect();
+                let built = weights::requantize(w.ggml_type(), &bytes, rows, ne[0] as usize, &types)?;
+                drop(bytes);
+                for ((k, _), q) in on_cpu.into_iter().zip(built) {
+                    tiers.fill(entries[k].set, i, &q)?;
                     if let Some(wr) = &writer {
                         if let Err(err) = wr.write(k, &q) {
                             write_error

@@ -197,15 +197,47 @@ pub fn find_matmul_weights(model: &Model, n_threads: i32) -> Result<Vec<WeightTe
 /// Converts a row-major tensor's bytes from `ty` to f32.
 pub fn to_f32(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
     let mut out = vec![0f32; n];
-    if ty == GgmlType::F32 {
-        if bytes.len() != n * 4 {
-            return Err(Error::Llama("F32 size mismatch".into()));
-        }
-        for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-            *o = f32::from_le_bytes(c.try_into().expect("4 bytes"));
-        }
-        return Ok(out);
+    to_f32_into(ty, bytes, &mut out)?;
+    Ok(out)
+}
+
+/// Converts `bytes` (values of `ty`) to f32 into `out`, whose length says how many: F32, F16
+/// and BF16 here (F16 through the SIMD converter), every other type by ggml's to_float.
+pub fn to_f32_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    let n = out.len();
+    let layout = ty.layout();
+    if !(n as u64).is_multiple_of(layout.0) || bytes.len() as u64 != n as u64 / layout.0 * layout.1
+    {
+        return Err(Error::Llama(format!(
+            "{} bytes do not hold {n} values of type {ty}",
+            bytes.len(),
+        )));
     }
+    match ty {
+        GgmlType::F32 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            Ok(())
+        }
+        GgmlType::F16 => {
+            crate::kernels::f16_to_f32_into(bytes, out);
+            Ok(())
+        }
+        GgmlType::BF16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+            }
+            Ok(())
+        }
+        _ => to_f32_ggml_into(ty, bytes, out),
+    }
+}
+
+/// Converts `bytes` (values of `ty`) to f32 into `out` with ggml's own to_float for the type
+/// (the reference for [`to_f32_into`]).
+pub fn to_f32_ggml_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    let n = out.len();
     let layout = ty.layout();
     if !(n as u64).is_multiple_of(layout.0) || bytes.len() as u64 != n as u64 / layout.0 * layout.1
     {
@@ -221,44 +253,135 @@ pub fn to_f32(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
         .ok_or_else(|| Error::Llama(format!("type {ty} cannot be dequantized")))?;
     // SAFETY: bytes holds exactly n values of `ty` (checked above); out holds n floats.
     unsafe { f(bytes.as_ptr() as *const c_void, out.as_mut_ptr(), n as i64) };
-    Ok(out)
+    Ok(())
+}
+
+/// Values per chunk of [`requantize`]: 256 KiB of f32, which stays in the L2 cache between
+/// the conversion and the quantizers.
+const REQUANT_CHUNK_VALUES: usize = 64 * 1024;
+
+/// `rows` rows of `n_per_row` values of `src_type` (bytes) requantized into each of `types`,
+/// a chunk of rows at a time: each chunk is converted to f32 once (in cache) and quantized
+/// into every type, so no f32 copy of the whole tensor is made. Output bit-identical to
+/// [`to_f32`] then [`quantize`] per type.
+pub fn requantize(
+    src_type: GgmlType,
+    bytes: &[u8],
+    rows: usize,
+    n_per_row: usize,
+    types: &[GgmlType],
+) -> Result<Vec<Vec<u8>>> {
+    let (blck, blck_bytes) = src_type.layout();
+    if !(n_per_row as u64).is_multiple_of(blck)
+        || bytes.len() as u64 != (rows * n_per_row) as u64 / blck * blck_bytes
+    {
+        return Err(Error::Llama(format!(
+            "{} bytes do not hold {rows} rows of {n_per_row} values of type {src_type}",
+            bytes.len()
+        )));
+    }
+    let src_row = n_per_row / blck as usize * blck_bytes as usize;
+    let mut outs = types
+        .iter()
+        .map(|&ty| {
+            // SAFETY: valid type id; row_size only computes.
+            let row = unsafe { sys::ggml_row_size(ty.id() as sys::ggml_type, n_per_row as i64) };
+            Ok((row, vec![0u8; row * rows]))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let chunk_rows = (REQUANT_CHUNK_VALUES / n_per_row.max(1)).max(1);
+    let mut f32s = vec![0f32; chunk_rows.min(rows) * n_per_row];
+    for r0 in (0..rows).step_by(chunk_rows) {
+        let nr = chunk_rows.min(rows - r0);
+        let x = &mut f32s[..nr * n_per_row];
+        to_f32_into(src_type, &bytes[r0 * src_row..(r0 + nr) * src_row], x)?;
+        for (&ty, (row, out)) in types.iter().zip(outs.iter_mut()) {
+            quantize_into(ty, x, nr, n_per_row, &mut out[r0 * *row..(r0 + nr) * *row])?;
+        }
+    }
+    Ok(outs.into_iter().map(|(_, o)| o).collect())
 }
 
 /// Quantizes `rows` rows of `n_per_row` floats into `ty`: through our SIMD twin where this CPU
 /// has one for `ty` (bit-identical to ggml's reference, rows of whole blocks), else as
 /// [`quantize_ggml`].
 pub fn quantize(ty: GgmlType, data: &[f32], rows: usize, n_per_row: usize) -> Result<Vec<u8>> {
-    let whole_rows = crate::kernels::requant_block(ty)
-        .is_some_and(|(values, _)| n_per_row.is_multiple_of(values));
-    if whole_rows && data.len() == rows * n_per_row {
-        if let Some(q) = crate::kernels::quantize_fast(ty, data) {
-            return Ok(q);
-        }
+    check_rows(ty, data, rows, n_per_row)?;
+    // SAFETY: valid type id (checked); row_size only computes.
+    let row = unsafe { sys::ggml_row_size(ty.id() as sys::ggml_type, n_per_row as i64) };
+    let mut out = vec![0u8; row * rows];
+    quantize_into(ty, data, rows, n_per_row, &mut out)?;
+    Ok(out)
+}
+
+fn quantize_into(
+    ty: GgmlType,
+    data: &[f32],
+    rows: usize,
+    n_per_row: usize,
+    out: &mut [u8],
+) -> Result<()> {
+    check_rows(ty, data, rows, n_per_row)?;
+    if crate::kernels::quantize_fast_into(ty, data, out) {
+        return Ok(());
     }
-    quantize_ggml(ty, data, rows, n_per_row)
+    quantize_ggml_into(ty, data, rows, n_per_row, out)
 }
 
 /// Quantizes `rows` rows of `n_per_row` floats into `ty` with ggml's reference quantizers
 /// (`ggml_quantize_chunk`, no importance matrix).
 pub fn quantize_ggml(ty: GgmlType, data: &[f32], rows: usize, n_per_row: usize) -> Result<Vec<u8>> {
+    check_rows(ty, data, rows, n_per_row)?;
+    // SAFETY: valid type id (checked); row_size only computes.
+    let row = unsafe { sys::ggml_row_size(ty.id() as sys::ggml_type, n_per_row as i64) };
+    let mut out = vec![0u8; row * rows];
+    quantize_ggml_into(ty, data, rows, n_per_row, &mut out)?;
+    Ok(out)
+}
+
+/// Whether `rows` rows of `n_per_row` values fit `ty`'s blocks, `data` holds them all, and
+/// `ty` quantizes without an importance matrix.
+fn check_rows(ty: GgmlType, data: &[f32], rows: usize, n_per_row: usize) -> Result<()> {
     let (blck, _) = ty.layout();
     if !(n_per_row as u64).is_multiple_of(blck) {
         return Err(Error::Llama(format!(
             "rows of {n_per_row} do not fit {ty} blocks of {blck}"
         )));
     }
-    let raw = ty.id() as sys::ggml_type;
     // SAFETY: valid type id.
-    if unsafe { sys::ggml_quantize_requires_imatrix(raw) } {
+    if unsafe { sys::ggml_quantize_requires_imatrix(ty.id() as sys::ggml_type) } {
         return Err(Error::InvalidParam(format!(
             "{ty} needs an importance matrix; pick another tier type"
         )));
     }
-    assert_eq!(data.len(), rows * n_per_row);
+    if data.len() != rows * n_per_row {
+        return Err(Error::Llama(format!(
+            "{} values are not {rows} rows of {n_per_row}",
+            data.len()
+        )));
+    }
+    Ok(())
+}
+
+fn quantize_ggml_into(
+    ty: GgmlType,
+    data: &[f32],
+    rows: usize,
+    n_per_row: usize,
+    out: &mut [u8],
+) -> Result<()> {
+    check_rows(ty, data, rows, n_per_row)?;
+    let raw = ty.id() as sys::ggml_type;
     // SAFETY: valid type id; row_size only computes.
     let row = unsafe { sys::ggml_row_size(raw, n_per_row as i64) };
-    let mut out = vec![0u8; row * rows];
-    // SAFETY: data holds rows*n_per_row floats, out holds rows*row bytes, no imatrix.
+    if out.len() != row * rows {
+        return Err(Error::Llama(format!(
+            "{} bytes do not hold {rows} rows of {ty}",
+            out.len()
+        )));
+    }
+    // SAFETY: data holds rows*n_per_row floats, out holds rows*row bytes (both checked), no
+    // imatrix (checked).
     let written = unsafe {
         sys::ggml_quantize_chunk(
             raw,
@@ -276,7 +399,7 @@ pub fn quantize_ggml(ty: GgmlType, data: &[f32], rows: usize, n_per_row: usize) 
             out.len()
         )));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The CUDA device whose memory holds `buffer` (buffer types named `CUDA<n>`); None for host
