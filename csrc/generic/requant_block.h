@@ -113,14 +113,39 @@ GEARBX_HD float gearbx_load(int src_type, const void *src, int64_t i) {
     return src_type == GEARBX_T_F16 ? gearbx_f16_to_f32(v) : gearbx_bf16_to_f32(v);
 }
 
-/* Float -> int32 as x86's cvttss2si/cvttps2dq do it (what llama.cpp's CPU build runs):
- * truncation, and INT32_MIN for NaN and out-of-range values (C leaves those undefined; CUDA
- * saturates, so the GPU needs this spelled out). */
+/* The machine whose llama.cpp build the quantizers reproduce: AArch64 for host code compiled
+ * for it, x86-64 otherwise (the CUDA kernels follow x86-64, the GPU machine's host). The two
+ * builds differ where C leaves the result to the hardware or the compiler: float -> int of
+ * values out of range (and NaN), and one fused multiply-add GCC finds only on AArch64. */
+#if defined(__aarch64__) && !defined(__CUDA_ARCH__)
+#define GEARBX_ARM_BUILD 1
+#else
+#define GEARBX_ARM_BUILD 0
+#endif
+
+/* Float -> int32 as the conversion instructions of that build do it: x86's cvttss2si and
+ * cvttps2dq truncate and give INT32_MIN for NaN and out-of-range values; AArch64's FCVTZS
+ * truncates, saturates, and gives 0 for NaN. (C leaves those cases undefined; CUDA
+ * saturates, so the GPU needs this spelled out.) */
 GEARBX_HD int32_t gearbx_cvtt_i32(float v) {
     if (v > -2147483904.0f && v < 2147483648.0f) {
         return (int32_t)v;
     }
+#if GEARBX_ARM_BUILD
+    return v != v ? 0 : v > 0 ? INT32_MAX : INT32_MIN;
+#else
     return INT32_MIN;
+#endif
+}
+
+/* acc + x*x as that build sums squares: fused on AArch64; on x86-64 GCC vectorises the
+ * squares, so each is rounded before the (in-order) sum. */
+GEARBX_HD float gearbx_add_square(float acc, float x) {
+#if GEARBX_ARM_BUILD
+    return fmaf(x, x, acc);
+#else
+    return acc + x * x;
+#endif
 }
 
 GEARBX_HD void gearbx_store_f16(uint8_t *out, uint16_t h) {
@@ -298,9 +323,14 @@ GEARBX_HD void gearbx_q4_k_values(const float *x, uint8_t *L, uint8_t *out) {
         if (!dj) continue;
         const float dm = dmin * m;
         for (int i = 0; i < 32; ++i) {
-            /* dm + x with dm's NaN first, as x86 adds them in llama.cpp's build (a NaN's
-             * payload becomes the value's low bits here) */
-            const float s = dm != dm ? dm : x[32 * j + i] + dm;
+            /* A NaN's payload becomes the value's low bits here, so which NaN the sum keeps
+             * matters: x86's build adds dm + x (dm's NaN first), AArch64's x + dm. */
+            const float xv = x[32 * j + i];
+#if GEARBX_ARM_BUILD
+            const float s = xv != xv ? xv + xv : xv + dm;
+#else
+            const float s = dm != dm ? dm : xv + dm;
+#endif
             L[32 * j + i] = (uint8_t)gearbx_clamp_i32(gearbx_nearest_int_of(s / dj + GEARBX_MAGIC), 15);
         }
     }
@@ -311,15 +341,14 @@ GEARBX_HD void gearbx_q4_k_values(const float *x, uint8_t *L, uint8_t *out) {
     }
 }
 
-/* quantize_row_q4_K_ref for one block of 256 values, as llama.cpp's build computes it (the
- * Σx² of the weights is a plain sum of rounded squares there: GCC vectorises the squares). */
+/* quantize_row_q4_K_ref for one block of 256 values, as llama.cpp's build computes it. */
 GEARBX_HD void gearbx_block_q4_k(const float *x, uint8_t *out) {
     uint8_t L[GEARBX_QK_K];
     float w[32], scales[8], mins[8];
     for (int j = 0; j < 8; ++j) {
         const float *xj = x + 32 * j;
         float sum_x2 = 0;
-        for (int l = 0; l < 32; ++l) sum_x2 += xj[l] * xj[l];
+        for (int l = 0; l < 32; ++l) sum_x2 = gearbx_add_square(sum_x2, xj[l]);
         const float av_x = sqrtf(sum_x2 / 32);
         for (int l = 0; l < 32; ++l) w[l] = av_x + fabsf(xj[l]);
         scales[j] = gearbx_qkx2_32(xj, w, L + 32 * j, &mins[j]);

@@ -201,7 +201,7 @@ void gearbx_quantize_q4_k_neon(const float *x, uint8_t *out, int64_t nblocks) {
             for (int i = 0; i < 32; ++i) {
                 const float lane[4] = {xh[i], xh[32 + i], xh[64 + i], xh[96 + i]};
                 xt[i] = vld1q_f32(lane);
-                sum_x2 = vaddq_f32(sum_x2, vmulq_f32(xt[i], xt[i]));
+                sum_x2 = vfmaq_f32(sum_x2, xt[i], xt[i]); /* gearbx_add_square on AArch64 */
             }
             const float32x4_t av_x = vsqrtq_f32(vdivq_f32(sum_x2, vdupq_n_f32(32.0f)));
             for (int i = 0; i < 32; ++i) {

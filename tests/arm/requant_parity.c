@@ -6,7 +6,11 @@
  * `cargo run --release --example kernel_vectors -- FILE` (F32, F16 and BF16 rows).
  * For every class and every target type (Q8_0, Q4_0, Q4_K) it compares, block by block:
  * the SIMD twin with the scalar twin (gearbx_requant_ref: must be identical), and the scalar
- * twin with ggml's reference on this architecture (reported; exit 1 on any difference). */
+ * twin with ggml's reference on this architecture (reported; exit 1 on any difference).
+ * Built with -DGEARBX_CUDA_PARITY (on the GPU machine: the README, "CPU kernels") the twin is the
+ * CUDA kernel of csrc/cuda/requant.cu, fed the source bytes as they are (F32, F16, BF16), and
+ * ggml is not linked (the scalar twin is ggml's reference on x86-64, checked by the tests);
+ * then it also times the kernels on an 8B model's largest matrix shape. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,10 +18,17 @@
 
 #include "../../csrc/generic/gearbx_kernels.h"
 
+#ifdef GEARBX_CUDA_PARITY
+#include "../../csrc/cuda/gearbx_cuda.h"
+#define quantize_row_q8_0_ref NULL
+#define quantize_row_q4_0_ref NULL
+#define quantize_row_q4_K_ref NULL
+#else
 /* ggml-quants.c (declared here with untyped blocks: this driver reads only their bytes). */
 void quantize_row_q8_0_ref(const float *x, void *y, int64_t k);
 void quantize_row_q4_0_ref(const float *x, void *y, int64_t k);
 void quantize_row_q4_K_ref(const float *x, void *y, int64_t k);
+#endif
 
 typedef void (*quantizer)(const float *, uint8_t *, int64_t);
 
@@ -27,7 +38,11 @@ static const struct {
     void (*ggml)(const float *, void *, int64_t);
     quantizer twin;
 } targets[] = {
-#if defined(__aarch64__)
+#if defined(GEARBX_CUDA_PARITY)
+    {"Q8_0", 8, 32, 34, NULL, NULL},
+    {"Q4_0", 2, 32, 18, NULL, NULL},
+    {"Q4_K", 12, 256, 144, NULL, NULL},
+#elif defined(__aarch64__)
     {"Q8_0", 8, 32, 34, quantize_row_q8_0_ref, gearbx_quantize_q8_0_neon},
     {"Q4_0", 2, 32, 18, quantize_row_q4_0_ref, gearbx_quantize_q4_0_neon},
     {"Q4_K", 12, 256, 144, quantize_row_q4_K_ref, gearbx_quantize_q4_k_neon},
@@ -51,7 +66,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s VECTORS\n", argv[0]);
         return 2;
     }
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(GEARBX_CUDA_PARITY)
     if (!gearbx_have_avx2()) {
         printf("no AVX2+FMA on this CPU: nothing to compare\n");
         return 0;
@@ -103,8 +118,19 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "gearbx_requant_ref refused %s\n", name);
                 return 2;
             }
+#ifdef GEARBX_CUDA_PARITY
+            char err[256];
+            float ms = 0;
+            if (gearbx_cuda_requant_host(0, (int)src, bytes, nbytes, targets[t].type, twin,
+                                         out_bytes, (int64_t)n, &ms, err, sizeof err) != 0) {
+                fprintf(stderr, "CUDA: %s\n", err);
+                return 2;
+            }
+            memcpy(ggml, scalar, out_bytes);
+#else
             targets[t].twin(x, twin, (int64_t)blocks);
             targets[t].ggml(x, ggml, (int64_t)n);
+#endif
             size_t dt = differing(twin, scalar, blocks, targets[t].bytes);
             size_t dr = differing(scalar, ggml, blocks, targets[t].bytes);
             if (dt || dr) {
@@ -124,5 +150,29 @@ int main(int argc, char **argv) {
     }
     printf("quantizers: %d classes x %zu types: %d twin differences, %d reference differences\n",
            cases, sizeof targets / sizeof targets[0], twin_fail, ref_fail);
+#ifdef GEARBX_CUDA_PARITY
+    /* Kernel time on the 8B shape's largest matrix (14336 x 4096, F16 source). */
+    const int64_t big = 14336LL * 4096;
+    uint16_t *h = malloc(big * 2);
+    uint8_t *q = malloc(big / 32 * 34);
+    for (int64_t i = 0; i < big; i++) h[i] = gearbx_fp32_to_fp16(((float)(i % 977) - 488.0f) * 1e-4f);
+    for (size_t t = 0; t < sizeof targets / sizeof targets[0]; t++) {
+        char err[256];
+        float best = 1e30f;
+        for (int r = 0; r < 3; r++) {
+            float ms = 0;
+            if (gearbx_cuda_requant_host(0, 1, h, big * 2, targets[t].type, q,
+                                         big / targets[t].values * targets[t].bytes, big, &ms,
+                                         err, sizeof err) != 0) {
+                fprintf(stderr, "CUDA: %s\n", err);
+                return 2;
+            }
+            best = ms < best ? ms : best;
+        }
+        printf("F16 14336x4096 -> %s on the GPU: %.3f ms (%.0f GB/s read+written)\n",
+               targets[t].name, best,
+               (big * 2.0 + big / targets[t].values * targets[t].bytes) / (best * 1e6));
+    }
+#endif
     return twin_fail || ref_fail ? 1 : 0;
 }
