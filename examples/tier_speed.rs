@@ -45,7 +45,8 @@ fn synthetic_layer(layer: usize) -> Vec<Matrix> {
         .into_iter()
         .enumerate()
         .map(|(k, (name, rows, cols))| {
-            let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ ((layer * 16 + k) as u64).wrapping_mul(0x2545_F491);
+            let mut x =
+                0x9E37_79B9_7F4A_7C15u64 ^ ((layer * 16 + k) as u64).wrapping_mul(0x2545_F491);
             let mut bytes = Vec::with_capacity(rows * cols * 2);
             for _ in 0..rows * cols {
                 x ^= x << 13;
@@ -85,7 +86,8 @@ fn gguf_matrices(path: &str) -> Vec<Matrix> {
                 return None;
             }
             let mut bytes = vec![0u8; t.size as usize];
-            file.read_exact_at(&mut bytes, t.file_offset).expect("read a tensor");
+            file.read_exact_at(&mut bytes, t.file_offset)
+                .expect("read a tensor");
             Some(Matrix {
                 name: t.name.clone(),
                 ty,
@@ -132,13 +134,17 @@ fn build(m: &Matrix, types: &[GgmlType], path: Path) -> (Vec<Vec<u8>>, f64) {
                                 .collect::<Result<Vec<_>, _>>()
                                 .expect("quantize")
                         }
-                        Path::Ours => weights::requantize(m.ty, bytes, nr, m.cols, types)
-                            .expect("requantize"),
+                        Path::Ours => {
+                            weights::requantize(m.ty, bytes, nr, m.cols, types).expect("requantize")
+                        }
                     }
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("worker")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker"))
+            .collect()
     });
     let secs = t.elapsed().as_secs_f64();
     let joined = (0..types.len())
@@ -152,13 +158,17 @@ fn main() {
     println!(
         "tier build, 2 threads: ggml's quantize_chunk vs our kernels ({:?} on this CPU), {}",
         gearbx::kernels::entropy_kernel(),
-        arg.as_deref().unwrap_or("synthetic Llama-3.2-1B shape, F16")
+        arg.as_deref()
+            .unwrap_or("synthetic Llama-3.2-1B shape, F16")
     );
     let plans: [(&str, Vec<GgmlType>); 4] = [
         ("Q8_0", vec![GgmlType::Q8_0]),
         ("Q4_0", vec![GgmlType::Q4_0]),
         ("Q4_K", vec![GgmlType::Q4_K]),
-        ("default plan (Q8_0 + Q4_K)", vec![GgmlType::Q8_0, GgmlType::Q4_K]),
+        (
+            "default plan (Q8_0 + Q4_K)",
+            vec![GgmlType::Q8_0, GgmlType::Q4_K],
+        ),
     ];
     let mut secs = vec![[0.0f64; 2]; plans.len()];
     let (mut weights_n, mut differ) = (0usize, 0usize);
@@ -171,7 +181,11 @@ fn main() {
             weights_n += m.rows * m.cols;
             for (k, (_, types)) in plans.iter().enumerate() {
                 // Alternate which path goes first, so neither always finds a warm cache.
-                let order = if k % 2 == 0 { [Path::Ggml, Path::Ours] } else { [Path::Ours, Path::Ggml] };
+                let order = if k % 2 == 0 {
+                    [Path::Ggml, Path::Ours]
+                } else {
+                    [Path::Ours, Path::Ggml]
+                };
                 let mut got = Vec::new();
                 for p in order {
                     let (out, s) = build(m, types, p);

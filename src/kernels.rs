@@ -173,13 +173,20 @@ pub fn f16_to_f32_into(src: &[u8], out: &mut [f32]) {
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
         #[cfg(target_arch = "x86_64")]
-        let f = (entropy_kernel() == EntropyKernel::Avx2).then_some(ffi::gearbx_f16_to_f32_row_avx2);
+        let f =
+            (entropy_kernel() == EntropyKernel::Avx2).then_some(ffi::gearbx_f16_to_f32_row_avx2);
         #[cfg(target_arch = "aarch64")]
         let f = Some(ffi::gearbx_f16_to_f32_row_neon);
         if let Some(f) = f {
             // SAFETY: src holds out.len() halves (checked; unaligned loads in the kernels);
             // out is writable for as many floats; the CPU has the instructions.
-            unsafe { f(src.as_ptr() as *const u16, out.as_mut_ptr(), out.len() as i64) };
+            unsafe {
+                f(
+                    src.as_ptr() as *const u16,
+                    out.as_mut_ptr(),
+                    out.len() as i64,
+                )
+            };
             return;
         }
     }
@@ -381,7 +388,12 @@ mod tests {
     /// end chunks early and late.
     #[test]
     fn requantize_matches_ggml_path() {
-        let types = [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q4_0, GgmlType::Q5_K];
+        let types = [
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q4_0,
+            GgmlType::Q5_K,
+        ];
         for (src, cols, rows) in [
             (GgmlType::F16, 2048usize, 37usize),
             (GgmlType::BF16, 512, 300),
@@ -400,8 +412,14 @@ mod tests {
                 .or_else(|_| -> crate::error::Result<Vec<u8>> {
                     Ok(match src {
                         GgmlType::F32 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                        GgmlType::F16 => vals.iter().flat_map(|&v| fp32_to_fp16(v).to_le_bytes()).collect(),
-                        _ => vals.iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect(),
+                        GgmlType::F16 => vals
+                            .iter()
+                            .flat_map(|&v| fp32_to_fp16(v).to_le_bytes())
+                            .collect(),
+                        _ => vals
+                            .iter()
+                            .flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes())
+                            .collect(),
                     })
                 })
                 .unwrap();
@@ -424,7 +442,10 @@ mod tests {
     fn requant_refuses_what_it_cannot_do() {
         let f16 = vec![0u8; 64];
         assert!(requant_ref(GgmlType::F16, &f16, GgmlType::Q5_K).is_none());
-        assert!(requant_ref(GgmlType::F16, &f16, GgmlType::Q4_K).is_none(), "not 256 values");
+        assert!(
+            requant_ref(GgmlType::F16, &f16, GgmlType::Q4_K).is_none(),
+            "not 256 values"
+        );
         assert!(requant_ref(GgmlType::Q8_0, &f16, GgmlType::Q4_0).is_none());
         assert!(requant_ref(GgmlType::F16, &f16[..62], GgmlType::Q4_0).is_none());
         assert_eq!(

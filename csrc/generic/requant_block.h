@@ -195,6 +195,12 @@ GEARBX_HD void gearbx_block_q4_0(const float *x, uint8_t *out) {
  * already computed: GCC fuses that add with the multiply before it wherever there is one, so
  * the callers compute it, as fmaf where ggml's build fuses. */
 GEARBX_HD int32_t gearbx_nearest_int_of(float v_plus_magic) {
+#ifdef __CUDA_ARCH__
+    /* The GPU makes every NaN 0x7fffffff; x86 makes an invalid operation's NaN 0xffc00000
+     * (whose value here is 0) and keeps an input NaN's payload, which the GPU cannot: a NaN
+     * counts as x86's default NaN (blocks holding NaN inputs can differ on the GPU). */
+    if (v_plus_magic != v_plus_magic) return 0;
+#endif
     return (int32_t)(gearbx_f32_bits(v_plus_magic) & 0x007fffffu) - 0x00400000;
 }
 

@@ -427,7 +427,8 @@ impl<'m> Gearbox<'m> {
                     drop(g);
                     if let Some(wr) = &writer {
                         // Read back after the kernel (the copy's stream waits for it).
-                        if let Err(err) = tiers.read_shadow(e.set, i).and_then(|q| wr.write(k, &q)) {
+                        if let Err(err) = tiers.read_shadow(e.set, i).and_then(|q| wr.write(k, &q))
+                        {
                             write_error
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
@@ -441,7 +442,8 @@ impl<'m> Gearbox<'m> {
                 // The rest from the source, converted once a chunk at a time into every type.
                 let bytes = source_bytes(&w, &file, gguf)?;
                 let types: Vec<GgmlType> = on_cpu.iter().map(|&(_, ty)| ty).collect();
-                let built = weights::requantize(w.ggml_type(), &bytes, rows, ne[0] as usize, &types)?;
+                let built =
+                    weights::requantize(w.ggml_type(), &bytes, rows, ne[0] as usize, &types)?;
                 drop(bytes);
                 for ((k, _), q) in on_cpu.into_iter().zip(built) {
                     tiers.fill(entries[k].set, i, &q)?;

@@ -134,7 +134,10 @@ pub fn cases(src_type: GgmlType, blocks: usize, seed: u64) -> Vec<Case> {
         // Q4_K: all-positive sub-blocks (the minimum is clamped to 0) and small integers
         // (candidate scales land values on rounding ties).
         ("positive", v(&mut |_, r| r.unit() * 3.0 + 0.25)),
-        ("small-ints", v(&mut |_, r| (r.next() % 16) as f32 * 0.25 - 2.0)),
+        (
+            "small-ints",
+            v(&mut |_, r| (r.next() % 16) as f32 * 0.25 - 2.0),
+        ),
         (
             "largest-finite",
             v(&mut |_, r| match r.next() % 4 {
