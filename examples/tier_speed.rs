@@ -72,7 +72,8 @@ fn synthetic_layer(layer: usize) -> Vec<Matrix> {
         .collect()
 }
 
-/// The 2-D float matrices of a GGUF file whose rows are whole Q4_K blocks.
+/// The 2-D float matrices of a GGUF file whose rows are whole blocks of 32 (Q4_K is built
+/// only for those whose rows hold whole blocks of 256, as the gearbox's plan does).
 fn gguf_matrices(path: &str) -> Vec<Matrix> {
     let info = gguf::inspect(path.as_ref()).unwrap_or_else(|e| panic!("{path}: {e}"));
     let file = File::open(path).expect("open the model");
@@ -82,7 +83,7 @@ fn gguf_matrices(path: &str) -> Vec<Matrix> {
             let ty = GgmlType::from_id(t.ggml_type)?;
             let float = [GgmlType::F32, GgmlType::F16, GgmlType::BF16].contains(&ty);
             let rows = (t.ne[1] * t.ne[2] * t.ne[3]) as usize;
-            if !float || rows < 2 || t.ne[0] % 256 != 0 {
+            if !float || rows < 2 || t.ne[0] % 32 != 0 {
                 return None;
             }
             let mut bytes = vec![0u8; t.size as usize];
@@ -179,7 +180,15 @@ fn main() {
     for layer in chunks {
         for m in &layer {
             weights_n += m.rows * m.cols;
-            for (k, (_, types)) in plans.iter().enumerate() {
+            for (k, (_, all_types)) in plans.iter().enumerate() {
+                let types: Vec<GgmlType> = all_types
+                    .iter()
+                    .copied()
+                    .filter(|t| (m.cols as u64).is_multiple_of(t.layout().0))
+                    .collect();
+                if types.is_empty() {
+                    continue;
+                }
                 // Alternate which path goes first, so neither always finds a warm cache.
                 let order = if k % 2 == 0 {
                     [Path::Ggml, Path::Ours]
@@ -188,7 +197,7 @@ fn main() {
                 };
                 let mut got = Vec::new();
                 for p in order {
-                    let (out, s) = build(m, types, p);
+                    let (out, s) = build(m, &types, p);
                     secs[k][(p == Path::Ours) as usize] += s;
                     got.push(out);
                 }
