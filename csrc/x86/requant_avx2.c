@@ -43,28 +43,35 @@ GBX_AVX2 static inline __m256 round_half_away(__m256 v) {
     return _mm256_add_ps(t, _mm256_and_ps(up, one));
 }
 
-GBX_AVX2 void gearbx_quantize_q8_0_avx2(const float *x, uint8_t *out, int64_t nblocks) {
+/* Loads a block of 32; returns |x|'s maximum and whether every value is finite. */
+GBX_AVX2 static inline float load32(const float *xb, __m256 *v, int *finite) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     const __m256 inf = _mm256_set1_ps(INFINITY);
+    __m256 amax = _mm256_setzero_ps();
+    __m256 bad = _mm256_setzero_ps();
+    for (int k = 0; k < 4; k++) {
+        v[k] = _mm256_loadu_ps(xb + 8 * k);
+        __m256 a = _mm256_andnot_ps(sign, v[k]);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, inf, _CMP_NLT_UQ)); /* NaN or inf */
+        amax = _mm256_max_ps(amax, a);
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+    *finite = _mm256_movemask_ps(bad) == 0;
+    return _mm_cvtss_f32(m4);
+}
+
+GBX_AVX2 void gearbx_quantize_q8_0_avx2(const float *x, uint8_t *out, int64_t nblocks) {
     const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (int64_t b = 0; b < nblocks; b++) {
         const float *xb = x + b * GEARBX_QK;
         uint8_t *ob = out + b * GEARBX_Q8_0_BYTES;
         __m256 v[4];
-        __m256 amax = _mm256_setzero_ps();
-        __m256 bad = _mm256_setzero_ps();
-        for (int k = 0; k < 4; k++) {
-            v[k] = _mm256_loadu_ps(xb + 8 * k);
-            __m256 a = _mm256_andnot_ps(sign, v[k]);
-            bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, inf, _CMP_NLT_UQ)); /* NaN or inf */
-            amax = _mm256_max_ps(amax, a);
-        }
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-        const float am = _mm_cvtss_f32(m4);
+        int finite;
+        const float am = load32(xb, v, &finite);
         const float d = am / 127.0f;
-        if (_mm256_movemask_ps(bad) != 0 || (d != 0.0f && d < FLT_MIN)) {
+        if (!finite || (d != 0.0f && d < FLT_MIN)) {
             gearbx_block_q8_0(xb, ob);
             continue;
         }
@@ -92,23 +99,12 @@ GBX_AVX2 static inline __m256i low_bytes(__m256i a, __m256i b, __m256i c, __m256
 
 GBX_AVX2 void gearbx_quantize_q4_0_avx2(const float *x, uint8_t *out, int64_t nblocks) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
-    const __m256 inf = _mm256_set1_ps(INFINITY);
     for (int64_t b = 0; b < nblocks; b++) {
         const float *xb = x + b * GEARBX_QK;
         uint8_t *ob = out + b * GEARBX_Q4_0_BYTES;
         __m256 v[4];
-        __m256 amax = _mm256_setzero_ps();
-        __m256 bad = _mm256_setzero_ps();
-        for (int k = 0; k < 4; k++) {
-            v[k] = _mm256_loadu_ps(xb + 8 * k);
-            __m256 a = _mm256_andnot_ps(sign, v[k]);
-            bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, inf, _CMP_NLT_UQ));
-            amax = _mm256_max_ps(amax, a);
-        }
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-        const float am = _mm_cvtss_f32(m4);
+        int finite;
+        const float am = load32(xb, v, &finite);
         /* The reference keeps the first value whose |x| is the maximum (and +0 when all are
          * zeros); its sign decides d's. */
         float max = 0.0f;
@@ -123,7 +119,7 @@ GBX_AVX2 void gearbx_quantize_q4_0_avx2(const float *x, uint8_t *out, int64_t nb
             }
         }
         const float d = max / -8.0f;
-        if (_mm256_movemask_ps(bad) != 0 || (d != 0.0f && fabsf(d) < FLT_MIN)) {
+        if (!finite || (d != 0.0f && fabsf(d) < FLT_MIN)) {
             gearbx_block_q4_0(xb, ob);
             continue;
         }

@@ -201,18 +201,22 @@ pub fn to_f32(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// Converts `bytes` (values of `ty`) to f32 into `out`, whose length says how many: F32, F16
-/// and BF16 here (F16 through the SIMD converter), every other type by ggml's to_float.
-pub fn to_f32_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
-    let n = out.len();
-    let layout = ty.layout();
-    if !(n as u64).is_multiple_of(layout.0) || bytes.len() as u64 != n as u64 / layout.0 * layout.1
-    {
+/// Whether `bytes` hold exactly `n` values of `ty`.
+fn check_values(ty: GgmlType, bytes: &[u8], n: usize) -> Result<()> {
+    let (blck, per) = ty.layout();
+    if !(n as u64).is_multiple_of(blck) || bytes.len() as u64 != n as u64 / blck * per {
         return Err(Error::Llama(format!(
             "{} bytes do not hold {n} values of type {ty}",
             bytes.len(),
         )));
     }
+    Ok(())
+}
+
+/// Converts `bytes` (values of `ty`) to f32 into `out`, whose length says how many: F32, F16
+/// and BF16 here (F16 through the SIMD converter), every other type by ggml's to_float.
+pub fn to_f32_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    check_values(ty, bytes, out.len())?;
     match ty {
         GgmlType::F32 => {
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
@@ -237,22 +241,20 @@ pub fn to_f32_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
 /// Converts `bytes` (values of `ty`) to f32 into `out` with ggml's own to_float for the type
 /// (the reference for [`to_f32_into`]).
 pub fn to_f32_ggml_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
-    let n = out.len();
-    let layout = ty.layout();
-    if !(n as u64).is_multiple_of(layout.0) || bytes.len() as u64 != n as u64 / layout.0 * layout.1
-    {
-        return Err(Error::Llama(format!(
-            "{} bytes do not hold {n} values of type {ty}",
-            bytes.len(),
-        )));
-    }
+    check_values(ty, bytes, out.len())?;
     // SAFETY: valid type id; the traits table is static.
     let traits = unsafe { &*sys::ggml_get_type_traits(ty.id() as sys::ggml_type) };
     let f = traits
         .to_float
         .ok_or_else(|| Error::Llama(format!("type {ty} cannot be dequantized")))?;
     // SAFETY: bytes holds exactly n values of `ty` (checked above); out holds n floats.
-    unsafe { f(bytes.as_ptr() as *const c_void, out.as_mut_ptr(), n as i64) };
+    unsafe {
+        f(
+            bytes.as_ptr() as *const c_void,
+            out.as_mut_ptr(),
+            out.len() as i64,
+        )
+    };
     Ok(())
 }
 
@@ -306,11 +308,24 @@ pub fn requantize(
 /// has one for `ty` (bit-identical to ggml's reference, rows of whole blocks), else as
 /// [`quantize_ggml`].
 pub fn quantize(ty: GgmlType, data: &[f32], rows: usize, n_per_row: usize) -> Result<Vec<u8>> {
+    quantize_with(quantize_into, ty, data, rows, n_per_row)
+}
+
+type QuantizeInto = fn(GgmlType, &[f32], usize, usize, &mut [u8]) -> Result<()>;
+
+/// The output of `into` for `rows` rows of `n_per_row` floats, in a buffer of their size.
+fn quantize_with(
+    into: QuantizeInto,
+    ty: GgmlType,
+    data: &[f32],
+    rows: usize,
+    n_per_row: usize,
+) -> Result<Vec<u8>> {
     check_rows(ty, data, rows, n_per_row)?;
     // SAFETY: valid type id (checked); row_size only computes.
     let row = unsafe { sys::ggml_row_size(ty.id() as sys::ggml_type, n_per_row as i64) };
     let mut out = vec![0u8; row * rows];
-    quantize_into(ty, data, rows, n_per_row, &mut out)?;
+    into(ty, data, rows, n_per_row, &mut out)?;
     Ok(out)
 }
 
@@ -331,12 +346,7 @@ fn quantize_into(
 /// Quantizes `rows` rows of `n_per_row` floats into `ty` with ggml's reference quantizers
 /// (`ggml_quantize_chunk`, no importance matrix).
 pub fn quantize_ggml(ty: GgmlType, data: &[f32], rows: usize, n_per_row: usize) -> Result<Vec<u8>> {
-    check_rows(ty, data, rows, n_per_row)?;
-    // SAFETY: valid type id (checked); row_size only computes.
-    let row = unsafe { sys::ggml_row_size(ty.id() as sys::ggml_type, n_per_row as i64) };
-    let mut out = vec![0u8; row * rows];
-    quantize_ggml_into(ty, data, rows, n_per_row, &mut out)?;
-    Ok(out)
+    quantize_with(quantize_ggml_into, ty, data, rows, n_per_row)
 }
 
 /// Whether `rows` rows of `n_per_row` values fit `ty`'s blocks, `data` holds them all, and
