@@ -188,6 +188,9 @@ typedef struct gearbx_stats {
   gearbx_guarantee guarantee;
 } gearbx_stats;
 
+// When llama.cpp uses flash attention (`gearbx_engine_params.flash_attn`), as its `-fa`.
+typedef int32_t gearbx_flash_attn;
+
 // How to open an engine. Get defaults from `gearbx_engine_default_params()`.
 typedef struct gearbx_engine_params {
   // The Ollama store's root; NULL: `$OLLAMA_MODELS` or `~/.ollama/models`.
@@ -204,6 +207,13 @@ typedef struct gearbx_engine_params {
   struct gearbx_gear_params gears;
   // Let llama.cpp log to stderr.
   bool verbose;
+  // KV cache element types, named as llama.cpp's -ctk/-ctv name them ("f16", "q8_0",
+  // "q4_0", ...); NULL: "f16". A quantized V cache needs flash attention (not
+  // `GEARBX_FLASH_ATTN_OFF`).
+  const char *cache_type_k;
+  const char *cache_type_v;
+  // `GEARBX_FLASH_ATTN_AUTO` (the default), `_ON` or `_OFF`.
+  gearbx_flash_attn flash_attn;
 } gearbx_engine_params;
 
 // Sampling settings (llama.cpp's names and defaults). `temperature <= 0` is greedy.
@@ -324,6 +334,13 @@ typedef bool (*gearbx_token_callback)(const char *piece,
 
 // Policy (engine only): build no tiers; plain llama.cpp decoding.
 #define GEARBX_GEAR_OFF 4
+
+// llama.cpp decides per device (and turns it on for a quantized V cache).
+#define GEARBX_FLASH_ATTN_AUTO -1
+
+#define GEARBX_FLASH_ATTN_OFF 0
+
+#define GEARBX_FLASH_ATTN_ON 1
 
 // The model produced an end-of-generation token.
 #define GEARBX_STOP_EOS 0

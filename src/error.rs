@@ -93,6 +93,11 @@ pub enum Error {
     #[error("not enough memory for the gear tiers: {0}")]
     TiersDoNotFit(String),
 
+    /// A context whose KV cache does not fit the free memory of where it would live
+    /// (checked before allocating).
+    #[error("not enough memory for the KV cache: {0}")]
+    ContextDoesNotFit(String),
+
     #[error("llama.cpp failed: {0}")]
     Llama(String),
 
@@ -212,7 +217,10 @@ impl Error {
             | Error::NotAFile(_) => exit::BAD_MODEL,
             Error::DigestMismatch { .. } => exit::DIGEST_MISMATCH,
             Error::PromptTooLong { .. } => exit::PROMPT_TOO_LONG,
-            Error::Llama(_) | Error::NanLogits(_) | Error::TiersDoNotFit(_) => exit::RUNTIME,
+            Error::Llama(_)
+            | Error::NanLogits(_)
+            | Error::TiersDoNotFit(_)
+            | Error::ContextDoesNotFit(_) => exit::RUNTIME,
             Error::Fetch(_) => exit::FETCH,
             Error::Interrupted => exit::INTERRUPTED,
             Error::Io { .. } | Error::TierCache { .. } => exit::IO,

@@ -8,6 +8,7 @@
 //! tiers, [`kernels`] are our own C kernels, [`capi`] the C ABI of include/gearbx.h. The
 //! measurement harness is the separate crate `gearbx-bench` (crates/gearbx-bench).
 
+pub mod args;
 pub mod capi;
 pub mod engine;
 pub mod error;

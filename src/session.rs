@@ -35,6 +35,7 @@ use crate::error::{param, Error, Result};
 use crate::gearbox::{
     top, BuildReport, CacheOptions, Gear, GearSet, Gearbox, GearboxOptions, Manage, TierOverrides,
 };
+use crate::llama::kv::KvCache;
 use crate::llama::{Context, ContextParams, Model, ModelParams, SamplingParams, Token};
 use crate::monitor::{classifier, Monitor, MonitorConfig};
 use crate::store::manifest::OllamaParams;
@@ -95,6 +96,8 @@ pub struct SessionOptions {
     pub log: Option<fn(&str)>,
     /// Set from any thread to stop the running generation within one forward pass.
     pub abort: Arc<AtomicBool>,
+    /// The KV cache: types, flash attention, rotation (llama.cpp's defaults).
+    pub kv: KvCache,
 }
 
 impl Default for SessionOptions {
@@ -110,6 +113,7 @@ impl Default for SessionOptions {
             progress: false,
             log: None,
             abort: Arc::new(AtomicBool::new(false)),
+            kv: KvCache::default(),
         }
     }
 }
@@ -178,6 +182,24 @@ pub struct Session {
     /// What the KV cache holds, position by position (for `reuse_cache`).
     cached: Vec<Token>,
     abort: Arc<AtomicBool>,
+    kv: KvCache,
+}
+
+/// The KV cache of a session: its settings, what a token costs, what it holds now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KvReport {
+    pub type_k: String,
+    pub type_v: String,
+    /// The setting asked for (auto lets llama.cpp decide per device).
+    pub flash_attn: String,
+    pub rotation: bool,
+    /// Bytes one cached token takes across all layers, from the types.
+    pub bytes_per_token: u64,
+    /// The context's cache at full length (bytes_per_token x n_ctx; models with
+    /// sliding-window layers allocate less on those).
+    pub bytes_full: u64,
+    /// What the cached tokens hold now, as llama.cpp serializes the sequence.
+    pub bytes_used: u64,
 }
 
 /// All cores (at most [`MAX_THREADS`]), or `n`.
@@ -248,6 +270,9 @@ impl Session {
         )?;
         let n_ctx = choose_n_ctx(o.n_ctx, &resolved, Some(model.n_ctx_train()))
             .expect("known with the model's training context");
+        // The cache is refused here, before the tiers and the context are allocated.
+        o.kv.check(&model)?;
+        o.kv.check_fits(&model, n_ctx)?;
         if n_ctx > model.n_ctx_train() && model.n_ctx_train() > 0 {
             log(&format!(
                 "warning: a context of {n_ctx} tokens is more than the {} the model was trained \
@@ -291,6 +316,7 @@ impl Session {
                     n_batch: o.n_batch,
                     n_threads: threads as i32,
                     rebuild_graphs: gearbox.is_some() && model.shifts_need_graph_rebuild(),
+                    kv: o.kv,
                 },
                 o.abort.clone(),
             )?;
@@ -301,6 +327,7 @@ impl Session {
             resolved,
             loaded_file,
             n_ctx,
+            kv: o.kv,
             cached: Vec::new(),
             abort: o.abort.clone(),
         })
@@ -322,6 +349,20 @@ impl Session {
 
     pub fn n_ctx(&self) -> u32 {
         self.n_ctx
+    }
+
+    /// The KV cache: types, bytes per token, and what it holds now.
+    pub fn kv_report(&self) -> KvReport {
+        let per = self.kv.bytes_per_token(self.model());
+        KvReport {
+            type_k: self.kv.type_k.to_string(),
+            type_v: self.kv.type_v.to_string(),
+            flash_attn: self.kv.flash_attn.to_string(),
+            rotation: self.kv.rotation,
+            bytes_per_token: per,
+            bytes_full: per * self.n_ctx as u64,
+            bytes_used: self.loaded.with_dependent(|_, p| p.ctx.kv_state_bytes()) as u64,
+        }
     }
 
     /// The tiers' build report; None without tiers.

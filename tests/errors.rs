@@ -567,3 +567,25 @@ fn llama_cpp_load_errors_about_the_file_are_bad_models() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
+
+#[test]
+fn kv_cache_settings_are_refused_before_anything_is_built() {
+    fails(&["smollm2:135m", "-p", "hi", "-ctk", "q3_k"], 2, "q3_k");
+    fails(
+        &["smollm2:135m", "-p", "hi", "-fa", "sometimes"],
+        2,
+        "sometimes",
+    );
+    let err = fails(
+        &["smollm2:135m", "-p", "hi", "-ctv", "q4_0", "-fa", "off"],
+        2,
+        "needs flash attention",
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // 16M tokens of F16 cache: ~350 GB, more than any machine this runs on has free.
+    fails(
+        &["smollm2:135m", "-p", "hi", "-c", "16000000"],
+        7,
+        "not enough memory for the KV cache",
+    );
+}

@@ -62,6 +62,7 @@ fn generate_tokens(
             n_batch: 512,
             n_threads: 1,
             rebuild_graphs: false,
+            kv: Default::default(),
         },
         Arc::new(AtomicBool::new(false)),
     )
@@ -99,6 +100,7 @@ fn forcing_each_gear_sets_every_managed_tensor_to_its_tier_type() {
             n_batch: 64,
             n_threads: 1,
             rebuild_graphs: false,
+            kv: Default::default(),
         },
         Arc::new(AtomicBool::new(false)),
     )
@@ -203,6 +205,7 @@ fn shifts_take_effect_in_a_reused_context_and_equal_tiers_are_stored_once() {
         n_batch: 256,
         n_threads: 1,
         rebuild_graphs: false,
+        kv: Default::default(),
     };
     let abort = || Arc::new(AtomicBool::new(false));
     // Each gear alone, each in a context of its own.

@@ -366,3 +366,61 @@ fn sigint(child: &std::process::Child) {
         .unwrap();
     assert!(ok.success());
 }
+
+/// The KV cache flags reach llama.cpp: the cache the sequence holds (llama.cpp's own
+/// serialization) is of the types asked for, in the proportion their blocks say (q8_0 stores
+/// 34 bytes per 32 values, f16 64), and `--json` reports it.
+#[test]
+fn kv_cache_types_as_llama_cpp_spells_them() {
+    let q = "Name a colour.";
+    let f16 = run_json(&["smollm2:135m", "--temp", "0", "-n", "12", q]);
+    let q8 = run_json(&[
+        "smollm2:135m",
+        "--temp",
+        "0",
+        "-n",
+        "12",
+        "-ctk",
+        "q8_0",
+        "-ctv",
+        "q8_0",
+        "-fa",
+        "on",
+        q,
+    ]);
+    let mixed = run_json(&[
+        "smollm2:135m",
+        "--temp",
+        "0",
+        "-n",
+        "12",
+        "--cache-type-k=q8_0",
+        "-ctv=q4_0",
+        q,
+    ]);
+    let kv = |v: &serde_json::Value| v["kv_cache"].clone();
+    assert_eq!(kv(&f16)["type_k"], "f16");
+    assert_eq!(kv(&q8)["type_v"], "q8_0");
+    assert_eq!(kv(&mixed)["type_v"], "q4_0");
+    assert_eq!(kv(&q8)["flash_attn"], "on");
+    let per = |v: &serde_json::Value| kv(v)["bytes_per_token"].as_u64().unwrap();
+    // SmolLM2: 30 layers, 3 KV heads of 64 for K and for V.
+    assert_eq!(per(&f16), 30 * 2 * 3 * 64 * 2);
+    assert_eq!(per(&q8) * 64, per(&f16) * 34);
+    assert_eq!(per(&mixed), 30 * 3 * 64 / 32 * (34 + 18));
+    for v in [&f16, &q8, &mixed] {
+        let cells =
+            v["prompt_tokens"].as_u64().unwrap() + v["generated_tokens"].as_u64().unwrap() - 1;
+        let used = kv(v)["bytes_used"].as_u64().unwrap();
+        assert!(
+            used >= per(v) * cells && used <= per(v) * cells + (128 << 10),
+            "{} bytes held for {cells} tokens of {} bytes: {v}",
+            used,
+            per(v)
+        );
+        assert_eq!(
+            kv(v)["bytes_full"].as_u64().unwrap(),
+            per(v) * v["n_ctx"].as_u64().unwrap()
+        );
+    }
+}

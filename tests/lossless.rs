@@ -48,6 +48,7 @@ fn context(model: &Model) -> Context<'_> {
             n_batch: 512,
             n_threads: 1,
             rebuild_graphs: false,
+            kv: Default::default(),
         },
         Arc::new(AtomicBool::new(false)),
     )
@@ -298,6 +299,7 @@ fn identity_holds_past_the_first_kv_block_with_two_threads() {
                 n_batch: 512,
                 n_threads: 2,
                 rebuild_graphs: false,
+                kv: Default::default(),
             },
             Arc::new(AtomicBool::new(false)),
         )

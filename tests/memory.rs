@@ -36,6 +36,7 @@ fn switching_every_token_for_2000_tokens_keeps_memory_flat() {
             n_batch: 64,
             n_threads: 1,
             rebuild_graphs: false,
+            kv: Default::default(),
         },
         Arc::new(AtomicBool::new(false)),
     )

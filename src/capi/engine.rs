@@ -12,6 +12,8 @@ use super::{
 };
 use crate::engine::lossless::{Guarantee, LosslessParams};
 use crate::engine::{self, PromptSpec, StopReason};
+use crate::error::Error;
+use crate::llama::kv::{CacheType, FlashAttn, KvCache};
 use crate::monitor::MonitorConfig;
 use crate::session::{
     GearPolicy, Request, Session, SessionOptions, TierCache, TierOptions, DEFAULT_N_BATCH,
@@ -35,6 +37,13 @@ pub struct gearbx_engine_params {
     pub gears: gearbx_gear_params,
     /// Let llama.cpp log to stderr.
     pub verbose: bool,
+    /// KV cache element types, named as llama.cpp's -ctk/-ctv name them ("f16", "q8_0",
+    /// "q4_0", ...); NULL: "f16". A quantized V cache needs flash attention (not
+    /// `GEARBX_FLASH_ATTN_OFF`).
+    pub cache_type_k: *const c_char,
+    pub cache_type_v: *const c_char,
+    /// `GEARBX_FLASH_ATTN_AUTO` (the default), `_ON` or `_OFF`.
+    pub flash_attn: gearbx_flash_attn,
 }
 
 /// What to generate. Get defaults from `gearbx_generate_default_params()`.
@@ -113,6 +122,9 @@ pub extern "C" fn gearbx_engine_default_params() -> gearbx_engine_params {
         n_gpu_layers: -1,
         gears: gearbx_gear_default_params(),
         verbose: false,
+        cache_type_k: std::ptr::null(),
+        cache_type_v: std::ptr::null(),
+        flash_attn: GEARBX_FLASH_ATTN_AUTO,
     }
 }
 
@@ -198,6 +210,35 @@ pub unsafe extern "C" fn gearbx_engine_open(
     unsafe { construct(out, make) }
 }
 
+/// The KV cache settings of `p`.
+fn kv_cache(p: &gearbx_engine_params) -> ApiResult<KvCache> {
+    let ty = |ptr: *const c_char, what: &str| -> ApiResult<CacheType> {
+        // SAFETY: the params' strings are NULL or NUL-terminated (gearbx_engine_open's
+        // contract).
+        match unsafe { opt_str(ptr, what)? } {
+            None => Ok(CacheType::default()),
+            Some(s) => Ok(s.parse::<CacheType>()?),
+        }
+    };
+    let flash_attn = match p.flash_attn {
+        GEARBX_FLASH_ATTN_AUTO => FlashAttn::Auto,
+        GEARBX_FLASH_ATTN_ON => FlashAttn::On,
+        GEARBX_FLASH_ATTN_OFF => FlashAttn::Off,
+        v => {
+            return Err(Error::InvalidParam(format!(
+                "flash_attn must be GEARBX_FLASH_ATTN_AUTO, _ON or _OFF, not {v}"
+            ))
+            .into())
+        }
+    };
+    Ok(KvCache {
+        type_k: ty(p.cache_type_k, "cache_type_k")?,
+        type_v: ty(p.cache_type_v, "cache_type_v")?,
+        flash_attn,
+        rotation: true,
+    })
+}
+
 fn open(name: Option<&str>, p: &gearbx_engine_params) -> ApiResult<gearbx_engine> {
     let mode = check_mode(p.gears.mode, true)?;
     let threads = n_threads(p.n_threads)?;
@@ -210,6 +251,7 @@ fn open(name: Option<&str>, p: &gearbx_engine_params) -> ApiResult<gearbx_engine
         )
     };
     let monitor = p.gears.monitor()?;
+    let kv = kv_cache(p)?;
     crate::llama::set_verbose(p.verbose);
     let cancel = Arc::new(AtomicBool::new(false));
     let say: fn(&str) = |s| {
@@ -237,6 +279,7 @@ fn open(name: Option<&str>, p: &gearbx_engine_params) -> ApiResult<gearbx_engine
             },
         }),
         progress: p.gears.progress,
+        kv,
         log: (p.gears.progress || p.verbose).then_some(say),
         abort: cancel.clone(),
     })?;

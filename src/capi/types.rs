@@ -26,6 +26,13 @@ pub const GEARBX_GEAR_AUTO: gearbx_gear = 3;
 /// Policy (engine only): build no tiers; plain llama.cpp decoding.
 pub const GEARBX_GEAR_OFF: gearbx_gear = 4;
 
+/// When llama.cpp uses flash attention (`gearbx_engine_params.flash_attn`), as its `-fa`.
+pub type gearbx_flash_attn = i32;
+/// llama.cpp decides per device (and turns it on for a quantized V cache).
+pub const GEARBX_FLASH_ATTN_AUTO: gearbx_flash_attn = -1;
+pub const GEARBX_FLASH_ATTN_OFF: gearbx_flash_attn = 0;
+pub const GEARBX_FLASH_ATTN_ON: gearbx_flash_attn = 1;
+
 /// Why a generation ended (`gearbx_stats.stop_reason`).
 pub type gearbx_stop_reason = i32;
 /// The model produced an end-of-generation token.

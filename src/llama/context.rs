@@ -6,6 +6,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::kv::KvCache;
 use super::{sys, Model, Sampler, Token};
 use crate::error::{Error, Result};
 
@@ -23,6 +24,9 @@ pub struct ContextParams {
     /// ([`Model::shifts_need_graph_rebuild`]): there a reused graph would replay the old
     /// weights. With our ggml-cuda patch every gear keeps its own CUDA graph instead.
     pub rebuild_graphs: bool,
+    /// The KV cache's types, flash attention and rotation (llama.cpp's defaults: F16, auto,
+    /// on). [`KvCache::check`] refuses what the context would.
+    pub kv: KvCache,
 }
 
 /// An owned `llama_context`, freed on drop; it cannot outlive the model it borrows.
@@ -59,20 +63,32 @@ impl<'m> Context<'m> {
         p.n_ubatch = p.n_batch.min(512);
         p.n_threads = params.n_threads;
         p.n_threads_batch = params.n_threads;
+        p.type_k = params.kv.type_k.0.id() as sys::ggml_type;
+        p.type_v = params.kv.type_v.0.id() as sys::ggml_type;
+        p.flash_attn_type = params.kv.flash_attn.llama_type() as sys::llama_flash_attn_type;
         p.abort_callback = Some(abort_callback);
         p.abort_callback_data = Arc::as_ptr(&abort) as *mut c_void;
-        // llama.cpp reads this switch once, when the context is made.
+        // llama.cpp reads these switches once, when the context is made.
         const REUSE_OFF: &str = "LLAMA_GRAPH_REUSE_DISABLE";
-        let before = std::env::var_os(REUSE_OFF);
-        if params.rebuild_graphs {
-            std::env::set_var(REUSE_OFF, "1");
+        const ROT_OFF: &str = "LLAMA_ATTN_ROT_DISABLE";
+        let switches = [
+            (REUSE_OFF, params.rebuild_graphs),
+            (ROT_OFF, !params.kv.rotation),
+        ];
+        let before: Vec<_> = switches.iter().map(|(k, _)| std::env::var_os(k)).collect();
+        for (k, on) in switches {
+            if on {
+                std::env::set_var(k, "1");
+            }
         }
         // SAFETY: the model pointer is valid for 'm, which outlives the context.
         let raw = unsafe { sys::llama_init_from_model(model.as_ptr(), p) };
-        if params.rebuild_graphs {
-            match before {
-                Some(v) => std::env::set_var(REUSE_OFF, v),
-                None => std::env::remove_var(REUSE_OFF),
+        for ((k, on), was) in switches.into_iter().zip(before) {
+            if on {
+                match was {
+                    Some(v) => std::env::set_var(k, v),
+                    None => std::env::remove_var(k),
+                }
             }
         }
         let ptr = NonNull::new(raw).ok_or_else(|| {
@@ -118,12 +134,20 @@ impl<'m> Context<'m> {
         self.n_ctx
     }
 
-    /// Tokens already in the KV cache.
     /// The most tokens one decode call takes.
     pub fn n_batch(&self) -> u32 {
         self.n_batch
     }
 
+    /// Bytes the KV cache of this context's sequence holds now, as llama.cpp serializes it
+    /// (the cached tokens' K and V in the cache types, for every layer).
+    pub fn kv_state_bytes(&self) -> usize {
+        // SAFETY: ptr is a valid context; sequence 0 is the one every decode uses; this only
+        // measures (a counting writer).
+        unsafe { sys::llama_state_seq_get_size(self.ptr.as_ptr(), 0) }
+    }
+
+    /// Tokens already in the KV cache.
     pub fn n_past(&self) -> u32 {
         self.n_past
     }

@@ -25,6 +25,7 @@ impl GgmlType {
     pub const Q4_K: Self = Self(sys::GGML_TYPE_Q4_K);
     pub const Q5_K: Self = Self(sys::GGML_TYPE_Q5_K);
     pub const Q6_K: Self = Self(sys::GGML_TYPE_Q6_K);
+    pub const IQ4_NL: Self = Self(sys::GGML_TYPE_IQ4_NL);
 
     /// The type ggml numbers `id`, if it is one ggml has.
     pub fn from_id(id: u32) -> Option<Self> {

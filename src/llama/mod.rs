@@ -6,6 +6,7 @@ pub mod backend_entropy;
 mod context;
 pub mod cuda_graphs;
 mod ggml_type;
+pub mod kv;
 mod log;
 mod model;
 pub mod requantize;

@@ -175,6 +175,45 @@ impl Model {
         unsafe { sys::llama_model_n_ctx_train(self.ptr.as_ptr()).max(0) as u32 }
     }
 
+    /// Layers, attention heads and KV heads (llama.cpp's hparams).
+    pub fn n_layer(&self) -> u32 {
+        // SAFETY: ptr is a valid model.
+        unsafe { sys::llama_model_n_layer(self.ptr.as_ptr()).max(0) as u32 }
+    }
+
+    pub fn n_head(&self) -> u32 {
+        // SAFETY: ptr is a valid model.
+        unsafe { sys::llama_model_n_head(self.ptr.as_ptr()).max(0) as u32 }
+    }
+
+    pub fn n_head_kv(&self) -> u32 {
+        // SAFETY: ptr is a valid model.
+        unsafe { sys::llama_model_n_head_kv(self.ptr.as_ptr()).max(0) as u32 }
+    }
+
+    /// The width of the residual stream.
+    pub fn n_embd(&self) -> u32 {
+        // SAFETY: ptr is a valid model.
+        unsafe { sys::llama_model_n_embd(self.ptr.as_ptr()).max(0) as u32 }
+    }
+
+    /// A GGUF metadata value as text ("general.architecture"), None when the key is absent.
+    pub fn meta(&self, key: &str) -> Option<String> {
+        let key = std::ffi::CString::new(key).ok()?;
+        let mut buf = [0u8; 256];
+        // SAFETY: key is NUL-terminated; buf is writable for buf.len() bytes and llama.cpp
+        // NUL-terminates within it (returning the full length, or -1 for a missing key).
+        let n = unsafe {
+            sys::llama_model_meta_val_str(
+                self.ptr.as_ptr(),
+                key.as_ptr(),
+                buf.as_mut_ptr() as *mut c_char,
+                buf.len(),
+            )
+        };
+        (n >= 0).then(|| String::from_utf8_lossy(&buf[..(n as usize).min(255)]).into_owned())
+    }
+
     /// llama.cpp's one-line description ("llama 135M Q4_1").
     pub fn description(&self) -> String {
         let mut buf = [0u8; 256];

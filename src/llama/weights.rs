@@ -528,7 +528,7 @@ fn cpu_supports_weight_in(buft: sys::ggml_backend_buffer_type_t, ty: u32, ne: [i
 }
 
 /// MemAvailable of /proc/meminfo, in bytes.
-fn available_memory() -> Option<u64> {
+pub fn host_available_memory() -> Option<u64> {
     let m = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kb: u64 = m
         .lines()
@@ -561,7 +561,7 @@ pub fn device_memory(name: &str) -> (u64, u64) {
     let mut free = free as u64;
     if ty == sys::GGML_BACKEND_DEVICE_TYPE_CPU {
         // ggml calls all of the system's memory free; MemAvailable is what is.
-        free = available_memory().unwrap_or(free).min(free);
+        free = host_available_memory().unwrap_or(free).min(free);
     }
     (free, total as u64)
 }

@@ -106,6 +106,22 @@ int main(int argc, char **argv) {
     ep.gears.window = 0;
     CHECK(gearbx_engine_open(model, &ep, &engine) == GEARBX_ERR_INVALID_ARGUMENT, "window 0");
     ep.gears.window = 5;
+    /* KV cache settings as llama.cpp's -ctk/-ctv/-fa: refused before anything is built. */
+    ep.cache_type_k = "q3_k";
+    CHECK(gearbx_engine_open(model, &ep, &engine) == GEARBX_ERR_INVALID_ARGUMENT &&
+              strstr(gearbx_last_error(), "q3_k") != NULL,
+          "unknown cache type");
+    ep.cache_type_k = "q8_0";
+    ep.cache_type_v = "q4_0";
+    ep.flash_attn = GEARBX_FLASH_ATTN_OFF;
+    CHECK(gearbx_engine_open(model, &ep, &engine) == GEARBX_ERR_INVALID_ARGUMENT &&
+              strstr(gearbx_last_error(), "flash attention") != NULL,
+          "a quantized V cache without flash attention");
+    ep.flash_attn = 7;
+    CHECK(gearbx_engine_open(model, &ep, &engine) == GEARBX_ERR_INVALID_ARGUMENT, "bad flash_attn");
+    ep.cache_type_k = NULL;
+    ep.cache_type_v = NULL;
+    ep.flash_attn = GEARBX_FLASH_ATTN_AUTO;
 
     CHECK(gearbx_engine_open(model, &ep, &engine) == GEARBX_OK, "open %s", model);
     CHECK(gearbx_engine_set_gear(engine, 42) == GEARBX_ERR_INVALID_ARGUMENT, "bad gear");

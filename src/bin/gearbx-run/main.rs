@@ -38,6 +38,7 @@ use gearbx::engine::lossless::LosslessParams;
 use gearbx::engine::{EntropySource, StopReason};
 use gearbx::error::{exit, Error};
 use gearbx::gearbox::{plan, Gear, Manage};
+use gearbx::llama::kv::{CacheType, FlashAttn, KvCache};
 use gearbx::llama::{self, SamplingParams};
 use gearbx::monitor::MonitorConfig;
 use gearbx::session::{self, GearPolicy, Session, SessionOptions, TierCache, TierOptions};
@@ -109,6 +110,26 @@ struct Cli {
         value_name = "N"
     )]
     ctx_size: Option<u32>,
+
+    /// KV cache type for K, as llama.cpp's -ctk: f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl,
+    /// q5_0, q5_1 (llama.cpp rotates K and V before a quantized cache stores them; set
+    /// LLAMA_ATTN_ROT_DISABLE=1 to compare without).
+    #[arg(long = "cache-type-k", value_name = "TYPE", default_value = "f16")]
+    cache_type_k: CacheType,
+
+    /// KV cache type for V, as llama.cpp's -ctv (same types); a quantized V cache needs flash
+    /// attention.
+    #[arg(long = "cache-type-v", value_name = "TYPE", default_value = "f16")]
+    cache_type_v: CacheType,
+
+    /// Flash attention, as llama.cpp's -fa: on, off, or auto (llama.cpp decides per device,
+    /// and turns it on for a quantized V cache).
+    #[arg(
+        long = "flash-attn",
+        value_name = "on|off|auto",
+        default_value = "auto"
+    )]
+    flash_attn: FlashAttn,
 
     /// CPU threads (default: all cores).
     #[arg(short = 't', long, env = "GEARBX_THREADS", value_name = "N")]
@@ -304,17 +325,6 @@ impl From<Error> for Failure {
     }
 }
 
-/// llama.cpp spells the layer count `-ngl N` (one dash, three letters), which no option
-/// parser reads as one flag: it becomes `--n-gpu-layers`.
-fn llama_cpp_spellings(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    args.map(|a| match a.to_str() {
-        Some("-ngl") => "--n-gpu-layers".into(),
-        Some(s) if s.starts_with("-ngl=") => format!("--n-gpu-layers={}", &s[5..]).into(),
-        _ => a,
-    })
-    .collect()
-}
-
 /// The environment variables gearbx-run reads: set but empty counts as unset.
 const ENV_VARS: [&str; 3] = ["GEARBX_THREADS", "OLLAMA_MODELS", "GEARBX_TIER_CACHE"];
 
@@ -324,7 +334,7 @@ fn main() -> ExitCode {
             std::env::remove_var(k); // before any other thread exists
         }
     }
-    let cli = match Cli::try_parse_from(llama_cpp_spellings(std::env::args_os())) {
+    let cli = match Cli::try_parse_from(gearbx::args::llama_cpp_spellings(std::env::args_os())) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -645,6 +655,12 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         progress,
         log: Some(|s| say!("gearbx-run: {s}")),
         abort: abort.clone(),
+        kv: KvCache {
+            type_k: cli.cache_type_k,
+            type_v: cli.cache_type_v,
+            flash_attn: cli.flash_attn,
+            rotation: true,
+        },
         ..Default::default()
     };
     // A prompt that cannot fit is refused before the weights load and the tiers are built.
@@ -653,11 +669,18 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
     }
     let mut sess = Session::open_resolved(m.clone(), &opts)?;
     if cli.verbose {
+        let kv = sess.kv_report();
         say!(
-            "gearbx-run: {} ({}), n_ctx {}, {threads} threads",
+            "gearbx-run: {} ({}), n_ctx {}, {threads} threads, KV cache {}/{} ({} bytes/token, \
+             {:.1} MiB at full context), flash attention {}",
             sess.model().description(),
             sess.loaded_file().path.display(),
-            sess.n_ctx()
+            sess.n_ctx(),
+            kv.type_k,
+            kv.type_v,
+            kv.bytes_per_token,
+            kv.bytes_full as f64 / (1 << 20) as f64,
+            kv.flash_attn
         );
         say!("gearbx-run: {}", llama::system_info());
         if m.store_entry().is_some_and(|s| s.template.is_some()) {
@@ -723,6 +746,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             "entropy_on": outcome.entropy_on,
             "stop_reason": outcome.stop_reason,
             "n_ctx": sess.n_ctx(),
+            "kv_cache": sess.kv_report(),
             "threads": threads,
             "seed": req.sampling.seed,
             "temperature": req.sampling.temperature,
@@ -733,6 +757,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
     let written = stream.finish(&outcome, result);
     if !cli.json {
         render::summary(&outcome);
+        render::kv_summary(&sess.kv_report());
     }
     written.map_err(|msg| Failure(exit::IO, msg))?;
     Ok(if interrupted {

@@ -5,6 +5,7 @@ use std::io::{StdoutLock, Write};
 
 use gearbx::engine::{GearStats, Outcome, TokenEvent};
 use gearbx::gearbox::{BuildReport, Gear, TierOrigin};
+use gearbx::session::KvReport;
 use serde_json::json;
 
 /// The token stream's destinations.
@@ -130,6 +131,19 @@ pub fn tiers(r: &BuildReport) {
 }
 
 /// The statistics on stderr after the text.
+/// The KV cache line of the statistics: its types and what its tokens take.
+pub fn kv_summary(kv: &KvReport) {
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    say!(
+        "[gearbx] KV cache {}/{}: {} bytes/token, {:.2} MiB held, {:.1} MiB at full context",
+        kv.type_k,
+        kv.type_v,
+        kv.bytes_per_token,
+        mib(kv.bytes_used),
+        mib(kv.bytes_full)
+    );
+}
+
 pub fn summary(outcome: &Outcome) {
     say!(
         "[gearbx] prompt {} tok {:.1} tok/s | generated {} tok {:.1} tok/s | stop: {}",

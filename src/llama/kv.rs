@@ -1,0 +1,252 @@
+//! The KV cache's settings as llama.cpp spells them: the K and V cache types (`-ctk`, `-ctv`),
+//! flash attention (`-fa on|off|auto`) and the Hadamard rotation llama.cpp applies before
+//! quantizing a cache (LLAMA_ATTN_ROT_DISABLE); their checks, made before any allocation; and
+//! the bytes a cached token costs.
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::{GgmlType, Model};
+use crate::error::{Error, Result};
+
+/// The cache types llama.cpp accepts for `-ctk`/`-ctv` (common/arg.cpp), in its order.
+pub const CACHE_TYPES: [GgmlType; 9] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::IQ4_NL,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+];
+
+/// A KV cache element type: one of [`CACHE_TYPES`], parsed from llama.cpp's lower-case names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheType(pub GgmlType);
+
+impl Default for CacheType {
+    fn default() -> Self {
+        Self(GgmlType::F16)
+    }
+}
+
+impl CacheType {
+    /// Whether the type is block-quantized (then a V cache of it needs flash attention).
+    pub fn is_quantized(self) -> bool {
+        ![GgmlType::F32, GgmlType::F16, GgmlType::BF16].contains(&self.0)
+    }
+
+    /// Values per block and bytes per block.
+    pub fn layout(self) -> (u64, u64) {
+        self.0.layout()
+    }
+
+    fn names() -> String {
+        CACHE_TYPES
+            .iter()
+            .map(|t| t.to_string().to_lowercase())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl fmt::Display for CacheType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.to_string().to_lowercase())
+    }
+}
+
+impl FromStr for CacheType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        CACHE_TYPES
+            .iter()
+            .find(|t| t.to_string().eq_ignore_ascii_case(s))
+            .map(|&t| Self(t))
+            .ok_or_else(|| {
+                Error::InvalidParam(format!(
+                    "unknown KV cache type {s:?}: use one of {}",
+                    Self::names()
+                ))
+            })
+    }
+}
+
+/// When llama.cpp uses flash attention (`-fa`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlashAttn {
+    /// llama.cpp decides per device (on where the backend supports it, and whenever a
+    /// quantized V cache needs it).
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl FlashAttn {
+    pub(crate) fn llama_type(self) -> i32 {
+        match self {
+            FlashAttn::Auto => -1,
+            FlashAttn::Off => 0,
+            FlashAttn::On => 1,
+        }
+    }
+}
+
+impl fmt::Display for FlashAttn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FlashAttn::Auto => "auto",
+            FlashAttn::On => "on",
+            FlashAttn::Off => "off",
+        })
+    }
+}
+
+impl FromStr for FlashAttn {
+    type Err = Error;
+    /// llama.cpp's spellings: on/off/auto (also 1/0, true/false, enabled/disabled).
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" | "-1" => Ok(FlashAttn::Auto),
+            "on" | "1" | "true" | "enabled" => Ok(FlashAttn::On),
+            "off" | "0" | "false" | "disabled" => Ok(FlashAttn::Off),
+            _ => Err(Error::InvalidParam(format!(
+                "flash attention must be on, off or auto, not {s:?}"
+            ))),
+        }
+    }
+}
+
+/// The KV cache of a context: element types, flash attention, rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvCache {
+    pub type_k: CacheType,
+    pub type_v: CacheType,
+    pub flash_attn: FlashAttn,
+    /// llama.cpp's Hadamard rotation of K and V before a quantized cache stores them (on by
+    /// default; off sets LLAMA_ATTN_ROT_DISABLE while the context is made).
+    pub rotation: bool,
+}
+
+impl Default for KvCache {
+    /// llama.cpp's defaults: F16 K and V, flash attention auto, rotation on.
+    fn default() -> Self {
+        Self {
+            type_k: CacheType::default(),
+            type_v: CacheType::default(),
+            flash_attn: FlashAttn::Auto,
+            rotation: true,
+        }
+    }
+}
+
+/// The head sizes of the model's attention (from its GGUF metadata), per layer uniform.
+fn head_sizes(model: &Model) -> (u64, u64) {
+    let arch = model.meta("general.architecture").unwrap_or_default();
+    let n_embd = model.n_embd() as u64;
+    let n_head = (model.n_head() as u64).max(1);
+    let key = |k: &str| {
+        model
+            .meta(&format!("{arch}.attention.{k}"))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let k = key("key_length").unwrap_or(n_embd / n_head);
+    let v = key("value_length").unwrap_or(k);
+    (k, v)
+}
+
+impl KvCache {
+    /// Refuses, before any allocation, what llama.cpp would refuse when the context is made
+    /// (or crash on): a quantized V cache with flash attention off, and a quantized type whose
+    /// block does not divide the model's head size.
+    pub fn check(&self, model: &Model) -> Result<()> {
+        if self.type_v.is_quantized() && self.flash_attn == FlashAttn::Off {
+            return Err(Error::InvalidParam(format!(
+                "a quantized V cache ({}) needs flash attention: use -fa on or auto, or -ctv f16",
+                self.type_v
+            )));
+        }
+        let (k, v) = head_sizes(model);
+        for (what, t, head) in [("K", self.type_k, k), ("V", self.type_v, v)] {
+            let (blck, _) = t.layout();
+            if t.is_quantized() && !head.is_multiple_of(blck) {
+                return Err(Error::InvalidParam(format!(
+                    "the {what} cache type {t} stores blocks of {blck} values, which do not \
+                     divide this model's head size {head}: pick another type"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes one cached token takes across all layers (K and V of every KV head), as the
+    /// types store them. For models with sliding-window layers (Gemma 3) llama.cpp keeps fewer
+    /// cells on those layers: this is the cost of a token in the full-attention cache.
+    pub fn bytes_per_token(&self, model: &Model) -> u64 {
+        let (k, v) = head_sizes(model);
+        let n_head_kv = model.n_head_kv().max(1) as u64;
+        let bytes = |t: CacheType, n: u64| {
+            let (blck, per) = t.layout();
+            n.div_ceil(blck) * per
+        };
+        model.n_layer() as u64
+            * (bytes(self.type_k, k * n_head_kv) + bytes(self.type_v, v * n_head_kv))
+    }
+}
+
+impl KvCache {
+    /// Refuses a context of `n_ctx` tokens whose cache would not fit the free memory where it
+    /// lives (the first GPU for a model offloaded there, else the host), with the bytes and a
+    /// way out; unknown free memory is not refused.
+    pub fn check_fits(&self, model: &Model, n_ctx: u32) -> Result<()> {
+        let need = self.bytes_per_token(model) * n_ctx as u64;
+        let (device, free) = if model.offloaded() {
+            ("CUDA0", super::weights::device_memory("CUDA0").0)
+        } else {
+            (
+                "host memory",
+                super::weights::host_available_memory().unwrap_or(0),
+            )
+        };
+        if free == 0 || need <= free {
+            return Ok(());
+        }
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        Err(Error::ContextDoesNotFit(format!(
+            "a context of {n_ctx} tokens with a {}/{} cache needs {:.0} MiB, {device} has {:.0} MiB \
+             free: use a smaller -c or a smaller cache type (-ctk/-ctv q8_0 or q4_0)",
+            self.type_k,
+            self.type_v,
+            mib(need),
+            mib(free)
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_as_llama_cpp_spells_them() {
+        for name in [
+            "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1",
+        ] {
+            let t: CacheType = name.parse().unwrap();
+            assert_eq!(t.to_string(), name);
+        }
+        assert_eq!("Q8_0".parse::<CacheType>().unwrap().0, GgmlType::Q8_0);
+        let e = "q3_k".parse::<CacheType>().unwrap_err().to_string();
+        assert!(e.contains("q3_k") && e.contains("iq4_nl"), "{e}");
+        assert!("q2".parse::<CacheType>().is_err());
+        assert_eq!("on".parse::<FlashAttn>().unwrap(), FlashAttn::On);
+        assert_eq!("0".parse::<FlashAttn>().unwrap(), FlashAttn::Off);
+        assert_eq!("AUTO".parse::<FlashAttn>().unwrap(), FlashAttn::Auto);
+        assert!("maybe".parse::<FlashAttn>().is_err());
+        assert!(!CacheType(GgmlType::BF16).is_quantized());
+        assert!(CacheType(GgmlType::IQ4_NL).is_quantized());
+    }
+}
