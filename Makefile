@@ -19,13 +19,17 @@ test: deps
 	printf 'Name a colour.\nAnd another one?\n' | cargo run --release --example chat
 
 # The measurement report: SmolLM2 and Gemma-3-270M against static llama.cpp models, Austen text.
-# Writes docs/results.md, docs/results.json and the charts (about 15 minutes on 2 cores).
+# Writes docs/results.md, docs/results.json and the charts (about 15 minutes on 2 cores), then
+# the KV cache types at 2,048 tokens of context (docs/kv/cpu-2k, about 8 minutes more).
 DATA ?= $(HOME)/.cache/gearbx/data
 report: deps
 	python3 scripts/fetch-austen.py $(DATA)/austen
 	bash scripts/fetch-gemma.sh $(DATA)/gemma-3-270m-q4_k_m.gguf
 	cargo run --release -p gearbx-bench -- --text $(DATA)/austen/pride-and-prejudice.txt \
 		--out docs -m $(HOME)/.cache/gearbx/models/SmolLM2-135M-Instruct.Q4_1.gguf \
+		-m $(DATA)/gemma-3-270m-q4_k_m.gguf
+	cargo run --release -p gearbx-bench -- kv --text $(DATA)/austen/pride-and-prejudice.txt \
+		--ctx 2048 --out docs/kv/cpu-2k -m $(HOME)/.cache/gearbx/models/SmolLM2-135M-Instruct.Q4_1.gguf \
 		-m $(DATA)/gemma-3-270m-q4_k_m.gguf
 
 # The C libraries, header and pkg-config files under PREFIX (see "The C API" in the README).

@@ -10,9 +10,10 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use gearbx::kernels::{self, parity};
+use gearbx::llama::kv::CacheType;
 use gearbx::llama::GgmlType;
 use gearbx::store::{self, default_model, OllamaStore};
-use gearbx_bench::measure::{gpu, markdown, report};
+use gearbx_bench::measure::{self, gpu, markdown, report};
 use gearbx_bench::synth;
 
 #[derive(Parser, Debug)]
@@ -36,6 +37,35 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// KV cache types side by side on real text (measure/kv.rs): for each (K, V) pair, with and
+    /// without llama.cpp's rotation, teacher-forced KL, top-1 and perplexity against the F16
+    /// cache over the last positions of a long window, KV bytes per token (computed and
+    /// measured), and auto gears with a few cache types. Writes kv.md and kv.json.
+    Kv {
+        /// GGUF files (repeat for several models).
+        #[arg(short = 'm', long = "model", value_name = "FILE", required = true)]
+        models: Vec<PathBuf>,
+        /// Plain-text file read from its first chapter (e.g. an Austen novel).
+        #[arg(long, value_name = "FILE")]
+        text: PathBuf,
+        /// Context lengths to fill (repeat), each one window of that many tokens.
+        #[arg(long = "ctx", value_name = "N", default_values_t = [2048usize])]
+        ctx: Vec<usize>,
+        /// Scored positions at the end of each window.
+        #[arg(long, default_value_t = 64)]
+        scored: usize,
+        /// (K/V) pairs besides the F16 reference, comma-separated.
+        #[arg(long, default_value = "bf16/bf16,q8_0/q8_0,q5_1/q5_1,q5_0/q5_0,q4_1/q4_1,iq4_nl/iq4_nl,q4_0/q4_0,q8_0/q4_0")]
+        pairs: String,
+        /// Pairs measured with auto gears too.
+        #[arg(long, default_value = "f16/f16,q8_0/q8_0,q4_0/q4_0")]
+        auto_with: String,
+        /// Output folder.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(short = 't', long)]
+        threads: Option<usize>,
+    },
     /// Write a random-weight F16 GGUF of a real model shape (normal weights, std 0.02, no
     /// tokenizer): real speed for benchmarking hardware, meaningless text and entropy.
     Synth {
@@ -257,6 +287,23 @@ fn main() -> ExitCode {
     let result = match &cli.cmd {
         None => run(&cli.report),
         Some(Cmd::Synth { shape, out, seed }) => run_synth(shape, out, *seed),
+        Some(Cmd::Kv {
+            models,
+            text,
+            ctx,
+            scored,
+            pairs,
+            auto_with,
+            out,
+            threads,
+        }) => run_kv(
+            models,
+            text,
+            (ctx, *scored),
+            (pairs, auto_with),
+            out,
+            threads_or_all(*threads),
+        ),
         Some(Cmd::Memory {
             model,
             tiers,
@@ -350,6 +397,82 @@ fn run_synth(shape: &str, out: &std::path::Path, seed: u64) -> gearbx::Result<()
         r.bytes as f64 / 1e9,
         r.seconds
     );
+    Ok(())
+}
+
+fn parse_pairs(s: &str) -> gearbx::Result<Vec<(CacheType, CacheType)>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let (k, v) = p.trim().split_once('/').ok_or_else(|| {
+                gearbx::Error::InvalidParam(format!("{p:?}: a pair is K/V, e.g. q8_0/q4_0"))
+            })?;
+            Ok((k.parse()?, v.parse()?))
+        })
+        .collect()
+}
+
+fn run_kv(
+    models: &[PathBuf],
+    text: &std::path::Path,
+    (ctxs, scored): (&[usize], usize),
+    (pairs, auto_with): (&str, &str),
+    out: &std::path::Path,
+    threads: usize,
+) -> gearbx::Result<()> {
+    use gearbx::gearbox::{Gearbox, GearboxOptions};
+    use gearbx::llama::{Model, ModelParams};
+    use measure::kv;
+    let lanes = kv::lanes(&parse_pairs(pairs)?, &parse_pairs(auto_with)?);
+    std::fs::create_dir_all(out).map_err(|e| gearbx::Error::io(format!("creating {}", out.display()), e))?;
+    let mut md = format!(
+        "# KV cache types on real text\n\n{}, `gearbx-bench kv`, {} threads. Reference: F16 K and V \
+         cache with the source weights; every other row reads the same window, in the same \
+         process. KL and top-1 over the last {scored} positions of each window.\n\n",
+        machine(),
+        threads
+    );
+    let mut all = Vec::new();
+    for path in models {
+        let info = gearbx::store::gguf::inspect(path)?;
+        let model = Model::load(path, &ModelParams::default())?;
+        let mut gb = Gearbox::build(
+            &model,
+            path,
+            &info,
+            &GearboxOptions {
+                threads,
+                ..Default::default()
+            },
+        )?;
+        let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        for &ctx in ctxs {
+            let t0 = Instant::now();
+            let rows = kv::run(&model, Some(&mut gb), text, ctx, scored, &lanes, threads, |s| {
+                eprintln!("gearbx-bench kv: {name}, {ctx}: {s}")
+            })?;
+            eprintln!("gearbx-bench kv: {name}, {ctx} tokens: {:.0} s", t0.elapsed().as_secs_f64());
+            md.push_str(&kv::markdown(&name, &rows));
+            md.push('\n');
+            all.extend(rows.into_iter().map(|r| (name.clone(), r)));
+            let write = |file: &str, body: String| {
+                std::fs::write(out.join(file), body)
+                    .map_err(|e| gearbx::Error::io(format!("writing {file}"), e))
+            };
+            // Written after every window, so a long run keeps what it measured.
+            write("kv.md", md.clone())?;
+            write(
+                "kv.json",
+                serde_json::to_string_pretty(
+                    &all.iter()
+                        .map(|(m, r)| serde_json::json!({ "model": m, "result": r }))
+                        .collect::<Vec<_>>(),
+                )
+                .expect("serializable"),
+            )?;
+        }
+    }
+    print!("{md}");
     Ok(())
 }
 

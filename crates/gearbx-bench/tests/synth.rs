@@ -44,6 +44,7 @@ fn context(model: &Model) -> Context<'_> {
             n_batch: 64,
             n_threads: 2,
             rebuild_graphs: false,
+            kv: Default::default(),
         },
         Arc::new(AtomicBool::new(false)),
     )

@@ -3,6 +3,7 @@
 //! gear, and the report built from them.
 
 pub mod gpu;
+pub mod kv;
 pub mod lossless;
 pub mod lossless_replay;
 pub mod markdown;

@@ -230,6 +230,7 @@ pub fn context_with<'m>(
             n_batch: n_ctx.min(512),
             n_threads: threads as i32,
             rebuild_graphs,
+            kv: Default::default(),
         },
         Arc::new(AtomicBool::new(false)),
     )

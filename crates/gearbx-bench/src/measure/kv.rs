@@ -1,0 +1,243 @@
+//! `gearbx-bench kv`: what a user needs to choose a KV cache type. For each (K, V) cache type
+//! pair llama.cpp supports, with and without its Hadamard rotation, a lane reads the same long
+//! window of real text as the F16-cache reference; the last positions of the window are scored
+//! (teacher-forced KL against the reference, top-1 agreement, perplexity), after a prompt that
+//! fills the context. KV bytes per token are computed from the types and measured (llama.cpp's
+//! serialized sequence state after the window). Auto-gear lanes with a cache type give the
+//! interaction of gears and the cache (KL of auto mode against the same reference).
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use gearbx::error::Result;
+use gearbx::gearbox::Gearbox;
+use gearbx::llama::kv::{CacheType, FlashAttn, KvCache};
+use gearbx::llama::{Context, ContextParams, GgmlType, Model};
+use gearbx::monitor::MonitorConfig;
+
+use super::quality::{evaluate, EvalOptions, Lane, Policy};
+use super::report::text_windows;
+
+/// One lane's configuration.
+#[derive(Debug, Clone)]
+pub struct KvLane {
+    pub kv: KvCache,
+    /// Auto gears (through the model's gearbox) instead of the source weights.
+    pub auto_gears: bool,
+}
+
+impl KvLane {
+    fn name(&self) -> String {
+        let rot = if self.kv.type_k.is_quantized() || self.kv.type_v.is_quantized() {
+            if self.kv.rotation {
+                " rot"
+            } else {
+                " no-rot"
+            }
+        } else {
+            ""
+        };
+        let gears = if self.auto_gears { ", auto gears" } else { "" };
+        format!("K {} V {}{rot}{gears}", self.kv.type_k, self.kv.type_v)
+    }
+}
+
+/// The lanes of a full run: every type pair of `pairs` (rotation on, and off for quantized
+/// ones), then auto gears with each of `auto_with`.
+pub fn lanes(pairs: &[(CacheType, CacheType)], auto_with: &[(CacheType, CacheType)]) -> Vec<KvLane> {
+    let mut out = Vec::new();
+    let kv = |k: CacheType, v: CacheType, rotation: bool| KvCache {
+        type_k: k,
+        type_v: v,
+        flash_attn: FlashAttn::On,
+        rotation,
+    };
+    for &(k, v) in pairs {
+        out.push(KvLane {
+            kv: kv(k, v, true),
+            auto_gears: false,
+        });
+        if k.is_quantized() || v.is_quantized() {
+            out.push(KvLane {
+                kv: kv(k, v, false),
+                auto_gears: false,
+            });
+        }
+    }
+    for &(k, v) in auto_with {
+        out.push(KvLane {
+            kv: kv(k, v, true),
+            auto_gears: true,
+        });
+    }
+    out
+}
+
+/// One lane's measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct KvResult {
+    pub lane: String,
+    pub type_k: String,
+    pub type_v: String,
+    pub rotation: bool,
+    pub auto_gears: bool,
+    pub context_tokens: usize,
+    /// Bytes a cached token takes across all layers, from the types.
+    pub bytes_per_token: u64,
+    /// Bits per cached value (K and V together), from the types.
+    pub bits_per_value: f64,
+    /// The sequence's cache as llama.cpp serializes it after the window, per token.
+    pub measured_bytes_per_token: f64,
+    pub positions: usize,
+    pub kl_mean: f64,
+    pub kl_p99: f64,
+    pub top1_agreement: f64,
+    pub perplexity: f64,
+    /// Perplexity over the reference's (F16 cache, source weights).
+    pub perplexity_ratio: f64,
+    pub gear_fraction: [f64; 3],
+    pub decode_tokens_per_s: f64,
+}
+
+/// Measures `lanes` on `model` over one window of `ctx` tokens of `text`, scoring its last
+/// `scored` positions. Lane 0 of the result is the reference (F16 cache, source weights,
+/// flash attention on like every lane).
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    model: &Model,
+    mut gearbox: Option<&mut Gearbox<'_>>,
+    text: &Path,
+    ctx: usize,
+    scored: usize,
+    lanes: &[KvLane],
+    threads: usize,
+    mut log: impl FnMut(&str),
+) -> Result<Vec<KvResult>> {
+    let tokens = text_windows(model, text, ctx, 1)?;
+    // Flash attention on everywhere, so that only the cache differs from the reference.
+    let reference = KvLane {
+        kv: KvCache {
+            flash_attn: FlashAttn::On,
+            ..KvCache::default()
+        },
+        auto_gears: false,
+    };
+    let all: Vec<KvLane> = std::iter::once(reference)
+        .chain(lanes.iter().filter(|l| !l.auto_gears || gearbox.is_some()).cloned())
+        .collect();
+    let mut evals = Vec::new();
+    for l in &all {
+        l.kv.check(model)?;
+        let c = Context::new(
+            model,
+            &ContextParams {
+                n_ctx: ctx as u32,
+                n_batch: 512,
+                n_threads: threads as i32,
+                rebuild_graphs: l.auto_gears && model.shifts_need_graph_rebuild(),
+                kv: l.kv,
+            },
+            Arc::new(AtomicBool::new(false)),
+        )?;
+        let policy = if l.auto_gears {
+            Policy::Auto(MonitorConfig::default())
+        } else {
+            Policy::Plain
+        };
+        evals.push(Lane::new(l.name(), c, policy));
+    }
+    log(&format!(
+        "{} lanes, {ctx} tokens of context, {scored} scored positions",
+        all.len()
+    ));
+    let res = evaluate(
+        &mut evals,
+        gearbox.as_deref_mut(),
+        &tokens,
+        &EvalOptions {
+            window: ctx,
+            prompt: ctx - scored - 1,
+            max_positions: scored,
+        },
+        |done, total| {
+            if done == total {
+                log("scored");
+            }
+        },
+    )?;
+    let ref_ppl = res[0].perplexity;
+    Ok(all
+        .iter()
+        .zip(&res)
+        .zip(&evals)
+        .map(|((l, r), e)| {
+            let bpt = l.kv.bytes_per_token(model);
+            let values = model_kv_values(model, &l.kv);
+            KvResult {
+                lane: r.name.clone(),
+                type_k: l.kv.type_k.to_string(),
+                type_v: l.kv.type_v.to_string(),
+                rotation: l.kv.rotation,
+                auto_gears: l.auto_gears,
+                context_tokens: ctx,
+                bytes_per_token: bpt,
+                bits_per_value: bpt as f64 * 8.0 / values as f64,
+                measured_bytes_per_token: e.ctx.kv_state_bytes() as f64 / e.ctx.n_past().max(1) as f64,
+                positions: r.positions,
+                kl_mean: r.kl_mean,
+                kl_p99: r.kl_p99,
+                top1_agreement: r.top1_agreement,
+                perplexity: r.perplexity,
+                perplexity_ratio: r.perplexity / ref_ppl,
+                gear_fraction: r.gear_fraction,
+                decode_tokens_per_s: r.decode_tokens_per_s,
+            }
+        })
+        .collect())
+}
+
+/// Values one token stores in the cache (K and V, all layers): the F32 cache's bytes / 4.
+fn model_kv_values(model: &Model, kv: &KvCache) -> u64 {
+    let f32 = KvCache {
+        type_k: CacheType(GgmlType::F32),
+        type_v: CacheType(GgmlType::F32),
+        ..*kv
+    };
+    f32.bytes_per_token(model) / 4
+}
+
+/// The results as a markdown table.
+pub fn markdown(model_name: &str, rows: &[KvResult]) -> String {
+    let mut s = format!(
+        "| {model_name} | ctx | bits/value | bytes/token (measured) | KL mean | KL p99 | top-1 | PPL ratio | gears low/mid/high |\n|---|---|---|---|---|---|---|---|---|\n"
+    );
+    for r in rows {
+        let gears = if r.auto_gears {
+            format!(
+                "{:.0}/{:.0}/{:.0}%",
+                r.gear_fraction[0] * 100.0,
+                r.gear_fraction[1] * 100.0,
+                r.gear_fraction[2] * 100.0
+            )
+        } else {
+            "-".into()
+        };
+        s.push_str(&format!(
+            "| {} | {} | {:.2} | {} ({:.0}) | {:.5} | {:.4} | {:.3} | {:.4} | {} |\n",
+            r.lane,
+            r.context_tokens,
+            r.bits_per_value,
+            r.bytes_per_token,
+            r.measured_bytes_per_token,
+            r.kl_mean,
+            r.kl_p99,
+            r.top1_agreement,
+            r.perplexity_ratio,
+            gears
+        ));
+    }
+    s
+}
