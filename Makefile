@@ -20,7 +20,7 @@ test: deps
 
 # The measurement report: SmolLM2 and Gemma-3-270M against static llama.cpp models, Austen text.
 # Writes docs/results.md, docs/results.json and the charts (about 15 minutes on 2 cores), then
-# the KV cache types at 2,048 tokens of context (docs/kv/cpu-2k, about 8 minutes more).
+# the KV cache types at 2,048 tokens of context (docs/kv/cpu-2k, about 10 minutes more).
 DATA ?= $(HOME)/.cache/gearbx/data
 report: deps
 	python3 scripts/fetch-austen.py $(DATA)/austen

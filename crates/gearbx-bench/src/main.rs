@@ -55,7 +55,10 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         scored: usize,
         /// (K/V) pairs besides the F16 reference, comma-separated.
-        #[arg(long, default_value = "bf16/bf16,q8_0/q8_0,q5_1/q5_1,q5_0/q5_0,q4_1/q4_1,iq4_nl/iq4_nl,q4_0/q4_0,q8_0/q4_0")]
+        #[arg(
+            long,
+            default_value = "bf16/bf16,q8_0/q8_0,q5_1/q5_1,q5_0/q5_0,q4_1/q4_1,iq4_nl/iq4_nl,q4_0/q4_0,q8_0/q4_0"
+        )]
         pairs: String,
         /// Pairs measured with auto gears too.
         #[arg(long, default_value = "f16/f16,q8_0/q8_0,q4_0/q4_0")]
@@ -424,7 +427,8 @@ fn run_kv(
     use gearbx::llama::{Model, ModelParams};
     use measure::kv;
     let lanes = kv::lanes(&parse_pairs(pairs)?, &parse_pairs(auto_with)?);
-    std::fs::create_dir_all(out).map_err(|e| gearbx::Error::io(format!("creating {}", out.display()), e))?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| gearbx::Error::io(format!("creating {}", out.display()), e))?;
     let mut md = format!(
         "# KV cache types on real text\n\n{}, `gearbx-bench kv`, {} threads. Reference: F16 K and V \
          cache with the source weights; every other row reads the same window, in the same \
@@ -445,13 +449,25 @@ fn run_kv(
                 ..Default::default()
             },
         )?;
-        let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let name = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         for &ctx in ctxs {
             let t0 = Instant::now();
-            let rows = kv::run(&model, Some(&mut gb), text, ctx, scored, &lanes, threads, |s| {
-                eprintln!("gearbx-bench kv: {name}, {ctx}: {s}")
-            })?;
-            eprintln!("gearbx-bench kv: {name}, {ctx} tokens: {:.0} s", t0.elapsed().as_secs_f64());
+            let rows = kv::run(
+                &model,
+                Some(&mut gb),
+                text,
+                ctx,
+                scored,
+                &lanes,
+                threads,
+                |s| eprintln!("gearbx-bench kv: {name}, {ctx}: {s}"),
+            )?;
+            eprintln!(
+                "gearbx-bench kv: {name}, {ctx} tokens: {:.0} s",
+                t0.elapsed().as_secs_f64()
+            );
             md.push_str(&kv::markdown(&name, &rows));
             md.push('\n');
             all.extend(rows.into_iter().map(|r| (name.clone(), r)));

@@ -177,3 +177,67 @@ fn quick_report_is_well_formed_and_consistent() {
         );
     }
 }
+
+/// `gearbx-bench kv` small: the reference row is the reference, a quantized cache changes the
+/// distributions (KL > 0), the measured bytes per token follow the types, rotation and auto
+/// rows are there.
+#[test]
+fn kv_cache_comparison_is_consistent() {
+    let model = fixture().model.clone();
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_gearbx-bench"))
+        .arg("kv")
+        .arg("-m")
+        .arg(&model)
+        .arg("--text")
+        .arg(austen())
+        .args(["--ctx", "256", "--scored", "12", "-t", "2"])
+        .args(["--pairs", "q8_0/q8_0,q4_0/q4_0", "--auto-with", "q4_0/q4_0"])
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("kv.json")).unwrap())
+            .unwrap();
+    let rows: Vec<&serde_json::Value> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["result"])
+        .collect();
+    // Reference, q8_0 rot and no-rot, q4_0 rot and no-rot, q4_0 with auto gears.
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    assert_eq!(rows[0]["kl_mean"].as_f64(), Some(0.0));
+    assert_eq!(rows[0]["top1_agreement"].as_f64(), Some(1.0));
+    for r in &rows[1..] {
+        assert!(r["kl_mean"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["positions"].as_u64(), Some(12));
+    }
+    assert_eq!(rows[1]["rotation"], true);
+    assert_eq!(rows[2]["rotation"], false);
+    assert_eq!(rows[5]["auto_gears"], true);
+    let per = |r: &serde_json::Value| r["bytes_per_token"].as_f64().unwrap();
+    let measured = |r: &serde_json::Value| r["measured_bytes_per_token"].as_f64().unwrap();
+    assert_eq!(
+        per(rows[1]) * 64.0,
+        per(rows[0]) * 34.0,
+        "q8_0: 34 bytes per 32 values"
+    );
+    assert_eq!(
+        per(rows[3]) * 64.0,
+        per(rows[0]) * 18.0,
+        "q4_0: 18 bytes per 32 values"
+    );
+    for r in &rows {
+        let (p, m) = (per(r), measured(r));
+        assert!(
+            m >= p && m < p * 1.05 + 64.0,
+            "computed {p}, llama.cpp's state {m}"
+        );
+    }
+    assert!(std::fs::read_to_string(out.path().join("kv.md"))
+        .unwrap()
+        .contains("| K q4_0 V q4_0 rot |"));
+}

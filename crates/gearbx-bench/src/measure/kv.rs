@@ -47,7 +47,10 @@ impl KvLane {
 
 /// The lanes of a full run: every type pair of `pairs` (rotation on, and off for quantized
 /// ones), then auto gears with each of `auto_with`.
-pub fn lanes(pairs: &[(CacheType, CacheType)], auto_with: &[(CacheType, CacheType)]) -> Vec<KvLane> {
+pub fn lanes(
+    pairs: &[(CacheType, CacheType)],
+    auto_with: &[(CacheType, CacheType)],
+) -> Vec<KvLane> {
     let mut out = Vec::new();
     let kv = |k: CacheType, v: CacheType, rotation: bool| KvCache {
         type_k: k,
@@ -108,7 +111,7 @@ pub struct KvResult {
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     model: &Model,
-    mut gearbox: Option<&mut Gearbox<'_>>,
+    gearbox: Option<&mut Gearbox<'_>>,
     text: &Path,
     ctx: usize,
     scored: usize,
@@ -126,7 +129,12 @@ pub fn run(
         auto_gears: false,
     };
     let all: Vec<KvLane> = std::iter::once(reference)
-        .chain(lanes.iter().filter(|l| !l.auto_gears || gearbox.is_some()).cloned())
+        .chain(
+            lanes
+                .iter()
+                .filter(|l| !l.auto_gears || gearbox.is_some())
+                .cloned(),
+        )
         .collect();
     let mut evals = Vec::new();
     for l in &all {
@@ -155,7 +163,7 @@ pub fn run(
     ));
     let res = evaluate(
         &mut evals,
-        gearbox.as_deref_mut(),
+        gearbox,
         &tokens,
         &EvalOptions {
             window: ctx,
@@ -185,7 +193,8 @@ pub fn run(
                 context_tokens: ctx,
                 bytes_per_token: bpt,
                 bits_per_value: bpt as f64 * 8.0 / values as f64,
-                measured_bytes_per_token: e.ctx.kv_state_bytes() as f64 / e.ctx.n_past().max(1) as f64,
+                measured_bytes_per_token: e.ctx.kv_state_bytes() as f64
+                    / e.ctx.n_past().max(1) as f64,
                 positions: r.positions,
                 kl_mean: r.kl_mean,
                 kl_p99: r.kl_p99,
