@@ -34,6 +34,7 @@ fn decode_rate(model: &Model, threads: i32, n: usize) -> f64 {
             n_batch: 64,
             n_threads: threads,
             rebuild_graphs: false,
+            kv: Default::default(),
         },
         Arc::new(AtomicBool::new(false)),
     )
@@ -127,6 +128,7 @@ fn main() {
             n_batch: 64,
             n_threads: threads,
             rebuild_graphs: false,
+            kv: Default::default(),
         },
         Arc::new(AtomicBool::new(false)),
     )
@@ -177,6 +179,7 @@ fn main() {
             n_batch: 16,
             n_threads: threads,
             rebuild_graphs: false,
+            kv: Default::default(),
         },
         Arc::new(AtomicBool::new(false)),
     )
@@ -230,6 +233,7 @@ fn entropy_sources(model: &Model, threads: i32) {
                 n_batch: 64,
                 n_threads: threads,
                 rebuild_graphs: false,
+                kv: Default::default(),
             },
             Arc::new(AtomicBool::new(false)),
         )

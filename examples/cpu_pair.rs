@@ -50,6 +50,7 @@ fn main() -> gearbx::Result<()> {
         n_batch: 512,
         n_threads: threads,
         rebuild_graphs: false,
+        kv: Default::default(),
     };
     let abort = || Arc::new(AtomicBool::new(false));
     let mut gctx = Context::new(&model, &cp, abort())?;

@@ -54,6 +54,7 @@ fn main() -> gearbx::Result<()> {
             n_batch: session::DEFAULT_N_BATCH,
             n_threads: threads as i32,
             rebuild_graphs: model.shifts_need_graph_rebuild(),
+            kv: Default::default(),
         },
         Arc::new(AtomicBool::new(false)),
     )?;

@@ -27,7 +27,8 @@ OUT=target/arm
 mkdir -p $OUT
 # The vectors, and through that build the patched llama.cpp tree.
 cargo run --release --quiet --example kernel_vectors -- $OUT/vectors.bin
-LLAMA_SRC=$(ls -td "$PWD"/target/release/build/gearbx-llama-sys-*/out/llama.cpp | head -1)
+# The tree extracted and patched last (its stamp names the pin and the patches applied).
+LLAMA_SRC=$(dirname "$(ls -t "$PWD"/target/release/build/gearbx-llama-sys-*/out/llama.cpp.stamp | head -1)")/llama.cpp
 [ -f "$LLAMA_SRC/CMakeLists.txt" ] || { echo "arm-check.sh: no llama.cpp tree under target/release/build" >&2; exit 1; }
 echo "arm-check.sh: llama.cpp for aarch64 from $LLAMA_SRC"
 cmake -S tests/arm -B $OUT/cmake -DLLAMA_SRC="$LLAMA_SRC" -DCMAKE_BUILD_TYPE=Release \

@@ -373,12 +373,22 @@ mod tests {
     #[test]
     fn f16_converter_is_exact_for_every_half() {
         let halves: Vec<u8> = (0..=u16::MAX).flat_map(|h| h.to_le_bytes()).collect();
-        let mut ours = vec![0f32; 65536];
-        f16_to_f32_into(&halves, &mut ours);
         let mut ggml = vec![0f32; 65536];
         weights::to_f32_ggml_into(GgmlType::F16, &halves, &mut ggml).unwrap();
+        // Whole vectors, and every half in a tail too (a length of 7 per call).
+        let mut ours = vec![0f32; 65536];
+        f16_to_f32_into(&halves, &mut ours);
+        let mut tails = vec![0f32; 65536];
+        for (o, h) in tails.chunks_mut(7).zip(halves.chunks(14)) {
+            f16_to_f32_into(h, o);
+        }
         for h in 0..65536 {
             assert_eq!(ours[h].to_bits(), ggml[h].to_bits(), "half {h:#06x}");
+            assert_eq!(
+                tails[h].to_bits(),
+                ggml[h].to_bits(),
+                "half {h:#06x} in a tail"
+            );
         }
     }
 

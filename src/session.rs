@@ -195,8 +195,8 @@ pub struct KvReport {
     pub rotation: bool,
     /// Bytes one cached token takes across all layers, from the types.
     pub bytes_per_token: u64,
-    /// The context's cache at full length (bytes_per_token x n_ctx; models with
-    /// sliding-window layers allocate less on those).
+    /// The context's cache at full length (bytes_per_token x n_ctx: what llama.cpp allocates,
+    /// sliding-window layers included, with its default swa_full).
     pub bytes_full: u64,
     /// What the cached tokens hold now, as llama.cpp serializes the sequence.
     pub bytes_used: u64,
@@ -358,7 +358,7 @@ impl Session {
             type_k: self.kv.type_k.to_string(),
             type_v: self.kv.type_v.to_string(),
             flash_attn: self.kv.flash_attn.to_string(),
-            rotation: self.kv.rotation,
+            rotation: self.kv.rotation && !crate::llama::kv::rotation_disabled_by_env(),
             bytes_per_token: per,
             bytes_full: per * self.n_ctx as u64,
             bytes_used: self.loaded.with_dependent(|_, p| p.ctx.kv_state_bytes()) as u64,

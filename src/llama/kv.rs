@@ -143,6 +143,15 @@ impl Default for KvCache {
     }
 }
 
+/// Whether the user's environment turns llama.cpp's rotation off (LLAMA_ATTN_ROT_DISABLE set
+/// to a non-zero number, as llama.cpp reads it with atoi).
+pub fn rotation_disabled_by_env() -> bool {
+    std::env::var("LLAMA_ATTN_ROT_DISABLE")
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .is_some_and(|v| v != 0)
+}
+
 /// The head sizes of the model's attention (from its GGUF metadata), per layer uniform.
 fn head_sizes(model: &Model) -> (u64, u64) {
     let arch = model.meta("general.architecture").unwrap_or_default();
@@ -183,8 +192,9 @@ impl KvCache {
     }
 
     /// Bytes one cached token takes across all layers (K and V of every KV head), as the
-    /// types store them. For models with sliding-window layers (Gemma 3) llama.cpp keeps fewer
-    /// cells on those layers: this is the cost of a token in the full-attention cache.
+    /// types store them (every layer with attention of the model's KV heads: not exact for
+    /// hybrid or MLA models). Sliding-window layers (Gemma 3) are allocated at full length by
+    /// default (swa_full) but hold only their window's tokens.
     pub fn bytes_per_token(&self, model: &Model) -> u64 {
         let (k, v) = head_sizes(model);
         let n_head_kv = model.n_head_kv().max(1) as u64;

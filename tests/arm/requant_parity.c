@@ -28,6 +28,7 @@
 void quantize_row_q8_0_ref(const float *x, void *y, int64_t k);
 void quantize_row_q4_0_ref(const float *x, void *y, int64_t k);
 void quantize_row_q4_K_ref(const float *x, void *y, int64_t k);
+void ggml_fp16_to_fp32_row(const uint16_t *x, float *y, int64_t n);
 #endif
 
 typedef void (*quantizer)(const float *, uint8_t *, int64_t);
@@ -96,6 +97,10 @@ int main(int argc, char **argv) {
         const size_t elem = src == 0 ? 4 : 2;
         const size_t n = nbytes / elem;
         float *x = malloc(n * sizeof(float));
+        if (!x) {
+            fprintf(stderr, "out of memory\n");
+            return 2;
+        }
         for (size_t i = 0; i < n; i++) {
             uint16_t h;
             if (src == 0) {
@@ -114,6 +119,10 @@ int main(int argc, char **argv) {
             const size_t blocks = n / targets[t].values;
             const size_t out_bytes = blocks * targets[t].bytes;
             uint8_t *scalar = malloc(out_bytes), *twin = malloc(out_bytes), *ggml = malloc(out_bytes);
+            if (!scalar || !twin || !ggml) {
+                fprintf(stderr, "out of memory\n");
+                return 2;
+            }
             if (gearbx_requant_ref((int)src, bytes, targets[t].type, scalar, (int64_t)n) != 0) {
                 fprintf(stderr, "gearbx_requant_ref refused %s\n", name);
                 return 2;
@@ -150,6 +159,25 @@ int main(int argc, char **argv) {
     }
     printf("quantizers: %d classes x %zu types: %d twin differences, %d reference differences\n",
            cases, sizeof targets / sizeof targets[0], twin_fail, ref_fail);
+#ifndef GEARBX_CUDA_PARITY
+    /* The half converter on every half, 7 at a time (each call ends in a tail), against
+     * ggml's row conversion on this architecture, bit for bit (NaN payloads included). */
+    static uint16_t halves[65536];
+    static float ours[65536], ref[65536];
+    for (int h = 0; h < 65536; h++) halves[h] = (uint16_t)h;
+    for (int i = 0; i < 65536; i += 7) {
+        int k = 65536 - i < 7 ? 65536 - i : 7;
+#if defined(__aarch64__)
+        gearbx_f16_to_f32_row_neon(halves + i, ours + i, k);
+#else
+        gearbx_f16_to_f32_row_avx2(halves + i, ours + i, k);
+#endif
+    }
+    ggml_fp16_to_fp32_row(halves, ref, 65536);
+    int conv_fail = memcmp(ours, ref, sizeof ours) != 0;
+    printf("half converter: %s\n", conv_fail ? "FAIL: differs from ggml" : "all 65536 halves as ggml");
+    twin_fail += conv_fail;
+#endif
 #ifdef GEARBX_CUDA_PARITY
     /* Kernel time on the 8B shape's largest matrix (14336 x 4096, F16 source). */
     const int64_t big = 14336LL * 4096;

@@ -427,6 +427,13 @@ fn run_kv(
     use gearbx::llama::{Model, ModelParams};
     use measure::kv;
     let lanes = kv::lanes(&parse_pairs(pairs)?, &parse_pairs(auto_with)?);
+    if std::env::var_os("LLAMA_ATTN_ROT_DISABLE").is_some() {
+        return Err(gearbx::Error::InvalidParam(
+            "LLAMA_ATTN_ROT_DISABLE is set: the rotation rows would be mislabelled; unset it \
+             (the bench turns the rotation off per row itself)"
+                .into(),
+        ));
+    }
     std::fs::create_dir_all(out)
         .map_err(|e| gearbx::Error::io(format!("creating {}", out.display()), e))?;
     let mut md = format!(

@@ -119,6 +119,11 @@ pub fn run(
     threads: usize,
     mut log: impl FnMut(&str),
 ) -> Result<Vec<KvResult>> {
+    if scored == 0 || scored + 2 > ctx {
+        return Err(gearbx::error::Error::InvalidParam(format!(
+            "{scored} scored positions do not fit a window of {ctx} tokens with a prompt"
+        )));
+    }
     let tokens = text_windows(model, text, ctx, 1)?;
     // Flash attention on everywhere, so that only the cache differs from the reference.
     let reference = KvLane {
