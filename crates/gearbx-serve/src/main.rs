@@ -25,7 +25,6 @@ use axum::{Json, Router};
 use clap::Parser;
 use gearbx::error::exit;
 use gearbx::gearbox::Gear;
-use gearbx::llama::kv::{CacheType, FlashAttn, KvCache};
 use gearbx::monitor::MonitorConfig;
 use gearbx::session::{GearPolicy, SessionOptions, TierCache, TierOptions};
 use serde_json::json;
@@ -67,20 +66,8 @@ struct Cli {
     /// Layers to offload to a GPU (-1 = all), as llama.cpp's -ngl.
     #[arg(long = "n-gpu-layers", default_value_t = -1, allow_negative_numbers = true)]
     n_gpu_layers: i32,
-    /// KV cache type for K, as llama.cpp's -ctk: f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl,
-    /// q5_0, q5_1.
-    #[arg(long = "cache-type-k", value_name = "TYPE", default_value = "f16")]
-    cache_type_k: CacheType,
-    /// KV cache type for V, as llama.cpp's -ctv; a quantized V cache needs flash attention.
-    #[arg(long = "cache-type-v", value_name = "TYPE", default_value = "f16")]
-    cache_type_v: CacheType,
-    /// Flash attention, as llama.cpp's -fa: on, off or auto.
-    #[arg(
-        long = "flash-attn",
-        value_name = "on|off|auto",
-        default_value = "auto"
-    )]
-    flash_attn: FlashAttn,
+    #[command(flatten)]
+    kv: gearbx::args::KvArgs,
     /// Gear: auto, a fixed low|mid|high, or off (the plain model, no tiers).
     #[arg(long, default_value = "auto")]
     gear: String,
@@ -217,12 +204,7 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
         n_gpu_layers: cli.n_gpu_layers,
         tiers,
         log: Some(say),
-        kv: KvCache {
-            type_k: cli.cache_type_k,
-            type_v: cli.cache_type_v,
-            flash_attn: cli.flash_attn,
-            rotation: true,
-        },
+        kv: cli.kv.cache(),
         ..Default::default()
     };
     let pool = Pool::open(&opts, cli.parallel as usize, cli.queue as usize).map_err(fail)?;

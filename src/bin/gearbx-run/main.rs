@@ -38,7 +38,6 @@ use gearbx::engine::lossless::LosslessParams;
 use gearbx::engine::{EntropySource, StopReason};
 use gearbx::error::{exit, Error};
 use gearbx::gearbox::{plan, Gear, Manage};
-use gearbx::llama::kv::{CacheType, FlashAttn, KvCache};
 use gearbx::llama::{self, SamplingParams};
 use gearbx::monitor::MonitorConfig;
 use gearbx::session::{self, GearPolicy, Session, SessionOptions, TierCache, TierOptions};
@@ -111,25 +110,8 @@ struct Cli {
     )]
     ctx_size: Option<u32>,
 
-    /// KV cache type for K, as llama.cpp's -ctk: f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl,
-    /// q5_0, q5_1 (llama.cpp rotates K and V before a quantized cache stores them; set
-    /// LLAMA_ATTN_ROT_DISABLE=1 to compare without).
-    #[arg(long = "cache-type-k", value_name = "TYPE", default_value = "f16")]
-    cache_type_k: CacheType,
-
-    /// KV cache type for V, as llama.cpp's -ctv (same types); a quantized V cache needs flash
-    /// attention.
-    #[arg(long = "cache-type-v", value_name = "TYPE", default_value = "f16")]
-    cache_type_v: CacheType,
-
-    /// Flash attention, as llama.cpp's -fa: on, off, or auto (llama.cpp decides per device,
-    /// and turns it on for a quantized V cache).
-    #[arg(
-        long = "flash-attn",
-        value_name = "on|off|auto",
-        default_value = "auto"
-    )]
-    flash_attn: FlashAttn,
+    #[command(flatten)]
+    kv: gearbx::args::KvArgs,
 
     /// CPU threads (default: all cores).
     #[arg(short = 't', long, env = "GEARBX_THREADS", value_name = "N")]
@@ -655,12 +637,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         progress,
         log: Some(|s| say!("gearbx-run: {s}")),
         abort: abort.clone(),
-        kv: KvCache {
-            type_k: cli.cache_type_k,
-            type_v: cli.cache_type_v,
-            flash_attn: cli.flash_attn,
-            rotation: true,
-        },
+        kv: cli.kv.cache(),
         ..Default::default()
     };
     // A prompt that cannot fit is refused before the weights load and the tiers are built.
