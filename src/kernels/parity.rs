@@ -171,12 +171,19 @@ pub fn cases(src_type: GgmlType, blocks: usize, seed: u64) -> Vec<Case> {
     out
 }
 
-/// ggml's reference: the source converted to f32 by ggml, quantized by `ggml_quantize_chunk`
-/// (what llama.cpp's quantizer and gearbx's CPU tier build run).
+/// ggml's reference: the source converted to f32 by ggml's own to_float (F32 is read as it
+/// is), quantized by `ggml_quantize_chunk` (what llama.cpp's quantizer runs), so that none of
+/// gearbx's converters or quantizers is in it.
 pub fn ggml_reference(src_type: GgmlType, bytes: &[u8], dst_type: GgmlType) -> Result<Vec<u8>> {
     let elem = super::source_elem_bytes(src_type).expect("a requantization source type");
     let n = bytes.len() / elem;
-    let f = weights::to_f32(src_type, bytes, n)?;
+    let f = if src_type == GgmlType::F32 {
+        weights::to_f32(src_type, bytes, n)?
+    } else {
+        let mut f = vec![0f32; n];
+        weights::to_f32_ggml_into(src_type, bytes, &mut f)?;
+        f
+    };
     let (values, _) = super::requant_block(dst_type).expect("a requantization type");
     weights::quantize_ggml(dst_type, &f, n / values, values)
 }
