@@ -6,8 +6,8 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::kv::KvCache;
-use super::{sys, Model, Sampler, Token};
+use super::kv::{parse_cache_name, FlashAttn, KvCache, KvRowHook};
+use super::{sys, GgmlType, Model, Sampler, Token};
 use crate::error::{Error, Result};
 
 /// Context settings (llama.cpp's names).
@@ -45,7 +45,17 @@ pub struct Context<'m> {
     /// Batches of up to 8 tokens compute each row as single-token decoding would (CUDA,
     /// our patch 0003; see [`Context::set_width_invariant`]).
     width_invariant: bool,
+    /// The row hook of [`Context::with_kv_hook`]; boxed so that llama.cpp's pointer to it
+    /// stays valid when the context moves.
+    kv_hook: Option<Box<HookSlot>>,
     _not_sync: PhantomData<*mut ()>,
+}
+
+/// A [`KvRowHook`] as llama.cpp's eval callback sees it.
+struct HookSlot {
+    hook: Box<dyn KvRowHook>,
+    /// Set when the hook panicked (caught at the FFI boundary); the next decode fails.
+    panicked: bool,
 }
 
 unsafe extern "C" fn abort_callback(data: *mut c_void) -> bool {
@@ -56,6 +66,50 @@ unsafe extern "C" fn abort_callback(data: *mut c_void) -> bool {
 impl<'m> Context<'m> {
     /// Creates a context; `abort` becomes llama.cpp's abort flag for every decode.
     pub fn new(model: &'m Model, params: &ContextParams, abort: Arc<AtomicBool>) -> Result<Self> {
+        Self::create(model, params, abort, None)
+    }
+
+    /// A context whose KV cache rows pass through `hook` as llama.cpp writes them (see
+    /// [`KvRowHook`]). The cache must be F32 with flash attention on (so that V is stored by
+    /// rows) and the model on the CPU.
+    pub fn with_kv_hook(
+        model: &'m Model,
+        params: &ContextParams,
+        abort: Arc<AtomicBool>,
+        hook: Box<dyn KvRowHook>,
+    ) -> Result<Self> {
+        let kv = &params.kv;
+        if kv.type_k.0 != GgmlType::F32
+            || kv.type_v.0 != GgmlType::F32
+            || kv.flash_attn != FlashAttn::On
+        {
+            return Err(Error::InvalidParam(format!(
+                "a KV row hook needs an f32 cache with flash attention on, not K {} V {} -fa {}",
+                kv.type_k, kv.type_v, kv.flash_attn
+            )));
+        }
+        if model.offloaded() {
+            return Err(Error::InvalidParam(
+                "a KV row hook edits the cache in host memory: load the model with -ngl 0".into(),
+            ));
+        }
+        Self::create(
+            model,
+            params,
+            abort,
+            Some(Box::new(HookSlot {
+                hook,
+                panicked: false,
+            })),
+        )
+    }
+
+    fn create(
+        model: &'m Model,
+        params: &ContextParams,
+        abort: Arc<AtomicBool>,
+        mut kv_hook: Option<Box<HookSlot>>,
+    ) -> Result<Self> {
         // SAFETY: returns a plain struct of defaults.
         let mut p = unsafe { sys::llama_context_default_params() };
         p.n_ctx = params.n_ctx;
@@ -68,6 +122,10 @@ impl<'m> Context<'m> {
         p.flash_attn_type = params.kv.flash_attn.llama_type() as sys::llama_flash_attn_type;
         p.abort_callback = Some(abort_callback);
         p.abort_callback_data = Arc::as_ptr(&abort) as *mut c_void;
+        if let Some(slot) = kv_hook.as_mut() {
+            p.cb_eval = Some(kv_hook_callback);
+            p.cb_eval_user_data = &mut **slot as *mut HookSlot as *mut c_void;
+        }
         // llama.cpp reads these switches once, when the context is made.
         const REUSE_OFF: &str = "LLAMA_GRAPH_REUSE_DISABLE";
         const ROT_OFF: &str = "LLAMA_ATTN_ROT_DISABLE";
@@ -116,6 +174,7 @@ impl<'m> Context<'m> {
             attached: None,
             rebuilds_graphs: params.rebuild_graphs,
             width_invariant: false,
+            kv_hook,
             _not_sync: PhantomData,
         })
     }
@@ -175,9 +234,20 @@ impl<'m> Context<'m> {
                 )
             };
             decode_status(rc)?;
+            self.hook_status()?;
             self.n_past += chunk.len() as u32;
         }
         Ok(())
+    }
+
+    /// Fails once a [`KvRowHook`] has panicked (its edits, and so the cache, are incomplete).
+    fn hook_status(&self) -> Result<()> {
+        match &self.kv_hook {
+            Some(slot) if slot.panicked => Err(Error::Llama(
+                "the KV row hook panicked during a decode".into(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Runs this thread's next decodes under the CUDA graph variant of the model's current
@@ -246,6 +316,7 @@ impl<'m> Context<'m> {
             rc
         };
         decode_status(rc)?;
+        self.hook_status()?;
         self.n_past += tokens.len() as u32;
         Ok(())
     }
@@ -357,6 +428,76 @@ impl<'m> Context<'m> {
 
     pub(crate) fn as_ptr(&self) -> *mut sys::llama_context {
         self.ptr.as_ptr()
+    }
+}
+
+/// llama.cpp's eval callback for [`Context::with_kv_hook`]: asks for every write into an F32
+/// cache tensor (a SET_ROWS node) and, once it ran, hands each written row to the hook.
+unsafe extern "C" fn kv_hook_callback(
+    t: *mut sys::ggml_tensor,
+    ask: bool,
+    user: *mut c_void,
+) -> bool {
+    // SAFETY: t is a graph node valid during the callback, its sources are tensors or NULL;
+    // user is the context's boxed HookSlot, alive as long as the context that computes.
+    unsafe {
+        let node = &*t;
+        // ggml_set_rows(a, b, c): the node is a view of the cache a, src[0] = b the rows
+        // written, src[1] = c their indices.
+        let dst = node.view_src;
+        let idx = node.src[1];
+        if node.op != sys::GGML_OP_SET_ROWS || dst.is_null() || idx.is_null() {
+            return !ask;
+        }
+        let name = std::ffi::CStr::from_ptr((*dst).name.as_ptr()).to_string_lossy();
+        let Some((part, layer)) = parse_cache_name(&name) else {
+            return !ask;
+        };
+        if ask {
+            return true;
+        }
+        let slot = &mut *(user as *mut HookSlot);
+        let idx = &*idx;
+        let host =
+            |b: sys::ggml_backend_buffer_t| !b.is_null() && sys::ggml_backend_buffer_is_host(b);
+        let index_bytes = match idx.type_ {
+            sys::GGML_TYPE_I64 => 8,
+            sys::GGML_TYPE_I32 => 4,
+            _ => return true,
+        };
+        if slot.panicked
+            || node.type_ != sys::GGML_TYPE_F32
+            || !host(node.buffer)
+            || !host(idx.buffer)
+            || node.nb[0] != 4
+            || idx.ne[1] * idx.ne[2] * idx.ne[3] != 1
+        {
+            return true;
+        }
+        let n = node.ne[0] as usize;
+        for i in 0..idx.ne[0] as usize {
+            let at = (idx.data as *const u8).add(i * idx.nb[0]);
+            let r = if index_bytes == 8 {
+                (at as *const i64).read_unaligned()
+            } else {
+                (at as *const i32).read_unaligned() as i64
+            };
+            if r < 0 || r >= node.ne[1] {
+                continue;
+            }
+            let row = std::slice::from_raw_parts_mut(
+                (node.data as *mut u8).add(r as usize * node.nb[1]) as *mut f32,
+                n,
+            );
+            let edit = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                slot.hook.edit_row(part, layer, row)
+            }));
+            if edit.is_err() {
+                slot.panicked = true;
+                break;
+            }
+        }
+        true
     }
 }
 

@@ -1,7 +1,8 @@
 //! The KV cache's settings as llama.cpp spells them: the K and V cache types (`-ctk`, `-ctv`),
 //! flash attention (`-fa on|off|auto`) and the Hadamard rotation llama.cpp applies before
 //! quantizing a cache (LLAMA_ATTN_ROT_DISABLE); their checks, made before any allocation; and
-//! the bytes a cached token costs.
+//! the bytes a cached token costs; and [`KvRowHook`], which edits the rows written into an F32
+//! cache (how `gearbx-bench kv` simulates a cache format llama.cpp does not have).
 
 use std::fmt;
 use std::str::FromStr;
@@ -153,7 +154,7 @@ pub fn rotation_disabled_by_env() -> bool {
 }
 
 /// The head sizes of the model's attention (from its GGUF metadata), per layer uniform.
-fn head_sizes(model: &Model) -> (u64, u64) {
+pub fn head_sizes(model: &Model) -> (u64, u64) {
     let arch = model.meta("general.architecture").unwrap_or_default();
     let n_embd = model.n_embd() as u64;
     let n_head = (model.n_head() as u64).max(1);
@@ -236,6 +237,35 @@ impl KvCache {
     }
 }
 
+/// Which half of the cache a row belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvPart {
+    K,
+    V,
+}
+
+/// Edits the rows llama.cpp writes into an F32 KV cache, after each layer's write and before
+/// attention reads them, so that a context computes exactly as it would with a cache storing
+/// `edit_row`'s result (a quantize/dequantize round trip simulates a cache format without its
+/// kernels). Installed by [`crate::llama::Context::with_kv_hook`]; CPU backend only.
+pub trait KvRowHook: Send {
+    /// One token's row of one layer: the `n_head_kv` heads of the head size, in order.
+    fn edit_row(&mut self, part: KvPart, layer: u32, row: &mut [f32]);
+}
+
+/// Parses llama.cpp's cache tensor names (`cache_k_l3`, `cache_v_l3`, with a tag such as
+/// `cache_swa_k_l3` where a model has two caches) into the part and the layer.
+pub(crate) fn parse_cache_name(name: &str) -> Option<(KvPart, u32)> {
+    let rest = name.strip_prefix("cache_")?;
+    let (head, layer) = rest.rsplit_once("_l")?;
+    let layer = layer.parse().ok()?;
+    match head.rsplit('_').next()? {
+        "k" => Some((KvPart::K, layer)),
+        "v" => Some((KvPart::V, layer)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,5 +288,15 @@ mod tests {
         assert!("maybe".parse::<FlashAttn>().is_err());
         assert!(!CacheType(GgmlType::BF16).is_quantized());
         assert!(CacheType(GgmlType::IQ4_NL).is_quantized());
+    }
+
+    #[test]
+    fn cache_tensor_names_give_part_and_layer() {
+        assert_eq!(parse_cache_name("cache_k_l0"), Some((KvPart::K, 0)));
+        assert_eq!(parse_cache_name("cache_v_l17"), Some((KvPart::V, 17)));
+        assert_eq!(parse_cache_name("cache_swa_k_l3"), Some((KvPart::K, 3)));
+        assert_eq!(parse_cache_name("cache_k_lx"), None);
+        assert_eq!(parse_cache_name("cache_q_l1"), None);
+        assert_eq!(parse_cache_name("Kcur-3"), None);
     }
 }

@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use gearbx::kernels::{self, parity};
-use gearbx::llama::kv::CacheType;
 use gearbx::llama::GgmlType;
 use gearbx::store::{self, default_model, OllamaStore};
 use gearbx_bench::measure::{self, gpu, markdown, report};
@@ -63,6 +62,12 @@ enum Cmd {
         /// Pairs measured with auto gears too.
         #[arg(long, default_value = "f16/f16,q8_0/q8_0,q4_0/q4_0")]
         auto_with: String,
+        /// Simulated (K/V) formats, comma-separated (measure/kv_sim.rs): `tq2`, `tq3`, `tq4`
+        /// (TurboQuant-style: randomized Hadamard rotation, Lloyd-Max codes, an f16 scale per
+        /// 64 values) or a cache type (llama.cpp's format through ggml's quantizer, the check
+        /// of the method against the real cache), e.g. `tq4/tq2,q4_0/q4_0`.
+        #[arg(long, default_value = "")]
+        simulate: String,
         /// Output folder.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
@@ -297,13 +302,14 @@ fn main() -> ExitCode {
             scored,
             pairs,
             auto_with,
+            simulate,
             out,
             threads,
         }) => run_kv(
             models,
             text,
             (ctx, *scored),
-            (pairs, auto_with),
+            (pairs, auto_with, simulate),
             out,
             threads_or_all(*threads),
         ),
@@ -403,7 +409,8 @@ fn run_synth(shape: &str, out: &std::path::Path, seed: u64) -> gearbx::Result<()
     Ok(())
 }
 
-fn parse_pairs(s: &str) -> gearbx::Result<Vec<(CacheType, CacheType)>> {
+/// `K/V` pairs, comma-separated, of cache types or simulated parts.
+fn parse_pairs<T: std::str::FromStr<Err = gearbx::Error>>(s: &str) -> gearbx::Result<Vec<(T, T)>> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
         .map(|p| {
@@ -419,14 +426,15 @@ fn run_kv(
     models: &[PathBuf],
     text: &std::path::Path,
     (ctxs, scored): (&[usize], usize),
-    (pairs, auto_with): (&str, &str),
+    (pairs, auto_with, simulate): (&str, &str, &str),
     out: &std::path::Path,
     threads: usize,
 ) -> gearbx::Result<()> {
     use gearbx::gearbox::{Gearbox, GearboxOptions};
     use gearbx::llama::{Model, ModelParams};
     use measure::kv;
-    let lanes = kv::lanes(&parse_pairs(pairs)?, &parse_pairs(auto_with)?);
+    let mut lanes = kv::lanes(&parse_pairs(pairs)?, &parse_pairs(auto_with)?);
+    lanes.extend(kv::sim_lanes(&parse_pairs(simulate)?));
     if std::env::var_os("LLAMA_ATTN_ROT_DISABLE").is_some() {
         return Err(gearbx::Error::InvalidParam(
             "LLAMA_ATTN_ROT_DISABLE is set: the rotation rows would be mislabelled; unset it \

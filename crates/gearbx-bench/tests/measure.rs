@@ -241,3 +241,57 @@ fn kv_cache_comparison_is_consistent() {
         .unwrap()
         .contains("| K q4_0 V q4_0 rot |"));
 }
+
+/// `gearbx-bench kv --simulate`: llama.cpp's q4_0 simulated on an F32 cache lands where the
+/// real q4_0 cache does (the check of the method), the TurboQuant-style rows carry their bits,
+/// and simulated rows report no measured state.
+#[test]
+fn kv_simulation_matches_the_real_cache_it_simulates() {
+    let model = fixture().model.clone();
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_gearbx-bench"))
+        .arg("kv")
+        .arg("-m")
+        .arg(&model)
+        .arg("--text")
+        .arg(austen())
+        .args(["--ctx", "256", "--scored", "16", "-t", "2"])
+        .args(["--pairs", "q4_0/q4_0", "--auto-with", ""])
+        .args(["--simulate", "q4_0/q4_0,tq4/tq2"])
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("kv.json")).unwrap())
+            .unwrap();
+    let rows: Vec<&serde_json::Value> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["result"])
+        .collect();
+    // Reference; real q4_0 rot, no-rot; simulated q4_0 rot, no-rot; tq4/tq2.
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    let kl = |r: &serde_json::Value| r["kl_mean"].as_f64().unwrap();
+    for (real, sim) in [(1, 3), (2, 4)] {
+        assert_eq!(rows[sim]["simulated"], true);
+        assert!(rows[sim]["measured_bytes_per_token"].is_null());
+        assert_eq!(rows[real]["rotation"], rows[sim]["rotation"]);
+        let ratio = kl(rows[sim]) / kl(rows[real]);
+        assert!(
+            (0.5..2.0).contains(&ratio),
+            "simulated q4_0 KL {} vs real {}",
+            kl(rows[sim]),
+            kl(rows[real])
+        );
+    }
+    assert_eq!(rows[5]["type_k"], "tq4");
+    assert_eq!(rows[5]["type_v"], "tq2");
+    assert_eq!(rows[5]["bits_per_value"].as_f64(), Some(3.25));
+    assert!(kl(rows[5]) > 0.0);
+    assert!(std::fs::read_to_string(out.path().join("kv.md"))
+        .unwrap()
+        .contains("| sim K tq4 V tq2 |"));
+}

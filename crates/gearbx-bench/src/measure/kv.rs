@@ -5,19 +5,22 @@
 //! fills the context. KV bytes per token are computed from the types and measured (llama.cpp's
 //! serialized sequence state after the window). Auto-gear lanes with a cache type give the
 //! interaction of gears and the cache (KL of auto mode against the same reference).
+//! Simulated lanes (`--simulate`, measure/kv_sim.rs) store a format llama.cpp lacks through a
+//! round trip on an F32 cache, with llama.cpp's own types simulated beside them as the check.
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
 use gearbx::error::Result;
 use gearbx::gearbox::Gearbox;
-use gearbx::llama::kv::{CacheType, FlashAttn, KvCache};
+use gearbx::llama::kv::{head_sizes, CacheType, FlashAttn, KvCache};
 use gearbx::llama::{Context, ContextParams, GgmlType, Model};
 use gearbx::monitor::MonitorConfig;
 
+use super::kv_sim::{SharedSimHook, SimFormat, SimHook, SimPart};
 use super::quality::{evaluate, EvalOptions, Lane, Policy};
 use super::report::text_windows;
 
@@ -27,10 +30,23 @@ pub struct KvLane {
     pub kv: KvCache,
     /// Auto gears (through the model's gearbox) instead of the source weights.
     pub auto_gears: bool,
+    /// A simulated format on an F32 cache instead of `kv`'s types.
+    pub sim: Option<SimFormat>,
 }
 
 impl KvLane {
     fn name(&self) -> String {
+        if let Some(f) = self.sim {
+            let ggml_quantized = [f.k, f.v]
+                .iter()
+                .any(|p| matches!(p, SimPart::Ggml(t) if t.is_quantized()));
+            let rot = match (ggml_quantized, f.rotation) {
+                (false, _) => "",
+                (true, true) => " rot",
+                (true, false) => " no-rot",
+            };
+            return format!("sim K {} V {}{rot}", f.k, f.v);
+        }
         let rot = if self.kv.type_k.is_quantized() || self.kv.type_v.is_quantized() {
             if self.kv.rotation {
                 " rot"
@@ -62,11 +78,13 @@ pub fn lanes(
         out.push(KvLane {
             kv: kv(k, v, true),
             auto_gears: false,
+            sim: None,
         });
         if k.is_quantized() || v.is_quantized() {
             out.push(KvLane {
                 kv: kv(k, v, false),
                 auto_gears: false,
+                sim: None,
             });
         }
     }
@@ -74,7 +92,36 @@ pub fn lanes(
         out.push(KvLane {
             kv: kv(k, v, true),
             auto_gears: true,
+            sim: None,
         });
+    }
+    out
+}
+
+/// Simulated lanes for `pairs` of parts: rotation on, and off where a llama.cpp part is
+/// quantized (`tqN` parts always rotate).
+pub fn sim_lanes(pairs: &[(SimPart, SimPart)]) -> Vec<KvLane> {
+    let f32 = CacheType(GgmlType::F32);
+    let mut out = Vec::new();
+    for &(k, v) in pairs {
+        let ggml_quantized = [k, v]
+            .iter()
+            .any(|p| matches!(p, SimPart::Ggml(t) if t.is_quantized()));
+        for rotation in [true, false] {
+            if !rotation && !ggml_quantized {
+                continue;
+            }
+            out.push(KvLane {
+                kv: KvCache {
+                    type_k: f32,
+                    type_v: f32,
+                    flash_attn: FlashAttn::On,
+                    rotation: false,
+                },
+                auto_gears: false,
+                sim: Some(SimFormat { k, v, rotation }),
+            });
+        }
     }
     out
 }
@@ -92,8 +139,11 @@ pub struct KvResult {
     pub bytes_per_token: u64,
     /// Bits per cached value (K and V together), from the types.
     pub bits_per_value: f64,
-    /// The sequence's cache as llama.cpp serializes it after the window, per token.
-    pub measured_bytes_per_token: f64,
+    /// The sequence's cache as llama.cpp serializes it after the window, per token (none for
+    /// a simulated format, which llama.cpp stores as F32).
+    pub measured_bytes_per_token: Option<f64>,
+    /// Whether the format was simulated (measure/kv_sim.rs).
+    pub simulated: bool,
     pub positions: usize,
     pub kl_mean: f64,
     pub kl_p99: f64,
@@ -132,6 +182,7 @@ pub fn run(
             ..KvCache::default()
         },
         auto_gears: false,
+        sim: None,
     };
     let all: Vec<KvLane> = std::iter::once(reference)
         .chain(
@@ -142,19 +193,28 @@ pub fn run(
         )
         .collect();
     let mut evals = Vec::new();
+    let mut hooks = Vec::new();
     for l in &all {
         l.kv.check(model)?;
-        let c = Context::new(
-            model,
-            &ContextParams {
-                n_ctx: ctx as u32,
-                n_batch: 512,
-                n_threads: threads as i32,
-                rebuild_graphs: l.auto_gears && model.shifts_need_graph_rebuild(),
-                kv: l.kv,
-            },
-            Arc::new(AtomicBool::new(false)),
-        )?;
+        let params = ContextParams {
+            n_ctx: ctx as u32,
+            n_batch: 512,
+            n_threads: threads as i32,
+            rebuild_graphs: l.auto_gears && model.shifts_need_graph_rebuild(),
+            kv: l.kv,
+        };
+        let abort = Arc::new(AtomicBool::new(false));
+        let c = match l.sim {
+            Some(f) => {
+                let hook = SharedSimHook(Arc::new(Mutex::new(SimHook::new(model, f)?)));
+                hooks.push(Some(hook.clone()));
+                Context::with_kv_hook(model, &params, abort, Box::new(hook))?
+            }
+            None => {
+                hooks.push(None);
+                Context::new(model, &params, abort)?
+            }
+        };
         let policy = if l.auto_gears {
             Policy::Auto(MonitorConfig::default())
         } else {
@@ -181,25 +241,59 @@ pub fn run(
             }
         },
     )?;
+    for (l, h) in all.iter().zip(&hooks) {
+        let Some(h) = h else { continue };
+        let h =
+            h.0.lock()
+                .map_err(|_| gearbx::error::Error::Llama("a simulation hook panicked".into()))?;
+        if let Some(e) = &h.error {
+            return Err(gearbx::error::Error::Llama(format!("{}: {e}", l.name())));
+        }
+        if h.rows == 0 {
+            return Err(gearbx::error::Error::Llama(format!(
+                "{}: the simulation edited no cache rows",
+                l.name()
+            )));
+        }
+    }
     let ref_ppl = res[0].perplexity;
     Ok(all
         .iter()
         .zip(&res)
         .zip(&evals)
         .map(|((l, r), e)| {
-            let bpt = l.kv.bytes_per_token(model);
             let values = model_kv_values(model, &l.kv);
+            let (bpt, bits, measured) = match l.sim {
+                Some(f) => {
+                    let (hk, hv) = head_sizes(model);
+                    let bits = (f.k.bits() * hk as f64 + f.v.bits() * hv as f64) / (hk + hv) as f64;
+                    ((bits * values as f64 / 8.0).round() as u64, bits, None)
+                }
+                None => {
+                    let bpt = l.kv.bytes_per_token(model);
+                    let measured = e.ctx.kv_state_bytes() as f64 / e.ctx.n_past().max(1) as f64;
+                    (bpt, bpt as f64 * 8.0 / values as f64, Some(measured))
+                }
+            };
+            let (type_k, type_v, rotation) = match l.sim {
+                Some(f) => (f.k.to_string(), f.v.to_string(), f.rotation),
+                None => (
+                    l.kv.type_k.to_string(),
+                    l.kv.type_v.to_string(),
+                    l.kv.rotation,
+                ),
+            };
             KvResult {
                 lane: r.name.clone(),
-                type_k: l.kv.type_k.to_string(),
-                type_v: l.kv.type_v.to_string(),
-                rotation: l.kv.rotation,
+                type_k,
+                type_v,
+                rotation,
                 auto_gears: l.auto_gears,
                 context_tokens: ctx,
                 bytes_per_token: bpt,
-                bits_per_value: bpt as f64 * 8.0 / values as f64,
-                measured_bytes_per_token: e.ctx.kv_state_bytes() as f64
-                    / e.ctx.n_past().max(1) as f64,
+                bits_per_value: bits,
+                measured_bytes_per_token: measured,
+                simulated: l.sim.is_some(),
                 positions: r.positions,
                 kl_mean: r.kl_mean,
                 kl_p99: r.kl_p99,
@@ -239,13 +333,16 @@ pub fn markdown(model_name: &str, rows: &[KvResult]) -> String {
         } else {
             "-".into()
         };
+        let measured = r
+            .measured_bytes_per_token
+            .map_or_else(|| "simulated".to_string(), |m| format!("{m:.0}"));
         s.push_str(&format!(
-            "| {} | {} | {:.2} | {} ({:.0}) | {:.5} | {:.4} | {:.3} | {:.4} | {} |\n",
+            "| {} | {} | {:.2} | {} ({}) | {:.5} | {:.4} | {:.3} | {:.4} | {} |\n",
             r.lane,
             r.context_tokens,
             r.bits_per_value,
             r.bytes_per_token,
-            r.measured_bytes_per_token,
+            measured,
             r.kl_mean,
             r.kl_p99,
             r.top1_agreement,

@@ -4,6 +4,7 @@
 
 pub mod gpu;
 pub mod kv;
+pub mod kv_sim;
 pub mod lossless;
 pub mod lossless_replay;
 pub mod markdown;
