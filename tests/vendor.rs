@@ -56,10 +56,11 @@ fn the_compiled_tree_holds_each_patch() {
         }
         assert!(added > 0, "{name} adds nothing");
     }
-    // The two entry points the gearbox uses, exported by the patched header.
+    // The entry points gearbx uses, exported by the patched header.
     let h = std::fs::read_to_string(tree.join("ggml/include/ggml-cuda.h")).unwrap();
     assert!(h.contains("void ggml_backend_cuda_set_graph_variant(uint64_t variant);"));
     assert!(h.contains("void ggml_backend_cuda_invalidate_graphs(void);"));
+    assert!(h.contains("void ggml_backend_cuda_set_mmv_hook("));
 }
 
 /// Builds only llama-sys, in a target folder of its own, with a patch folder or pin file of the

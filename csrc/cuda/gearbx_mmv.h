@@ -1,0 +1,46 @@
+/* gearbx's CUDA decode products (csrc/cuda/mmv.cu): a Q4_0 or Q8_0 weight matrix in ggml's
+ * layout times 1..8 F32 activation columns, for the widths decode and lossless verification use.
+ * The activations are quantized to ggml's q8_1 blocks first (as llama.cpp's mmvq does); each
+ * column's result is computed by the same operations in the same order whatever the number of
+ * columns (width-invariant, for strict lossless verification). The scalar twin is
+ * csrc/generic/mmv_ref.h. Reached from ggml-cuda's mul_mat through our patch 0005's hook. */
+#ifndef GEARBX_MMV_H
+#define GEARBX_MMV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define GEARBX_MMV_MAX_COLS 8
+
+/* The shape the kernels cover: weight type (ggml type id) Q4_0 or Q8_0, a row of k values
+ * whose blocks count is a multiple of 8 (rows stay 16-byte aligned), 1..8 columns. */
+int gearbx_mmv_supported(int wtype, int64_t k, int64_t ncols);
+
+/* Scratch bytes the product needs (the q8_1 activations), 0 when unsupported. */
+size_t gearbx_mmv_scratch_bytes(int wtype, int64_t k, int64_t ncols);
+
+/* dst[c*dst_stride + r] = sum_k W[r][k] * x[c*x_stride + k] for r < nrows, c < ncols, on
+ * `stream` (a cudaStream_t), asynchronously. W is 16-byte aligned with rows row_bytes apart;
+ * scratch holds gearbx_mmv_scratch_bytes. Returns 0, or -1 when the shape is not covered or
+ * the launch failed (the message in err, err_len bytes, may be NULL). */
+int gearbx_mmv(int wtype, const void *w, size_t row_bytes, int64_t nrows, int64_t k,
+               const float *x, int64_t x_stride, int64_t ncols, float *dst, int64_t dst_stride,
+               void *scratch, void *stream, char *err, size_t err_len);
+
+/* Only the activation step: x to q8_1 blocks in scratch (for the parity test). */
+int gearbx_mmv_quantize_x(const float *x, int64_t x_stride, int64_t k, int64_t ncols,
+                          void *scratch, void *stream);
+
+/* Registers gearbx_mmv as ggml-cuda's mul_mat hook (our patch 0005), or removes it: on = 0.
+ * Returns 0, or -1 when this llama.cpp has no hook. */
+int gearbx_mmv_install(int on);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,367 @@
+/* Parity, width invariance and bandwidth of gearbx's CUDA decode products (csrc/cuda/mmv.cu),
+ * run on the GPU machine by scripts/mmv-gpu.sh (not in CI: no GPU here).
+ *
+ *   parity     every output against the scalar twin (csrc/generic/mmv_ref.h) in double on the
+ *              same q8_1 activations (tolerance: float accumulation), the activations bit for
+ *              bit against the twin's quantizer, and the error against the exact F32 product
+ *              reported; random and adversarial weights/activations, every 1B and 8B shape.
+ *   width      columns 1..8: each column's result bit-identical to the 8-column launch.
+ *   speed      per shape and width, time per product over weight copies larger than L2, as
+ *              GB/s and % of the H200's 4.8 TB/s.
+ *   ggml       (built with -DWITH_GGML against our patched libggml) the same products through
+ *              ggml_mul_mat on the CUDA backend, llama.cpp's own kernels (mmvq) vs ours through
+ *              patch 0005's hook, in the same process: outputs checked, time per product.
+ * Exit status 0 only when every check passed. */
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <vector>
+
+#include "gearbx_mmv.h"
+#include "mmv_ref.h"
+
+#ifdef WITH_GGML
+#include "ggml-alloc.h"
+#include "ggml-backend.h"
+#include "ggml-cuda.h"
+#include "ggml.h"
+#endif
+
+#define CK(x)                                                                                  \
+    do {                                                                                       \
+        cudaError_t e_ = (x);                                                                  \
+        if (e_ != cudaSuccess) {                                                               \
+            fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));          \
+            exit(3);                                                                           \
+        }                                                                                      \
+    } while (0)
+
+static const double PEAK = 4.8e12; /* H200 HBM3e, bytes/s (NVIDIA's figure) */
+static int failures = 0;
+
+struct Shape {
+    const char *name;
+    int64_t rows, k;
+};
+static const Shape SHAPES[] = {
+    {"8B attn_q/o 4096x4096", 4096, 4096},     {"8B attn_k/v 1024x4096", 1024, 4096},
+    {"8B ffn_gate/up 14336x4096", 14336, 4096}, {"8B ffn_down 4096x14336", 4096, 14336},
+    {"8B output 128256x4096", 128256, 4096},    {"1B attn_q/o 2048x2048", 2048, 2048},
+    {"1B attn_k/v 512x2048", 512, 2048},        {"1B ffn_gate/up 8192x2048", 8192, 2048},
+    {"1B ffn_down 2048x8192", 2048, 8192},      {"1B output 128256x2048", 128256, 2048},
+};
+
+static uint64_t rng_state = 0x12345678ULL;
+static uint64_t rnd() {
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+static float uni() { return (float)((rnd() >> 11) * (1.0 / 9007199254740992.0)); }
+
+static int bbytes(int t) { return t == GEARBX_T_Q4_0 ? 18 : 34; }
+static const char *tname(int t) { return t == GEARBX_T_Q4_0 ? "q4_0" : "q8_0"; }
+
+enum Case { RANDOM, MAX_SCALES, ZERO_SCALES, EXTREME_CODES, OUTLIER_X, ZERO_X, TINY_X, N_CASES };
+static const char *CASE_NAMES[] = {"random",        "max scales", "zero scales", "extreme codes",
+                                   "outlier in x", "zero x",     "tiny x"};
+
+static void fill_weights(int t, int c, uint8_t *w, int64_t nblocks) {
+    const int bb = bbytes(t);
+    for (int64_t b = 0; b < nblocks; b++) {
+        uint8_t *p = w + b * bb;
+        float s = (uni() * 2 - 1) * 0.05f;
+        if (c == MAX_SCALES) s = (rnd() & 1) ? 65504.0f : -65504.0f;
+        if (c == ZERO_SCALES) s = 0.0f;
+        uint16_t h = gearbx_f32_to_f16(s);
+        memcpy(p, &h, 2);
+        for (int j = 2; j < bb; j++) {
+            p[j] = (uint8_t)rnd();
+            if (c == EXTREME_CODES) p[j] = (b & 1) ? 0xFF : (t == GEARBX_T_Q4_0 ? 0x00 : 0x80);
+        }
+    }
+}
+
+static void fill_x(int c, float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = (uni() * 2 - 1) * 2.0f;
+        if (c == MAX_SCALES) x[i] *= 1e-4f;
+        if (c == OUTLIER_X && i % 4096 == 17) x[i] = 1e4f;
+        if (c == ZERO_X) x[i] = 0.0f;
+        if (c == TINY_X) x[i] *= 1e-38f;
+    }
+}
+
+/* Runs the product on the device; returns outputs (ncols x rows) and the q8_1 activations. */
+struct Dev {
+    uint8_t *w = nullptr;
+    float *x = nullptr, *dst = nullptr;
+    void *scratch = nullptr;
+    size_t wbytes = 0;
+};
+
+static void run(int t, const Shape &s, int ncols, Dev &d, std::vector<float> &out,
+                std::vector<uint8_t> *xq) {
+    char err[256];
+    if (gearbx_mmv(t, d.w, (size_t)(s.k / 32) * bbytes(t), s.rows, s.k, d.x, s.k, ncols, d.dst,
+                   s.rows, d.scratch, nullptr, err, sizeof err) != 0) {
+        fprintf(stderr, "gearbx_mmv: %s\n", err);
+        exit(3);
+    }
+    CK(cudaDeviceSynchronize());
+    out.resize((size_t)ncols * s.rows);
+    CK(cudaMemcpy(out.data(), d.dst, out.size() * 4, cudaMemcpyDeviceToHost));
+    if (xq) {
+        xq->resize(gearbx_mmv_scratch_bytes(t, s.k, ncols));
+        CK(cudaMemcpy(xq->data(), d.scratch, xq->size(), cudaMemcpyDeviceToHost));
+    }
+}
+
+static bool same(double a, double b, double tol) {
+    if (isnan(a) || isnan(b)) return isnan(a) && isnan(b);
+    if (isinf(a) || isinf(b)) return a == b;
+    return fabs(a - b) <= tol;
+}
+
+/* Parity of one shape and case at 8 columns, then width invariance (random case). */
+static void parity(int t, const Shape &s, int c, Dev &d, const std::vector<uint8_t> &w) {
+    const int nc = 8;
+    const int64_t nb = s.k / 32;
+    std::vector<float> x((size_t)nc * s.k);
+    fill_x(c, x.data(), (int64_t)x.size());
+    CK(cudaMemcpy(d.x, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+    std::vector<float> out;
+    std::vector<uint8_t> xq;
+    run(t, s, nc, d, out, &xq);
+    long bad_x = 0, bad = 0;
+    double worst = 0, worst_exact = 0;
+    std::vector<uint8_t> twin(GEARBX_Q8_1_BYTES);
+    for (int col = 0; col < nc; col++) {
+        for (int64_t b = 0; b < nb; b++) {
+            gearbx_mmv_quantize_block_ref(&x[col * s.k + b * 32], twin.data());
+            bad_x += memcmp(twin.data(), &xq[(col * nb + b) * GEARBX_Q8_1_BYTES], 36) != 0;
+        }
+        /* every row for the first column, a sample of rows for the others */
+        const int64_t step = col == 0 ? 1 : 97;
+        for (int64_t r = 0; r < s.rows; r += step) {
+            const uint8_t *row = &w[(size_t)r * nb * bbytes(t)];
+            double terms = 0;
+            const double ref = gearbx_mmv_dot_q8_ref(t, row, &xq[col * nb * GEARBX_Q8_1_BYTES],
+                                                     nb, &terms);
+            const double g = out[col * s.rows + r];
+            const double tol = 2e-6 * terms + 1e-30;
+            if (!same(g, ref, tol)) {
+                if (bad < 3)
+                    fprintf(stderr, "  %s %s %s col %d row %ld: gpu %.9g twin %.9g (tol %.3g)\n",
+                            tname(t), s.name, CASE_NAMES[c], col, (long)r, g, ref, tol);
+                bad++;
+            } else if (isfinite(g) && terms > 0) {
+                worst = fmax(worst, fabs(g - ref) / terms);
+            }
+            if (c == RANDOM && col == 0) {
+                double norm = 0;
+                for (int64_t b = 0; b < nb; b++)
+                    for (int j = 0; j < 32; j++)
+                        norm += fabs(gearbx_mmv_half(row + b * bbytes(t)) *
+                                     gearbx_mmv_code(t, row + b * bbytes(t), j) * x[b * 32 + j]);
+                const double ex = gearbx_mmv_dot_f64(t, row, &x[0], nb);
+                worst_exact = fmax(worst_exact, fabs(g - ex) / norm);
+            }
+        }
+    }
+    char exact[32] = "-";
+    if (c == RANDOM) {
+        snprintf(exact, sizeof exact, "%.2e", worst_exact);
+    }
+    printf("| %s | %s | %s | %ld | %ld | %.2e | %s |\n", tname(t), s.name, CASE_NAMES[c], bad_x,
+           bad, worst, exact);
+    failures += (bad_x != 0) + (bad != 0);
+    if (c != RANDOM) {
+        return;
+    }
+    /* width invariance: columns 0..n-1 of an n-column launch == the 8-column launch's */
+    long diff = 0;
+    for (int n = 1; n < nc; n++) {
+        std::vector<float> o;
+        run(t, s, n, d, o, nullptr);
+        for (size_t i = 0; i < o.size(); i++) {
+            diff += memcmp(&o[i], &out[i], 4) != 0;
+        }
+    }
+    printf("| %s | %s | width 1..8 | bit-identical: %s (%ld differ) |   |   |   |\n", tname(t),
+           s.name, diff == 0 ? "yes" : "NO", diff);
+    failures += diff != 0;
+}
+
+/* Time per product over weight copies that do not fit L2 (60 MB), CUDA-graph replayed. */
+static double time_product(int t, const Shape &s, int ncols, Dev &d, int copies) {
+    const size_t wb = (size_t)s.rows * (s.k / 32) * bbytes(t);
+    cudaStream_t st;
+    CK(cudaStreamCreate(&st));
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    const int per_graph = copies * 4;
+    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < per_graph; i++) {
+        gearbx_mmv(t, d.w + (i % copies) * wb, wb / s.rows, s.rows, s.k, d.x, s.k, ncols, d.dst,
+                   s.rows, d.scratch, st, nullptr, 0);
+    }
+    CK(cudaStreamEndCapture(st, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    CK(cudaGraphLaunch(ge, st));
+    CK(cudaStreamSynchronize(st));
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    const int reps = 5;
+    CK(cudaEventRecord(a, st));
+    for (int r = 0; r < reps; r++) CK(cudaGraphLaunch(ge, st));
+    CK(cudaEventRecord(b, st));
+    CK(cudaEventSynchronize(b));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
+    cudaStreamDestroy(st);
+    return ms * 1e-3 / (reps * per_graph);
+}
+
+static int copies_for(size_t wb) {
+    int c = (int)((400u << 20) / wb) + 1;
+    return c < 2 ? 2 : c;
+}
+
+#ifdef WITH_GGML
+/* The same products through ggml_mul_mat on the CUDA backend: `copies` weight tensors in one
+ * graph, computed `reps` times; returns seconds per product and the first product's output. */
+static double ggml_products(int t, const Shape &s, int ncols, const std::vector<uint8_t> &w,
+                            const std::vector<float> &x, int copies, std::vector<float> &out) {
+    ggml_backend_t be = ggml_backend_cuda_init(0);
+    struct ggml_init_params ip = {ggml_tensor_overhead() * (2 * copies + 8) + ggml_graph_overhead(),
+                                  nullptr, true};
+    ggml_context *ctx = ggml_init(ip);
+    ggml_tensor *xt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, s.k, ncols);
+    std::vector<ggml_tensor *> ws, ys;
+    for (int i = 0; i < copies; i++) ws.push_back(ggml_new_tensor_2d(ctx, (ggml_type)t, s.k, s.rows));
+    ggml_cgraph *gf = ggml_new_graph_custom(ctx, 2 * copies + 8, false);
+    for (int i = 0; i < copies; i++) {
+        ys.push_back(ggml_mul_mat(ctx, ws[i], xt));
+        ggml_build_forward_expand(gf, ys[i]);
+    }
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx, be);
+    for (int i = 0; i < copies; i++) ggml_backend_tensor_set(ws[i], w.data(), 0, w.size());
+    ggml_backend_tensor_set(xt, x.data(), 0, (size_t)s.k * ncols * 4);
+    ggml_backend_graph_compute(be, gf); /* warm up, captures its CUDA graph */
+    ggml_backend_graph_compute(be, gf);
+    const int reps = 5;
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    CK(cudaDeviceSynchronize());
+    CK(cudaEventRecord(a, 0));
+    for (int r = 0; r < reps; r++) ggml_backend_graph_compute(be, gf);
+    CK(cudaEventRecord(b, 0));
+    CK(cudaEventSynchronize(b));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    out.resize((size_t)s.rows * ncols);
+    ggml_backend_tensor_get(ys[0], out.data(), 0, out.size() * 4);
+    ggml_backend_buffer_free(buf);
+    ggml_free(ctx);
+    ggml_backend_free(be);
+    return ms * 1e-3 / (reps * copies);
+}
+#endif
+
+int main(int argc, char **argv) {
+    const bool quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+    cudaDeviceProp p;
+    CK(cudaGetDeviceProperties(&p, 0));
+    printf("# gearbx CUDA decode products: %s, %d SMs\n\n", p.name, p.multiProcessorCount);
+    size_t max_w = 0;
+    for (const Shape &s : SHAPES) {
+        const size_t wb = (size_t)s.rows * (s.k / 32) * 34;
+        max_w = wb * copies_for(wb) > max_w ? wb * copies_for(wb) : max_w;
+    }
+    Dev d;
+    CK(cudaMalloc(&d.w, max_w));
+    CK(cudaMalloc(&d.x, 8 * 14336 * 4));
+    CK(cudaMalloc(&d.dst, 8 * 128256 * 4));
+    CK(cudaMalloc(&d.scratch, gearbx_mmv_scratch_bytes(GEARBX_T_Q8_0, 14336, 8)));
+
+    printf("## Parity (8 columns) and width invariance\n\n| type | shape | case | q8_1 x "
+           "mismatches | outputs off the twin | max err / sum of abs terms | max err / sum abs(w x), exact F32 product |\n|---|---|---|---|---|---|---|\n");
+    for (int t : {GEARBX_T_Q4_0, GEARBX_T_Q8_0}) {
+        for (const Shape &s : SHAPES) {
+            const int64_t nb = s.k / 32;
+            std::vector<uint8_t> w((size_t)s.rows * nb * bbytes(t));
+            for (int c = 0; c < N_CASES; c++) {
+                if (c != RANDOM && (quick || s.rows > 14336)) continue;
+                fill_weights(t, c, w.data(), s.rows * nb);
+                CK(cudaMemcpy(d.w, w.data(), w.size(), cudaMemcpyHostToDevice));
+                parity(t, s, c, d, w);
+            }
+        }
+    }
+
+    printf("\n## Speed: time per product (activation quantization included), weights cycled over "
+           "copies larger than L2\n\n| type | shape | cols | us | GB/s | %% of 4.8 TB/s |"
+#ifdef WITH_GGML
+           " llama.cpp mmvq us (ggml) | ours via hook us (ggml) | speedup |"
+#endif
+           "\n|---|---|---|---|---|---|"
+#ifdef WITH_GGML
+           "---|---|---|"
+#endif
+           "\n");
+    for (int t : {GEARBX_T_Q4_0, GEARBX_T_Q8_0}) {
+        for (const Shape &s : SHAPES) {
+            const int64_t nb = s.k / 32;
+            const size_t wb = (size_t)s.rows * nb * bbytes(t);
+            const int copies = copies_for(wb);
+            std::vector<uint8_t> w(wb);
+            fill_weights(t, RANDOM, w.data(), s.rows * nb);
+            for (int i = 0; i < copies; i++)
+                CK(cudaMemcpy(d.w + i * wb, w.data(), wb, cudaMemcpyHostToDevice));
+            std::vector<float> x((size_t)8 * s.k);
+            fill_x(RANDOM, x.data(), (int64_t)x.size());
+            CK(cudaMemcpy(d.x, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+            for (int nc : {1, 2, 4, 8}) {
+                const double sec = time_product(t, s, nc, d, copies);
+                const double bytes = (double)wb + (double)nc * s.k * 4 + (double)nc * s.rows * 4;
+                printf("| %s | %s | %d | %.2f | %.0f | %.1f |", tname(t), s.name, nc, sec * 1e6,
+                       bytes / sec / 1e9, 100 * bytes / sec / PEAK);
+#ifdef WITH_GGML
+                std::vector<float> o_ref, o_hook, o_mine;
+                gearbx_mmv_install(0);
+                const double t_ref = ggml_products(t, s, nc, w, x, copies, o_ref);
+                gearbx_mmv_install(1);
+                const double t_hook = ggml_products(t, s, nc, w, x, copies, o_hook);
+                gearbx_mmv_install(0);
+                run(t, s, nc, d, o_mine, nullptr);
+                /* the hook must have run our kernel (bitwise ours); mmvq close to it */
+                long not_ours = 0;
+                double dev = 0, mag = 0;
+                for (size_t i = 0; i < o_mine.size(); i++) {
+                    not_ours += memcmp(&o_hook[i], &o_mine[i], 4) != 0;
+                    dev = fmax(dev, fabs((double)o_ref[i] - o_mine[i]));
+                    mag = fmax(mag, fabs((double)o_mine[i]));
+                }
+                printf(" %.2f | %.2f | %.2fx |", t_ref * 1e6, t_hook * 1e6, t_ref / t_hook);
+                if (not_ours || !(dev <= 1e-3 * mag + 1e-6)) {
+                    printf(" **hook output not ours (%ld) or mmvq far (%.3g of %.3g)** |", not_ours,
+                           dev, mag);
+                    failures++;
+                }
+#endif
+                printf("\n");
+                fflush(stdout);
+            }
+        }
+    }
+    printf("\n%s: %d failed checks\n", failures ? "FAIL" : "PASS", failures);
+    return failures ? 1 : 0;
+}
