@@ -115,6 +115,10 @@ static void run(int t, const Shape &s, int ncols, Dev &d, std::vector<float> &ou
     out.resize((size_t)ncols * s.rows);
     CK(cudaMemcpy(out.data(), d.dst, out.size() * 4, cudaMemcpyDeviceToHost));
     if (xq) {
+        /* the product keeps its activations in shared memory: the same quantizer, here to
+         * scratch, gives the twin its input */
+        if (gearbx_mmv_quantize_x(d.x, s.k, s.k, ncols, d.scratch, nullptr) != 0) exit(3);
+        CK(cudaDeviceSynchronize());
         xq->resize(gearbx_mmv_scratch_bytes(t, s.k, ncols));
         CK(cudaMemcpy(xq->data(), d.scratch, xq->size(), cudaMemcpyDeviceToHost));
     }

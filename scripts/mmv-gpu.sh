@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The H200 measurement of docs/gpu/h200-2026-12-03-mmv (run by hand, not in CI). Here: put the
+# patched llama.cpp tree (target/release/build/gearbx-llama-sys-*/out/llama.cpp, other backends
+# removed), mkmodel.py and the gguf wheels in target/dev, copy this script there, carry
+# target/dev. On the GPU machine: libllama (pinned + our patches) with CUDA; tests/gpu/mmv_test.cu
+# (our decode products: parity with the scalar twin, width invariance, speed against llama.cpp's
+# mmvq through ggml) and tests/gpu/mmv_decode.c (8B- and 1B-shape models decoded with
+# llama.cpp's kernels and with ours: tokens/s and KL) against it.
+set -u
+D=$(cd "$(dirname "$0")" && pwd)
+R=$(cd "$D/../.." && pwd)
+export PATH=/usr/local/cuda/bin:$PATH
+L=$OUT/log.txt
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv,noheader; nvcc --version | tail -1; } >$OUT/machine.txt 2>&1
+( python3 -m pip install -q --no-deps --no-index --find-links "$D/wheels" --target /tmp/pylib gguf pyyaml tqdm requests urllib3 idna certifi charset-normalizer >>$L 2>&1
+  for s in 8b 1b; do PYTHONPATH=/tmp/pylib python3 "$D/mkmodel.py" $s /tmp/m$s-f16.gguf >>$L 2>&1; echo "model $s rc $?" >>$L; done ) &
+MK=$!
+t0=$(date +%s)
+cmake -S "$D/llama.cpp" -B /tmp/lb -G Ninja -DGGML_CUDA=ON -DGGML_NATIVE=OFF -DCMAKE_CUDA_ARCHITECTURES=90a \
+  -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF \
+  -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_COMMON=OFF -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release >>$L 2>&1 || { echo "cmake failed" >>$L; exit 1; }
+ninja -C /tmp/lb -j16 llama >>$L 2>&1 || { echo "build failed" >>$L; tail -30 $L; exit 1; }
+echo "build $(( $(date +%s) - t0 )) s" | tee -a $L
+LIBS=$(dirname "$(find /tmp/lb -name 'libllama.so' | head -1)")
+INC="-I$D/llama.cpp/include -I$D/llama.cpp/ggml/include -I$R/csrc/cuda -I$R/csrc/generic"
+LNK="-L$LIBS -L/tmp/lb/bin -lllama -lggml -lggml-base -lggml-cuda -Xlinker -rpath=$LIBS:/tmp/lb/bin"
+nvcc -O3 -arch=sm_90a -fmad=false -std=c++17 $INC -c "$R/csrc/cuda/mmv.cu" -o /tmp/mmv.o >>$L 2>&1 &&
+nvcc -O3 -arch=sm_90a -fmad=false -std=c++17 -DWITH_GGML $INC "$R/tests/gpu/mmv_test.cu" /tmp/mmv.o $LNK -o /tmp/mmv_test >>$L 2>&1 &&
+gcc -O2 -std=c11 $INC -c "$R/tests/gpu/mmv_decode.c" -o /tmp/mmvd.o >>$L 2>&1 &&
+nvcc /tmp/mmvd.o /tmp/mmv.o $LNK -o /tmp/mmvd >>$L 2>&1 || { echo "test build failed" >>$L; tail -30 $L; exit 1; }
+wait $MK
+( for s in 8b 1b; do for q in q4_0 q8_0; do /tmp/mmvd --quantize /tmp/m$s-f16.gguf /tmp/m$s-$q.gguf $q >>$L 2>&1; echo "quantized $s $q rc $?" >>$L; done; done ) &
+QZ=$!
+timeout 240 /tmp/mmv_test ${MMV_TEST_ARGS:-} >$OUT/kernels.md 2>>$L; echo "mmv_test rc $?" | tee -a $L
+wait $QZ
+echo "| model | llama.cpp kernels tok/s | ours tok/s | speedup | KL mean | KL max | argmax agree | KL llama.cpp fused vs unfused |" >$OUT/decode.md
+echo "|---|---|---|---|---|---|---|---|" >>$OUT/decode.md
+for s in 8b 1b; do for q in q4_0 q8_0; do
+  ls -l /tmp/m$s-$q.gguf >>$L 2>&1
+  GGML_CUDA_DISABLE_FUSION=1 MMVD_SAVE=/tmp/noise.bin timeout 60 /tmp/mmvd /tmp/m$s-$q.gguf 64 130 1 >>$L 2>&1
+  MMVD_AGAINST=/tmp/noise.bin timeout 100 /tmp/mmvd /tmp/m$s-$q.gguf 64 130 3 >>$OUT/decode.md 2>>$L
+done; done
+echo "total $(( $(date +%s) - t0 )) s" | tee -a $L

@@ -1,0 +1,158 @@
+/* End to end on the GPU machine (scripts/mmv-gpu.sh): llama.cpp (the pinned source and our
+ * patch series, built with CUDA) decoding a model with its own kernels and with gearbx's decode
+ * products (csrc/cuda/mmv.cu through patch 0005's hook), in one process, on the same tokens.
+ *
+ *   mmv_decode MODEL.gguf N_PROMPT N_DECODE ROUNDS   (all layers on the GPU, flash attention on)
+ *   mmv_decode --quantize IN.gguf OUT.gguf q4_0|q8_0 (llama_model_quantize)
+ *
+ * Each round, for llama.cpp's kernels and then ours: a fresh context (CUDA graphs are captured
+ * per context), N_PROMPT fixed tokens in one batch, then N_DECODE single-token decodes of fixed
+ * tokens (teacher-forced), timed, each read back before the next. Prints the best round's
+ * tokens/s of each, their ratio, and, from the first round, the KL divergence of our logits
+ * from llama.cpp's per step (mean, max) and how often their argmax agrees.
+ * Float noise for scale: MMVD_SAVE=F writes llama.cpp's logits to F; a later run with
+ * MMVD_AGAINST=F prints the KL of its llama.cpp logits from F's (scripts/mmv-gpu.sh saves them
+ * from a run with GGML_CUDA_DISABLE_FUSION=1: llama.cpp against itself with other roundings). */
+#define _POSIX_C_SOURCE 199309L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "gearbx_mmv.h"
+#include "ggml.h"
+#include "llama.h"
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+/* Decodes the prompt and the steps; returns tokens/s of the steps; logits of each step go to
+ * `keep` (n_decode * n_vocab floats) when not NULL. */
+static double run(struct llama_model *model, const llama_token *toks, int n_prompt, int n_decode,
+                  float *keep, int n_vocab) {
+    struct llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = n_prompt + n_decode + 64;
+    cp.n_batch = n_prompt;
+    cp.n_ubatch = 512;
+    cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
+    struct llama_context *ctx = llama_init_from_model(model, cp);
+    if (!ctx) {
+        fprintf(stderr, "context failed\n");
+        exit(1);
+    }
+    llama_token *p = (llama_token *)toks;
+    if (llama_decode(ctx, llama_batch_get_one(p, n_prompt)) != 0) exit(1);
+    llama_synchronize(ctx);
+    double t0 = 0;
+    for (int i = 0; i < n_decode; i++) {
+        if (i == 2) t0 = now(); /* the first steps capture CUDA graphs */
+        if (llama_decode(ctx, llama_batch_get_one(p + n_prompt + i, 1)) != 0) exit(1);
+        const float *l = llama_get_logits_ith(ctx, -1);
+        if (keep) memcpy(keep + (size_t)i * n_vocab, l, (size_t)n_vocab * sizeof(float));
+    }
+    const double dt = now() - t0;
+    llama_free(ctx);
+    return (n_decode - 2) / dt;
+}
+
+/* KL(p || q) of two logit rows, in double. */
+static double kl(const float *a, const float *b, int n) {
+    double ma = -INFINITY, mb = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        ma = fmax(ma, a[i]);
+        mb = fmax(mb, b[i]);
+    }
+    double za = 0, zb = 0;
+    for (int i = 0; i < n; i++) {
+        za += exp(a[i] - ma);
+        zb += exp(b[i] - mb);
+    }
+    double s = 0;
+    for (int i = 0; i < n; i++) {
+        const double la = a[i] - ma - log(za), lb = b[i] - mb - log(zb);
+        s += exp(la) * (la - lb);
+    }
+    return s;
+}
+
+static int argmax(const float *a, int n) {
+    int k = 0;
+    for (int i = 1; i < n; i++) k = a[i] > a[k] ? i : k;
+    return k;
+}
+
+int main(int argc, char **argv) {
+    llama_backend_init();
+    llama_log_set(NULL, NULL);
+    if (argc == 5 && !strcmp(argv[1], "--quantize")) {
+        llama_model_quantize_params qp = llama_model_quantize_default_params();
+        qp.ftype = !strcmp(argv[4], "q8_0") ? LLAMA_FTYPE_MOSTLY_Q8_0 : LLAMA_FTYPE_MOSTLY_Q4_0;
+        qp.nthread = 16;
+        return llama_model_quantize(argv[2], argv[3], &qp) == 0 ? 0 : 1;
+    }
+    if (argc != 5) {
+        fprintf(stderr, "usage: %s MODEL N_PROMPT N_DECODE ROUNDS\n", argv[0]);
+        return 2;
+    }
+    const int n_prompt = atoi(argv[2]), n_decode = atoi(argv[3]), rounds = atoi(argv[4]);
+    struct llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = 999;
+    struct llama_model *model = llama_model_load_from_file(argv[1], mp);
+    if (!model) return 1;
+    const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
+    llama_token *toks = malloc(sizeof(llama_token) * (n_prompt + n_decode));
+    unsigned s = 12345;
+    for (int i = 0; i < n_prompt + n_decode; i++) {
+        s = s * 1103515245u + 12345u;
+        toks[i] = (llama_token)((s >> 8) % (unsigned)n_vocab);
+    }
+    float *ref = malloc(sizeof(float) * (size_t)n_decode * n_vocab);
+    float *ours = malloc(sizeof(float) * (size_t)n_decode * n_vocab);
+    if (!ref || !ours) return 1;
+    double best[2] = {0, 0};
+    for (int r = 0; r < rounds; r++) {
+        for (int m = 0; m < 2; m++) {
+            gearbx_mmv_install(m);
+            const double tps = run(model, toks, n_prompt, n_decode, r == 0 ? (m ? ours : ref) : NULL,
+                                   n_vocab);
+            best[m] = tps > best[m] ? tps : best[m];
+        }
+    }
+    gearbx_mmv_install(0);
+    double kl_sum = 0, kl_max = 0;
+    int agree = 0;
+    for (int i = 0; i < n_decode; i++) {
+        const float *a = ref + (size_t)i * n_vocab, *b = ours + (size_t)i * n_vocab;
+        const double k = kl(a, b, n_vocab);
+        kl_sum += k;
+        kl_max = fmax(kl_max, k);
+        agree += argmax(a, n_vocab) == argmax(b, n_vocab);
+    }
+    const char *save = getenv("MMVD_SAVE"), *against = getenv("MMVD_AGAINST");
+    const size_t n_logits = (size_t)n_decode * n_vocab;
+    if (save) {
+        FILE *f = fopen(save, "wb");
+        if (!f || fwrite(ref, sizeof(float), n_logits, f) != n_logits) return 1;
+        fclose(f);
+    }
+    double noise = -1;
+    if (against) {
+        FILE *f = fopen(against, "rb");
+        if (f && fread(ours, sizeof(float), n_logits, f) == n_logits) {
+            noise = 0;
+            for (int i = 0; i < n_decode; i++)
+                noise += kl(ours + (size_t)i * n_vocab, ref + (size_t)i * n_vocab, n_vocab);
+            noise /= n_decode;
+        }
+        if (f) fclose(f);
+    }
+    char desc[128];
+    llama_model_desc(model, desc, sizeof desc);
+    printf("| %s | %.1f | %.1f | %.3fx | %.2e | %.2e | %d/%d | %.2e |\n", desc, best[0], best[1],
+           best[1] / best[0], kl_sum / n_decode, kl_max, agree, n_decode, noise);
+    return 0;
+}
