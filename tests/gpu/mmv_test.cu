@@ -282,6 +282,9 @@ static double ggml_products(int t, const Shape &s, int ncols, const std::vector<
 
 int main(int argc, char **argv) {
     const bool quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+    /* --speed: our kernels' times alone (no parity, no llama.cpp), for builds that force a
+     * variant (-DGEARBX_MMV_R) */
+    const bool speed = argc > 1 && strcmp(argv[1], "--speed") == 0;
     cudaDeviceProp p;
     CK(cudaGetDeviceProperties(&p, 0));
     printf("# gearbx CUDA decode products: %s, %d SMs\n\n", p.name, p.multiProcessorCount);
@@ -300,6 +303,7 @@ int main(int argc, char **argv) {
            "mismatches | outputs off the twin | max err / sum of abs terms | max err / sum abs(w x), exact F32 product |\n|---|---|---|---|---|---|---|\n");
     for (int t : {GEARBX_T_Q4_0, GEARBX_T_Q8_0}) {
         for (const Shape &s : SHAPES) {
+            if (speed) break;
             const int64_t nb = s.k / 32;
             std::vector<uint8_t> w((size_t)s.rows * nb * bbytes(t));
             for (int c = 0; c < N_CASES; c++) {
@@ -339,6 +343,10 @@ int main(int argc, char **argv) {
                 printf("| %s | %s | %d | %.2f | %.0f | %.1f |", tname(t), s.name, nc, sec * 1e6,
                        bytes / sec / 1e9, 100 * bytes / sec / PEAK);
 #ifdef WITH_GGML
+                if (speed) {
+                    printf("\n");
+                    continue;
+                }
                 std::vector<float> o_ref, o_hook, o_mine;
                 gearbx_mmv_install(0);
                 const double t_ref = ggml_products(t, s, nc, w, x, copies, o_ref);

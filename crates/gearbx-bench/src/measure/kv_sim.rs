@@ -101,14 +101,14 @@ pub struct SimFormat {
 /// multiple of 64 dividing the head size, V 64; none where the head size is not a multiple
 /// of 64.
 pub fn rotation_sizes(head_k: usize, head_v: usize) -> (Option<usize>, Option<usize>) {
-    let k = (head_k > 0 && head_k % 64 == 0).then(|| {
+    let k = (head_k > 0 && head_k.is_multiple_of(64)).then(|| {
         let mut n = 64;
-        while head_k % (2 * n) == 0 {
+        while head_k.is_multiple_of(2 * n) {
             n *= 2;
         }
         n
     });
-    let v = (head_v > 0 && head_v % 64 == 0).then_some(64);
+    let v = (head_v > 0 && head_v.is_multiple_of(64)).then_some(64);
     (k, v)
 }
 
@@ -268,7 +268,7 @@ impl SimHook {
         for (what, part, head) in [("K", f.k, hk), ("V", f.v, hv)] {
             let ok = match part {
                 SimPart::Turbo(_) => head % TQ_BLOCK == 0,
-                SimPart::Ggml(t) => !t.is_quantized() || head as u64 % t.layout().0 == 0,
+                SimPart::Ggml(t) => !t.is_quantized() || (head as u64).is_multiple_of(t.layout().0),
             };
             if !ok {
                 return Err(Error::InvalidParam(format!(
