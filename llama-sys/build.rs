@@ -326,6 +326,32 @@ fn bindings(tree: &Path, manifest: &Path, out: &Path) {
     b.write_to_file(out.join("bindings.rs")).unwrap();
 }
 
+/// A digest of everything that decides the CMake options `compile` passes.
+fn configure_stamp() -> String {
+    let mut h = Sha256::new();
+    h.update(
+        fs::read(PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap()).join("build.rs")).unwrap(),
+    );
+    let mut vars: Vec<(String, String)> = env::vars()
+        .filter(|(k, _)| {
+            [
+                "CMAKE_",
+                "GGML_",
+                "CARGO_FEATURE_",
+                "CARGO_CFG_TARGET_FEATURE",
+                "TARGET",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
+        })
+        .collect();
+    vars.sort();
+    for (k, v) in vars {
+        h.update(format!("{k}={v}\n"));
+    }
+    format!("{:x}", h.finalize())
+}
+
 fn compile(tree: &Path, out: &Path) {
     let mut cfg = cmake::Config::new(tree);
     for (k, v) in [
@@ -339,6 +365,9 @@ fn compile(tree: &Path, out: &Path) {
         ("LLAMA_OPENSSL", "OFF"),
         ("BUILD_SHARED_LIBS", "OFF"),
         ("GGML_OPENMP", "OFF"),
+        // llama.cpp's RPC backend (a small library): remote devices for --rpc and the server of
+        // gearbx-rpc-server. It registers no device until a server is added.
+        ("GGML_RPC", "ON"),
     ] {
         cfg.define(k, v);
     }
@@ -374,7 +403,14 @@ fn compile(tree: &Path, out: &Path) {
         let n = std::thread::available_parallelism().map_or(2, |n| n.get());
         env::set_var("CMAKE_BUILD_PARALLEL_LEVEL", n.to_string());
     }
-    let dst = cfg.profile("Release").always_configure(false).build();
+    // CMake is configured once per build folder; it is configured again when what decides its
+    // options changed (this file, the CMAKE_*/GGML_* variables, the features, the target), so
+    // a new option reaches an existing build instead of being ignored by its cache.
+    let options = configure_stamp();
+    let options_file = out.join("cmake-options.stamp");
+    let changed = fs::read_to_string(&options_file).ok().as_deref() != Some(options.as_str());
+    let dst = cfg.profile("Release").always_configure(changed).build();
+    fs::write(&options_file, &options).unwrap();
 
     let mut libs = Vec::new();
     for dir in ["lib", "lib64"] {

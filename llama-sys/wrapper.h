@@ -1,2 +1,3 @@
 #include "llama.h"
 #include "gguf.h"
+#include "ggml-rpc.h"

@@ -1,5 +1,5 @@
-//! Command-line pieces the binaries share: llama.cpp's short flags of several letters, and the
-//! KV cache flags.
+//! Command-line pieces the binaries share: llama.cpp's short flags of several letters, the
+//! KV cache flags and the RPC servers.
 
 use crate::llama::kv::{CacheType, FlashAttn, KvCache};
 
@@ -40,14 +40,45 @@ impl KvArgs {
     }
 }
 
-/// llama.cpp spells some flags with one dash and several letters (`-ngl N`, `-ctk q8_0`,
+/// Remote devices through llama.cpp's RPC backend, as llama.cpp's `--rpc`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RpcArgs {
+    /// RPC servers whose devices take a share of the offloaded layers (llama.cpp's --rpc:
+    /// host:port,host:port; gearbx-rpc-server or llama.cpp's rpc-server on the other end).
+    /// Each layer's gear tiers are built here and sent to its server once; a shift sends no
+    /// weights. The protocol has no authentication: use it on a network you trust.
+    #[arg(long = "rpc", value_name = "SERVERS")]
+    pub rpc: Option<String>,
+
+    /// Seconds a call to an RPC server may take before the run stops with exit code 9
+    /// (0: no limit).
+    #[arg(long = "rpc-timeout", value_name = "SECS", default_value_t = crate::llama::rpc::DEFAULT_TIMEOUT_S)]
+    pub rpc_timeout: u32,
+}
+
+impl RpcArgs {
+    /// Connects to the servers named by `--rpc` (none: nothing to do) and registers their
+    /// devices; from then on a lost server ends the process with one line naming `program`
+    /// and exit code 9. Returns the remote devices' names.
+    pub fn connect(&self, program: &str) -> crate::error::Result<Vec<String>> {
+        let Some(list) = &self.rpc else {
+            return Ok(Vec::new());
+        };
+        let endpoints = crate::llama::rpc::parse_endpoints(list)?;
+        crate::llama::rpc::exit_on_abort(program);
+        crate::llama::rpc::add_servers(&endpoints, self.rpc_timeout)
+    }
+}
+
+/// llama.cpp spells some flags with one dash and several letters (`-ngl N`, `-nr`, `-ctk q8_0`,
 /// `-ctv q8_0`, `-fa on`), which no option parser reads as one flag: they become their long
 /// names.
 pub fn llama_cpp_spellings(
     args: impl Iterator<Item = std::ffi::OsString>,
 ) -> Vec<std::ffi::OsString> {
-    const SHORT: [(&str, &str); 4] = [
+    const SHORT: [(&str, &str); 5] = [
         ("-ngl", "--n-gpu-layers"),
+        ("-nr", "--no-repack"),
         ("-ctk", "--cache-type-k"),
         ("-ctv", "--cache-type-v"),
         ("-fa", "--flash-attn"),
@@ -75,6 +106,7 @@ mod tests {
             "x",
             "-ngl",
             "0",
+            "-nr",
             "-ctk=q8_0",
             "-ctv",
             "q4_0",
@@ -94,6 +126,7 @@ mod tests {
                 "x",
                 "--n-gpu-layers",
                 "0",
+                "--no-repack",
                 "--cache-type-k=q8_0",
                 "--cache-type-v",
                 "q4_0",

@@ -22,6 +22,8 @@ pub mod exit {
     pub const RUNTIME: u8 = 7;
     /// The default model could not be obtained (pip missing or failing, no cache directory).
     pub const FETCH: u8 = 8;
+    /// An RPC server (`--rpc`) could not be reached, or was lost or timed out mid-run.
+    pub const RPC: u8 = 9;
     /// A file could not be read or written: permissions, a full disk, a write error on
     /// stdout, the JSON or the trace file.
     pub const IO: u8 = 11;
@@ -100,6 +102,10 @@ pub enum Error {
 
     #[error("llama.cpp failed: {0}")]
     Llama(String),
+
+    /// An RPC server could not be reached or listened on.
+    #[error("{0}")]
+    Rpc(String),
 
     #[error("the model produced non-finite (NaN) logits at generated token {0}; the weights or the tier may be broken")]
     NanLogits(usize),
@@ -222,6 +228,7 @@ impl Error {
             | Error::TiersDoNotFit(_)
             | Error::ContextDoesNotFit(_) => exit::RUNTIME,
             Error::Fetch(_) => exit::FETCH,
+            Error::Rpc(_) => exit::RPC,
             Error::Interrupted => exit::INTERRUPTED,
             Error::Io { .. } | Error::TierCache { .. } => exit::IO,
         }

@@ -87,6 +87,8 @@ pub struct SessionOptions {
     pub threads: Option<usize>,
     /// Layers offloaded to a GPU (-1: all).
     pub n_gpu_layers: i32,
+    /// llama.cpp's repacked CPU weight layouts where it has them (false: its `--no-repack`).
+    pub repack: bool,
     /// The tiers; None: no gearbox (the plain model).
     pub tiers: Option<TierOptions>,
     /// Progress bars on stderr while hashing, requantizing and building.
@@ -109,6 +111,7 @@ impl Default for SessionOptions {
             n_batch: DEFAULT_N_BATCH,
             threads: None,
             n_gpu_layers: ModelParams::default().n_gpu_layers,
+            repack: ModelParams::default().repack,
             tiers: Some(TierOptions::default()),
             progress: false,
             log: None,
@@ -266,6 +269,7 @@ impl Session {
             &loaded_file.path,
             &ModelParams {
                 n_gpu_layers: o.n_gpu_layers,
+                repack: o.repack,
             },
         )?;
         let n_ctx = choose_n_ctx(o.n_ctx, &resolved, Some(model.n_ctx_train()))

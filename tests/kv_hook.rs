@@ -66,7 +66,14 @@ fn last_logits(model: &Model, hook: Option<Recorder>) -> Vec<f32> {
 
 #[test]
 fn kv_row_hook_sees_every_row_and_its_edits_reach_attention() {
-    let model = Model::load(&fixture().model, &ModelParams { n_gpu_layers: 0 }).unwrap();
+    let model = Model::load(
+        &fixture().model,
+        &ModelParams {
+            n_gpu_layers: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let n_tokens = model
         .tokenize("It is a truth universally acknowledged", true, false)
         .unwrap()
@@ -106,7 +113,14 @@ fn kv_row_hook_sees_every_row_and_its_edits_reach_attention() {
 
 #[test]
 fn kv_row_hook_refuses_caches_it_cannot_edit() {
-    let model = Model::load(&fixture().model, &ModelParams { n_gpu_layers: 0 }).unwrap();
+    let model = Model::load(
+        &fixture().model,
+        &ModelParams {
+            n_gpu_layers: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let hook = || {
         Box::new(Recorder {
             seen: Arc::default(),

@@ -10,6 +10,7 @@ pub mod kv;
 mod log;
 mod model;
 pub mod requantize;
+pub mod rpc;
 mod sampler;
 pub mod weights;
 

@@ -27,11 +27,17 @@ const FILE_FAULTS: [&str; 7] = [
 pub struct ModelParams {
     /// Layers to offload to a GPU (-1 = all); ignored on a CPU-only build.
     pub n_gpu_layers: i32,
+    /// Weights (and tiers) on the CPU in llama.cpp's repacked layouts where it has them (its
+    /// `use_extra_bufts`; false is llama.cpp's `--no-repack`).
+    pub repack: bool,
 }
 
 impl Default for ModelParams {
     fn default() -> Self {
-        Self { n_gpu_layers: -1 }
+        Self {
+            n_gpu_layers: -1,
+            repack: true,
+        }
     }
 }
 
@@ -40,6 +46,8 @@ pub struct Model {
     ptr: NonNull<sys::llama_model>,
     vocab: *const sys::llama_vocab,
     offloaded: bool,
+    /// Loaded with llama.cpp's repacked CPU layouts allowed ([`ModelParams::repack`]).
+    repack: bool,
     /// False for a host's model ([`Model::from_host`]): the host frees it.
     owned: bool,
     /// Which weight set the model's tensors point at (0 = as loaded; a gearbox sets it on every
@@ -59,6 +67,41 @@ pub struct ChatMessage<'a> {
     pub content: &'a str,
 }
 
+/// Whether llama.cpp knows a GPU to offload layers to: a local one, or a remote one added by
+/// `--rpc` (llama_supports_gpu_offload says yes for any build with the RPC backend, even
+/// with no server added).
+fn gpu_device_registered() -> bool {
+    [
+        sys::GGML_BACKEND_DEVICE_TYPE_GPU,
+        sys::GGML_BACKEND_DEVICE_TYPE_IGPU,
+    ]
+    .into_iter()
+    // SAFETY: a registry lookup; null when no device has the type.
+    .any(|t| !unsafe { sys::ggml_backend_dev_by_type(t) }.is_null())
+}
+
+/// The names of the GPU devices llama.cpp knows (local and remote).
+fn gpu_devices() -> Vec<String> {
+    // SAFETY: reads the device registry; indices below its count are valid.
+    let n = unsafe { sys::ggml_backend_dev_count() };
+    (0..n)
+        .filter_map(|i| {
+            // SAFETY: as above; device names are NUL-terminated strings owned by the backend.
+            unsafe {
+                let d = sys::ggml_backend_dev_get(i);
+                let ty = sys::ggml_backend_dev_type(d);
+                (ty == sys::GGML_BACKEND_DEVICE_TYPE_GPU
+                    || ty == sys::GGML_BACKEND_DEVICE_TYPE_IGPU)
+                    .then(|| {
+                        CStr::from_ptr(sys::ggml_backend_dev_name(d))
+                            .to_string_lossy()
+                            .into_owned()
+                    })
+            }
+        })
+        .collect()
+}
+
 impl Model {
     /// Loads a GGUF file (memory-mapped).
     pub fn load(path: &Path, params: &ModelParams) -> Result<Self> {
@@ -68,7 +111,14 @@ impl Model {
     /// Loads only a GGUF's hyperparameters, vocabulary and chat template, no weights: for
     /// tokenizing before the weights are worth loading.
     pub fn load_vocab(path: &Path) -> Result<Self> {
-        Self::load_with(path, &ModelParams { n_gpu_layers: 0 }, true)
+        Self::load_with(
+            path,
+            &ModelParams {
+                n_gpu_layers: 0,
+                ..Default::default()
+            },
+            true,
+        )
     }
 
     fn load_with(path: &Path, params: &ModelParams, vocab_only: bool) -> Result<Self> {
@@ -79,6 +129,7 @@ impl Model {
         // SAFETY: returns a plain struct of defaults.
         let mut p = unsafe { sys::llama_model_default_params() };
         p.n_gpu_layers = params.n_gpu_layers;
+        p.use_extra_bufts = params.repack;
         p.vocab_only = vocab_only;
         super::take_last_error(); // what earlier calls left behind
                                   // SAFETY: c_path is a valid NUL-terminated string; p is a valid params struct.
@@ -109,8 +160,8 @@ impl Model {
         Ok(Self {
             ptr,
             vocab,
-            // SAFETY: a plain query of the build's capabilities.
-            offloaded: params.n_gpu_layers != 0 && unsafe { sys::llama_supports_gpu_offload() },
+            offloaded: params.n_gpu_layers != 0 && gpu_device_registered(),
+            repack: params.repack,
             owned: true,
             weight_variant: AtomicU64::new(0),
         })
@@ -131,9 +182,15 @@ impl Model {
             vocab,
             // The host decides placement; entropy is read from the host's logits anyway.
             offloaded: false,
+            repack: true,
             owned: false,
             weight_variant: AtomicU64::new(0),
         })
+    }
+
+    /// Whether llama.cpp may keep CPU weights in its repacked layouts (tiers follow it).
+    pub fn repacks(&self) -> bool {
+        self.repack
     }
 
     /// Whether layers were offloaded to a GPU (the build supports it and it was asked for).
@@ -155,8 +212,17 @@ impl Model {
     /// Whether a gearbox on this model needs its contexts to rebuild llama.cpp's graph for every
     /// decode: on a GPU whose backend cannot keep a captured graph per weight set (not CUDA,
     /// or a llama.cpp without our patch 0001), a reused graph would replay the old weights.
+    /// Remote devices (`--rpc`) keep reused graphs where our patch 0007 lets a shift make the
+    /// next compute resend them (ggml-rpc otherwise replays the server's copy, old weights).
     pub fn shifts_need_graph_rebuild(&self) -> bool {
-        self.offloaded && !super::cuda_graphs::variants_available()
+        self.offloaded
+            && gpu_devices().iter().any(|d| {
+                if super::rpc::is_remote(d) {
+                    !super::rpc::graphs_follow_shifts()
+                } else {
+                    !(d.starts_with("CUDA") && super::cuda_graphs::variants_available())
+                }
+            })
     }
 
     pub(super) fn as_ptr(&self) -> *mut sys::llama_model {

@@ -625,7 +625,11 @@ impl<'m> TensorTiers<'m> {
     /// set index; fill it with [`TensorTiers::fill`].
     pub fn add_set(&mut self, types: &[Option<GgmlType>]) -> Result<usize> {
         assert_eq!(types.len(), self.weights.len());
-        let repack = cpu_repack_buft();
+        let repack = if self.model.repacks() {
+            cpu_repack_buft()
+        } else {
+            None
+        };
         let mut set = vec![None; self.weights.len()];
         let mut shared = vec![false; self.weights.len()];
         let mut bytes = 0u64;
@@ -864,6 +868,10 @@ impl<'m> TensorTiers<'m> {
                 t.buffer = f.buffer;
                 t.extra = f.extra;
             }
+        }
+        if s != self.active {
+            // RPC servers hold the graphs they were sent with the old weights' addresses.
+            super::rpc::invalidate_graphs();
         }
         self.active = s;
         // Decodes from now on run under set s's CUDA graph variant (Context::decode).

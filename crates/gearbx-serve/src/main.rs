@@ -68,6 +68,9 @@ struct Cli {
     n_gpu_layers: i32,
     #[command(flatten)]
     kv: gearbx::args::KvArgs,
+
+    #[command(flatten)]
+    rpc: gearbx::args::RpcArgs,
     /// Gear: auto, a fixed low|mid|high, or off (the plain model, no tiers).
     #[arg(long, default_value = "auto")]
     gear: String,
@@ -207,6 +210,7 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
         kv: cli.kv.cache(),
         ..Default::default()
     };
+    cli.rpc.connect("gearbx-serve").map_err(fail)?;
     let pool = Pool::open(&opts, cli.parallel as usize, cli.queue as usize).map_err(fail)?;
     let (name, aliases) = names(&pool, cli.model.as_deref());
     let app = Arc::new(App {

@@ -55,6 +55,8 @@ Exit codes:
   6    prompt longer than the context (-c)
   7    llama.cpp failed to load or decode, or the model produced NaN logits
   8    the default model could not be obtained (pip)
+  9    an RPC server (--rpc) could not be reached, or was lost or timed out
+  11   a file could not be read or written (stdout, --json, --trace)
   130  interrupted by Ctrl-C (statistics are still printed)
 
 Environment:
@@ -113,12 +115,15 @@ struct Cli {
     #[command(flatten)]
     kv: gearbx::args::KvArgs,
 
+    #[command(flatten)]
+    rpc: gearbx::args::RpcArgs,
+
     /// CPU threads (default: all cores).
     #[arg(short = 't', long, env = "GEARBX_THREADS", value_name = "N")]
     threads: Option<i32>,
 
     /// Layers to offload to the GPU, as llama.cpp's -ngl (-1 = all, the default; 0 = none);
-    /// each tier lives on its layer's device. Ignored by a CPU-only build.
+    /// each tier lives on its layer's device (a GPU here, or a remote one with --rpc).
     #[arg(
         long = "n-gpu-layers",
         visible_alias = "gpu-layers",
@@ -127,6 +132,11 @@ struct Cli {
         value_parser = clap::value_parser!(i32).range(-1..=100_000)
     )]
     n_gpu_layers: Option<i32>,
+
+    /// Keep CPU weights and tiers in ggml's plain layouts, as llama.cpp's -nr/--no-repack
+    /// (slower; computes as a CPU RPC server does, which never repacks).
+    #[arg(long = "no-repack")]
+    no_repack: bool,
 
     /// Temperature; 0 = greedy (default 0.8, or the store's).
     #[arg(long = "temp", visible_alias = "temperature", value_name = "T")]
@@ -633,6 +643,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
         n_gpu_layers: cli
             .n_gpu_layers
             .unwrap_or(SessionOptions::default().n_gpu_layers),
+        repack: !cli.no_repack,
         tiers,
         progress,
         log: Some(|s| say!("gearbx-run: {s}")),
@@ -643,6 +654,10 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
     // A prompt that cannot fit is refused before the weights load and the tiers are built.
     if !chat {
         session::check_prompt_fits(m, &opts, &req.prompt)?;
+    }
+    let remote = cli.rpc.connect("gearbx-run")?;
+    if cli.verbose && !remote.is_empty() {
+        say!("gearbx-run: remote devices {}", remote.join(", "));
     }
     let mut sess = Session::open_resolved(m.clone(), &opts)?;
     if cli.verbose {
