@@ -70,15 +70,55 @@ impl RpcArgs {
     }
 }
 
-/// llama.cpp spells some flags with one dash and several letters (`-ngl N`, `-nr`, `-ctk q8_0`,
-/// `-ctv q8_0`, `-fa on`), which no option parser reads as one flag: they become their long
+/// How the offloaded layers spread over several GPUs (local, or remote with `--rpc`), as
+/// llama.cpp's flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SplitArgs {
+    /// How to split the model over several GPUs, as llama.cpp's -sm: none (all on
+    /// --main-gpu), layer (whole layers per GPU; the default), row (rows of each matrix; CUDA).
+    #[arg(
+        long = "split-mode",
+        value_name = "none|layer|row",
+        default_value = "layer"
+    )]
+    pub split_mode: crate::llama::split::SplitMode,
+
+    /// Proportion of the layers per GPU, as llama.cpp's -ts (e.g. 3,1); default: by each
+    /// GPU's free memory.
+    #[arg(long = "tensor-split", value_name = "N0,N1,...")]
+    pub tensor_split: Option<String>,
+
+    /// The GPU for --split-mode none, as llama.cpp's -mg (0 = the first).
+    #[arg(long = "main-gpu", value_name = "N", default_value_t = 0)]
+    pub main_gpu: i32,
+}
+
+impl SplitArgs {
+    /// The split these flags ask for.
+    pub fn split(&self) -> crate::error::Result<crate::llama::split::GpuSplit> {
+        Ok(crate::llama::split::GpuSplit {
+            mode: self.split_mode,
+            tensor_split: match &self.tensor_split {
+                Some(s) => crate::llama::split::parse_tensor_split(s)?,
+                None => Vec::new(),
+            },
+            main_gpu: self.main_gpu,
+        })
+    }
+}
+
+/// llama.cpp spells some flags with one dash and several letters (`-ngl N`, `-nr`, `-sm`,
+/// `-ts`, `-mg`, `-ctk q8_0`, `-ctv q8_0`, `-fa on`), which no option parser reads as one flag: they become their long
 /// names.
 pub fn llama_cpp_spellings(
     args: impl Iterator<Item = std::ffi::OsString>,
 ) -> Vec<std::ffi::OsString> {
-    const SHORT: [(&str, &str); 5] = [
+    const SHORT: [(&str, &str); 8] = [
         ("-ngl", "--n-gpu-layers"),
         ("-nr", "--no-repack"),
+        ("-sm", "--split-mode"),
+        ("-ts", "--tensor-split"),
+        ("-mg", "--main-gpu"),
         ("-ctk", "--cache-type-k"),
         ("-ctv", "--cache-type-v"),
         ("-fa", "--flash-attn"),
@@ -107,6 +147,7 @@ mod tests {
             "-ngl",
             "0",
             "-nr",
+            "-ts=3,1",
             "-ctk=q8_0",
             "-ctv",
             "q4_0",
@@ -127,6 +168,7 @@ mod tests {
                 "--n-gpu-layers",
                 "0",
                 "--no-repack",
+                "--tensor-split=3,1",
                 "--cache-type-k=q8_0",
                 "--cache-type-v",
                 "q4_0",

@@ -89,6 +89,8 @@ pub struct SessionOptions {
     pub n_gpu_layers: i32,
     /// llama.cpp's repacked CPU weight layouts where it has them (false: its `--no-repack`).
     pub repack: bool,
+    /// How the offloaded layers spread over several GPUs (local or `--rpc` ones).
+    pub split: crate::llama::split::GpuSplit,
     /// The tiers; None: no gearbox (the plain model).
     pub tiers: Option<TierOptions>,
     /// Progress bars on stderr while hashing, requantizing and building.
@@ -112,6 +114,7 @@ impl Default for SessionOptions {
             threads: None,
             n_gpu_layers: ModelParams::default().n_gpu_layers,
             repack: ModelParams::default().repack,
+            split: Default::default(),
             tiers: Some(TierOptions::default()),
             progress: false,
             log: None,
@@ -270,6 +273,7 @@ impl Session {
             &ModelParams {
                 n_gpu_layers: o.n_gpu_layers,
                 repack: o.repack,
+                split: o.split.clone(),
             },
         )?;
         let n_ctx = choose_n_ctx(o.n_ctx, &resolved, Some(model.n_ctx_train()))

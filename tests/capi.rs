@@ -192,6 +192,7 @@ fn c_frontend_attaches_to_its_own_llama_cpp_and_gears_shift() {
             "-lllama".into(),
             "-lggml".into(),
             "-lggml-cpu".into(),
+            "-lggml-rpc".into(),
             "-lggml-base".into(),
             "-lstdc++".into(),
             "-lm".into(),

@@ -285,3 +285,55 @@ fn the_server_refuses_a_taken_port_and_warns_off_loopback() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// Bytes of tiers on each remote device for a 4-token run with these extra flags.
+fn tiers_by_device(rpc: &str, extra: &[&str]) -> Vec<(String, u64)> {
+    let mut args = vec![
+        "smollm2:135m",
+        "--temp",
+        "0",
+        "-n",
+        "4",
+        "--gear",
+        "low",
+        "-p",
+        PROMPT,
+    ];
+    args.extend(["--rpc", rpc]);
+    args.extend(extra);
+    remote_tier_bytes(&run_json(&args))
+}
+
+#[test]
+fn tensor_split_and_main_gpu_place_the_layers_as_llama_cpp_does() {
+    let (a, b) = (Server::start(), Server::start());
+    let rpc = endpoints(&[&a, &b]);
+    // 3:1 puts about three times the layers (and their tiers) on RPC0
+    let t = tiers_by_device(&rpc, &["-ts", "3,1"]);
+    let (r0, r1) = (t[0].1 as f64, t[1].1 as f64);
+    assert!(r0 / r1 > 2.0 && r0 / r1 < 4.5, "{t:?}");
+    let t = tiers_by_device(&rpc, &["-ts", "1,3"]);
+    assert!(t[1].1 > 2 * t[0].1, "{t:?}");
+    // everything on the second GPU
+    let t = tiers_by_device(&rpc, &["-sm", "none", "-mg", "1"]);
+    assert!(
+        t.iter().any(|(d, b)| d == "RPC1" && *b > 1_000_000),
+        "{t:?}"
+    );
+    assert!(t.iter().all(|(d, b)| d == "RPC1" || *b == 0), "{t:?}");
+    for (flags, says) in [
+        (
+            &["-mg", "2", "-sm", "none"][..],
+            "--main-gpu 2: the GPUs are RPC0, RPC1",
+        ),
+        (&["-ts", "1,1,1"][..], "--tensor-split has 3 proportions"),
+        (&["-sm", "row"][..], "--split-mode row needs CUDA"),
+        (&["-ts", "1,-1"][..], "--tensor-split"),
+    ] {
+        let mut args = vec!["smollm2:135m", "-n", "2", "-p", "x", "--rpc", &rpc];
+        args.extend(flags);
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{flags:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{flags:?}: {}", stderr(&o));
+    }
+}

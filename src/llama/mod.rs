@@ -12,6 +12,7 @@ mod model;
 pub mod requantize;
 pub mod rpc;
 mod sampler;
+pub mod split;
 pub mod weights;
 
 use std::ffi::CStr;

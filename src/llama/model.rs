@@ -30,6 +30,8 @@ pub struct ModelParams {
     /// Weights (and tiers) on the CPU in llama.cpp's repacked layouts where it has them (its
     /// `use_extra_bufts`; false is llama.cpp's `--no-repack`).
     pub repack: bool,
+    /// How the offloaded layers spread over several GPUs.
+    pub split: super::split::GpuSplit,
 }
 
 impl Default for ModelParams {
@@ -37,6 +39,7 @@ impl Default for ModelParams {
         Self {
             n_gpu_layers: -1,
             repack: true,
+            split: Default::default(),
         }
     }
 }
@@ -80,28 +83,6 @@ fn gpu_device_registered() -> bool {
     .any(|t| !unsafe { sys::ggml_backend_dev_by_type(t) }.is_null())
 }
 
-/// The names of the GPU devices llama.cpp knows (local and remote).
-fn gpu_devices() -> Vec<String> {
-    // SAFETY: reads the device registry; indices below its count are valid.
-    let n = unsafe { sys::ggml_backend_dev_count() };
-    (0..n)
-        .filter_map(|i| {
-            // SAFETY: as above; device names are NUL-terminated strings owned by the backend.
-            unsafe {
-                let d = sys::ggml_backend_dev_get(i);
-                let ty = sys::ggml_backend_dev_type(d);
-                (ty == sys::GGML_BACKEND_DEVICE_TYPE_GPU
-                    || ty == sys::GGML_BACKEND_DEVICE_TYPE_IGPU)
-                    .then(|| {
-                        CStr::from_ptr(sys::ggml_backend_dev_name(d))
-                            .to_string_lossy()
-                            .into_owned()
-                    })
-            }
-        })
-        .collect()
-}
-
 impl Model {
     /// Loads a GGUF file (memory-mapped).
     pub fn load(path: &Path, params: &ModelParams) -> Result<Self> {
@@ -130,6 +111,15 @@ impl Model {
         let mut p = unsafe { sys::llama_model_default_params() };
         p.n_gpu_layers = params.n_gpu_layers;
         p.use_extra_bufts = params.repack;
+        if !vocab_only {
+            params.split.check(params.n_gpu_layers)?;
+        }
+        let tensor_split = params.split.llama_tensor_split();
+        p.split_mode = params.split.llama_mode();
+        p.main_gpu = params.split.main_gpu;
+        if let Some(ts) = &tensor_split {
+            p.tensor_split = ts.as_ptr(); // read during the load below; ts outlives it
+        }
         p.vocab_only = vocab_only;
         super::take_last_error(); // what earlier calls left behind
                                   // SAFETY: c_path is a valid NUL-terminated string; p is a valid params struct.
@@ -216,7 +206,7 @@ impl Model {
     /// next compute resend them (ggml-rpc otherwise replays the server's copy, old weights).
     pub fn shifts_need_graph_rebuild(&self) -> bool {
         self.offloaded
-            && gpu_devices().iter().any(|d| {
+            && super::split::gpu_devices().iter().any(|d| {
                 if super::rpc::is_remote(d) {
                     !super::rpc::graphs_follow_shifts()
                 } else {

@@ -71,6 +71,9 @@ struct Cli {
 
     #[command(flatten)]
     rpc: gearbx::args::RpcArgs,
+
+    #[command(flatten)]
+    split: gearbx::args::SplitArgs,
     /// Gear: auto, a fixed low|mid|high, or off (the plain model, no tiers).
     #[arg(long, default_value = "auto")]
     gear: String,
@@ -205,6 +208,7 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
         n_ctx: cli.ctx_size,
         threads: cli.threads,
         n_gpu_layers: cli.n_gpu_layers,
+        split: cli.split.split().map_err(fail)?,
         tiers,
         log: Some(say),
         kv: cli.kv.cache(),

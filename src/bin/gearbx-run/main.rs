@@ -118,6 +118,9 @@ struct Cli {
     #[command(flatten)]
     rpc: gearbx::args::RpcArgs,
 
+    #[command(flatten)]
+    split: gearbx::args::SplitArgs,
+
     /// CPU threads (default: all cores).
     #[arg(short = 't', long, env = "GEARBX_THREADS", value_name = "N")]
     threads: Option<i32>,
@@ -644,6 +647,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             .n_gpu_layers
             .unwrap_or(SessionOptions::default().n_gpu_layers),
         repack: !cli.no_repack,
+        split: cli.split.split()?,
         tiers,
         progress,
         log: Some(|s| say!("gearbx-run: {s}")),
