@@ -107,6 +107,20 @@ impl SplitArgs {
     }
 }
 
+/// Parses a program's command line (llama.cpp's spellings first, [`llama_cpp_spellings`]):
+/// `--help` and `--version` print and give `Err(0)`, a bad command line prints clap's message
+/// and gives `Err(2)` (exit code [`crate::error::exit::USAGE`]).
+pub fn parse<C: clap::Parser>() -> Result<C, u8> {
+    C::try_parse_from(llama_cpp_spellings(std::env::args_os())).map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            crate::error::exit::USAGE
+        } else {
+            crate::error::exit::OK
+        }
+    })
+}
+
 /// llama.cpp spells some flags with one dash and several letters (`-ngl N`, `-nr`, `-sm`,
 /// `-ts`, `-mg`, `-ctk q8_0`, `-ctv q8_0`, `-fa on`), which no option parser reads as one flag: they become their long
 /// names.

@@ -64,16 +64,18 @@ fn last_logits(model: &Model, hook: Option<Recorder>) -> Vec<f32> {
     ctx.logits().unwrap().to_vec()
 }
 
+/// The fixture's model with every layer on the CPU (where the hook can edit the cache).
+fn cpu_model() -> Model {
+    let cpu = ModelParams {
+        n_gpu_layers: 0,
+        ..Default::default()
+    };
+    Model::load(&fixture().model, &cpu).unwrap()
+}
+
 #[test]
 fn kv_row_hook_sees_every_row_and_its_edits_reach_attention() {
-    let model = Model::load(
-        &fixture().model,
-        &ModelParams {
-            n_gpu_layers: 0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let model = cpu_model();
     let n_tokens = model
         .tokenize("It is a truth universally acknowledged", true, false)
         .unwrap()
@@ -113,14 +115,7 @@ fn kv_row_hook_sees_every_row_and_its_edits_reach_attention() {
 
 #[test]
 fn kv_row_hook_refuses_caches_it_cannot_edit() {
-    let model = Model::load(
-        &fixture().model,
-        &ModelParams {
-            n_gpu_layers: 0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let model = cpu_model();
     let hook = || {
         Box::new(Recorder {
             seen: Arc::default(),

@@ -135,12 +135,9 @@ fn main() -> ExitCode {
             std::env::remove_var(k); // set but empty is unset; no other thread exists yet
         }
     }
-    let cli = match Cli::try_parse_from(gearbx::args::llama_cpp_spellings(std::env::args_os())) {
+    let cli: Cli = match gearbx::args::parse() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
-        }
+        Err(code) => return ExitCode::from(code),
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,7 +6,6 @@ use std::net::Ipv4Addr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use gearbx::error::exit;
 use gearbx::llama::rpc;
 
 const AFTER: &str = "\
@@ -50,17 +49,9 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match gearbx::args::parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(code) => return ExitCode::from(code),
     };
     gearbx::llama::set_verbose(cli.verbose);
     if !cli.host.is_loopback() {

@@ -329,17 +329,9 @@ fn main() -> ExitCode {
             std::env::remove_var(k); // before any other thread exists
         }
     }
-    let cli = match Cli::try_parse_from(gearbx::args::llama_cpp_spellings(std::env::args_os())) {
+    let cli: Cli = match gearbx::args::parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(code) => return ExitCode::from(code),
     };
     match run(cli) {
         Ok(code) => ExitCode::from(code),
