@@ -138,5 +138,14 @@ fn version_names_the_source_and_patches() {
     for n in patch_names() {
         assert!(out.contains(&n), "{out}");
     }
-    assert!(out.contains("backends: CPU"), "{out}");
+    // the CPU, and the RPC backend that --rpc and gearbx-rpc-server use
+    let backends = out
+        .lines()
+        .find_map(|l| l.strip_prefix("backends: "))
+        .unwrap_or_default();
+    let backends: Vec<&str> = backends.split(", ").collect();
+    assert!(
+        backends.contains(&"CPU") && backends.contains(&"RPC"),
+        "{out}"
+    );
 }
