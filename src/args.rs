@@ -1,5 +1,5 @@
-//! Command-line pieces the binaries share: llama.cpp's short flags of several letters, the
-//! KV cache flags and the RPC servers.
+//! Command-line pieces the binaries share: the parse with llama.cpp's short flags of several
+//! letters, and the KV cache, RPC server and GPU split flags.
 
 use crate::llama::kv::{CacheType, FlashAttn, KvCache};
 
@@ -122,8 +122,8 @@ pub fn parse<C: clap::Parser>() -> Result<C, u8> {
 }
 
 /// llama.cpp spells some flags with one dash and several letters (`-ngl N`, `-nr`, `-sm`,
-/// `-ts`, `-mg`, `-ctk q8_0`, `-ctv q8_0`, `-fa on`), which no option parser reads as one flag: they become their long
-/// names.
+/// `-ts`, `-mg`, `-ctk q8_0`, `-ctv q8_0`, `-fa on`), which no option parser reads as one
+/// flag: they become their long names.
 pub fn llama_cpp_spellings(
     args: impl Iterator<Item = std::ffi::OsString>,
 ) -> Vec<std::ffi::OsString> {

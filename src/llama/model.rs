@@ -70,19 +70,6 @@ pub struct ChatMessage<'a> {
     pub content: &'a str,
 }
 
-/// Whether llama.cpp knows a GPU to offload layers to: a local one, or a remote one added by
-/// `--rpc` (llama_supports_gpu_offload says yes for any build with the RPC backend, even
-/// with no server added).
-fn gpu_device_registered() -> bool {
-    [
-        sys::GGML_BACKEND_DEVICE_TYPE_GPU,
-        sys::GGML_BACKEND_DEVICE_TYPE_IGPU,
-    ]
-    .into_iter()
-    // SAFETY: a registry lookup; null when no device has the type.
-    .any(|t| !unsafe { sys::ggml_backend_dev_by_type(t) }.is_null())
-}
-
 impl Model {
     /// Loads a GGUF file (memory-mapped).
     pub fn load(path: &Path, params: &ModelParams) -> Result<Self> {
@@ -150,7 +137,9 @@ impl Model {
         Ok(Self {
             ptr,
             vocab,
-            offloaded: params.n_gpu_layers != 0 && gpu_device_registered(),
+            // Any GPU llama.cpp knows, local or added by --rpc (llama_supports_gpu_offload says
+            // yes for every build with the RPC backend, even with no server added).
+            offloaded: params.n_gpu_layers != 0 && !super::split::gpu_devices().is_empty(),
             repack: params.repack,
             owned: true,
             weight_variant: AtomicU64::new(0),

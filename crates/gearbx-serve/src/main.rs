@@ -74,6 +74,7 @@ struct Cli {
 
     #[command(flatten)]
     split: gearbx::args::SplitArgs,
+
     /// Gear: auto, a fixed low|mid|high, or off (the plain model, no tiers).
     #[arg(long, default_value = "auto")]
     gear: String,
