@@ -164,18 +164,22 @@ def main():
             title = lines[0].strip()
             name = slug(title) + ".txt"
             path = os.path.join(out_dir, name)
-            with open(path + ".tmp", "w", encoding="utf-8", newline="\n") as f:
+            # A per-process temporary name: tests run this concurrently on one folder, and
+            # both write the same bytes, so either rename may land last.
+            tmp_path = f"{path}.{os.getpid()}.tmp"
+            with open(tmp_path, "w", encoding="utf-8", newline="\n") as f:
                 f.write("\n".join(lines))
-            os.replace(path + ".tmp", path)
+            os.replace(tmp_path, path)
             index.append({"title": title, "file": name,
                           "bytes": os.path.getsize(path), "sha256": sha256(path)})
             log(f"wrote {name} ({len(lines)} lines, {index[-1]['bytes']} bytes)")
     if len(index) != 6:
         die(f"expected 6 novels, found {len(index)}: {[e['title'] for e in index]}")
-    with open(os.path.join(out_dir, "index.json.tmp"), "w") as f:
+    index_tmp = os.path.join(out_dir, f"index.json.{os.getpid()}.tmp")
+    with open(index_tmp, "w") as f:
         json.dump(index, f, indent=2)
         f.write("\n")
-    os.replace(os.path.join(out_dir, "index.json.tmp"), os.path.join(out_dir, "index.json"))
+    os.replace(index_tmp, os.path.join(out_dir, "index.json"))
     log(f"done: {len(index)} novels in {out_dir}")
 
 
