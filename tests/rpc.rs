@@ -71,9 +71,9 @@ fn endpoints(servers: &[&Server]) -> String {
         .join(",")
 }
 
-/// 24 greedy tokens at `gear`; `how`: `--rpc` to these servers, or `-nr` (one process, no
+/// 24 greedy tokens at `gear` with `extra` flags (`--rpc …`, or `-nr`: one process, no
 /// repacked weights).
-fn generate(gear: &str, how: Option<&str>) -> serde_json::Value {
+fn generate(gear: &str, extra: &[&str]) -> serde_json::Value {
     let mut args = vec![
         "smollm2:135m",
         "--temp",
@@ -85,11 +85,7 @@ fn generate(gear: &str, how: Option<&str>) -> serde_json::Value {
         "-p",
         PROMPT,
     ];
-    match how {
-        Some("-nr") => args.push("-nr"),
-        Some(r) => args.extend(["--rpc", r]),
-        None => {}
-    }
+    args.extend(extra);
     run_json(&args)
 }
 
@@ -115,8 +111,8 @@ fn fixed_gears_over_two_servers_give_the_single_process_tokens() {
     let rpc = endpoints(&[&a, &b]);
     for gear in ["low", "mid", "high"] {
         // a CPU server never repacks weights: the single process computes the same way
-        let local = generate(gear, Some("-nr"));
-        let remote = generate(gear, Some(&rpc));
+        let local = generate(gear, &["-nr"]);
+        let remote = generate(gear, &["--rpc", &rpc]);
         assert!(
             remote["generated_tokens"].as_u64().unwrap() >= 10,
             "{remote}"
@@ -136,8 +132,8 @@ fn fixed_gears_over_two_servers_give_the_single_process_tokens() {
 fn auto_mode_shifts_across_servers_as_in_one_process() {
     let (a, b) = (Server::start(), Server::start());
     let rpc = endpoints(&[&a, &b]);
-    let local = generate("auto", Some("-nr"));
-    let remote = generate("auto", Some(&rpc));
+    let local = generate("auto", &["-nr"]);
+    let remote = generate("auto", &["--rpc", &rpc]);
     let shifts = remote["gears"]["shifts"].as_u64().unwrap();
     assert!(shifts > 0, "auto mode never shifted: {}", remote["gears"]);
     assert_eq!(remote["gears"]["shifts"], local["gears"]["shifts"]);

@@ -31,16 +31,6 @@ impl std::str::FromStr for SplitMode {
     }
 }
 
-impl std::fmt::Display for SplitMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SplitMode::None => "none",
-            SplitMode::Layer => "layer",
-            SplitMode::Row => "row",
-        })
-    }
-}
-
 /// Where the offloaded layers go when there are several GPUs.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GpuSplit {
