@@ -35,6 +35,12 @@ int gearbx_mmv(int wtype, const void *w, size_t row_bytes, int64_t nrows, int64_
 int gearbx_mmv_quantize_x(const float *x, int64_t x_stride, int64_t k, int64_t ncols,
                           void *scratch, void *stream);
 
+/* For measurements: the kernel (4: rows straight to registers, 5: rows through shared memory
+ * by cp.async, 6: 5 with a grid of as many CTAs as fit at once) and the rows a lane or warp
+ * takes at once (1, 2, 4); 0 restores the default. Not thread-safe: set it before products run.
+ * Returns 0, or -1 for values out of range. */
+int gearbx_mmv_tune(int kernel, int rows);
+
 /* Registers gearbx_mmv as ggml-cuda's mul_mat hook (our patch 0005), or removes it: on = 0.
  * Returns 0, or -1 when this llama.cpp has no hook. */
 int gearbx_mmv_install(int on);

@@ -103,16 +103,15 @@ __host__ __device__ inline int lanes_per_row(int nb) {
     return l;
 }
 
+/* Which kernel and how many rows a lane takes at once, set by gearbx_mmv_tune (measurements
+ * only; 0 = the default). */
+int tune_kernel = 0;
+int tune_rows = 0;
+
 /* Rows a lane takes at once (they share its loads of the activations), by width. The result of
- * a row does not depend on it: the row's lanes and their order stay the same. Builds of the
- * test may force it (-DGEARBX_MMV_R=n) to measure each choice. */
-__host__ __device__ inline int rows_per_lane(int64_t ncols) {
-#ifdef GEARBX_MMV_R
-    (void)ncols;
-    return GEARBX_MMV_R;
-#else
-    return ncols == 1 ? 1 : 2;
-#endif
+ * a row does not depend on it: the row's lanes and their order stay the same. */
+inline int rows_per_lane(int64_t ncols) {
+    return tune_rows ? tune_rows : ncols == 1 ? 1 : 2;
 }
 
 /* The product: warps take units of R rows, LPR lanes per unit; a lane reads groups of 8 weight
@@ -217,13 +216,199 @@ __global__ void __launch_bounds__(CTA_WARPS * 32)
     }
 }
 
+/* v5: the rows go through shared memory by cp.async, coalesced (lane l copies 16-byte chunk l,
+ * l+32, ... of a row slice), in a pipeline of STAGES slices per warp; a warp takes R rows at a
+ * time (sharing its reads of the activations), its lanes the blocks of a slice (lane l: blocks
+ * l, l+32, ...), read from shared memory as 4-byte words (at most 2-way bank conflicts for 18-
+ * and 34-byte blocks). Per row and column one float accumulator per lane in block order, then a
+ * butterfly over the warp: independent of the number of columns and of R. */
+constexpr int V5_WARPS = 4;
+constexpr int V5_STAGES = 4;
+
+template <int T> struct v5_traits;
+template <> struct v5_traits<T_Q4_0> { static constexpr int kb = 64, words = 5; };
+template <> struct v5_traits<T_Q8_0> { static constexpr int kb = 32, words = 9; };
+
+template <int T, int R> __host__ __device__ constexpr int v5_stage_bytes() {
+    return R * v5_traits<T>::kb * traits<T>::bytes + 16; /* +16: the last block's word reads */
+}
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+template <int T, int NC, int R>
+__global__ void __launch_bounds__(V5_WARPS * 32)
+    mmv5_kernel(const uint8_t *__restrict__ w, size_t row_bytes, int nb, int64_t nrows,
+                const int8_t *__restrict__ codes, const half2 *__restrict__ xds,
+                float *__restrict__ dst, int64_t dst_stride) {
+    constexpr int BB = traits<T>::bytes;
+    constexpr int KB = v5_traits<T>::kb;
+    constexpr int NW = v5_traits<T>::words;
+    constexpr int SB = v5_stage_bytes<T, R>();
+    extern __shared__ __align__(16) uint8_t smem[];
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    uint8_t *buf = smem + (size_t)warp * V5_STAGES * SB;
+    const int64_t k = (int64_t)nb * QK;
+    const int slices = (nb + KB - 1) / KB;
+    const int64_t groups = (nrows + R - 1) / R;
+    const int64_t nwarps = (int64_t)gridDim.x * V5_WARPS;
+    const int64_t g0 = (int64_t)blockIdx.x * V5_WARPS + warp;
+    if (g0 >= groups) {
+        return;
+    }
+    /* the warp's units: (row group g0 + i*nwarps, slice s) in order */
+    const int64_t my_groups = (groups - g0 + nwarps - 1) / nwarps;
+    const int64_t units = my_groups * slices;
+    auto issue = [&](int64_t u) {
+        if (u < units) {
+            const int64_t g = g0 + (u / slices) * nwarps;
+            const int s = (int)(u % slices);
+            const int kb = nb - s * KB < KB ? nb - s * KB : KB;
+            const int chunks = kb * BB / 16; /* kb is a multiple of 8: 16-byte chunks */
+            uint8_t *dstb = buf + (u % V5_STAGES) * SB;
+#pragma unroll
+            for (int i = 0; i < R; i++) {
+                int64_t row = g * R + i;
+                row = row < nrows ? row : nrows - 1;
+                const uint8_t *src = w + row * row_bytes + (size_t)s * KB * BB;
+                for (int c = lane; c < chunks; c += 32) {
+                    cp_async16(dstb + i * KB * BB + 16 * c, src + 16 * c);
+                }
+            }
+        }
+        cp_async_commit(); /* an empty group past the end keeps the count uniform */
+    };
+#pragma unroll
+    for (int s = 0; s < V5_STAGES - 1; s++) {
+        issue(s);
+    }
+    float acc[R][NC];
+#pragma unroll
+    for (int i = 0; i < R; i++) {
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            acc[i][c] = 0.0f;
+        }
+    }
+    for (int64_t u = 0; u < units; u++) {
+        issue(u + V5_STAGES - 1); /* into the buffer of unit u-1, read by every lane already */
+        cp_async_wait<V5_STAGES - 1>();
+        __syncwarp();
+        const int s = (int)(u % slices);
+        const int kb = nb - s * KB < KB ? nb - s * KB : KB;
+        const uint8_t *b = buf + (u % V5_STAGES) * SB;
+#pragma unroll
+        for (int jj = 0; jj < KB / 32; jj++) {
+            const int j = lane + 32 * jj;
+            if (j < kb) {
+                const int o = j * BB;
+                const int wo = o & ~3;
+                const int shd = (o & 3) * 8; /* 0 or 16 */
+                const int blk = s * KB + j;
+                uint32_t r[R][NW];
+#pragma unroll
+                for (int i = 0; i < R; i++) {
+#pragma unroll
+                    for (int q = 0; q < NW; q++) {
+                        r[i][q] = *(const uint32_t *)(b + i * KB * BB + wo + 4 * q);
+                    }
+                }
+#pragma unroll
+                for (int c = 0; c < NC; c++) {
+                    const int4 *u4 = (const int4 *)(codes + c * k + (int64_t)blk * QK);
+                    const int4 ua = __ldg(u4), ub = __ldg(u4 + 1);
+                    const int uc[8] = {ua.x, ua.y, ua.z, ua.w, ub.x, ub.y, ub.z, ub.w};
+                    const float2 ds = __half22float2(xds[(int64_t)c * nb + blk]);
+#pragma unroll
+                    for (int i = 0; i < R; i++) {
+                        const float dw = __half2float(
+                            __ushort_as_half((unsigned short)((r[i][0] >> shd) & 0xffff)));
+                        int sumi = 0;
+                        if (T == T_Q4_0) {
+#pragma unroll
+                            for (int q = 0; q < 4; q++) {
+                                const int v = (int)__funnelshift_rc(r[i][q], r[i][q + 1], 16 + shd);
+                                sumi = __dp4a(v & 0x0F0F0F0F, uc[q], sumi);
+                                sumi = __dp4a((v >> 4) & 0x0F0F0F0F, uc[q + 4], sumi);
+                            }
+                            acc[i][c] += dw * ((float)sumi * ds.x - 8.0f * ds.y);
+                        } else {
+#pragma unroll
+                            for (int q = 0; q < 8; q++) {
+                                sumi = __dp4a((int)__funnelshift_rc(r[i][q], r[i][q + 1], 16 + shd),
+                                              uc[q], sumi);
+                            }
+                            acc[i][c] += dw * ds.x * (float)sumi;
+                        }
+                    }
+                }
+            }
+        }
+        __syncwarp();
+        if (s == slices - 1) { /* the row group is done */
+            const int64_t g = g0 + (u / slices) * nwarps;
+#pragma unroll
+            for (int i = 0; i < R; i++) {
+#pragma unroll
+                for (int c = 0; c < NC; c++) {
+                    float v = acc[i][c];
+#pragma unroll
+                    for (int off = 16; off > 0; off >>= 1) {
+                        v += __shfl_xor_sync(0xffffffff, v, off);
+                    }
+                    if (lane == 0 && g * R + i < nrows) {
+                        dst[c * dst_stride + g * R + i] = v;
+                    }
+                    acc[i][c] = 0.0f;
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+}
+
 template <int T, int NC, int R>
 cudaError_t launch(const void *w, size_t row_bytes, int nb, int64_t nrows, const int8_t *codes,
                    const half2 *xds, float *dst, int64_t dst_stride, cudaStream_t s) {
-    const int64_t rows_per_cta = (int64_t)CTA_WARPS * (32 / lanes_per_row(nb)) * R;
-    int64_t grid = (nrows + rows_per_cta - 1) / rows_per_cta;
+    const int kernel = tune_kernel ? tune_kernel : 5;
+    if (kernel == 4) {
+        const int64_t rows_per_cta = (int64_t)CTA_WARPS * (32 / lanes_per_row(nb)) * R;
+        int64_t grid = (nrows + rows_per_cta - 1) / rows_per_cta;
+        grid = grid < 0x7fffffff ? grid : 0x7fffffff;
+        mmv_kernel<T, NC, R><<<(unsigned)grid, CTA_WARPS * 32, 0, s>>>(
+            (const uint8_t *)w, row_bytes, nb, nrows, codes, xds, dst, dst_stride);
+        return cudaGetLastError();
+    }
+    constexpr int smem = V5_WARPS * V5_STAGES * v5_stage_bytes<T, R>();
+    static bool smem_set = false; /* one attribute per kernel, before its first launch */
+    if (!smem_set) {
+        const cudaError_t e = cudaFuncSetAttribute(
+            mmv5_kernel<T, NC, R>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        if (e != cudaSuccess) {
+            return e;
+        }
+        smem_set = true;
+    }
+    const int64_t groups = (nrows + R - 1) / R;
+    int64_t grid = (groups + V5_WARPS - 1) / V5_WARPS;
+    if (kernel == 6) { /* persistent: as many CTAs as fit at once */
+        int dev = 0, sms = 0, per_sm = 0;
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, mmv5_kernel<T, NC, R>,
+                                                      V5_WARPS * 32, smem);
+        const int64_t cap = (int64_t)sms * (per_sm > 0 ? per_sm : 1);
+        grid = grid < cap ? grid : cap;
+    }
     grid = grid < 0x7fffffff ? grid : 0x7fffffff;
-    mmv_kernel<T, NC, R><<<(unsigned)grid, CTA_WARPS * 32, 0, s>>>(
+    mmv5_kernel<T, NC, R><<<(unsigned)grid, V5_WARPS * 32, smem, s>>>(
         (const uint8_t *)w, row_bytes, nb, nrows, codes, xds, dst, dst_stride);
     return cudaGetLastError();
 }
@@ -231,9 +416,6 @@ cudaError_t launch(const void *w, size_t row_bytes, int nb, int64_t nrows, const
 template <int T, int NC>
 cudaError_t launch_r(const void *w, size_t row_bytes, int nb, int64_t nrows, const int8_t *codes,
                      const half2 *xds, float *dst, int64_t dst_stride, cudaStream_t s) {
-#ifdef GEARBX_MMV_R
-    return launch<T, NC, GEARBX_MMV_R>(w, row_bytes, nb, nrows, codes, xds, dst, dst_stride, s);
-#endif
     switch (rows_per_lane(NC)) {
     case 1: return launch<T, NC, 1>(w, row_bytes, nb, nrows, codes, xds, dst, dst_stride, s);
     case 2: return launch<T, NC, 2>(w, row_bytes, nb, nrows, codes, xds, dst, dst_stride, s);
@@ -269,6 +451,15 @@ int fail(char *err, size_t err_len, const char *what) {
 extern "C" int gearbx_mmv_supported(int wtype, int64_t k, int64_t ncols) {
     return block_bytes(wtype) != 0 && k > 0 && k % (QK * GROUP) == 0 && k <= ((int64_t)1 << 30) &&
            ncols >= 1 && ncols <= GEARBX_MMV_MAX_COLS;
+}
+
+extern "C" int gearbx_mmv_tune(int kernel, int rows) {
+    if ((kernel != 0 && (kernel < 4 || kernel > 6)) || (rows != 0 && rows != 1 && rows != 2 && rows != 4)) {
+        return -1;
+    }
+    tune_kernel = kernel;
+    tune_rows = rows;
+    return 0;
 }
 
 extern "C" size_t gearbx_mmv_scratch_bytes(int wtype, int64_t k, int64_t ncols) {

@@ -315,16 +315,24 @@ int main(int argc, char **argv) {
         }
     }
 
+    /* the variants measured side by side: {kernel, rows per lane or warp} (gearbx_mmv_tune) */
+    static const int VARIANTS[][2] = {{4, 1}, {4, 2}, {4, 4}, {5, 1}, {5, 2}, {5, 4}, {6, 1}, {6, 2}};
+    const int nvar = (int)(sizeof VARIANTS / sizeof VARIANTS[0]);
     printf("\n## Speed: time per product (activation quantization included), weights cycled over "
-           "copies larger than L2\n\n| type | shape | cols | us | GB/s | %% of 4.8 TB/s |"
+           "copies larger than L2\n\nus per product for each kernel variant (vK rR: kernel K, R "
+           "rows at a time; gearbx_mmv_tune), then the default's GB/s and %% of 4.8 TB/s.\n\n"
+           "| type | shape | cols |");
+    for (int v = 0; v < nvar; v++) printf(" v%d r%d us |", VARIANTS[v][0], VARIANTS[v][1]);
+    printf(" default us | GB/s | %% of peak |"
 #ifdef WITH_GGML
            " llama.cpp mmvq us (ggml) | ours via hook us (ggml) | speedup |"
 #endif
-           "\n|---|---|---|---|---|---|"
+           "\n|---|---|---|");
+    for (int v = 0; v <= nvar + 2; v++) printf("---|");
 #ifdef WITH_GGML
-           "---|---|---|"
+    printf("---|---|---|");
 #endif
-           "\n");
+    printf("\n");
     for (int t : {GEARBX_T_Q4_0, GEARBX_T_Q8_0}) {
         for (const Shape &s : SHAPES) {
             const int64_t nb = s.k / 32;
@@ -338,35 +346,55 @@ int main(int argc, char **argv) {
             fill_x(RANDOM, x.data(), (int64_t)x.size());
             CK(cudaMemcpy(d.x, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
             for (int nc : {1, 2, 4, 8}) {
+                printf("| %s | %s | %d |", tname(t), s.name, nc);
+                std::vector<float> o_def;
+                run(t, s, nc, d, o_def, nullptr);
+                for (int v = 0; v < nvar; v++) {
+                    gearbx_mmv_tune(VARIANTS[v][0], VARIANTS[v][1]);
+                    printf(" %.2f", time_product(t, s, nc, d, copies) * 1e6);
+                    /* kernels 5 and 6 (the default's family) give the default's bits whatever
+                     * R; kernel 4 (other lanes per row) agrees to float rounding */
+                    std::vector<float> o;
+                    run(t, s, nc, d, o, nullptr);
+                    long off = 0;
+                    double mag = 0;
+                    for (float f : o_def) mag = fmax(mag, fabs((double)f));
+                    for (size_t i = 0; i < o.size(); i++) {
+                        off += VARIANTS[v][0] == 4
+                                   ? !(fabs((double)o[i] - o_def[i]) <= 1e-4 * mag)
+                                   : memcmp(&o[i], &o_def[i], 4) != 0;
+                    }
+                    if (off) printf(" **%ld off**", off);
+                    failures += off != 0;
+                    printf(" |");
+                }
+                gearbx_mmv_tune(0, 0);
                 const double sec = time_product(t, s, nc, d, copies);
                 const double bytes = (double)wb + (double)nc * s.k * 4 + (double)nc * s.rows * 4;
-                printf("| %s | %s | %d | %.2f | %.0f | %.1f |", tname(t), s.name, nc, sec * 1e6,
-                       bytes / sec / 1e9, 100 * bytes / sec / PEAK);
+                printf(" %.2f | %.0f | %.1f |", sec * 1e6, bytes / sec / 1e9, 100 * bytes / sec / PEAK);
 #ifdef WITH_GGML
-                if (speed) {
-                    printf("\n");
-                    continue;
-                }
-                std::vector<float> o_ref, o_hook, o_mine;
-                gearbx_mmv_install(0);
-                const double t_ref = ggml_products(t, s, nc, w, x, copies, o_ref);
-                gearbx_mmv_install(1);
-                const double t_hook = ggml_products(t, s, nc, w, x, copies, o_hook);
-                gearbx_mmv_install(0);
-                run(t, s, nc, d, o_mine, nullptr);
-                /* the hook must have run our kernel (bitwise ours); mmvq close to it */
-                long not_ours = 0;
-                double dev = 0, mag = 0;
-                for (size_t i = 0; i < o_mine.size(); i++) {
-                    not_ours += memcmp(&o_hook[i], &o_mine[i], 4) != 0;
-                    dev = fmax(dev, fabs((double)o_ref[i] - o_mine[i]));
-                    mag = fmax(mag, fabs((double)o_mine[i]));
-                }
-                printf(" %.2f | %.2f | %.2fx |", t_ref * 1e6, t_hook * 1e6, t_ref / t_hook);
-                if (not_ours || !(dev <= 1e-3 * mag + 1e-6)) {
-                    printf(" **hook output not ours (%ld) or mmvq far (%.3g of %.3g)** |", not_ours,
-                           dev, mag);
-                    failures++;
+                if (!speed) {
+                    std::vector<float> o_ref, o_hook, o_mine;
+                    gearbx_mmv_install(0);
+                    const double t_ref = ggml_products(t, s, nc, w, x, copies, o_ref);
+                    gearbx_mmv_install(1);
+                    const double t_hook = ggml_products(t, s, nc, w, x, copies, o_hook);
+                    gearbx_mmv_install(0);
+                    run(t, s, nc, d, o_mine, nullptr);
+                    /* the hook must have run our kernel (bitwise ours); mmvq close to it */
+                    long not_ours = 0;
+                    double dev = 0, mag = 0;
+                    for (size_t i = 0; i < o_mine.size(); i++) {
+                        not_ours += memcmp(&o_hook[i], &o_mine[i], 4) != 0;
+                        dev = fmax(dev, fabs((double)o_ref[i] - o_mine[i]));
+                        mag = fmax(mag, fabs((double)o_mine[i]));
+                    }
+                    printf(" %.2f | %.2f | %.2fx |", t_ref * 1e6, t_hook * 1e6, t_ref / t_hook);
+                    if (not_ours || !(dev <= 1e-3 * mag + 1e-6)) {
+                        printf(" **hook output not ours (%ld) or mmvq far (%.3g of %.3g)** |",
+                               not_ours, dev, mag);
+                        failures++;
+                    }
                 }
 #endif
                 printf("\n");
