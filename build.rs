@@ -97,6 +97,8 @@ fn build_cuda() {
         // llama.cpp's CUDA build already links the CUDA runtime.
         .cudart("none")
         .file("csrc/cuda/requant.cu")
+        // Our decode products, reached through patch 0005's hook in ggml-cuda's mul_mat.
+        .file("csrc/cuda/mmv.cu")
         .include("csrc/generic")
         .include("csrc/cuda")
         // Bit-identical to the CPU: no fused multiply-adds but the ones written as fmaf.

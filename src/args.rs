@@ -1,5 +1,5 @@
 //! Command-line pieces the binaries share: the parse with llama.cpp's short flags of several
-//! letters, and the KV cache, RPC server and GPU split flags.
+//! letters, and the KV cache, RPC server, GPU split and decode kernel flags.
 
 use crate::llama::kv::{CacheType, FlashAttn, KvCache};
 
@@ -104,6 +104,35 @@ impl SplitArgs {
             },
             main_gpu: self.main_gpu,
         })
+    }
+}
+
+/// Which kernels compute a decode's quantized products on CUDA.
+#[derive(clap::Args, Debug, Clone)]
+pub struct KernelArgs {
+    /// Decode products of Q4_0/Q8_0 weights on CUDA (1-8 tokens): gearbx (our kernels,
+    /// csrc/cuda/mmv.cu, for the shapes where they are faster) or llama.cpp (its own, as a
+    /// static llama.cpp model runs). No effect without a CUDA GPU.
+    #[arg(
+        long = "decode-kernels",
+        value_name = "gearbx|llama.cpp",
+        default_value = if crate::llama::DEFAULT_DECODE_KERNELS { "gearbx" } else { "llama.cpp" }
+    )]
+    pub decode_kernels: DecodeKernels,
+}
+
+/// The values of `--decode-kernels`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeKernels {
+    Gearbx,
+    #[value(name = "llama.cpp")]
+    LlamaCpp,
+}
+
+impl KernelArgs {
+    /// Whether our decode kernels were asked for.
+    pub fn ours(&self) -> bool {
+        self.decode_kernels == DecodeKernels::Gearbx
     }
 }
 

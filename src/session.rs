@@ -91,6 +91,8 @@ pub struct SessionOptions {
     pub repack: bool,
     /// How the offloaded layers spread over several GPUs (local or `--rpc` ones).
     pub split: crate::llama::split::GpuSplit,
+    /// Our CUDA decode products where they are faster (`--decode-kernels`; CUDA builds).
+    pub decode_kernels: bool,
     /// The tiers; None: no gearbox (the plain model).
     pub tiers: Option<TierOptions>,
     /// Progress bars on stderr while hashing, requantizing and building.
@@ -115,6 +117,7 @@ impl Default for SessionOptions {
             n_gpu_layers: ModelParams::default().n_gpu_layers,
             repack: ModelParams::default().repack,
             split: Default::default(),
+            decode_kernels: ModelParams::default().decode_kernels,
             tiers: Some(TierOptions::default()),
             progress: false,
             log: None,
@@ -274,6 +277,7 @@ impl Session {
                 n_gpu_layers: o.n_gpu_layers,
                 repack: o.repack,
                 split: o.split.clone(),
+                decode_kernels: o.decode_kernels,
             },
         )?;
         let n_ctx = choose_n_ctx(o.n_ctx, &resolved, Some(model.n_ctx_train()))

@@ -189,6 +189,11 @@ fn invalid_flag_values() {
         2,
         "-t/--threads must be in 1..=512",
     );
+    fails(
+        &["smollm2:135m", "--decode-kernels", "mine", "-p", "hi"],
+        2,
+        "[possible values: gearbx, llama.cpp]",
+    );
 }
 
 #[test]

@@ -752,3 +752,21 @@ fn a_typed_copy_takes_the_embedding_type_it_is_given() {
         "tensors not named keep their type"
     );
 }
+
+/// Our CUDA decode kernels (csrc/cuda/mmv.cu) are asked for only for a model on a CUDA GPU: a
+/// model kept on the CPU has none, and its contexts' graph variant carries no hook bit (which
+/// would give them CUDA graphs of their own for nothing).
+#[test]
+fn decode_kernels_stay_off_for_a_model_on_the_cpu() {
+    let params = ModelParams {
+        n_gpu_layers: 0,
+        decode_kernels: true,
+        ..Default::default()
+    };
+    let model = Model::load(&fixture().model, &params).unwrap();
+    assert!(!model.decode_kernels());
+    assert_eq!(
+        model.graph_variant() & gearbx::llama::cuda_graphs::DECODE_KERNELS,
+        0
+    );
+}

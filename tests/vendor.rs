@@ -61,6 +61,18 @@ fn the_compiled_tree_holds_each_patch() {
     assert!(h.contains("void ggml_backend_cuda_set_graph_variant(uint64_t variant);"));
     assert!(h.contains("void ggml_backend_cuda_invalidate_graphs(void);"));
     assert!(h.contains("void ggml_backend_cuda_set_mmv_hook("));
+    // The hook's graph variant bit is the one gearbx sets for its decode kernels, and
+    // csrc/cuda/mmv.cu's copy of the scratch callback's type has the header's parameters.
+    assert!(h.contains("#define GGML_CUDA_VARIANT_MMV_HOOK (1ull << 62)"));
+    assert_eq!(gearbx::llama::cuda_graphs::DECODE_KERNELS, 1u64 << 62);
+    assert!(h.contains(
+        "typedef size_t (*ggml_cuda_mmv_hook_scratch_t)(int wtype, int64_t nrows, int64_t k, int64_t ncols);"
+    ));
+    let mmv =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/csrc/cuda/mmv.cu")).unwrap();
+    assert!(mmv.contains(
+        "typedef size_t (*ggml_cuda_mmv_hook_scratch_t)(int, int64_t, int64_t, int64_t);"
+    ));
 }
 
 /// Builds only llama-sys, in a target folder of its own, with a patch folder or pin file of the

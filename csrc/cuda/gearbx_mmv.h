@@ -36,13 +36,20 @@ int gearbx_mmv_quantize_x(const float *x, int64_t x_stride, int64_t k, int64_t n
                           void *scratch, void *stream);
 
 /* For measurements: the kernel (4: rows straight to registers, 5: rows through shared memory
- * by cp.async, 6: 5 with a grid of as many CTAs as fit at once) and the rows a lane or warp
- * takes at once (1, 2, 4); 0 restores the default. Not thread-safe: set it before products run.
+ * by cp.async, 6: 5 with a grid of as many CTAs as fit at once, 7: 6 quantizing the activations
+ * itself, one launch) and the rows a lane or warp takes at once (1, 2, 4); 0 restores the
+ * default (7, or 5 where 7's shared memory would not fit). Not thread-safe: set it before products run.
  * Returns 0, or -1 for values out of range. */
 int gearbx_mmv_tune(int kernel, int rows);
 
-/* Registers gearbx_mmv as ggml-cuda's mul_mat hook (our patch 0005), or removes it: on = 0.
- * Returns 0, or -1 when this llama.cpp has no hook. */
+/* Whether ours is the faster product for this shape (measured on the H100/H200 against
+ * llama.cpp's mmvq, docs/gpu): the products the hook takes. With a kernel forced by
+ * gearbx_mmv_tune, every supported shape. */
+int gearbx_mmv_preferred(int wtype, int64_t nrows, int64_t k, int64_t ncols);
+
+/* Registers gearbx_mmv as ggml-cuda's mul_mat hook (our patch 0005) for the products
+ * gearbx_mmv_preferred takes, or removes it: on = 0. The hook is offered a product only on
+ * threads whose CUDA graph variant has bit 62 (GGML_CUDA_VARIANT_MMV_HOOK) set. Returns 0. */
 int gearbx_mmv_install(int on);
 
 #ifdef __cplusplus

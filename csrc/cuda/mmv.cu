@@ -242,11 +242,21 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-template <int T, int NC, int R>
-__global__ void __launch_bounds__(V5_WARPS * 32)
+/* The activations' bytes in a fused kernel's shared memory: per column k codes, then per
+ * column nb half2 (d, sum), rounded to 16. */
+__host__ __device__ constexpr size_t fused_x_bytes(int ncols, int64_t k) {
+    return ((size_t)ncols * (size_t)k + (size_t)ncols * (size_t)(k / QK) * 4 + 15) & ~(size_t)15;
+}
+
+/* FUSED: the CTA quantizes the activations into its shared memory itself (one launch, not
+ * two), after issuing its first weight loads so that the two overlap; the codes are the same
+ * bits as quantize_codes_kernel's, the products the same as the unfused kernel's. */
+template <int T, int NC, int R, int W, bool FUSED>
+__global__ void __launch_bounds__(W * 32)
     mmv5_kernel(const uint8_t *__restrict__ w, size_t row_bytes, int nb, int64_t nrows,
-                const int8_t *__restrict__ codes, const half2 *__restrict__ xds,
-                float *__restrict__ dst, int64_t dst_stride) {
+                const int8_t *__restrict__ gcodes, const half2 *__restrict__ gxds,
+                const float *__restrict__ x, int64_t x_stride, float *__restrict__ dst,
+                int64_t dst_stride) {
     constexpr int BB = traits<T>::bytes;
     constexpr int KB = v5_traits<T>::kb;
     constexpr int NW = v5_traits<T>::words;
@@ -254,17 +264,19 @@ __global__ void __launch_bounds__(V5_WARPS * 32)
     extern __shared__ __align__(16) uint8_t smem[];
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
-    uint8_t *buf = smem + (size_t)warp * V5_STAGES * SB;
     const int64_t k = (int64_t)nb * QK;
+    const size_t xbytes = FUSED ? fused_x_bytes(NC, k) : 0;
+    uint8_t *buf = smem + xbytes + (size_t)warp * V5_STAGES * SB;
     const int slices = (nb + KB - 1) / KB;
     const int64_t groups = (nrows + R - 1) / R;
-    const int64_t nwarps = (int64_t)gridDim.x * V5_WARPS;
-    const int64_t g0 = (int64_t)blockIdx.x * V5_WARPS + warp;
-    if (g0 >= groups) {
+    const int64_t nwarps = (int64_t)gridDim.x * W;
+    const int64_t g0 = (int64_t)blockIdx.x * W + warp;
+    /* the warp's units: (row group g0 + i*nwarps, slice s) in order; none past the end (a
+     * fused CTA's idle warps still quantize and meet at the barrier) */
+    const int64_t my_groups = g0 < groups ? (groups - g0 + nwarps - 1) / nwarps : 0;
+    if (!FUSED && my_groups == 0) {
         return;
     }
-    /* the warp's units: (row group g0 + i*nwarps, slice s) in order */
-    const int64_t my_groups = (groups - g0 + nwarps - 1) / nwarps;
     const int64_t units = my_groups * slices;
     auto issue = [&](int64_t u) {
         if (u < units) {
@@ -288,6 +300,36 @@ __global__ void __launch_bounds__(V5_WARPS * 32)
 #pragma unroll
     for (int s = 0; s < V5_STAGES - 1; s++) {
         issue(s);
+    }
+    const int8_t *codes = gcodes;
+    const half2 *xds = gxds;
+    if (FUSED) {
+        int8_t *sc = (int8_t *)smem;
+        half2 *sd = (half2 *)(smem + (size_t)NC * k);
+        /* warp w quantizes blocks w, w+W, ... of every column, 4 loads in flight per lane */
+        const int64_t nblk = (int64_t)NC * nb;
+        for (int64_t b0 = warp; b0 < nblk; b0 += 4 * W) {
+            float v[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int64_t b = b0 + j * W;
+                v[j] = b < nblk ? x[(b / nb) * x_stride + (b % nb) * QK + lane] : 0.0f;
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int64_t b = b0 + j * W;
+                if (b < nblk) { /* warp-uniform */
+                    half2 d;
+                    sc[(b / nb) * k + (b % nb) * QK + lane] = quantize_lane(v[j], &d);
+                    if (lane == 0) {
+                        sd[b] = d;
+                    }
+                }
+            }
+        }
+        __syncthreads();
+        codes = sc;
+        xds = sd;
     }
     float acc[R][NC];
 #pragma unroll
@@ -323,7 +365,7 @@ __global__ void __launch_bounds__(V5_WARPS * 32)
 #pragma unroll
                 for (int c = 0; c < NC; c++) {
                     const int4 *u4 = (const int4 *)(codes + c * k + (int64_t)blk * QK);
-                    const int4 ua = __ldg(u4), ub = __ldg(u4 + 1);
+                    const int4 ua = FUSED ? u4[0] : __ldg(u4), ub = FUSED ? u4[1] : __ldg(u4 + 1);
                     const int uc[8] = {ua.x, ua.y, ua.z, ua.w, ub.x, ub.y, ub.z, ub.w};
                     const float2 ds = __half22float2(xds[(int64_t)c * nb + blk]);
 #pragma unroll
@@ -374,68 +416,112 @@ __global__ void __launch_bounds__(V5_WARPS * 32)
     cp_async_wait<0>();
 }
 
-template <int T, int NC, int R>
-cudaError_t launch(const void *w, size_t row_bytes, int nb, int64_t nrows, const int8_t *codes,
-                   const half2 *xds, float *dst, int64_t dst_stride, cudaStream_t s) {
-    const int kernel = tune_kernel ? tune_kernel : 5;
-    if (kernel == 4) {
-        const int64_t rows_per_cta = (int64_t)CTA_WARPS * (32 / lanes_per_row(nb)) * R;
-        int64_t grid = (nrows + rows_per_cta - 1) / rows_per_cta;
-        grid = grid < 0x7fffffff ? grid : 0x7fffffff;
-        mmv_kernel<T, NC, R><<<(unsigned)grid, CTA_WARPS * 32, 0, s>>>(
-            (const uint8_t *)w, row_bytes, nb, nrows, codes, xds, dst, dst_stride);
-        return cudaGetLastError();
+/* One product's operands, as the launchers pass them down. */
+struct Product {
+    const uint8_t *w;
+    size_t row_bytes;
+    int nb;
+    int64_t nrows;
+    const float *x;
+    int64_t x_stride;
+    int8_t *codes; /* the unfused kernels' activations in scratch */
+    half2 *xds;
+    float *dst;
+    int64_t dst_stride;
+    cudaStream_t stream;
+};
+
+constexpr int FUSED_WARPS = 8;
+constexpr size_t SMEM_MAX = 227 * 1024; /* a CTA's shared memory on sm_90 (opt-in) */
+
+/* Shared memory of the fused kernel for a product. */
+size_t fused_smem(int wtype, int64_t ncols, int64_t k, int rows) {
+    const size_t stage = wtype == T_Q4_0 ? v5_stage_bytes<T_Q4_0, 1>() - 16 : v5_stage_bytes<T_Q8_0, 1>() - 16;
+    return fused_x_bytes((int)ncols, k) + (size_t)FUSED_WARPS * V5_STAGES * (rows * stage + 16);
+}
+
+/* The kernel a product runs (gearbx_mmv_tune's numbers): 7 (fused) by default, 5 where the
+ * fused kernel's shared memory would not fit. */
+int kernel_for(int wtype, int64_t ncols, int64_t k) {
+    const int kernel = tune_kernel ? tune_kernel : 7;
+    if (kernel == 7 && fused_smem(wtype, ncols, k, rows_per_lane(ncols)) > SMEM_MAX) {
+        return 5;
     }
-    constexpr int smem = V5_WARPS * V5_STAGES * v5_stage_bytes<T, R>();
-    static bool smem_set = false; /* one attribute per kernel, before its first launch */
-    if (!smem_set) {
-        const cudaError_t e = cudaFuncSetAttribute(
-            mmv5_kernel<T, NC, R>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    return kernel;
+}
+
+/* Grid of a cp.async kernel: a warp per row group, capped (persist) at the CTAs that fit. */
+template <typename K>
+cudaError_t launch_v5(K kern, size_t &smem_set, int warps, size_t smem, bool persist,
+                      int64_t groups, const Product &p) {
+    /* the kernel's shared memory attribute: the largest any launch asked for so far */
+    if (smem > smem_set) {
+        const cudaError_t e =
+            cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess) {
             return e;
         }
-        smem_set = true;
+        smem_set = smem;
     }
-    const int64_t groups = (nrows + R - 1) / R;
-    int64_t grid = (groups + V5_WARPS - 1) / V5_WARPS;
-    if (kernel == 6) { /* persistent: as many CTAs as fit at once */
+    int64_t grid = (groups + warps - 1) / warps;
+    if (persist) {
         int dev = 0, sms = 0, per_sm = 0;
         cudaGetDevice(&dev);
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, mmv5_kernel<T, NC, R>,
-                                                      V5_WARPS * 32, smem);
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, warps * 32, smem);
         const int64_t cap = (int64_t)sms * (per_sm > 0 ? per_sm : 1);
         grid = grid < cap ? grid : cap;
     }
     grid = grid < 0x7fffffff ? grid : 0x7fffffff;
-    mmv5_kernel<T, NC, R><<<(unsigned)grid, V5_WARPS * 32, smem, s>>>(
-        (const uint8_t *)w, row_bytes, nb, nrows, codes, xds, dst, dst_stride);
+    kern<<<(unsigned)grid, warps * 32, smem, p.stream>>>(p.w, p.row_bytes, p.nb, p.nrows, p.codes,
+                                                         p.xds, p.x, p.x_stride, p.dst,
+                                                         p.dst_stride);
     return cudaGetLastError();
 }
 
+template <int T, int NC, int R>
+cudaError_t launch(int kernel, const Product &p) {
+    if (kernel == 4) {
+        const int64_t rows_per_cta = (int64_t)CTA_WARPS * (32 / lanes_per_row(p.nb)) * R;
+        int64_t grid = (p.nrows + rows_per_cta - 1) / rows_per_cta;
+        grid = grid < 0x7fffffff ? grid : 0x7fffffff;
+        mmv_kernel<T, NC, R><<<(unsigned)grid, CTA_WARPS * 32, 0, p.stream>>>(
+            p.w, p.row_bytes, p.nb, p.nrows, p.codes, p.xds, p.dst, p.dst_stride);
+        return cudaGetLastError();
+    }
+    const int64_t groups = (p.nrows + R - 1) / R;
+    constexpr size_t stages = (size_t)V5_STAGES * v5_stage_bytes<T, R>();
+    if (kernel == 7) {
+        static size_t smem_set = 0; /* one per kernel instance */
+        const size_t smem = fused_x_bytes(NC, (int64_t)p.nb * QK) + FUSED_WARPS * stages;
+        return launch_v5(mmv5_kernel<T, NC, R, FUSED_WARPS, true>, smem_set, FUSED_WARPS, smem,
+                         true, groups, p);
+    }
+    static size_t smem_set = 0;
+    return launch_v5(mmv5_kernel<T, NC, R, V5_WARPS, false>, smem_set, V5_WARPS,
+                     V5_WARPS * stages, kernel == 6, groups, p);
+}
+
 template <int T, int NC>
-cudaError_t launch_r(const void *w, size_t row_bytes, int nb, int64_t nrows, const int8_t *codes,
-                     const half2 *xds, float *dst, int64_t dst_stride, cudaStream_t s) {
+cudaError_t launch_r(int kernel, const Product &p) {
     switch (rows_per_lane(NC)) {
-    case 1: return launch<T, NC, 1>(w, row_bytes, nb, nrows, codes, xds, dst, dst_stride, s);
-    case 2: return launch<T, NC, 2>(w, row_bytes, nb, nrows, codes, xds, dst, dst_stride, s);
-    default: return launch<T, NC, 4>(w, row_bytes, nb, nrows, codes, xds, dst, dst_stride, s);
+    case 1: return launch<T, NC, 1>(kernel, p);
+    case 2: return launch<T, NC, 2>(kernel, p);
+    default: return launch<T, NC, 4>(kernel, p);
     }
 }
 
 template <int T>
-cudaError_t launch_cols(int64_t ncols, const void *w, size_t row_bytes, int nb, int64_t nrows,
-                        const int8_t *codes, const half2 *xds, float *dst, int64_t dst_stride,
-                        cudaStream_t s) {
+cudaError_t launch_cols(int64_t ncols, int kernel, const Product &p) {
     switch (ncols) {
-    case 1: return launch_r<T, 1>(w, row_bytes, nb, nrows, codes, xds, dst, dst_stride, s);
-    case 2: return launch_r<T, 2>(w, row_bytes, nb, nrows, codes, xds, dst, dst_stride, s);
-    case 3: return launch_r<T, 3>(w, row_bytes, nb, nrows, codes, xds, dst, dst_stride, s);
-    case 4: return launch_r<T, 4>(w, row_bytes, nb, nrows, codes, xds, dst, dst_stride, s);
-    case 5: return launch_r<T, 5>(w, row_bytes, nb, nrows, codes, xds, dst, dst_stride, s);
-    case 6: return launch_r<T, 6>(w, row_bytes, nb, nrows, codes, xds, dst, dst_stride, s);
-    case 7: return launch_r<T, 7>(w, row_bytes, nb, nrows, codes, xds, dst, dst_stride, s);
-    default: return launch_r<T, 8>(w, row_bytes, nb, nrows, codes, xds, dst, dst_stride, s);
+    case 1: return launch_r<T, 1>(kernel, p);
+    case 2: return launch_r<T, 2>(kernel, p);
+    case 3: return launch_r<T, 3>(kernel, p);
+    case 4: return launch_r<T, 4>(kernel, p);
+    case 5: return launch_r<T, 5>(kernel, p);
+    case 6: return launch_r<T, 6>(kernel, p);
+    case 7: return launch_r<T, 7>(kernel, p);
+    default: return launch_r<T, 8>(kernel, p);
     }
 }
 
@@ -454,7 +540,7 @@ extern "C" int gearbx_mmv_supported(int wtype, int64_t k, int64_t ncols) {
 }
 
 extern "C" int gearbx_mmv_tune(int kernel, int rows) {
-    if ((kernel != 0 && (kernel < 4 || kernel > 6)) || (rows != 0 && rows != 1 && rows != 2 && rows != 4)) {
+    if ((kernel != 0 && (kernel < 4 || kernel > 7)) || (rows != 0 && rows != 1 && rows != 2 && rows != 4)) {
         return -1;
     }
     tune_kernel = kernel;
@@ -491,24 +577,43 @@ extern "C" int gearbx_mmv(int wtype, const void *w, size_t row_bytes, int64_t nr
     if (row_bytes != (size_t)nb * block_bytes(wtype) || ((uintptr_t)w & 15) != 0 || nrows < 1) {
         return fail(err, err_len, "gearbx_mmv: rows not contiguous and 16-byte aligned");
     }
-    cudaStream_t s = (cudaStream_t)stream;
-    int8_t *codes = (int8_t *)scratch;
-    half2 *xds = (half2 *)(codes + ncols * k);
-    const dim3 qgrid((unsigned)((k + 255) / 256), (unsigned)ncols);
-    quantize_codes_kernel<<<qgrid, 256, 0, s>>>(x, x_stride, k, codes, xds);
-    const cudaError_t e =
-        wtype == T_Q4_0
-            ? launch_cols<T_Q4_0>(ncols, w, row_bytes, nb, nrows, codes, xds, dst, dst_stride, s)
-            : launch_cols<T_Q8_0>(ncols, w, row_bytes, nb, nrows, codes, xds, dst, dst_stride, s);
+    Product p{(const uint8_t *)w, row_bytes, nb, nrows, x, x_stride, (int8_t *)scratch,
+              (half2 *)((int8_t *)scratch + ncols * k), dst, dst_stride, (cudaStream_t)stream};
+    const int kernel = kernel_for(wtype, ncols, k);
+    if (kernel != 7) {
+        const dim3 qgrid((unsigned)((k + 255) / 256), (unsigned)ncols);
+        quantize_codes_kernel<<<qgrid, 256, 0, p.stream>>>(x, x_stride, k, p.codes, p.xds);
+    }
+    const cudaError_t e = wtype == T_Q4_0 ? launch_cols<T_Q4_0>(ncols, kernel, p)
+                                          : launch_cols<T_Q8_0>(ncols, kernel, p);
     if (e != cudaSuccess) {
         return fail(err, err_len, cudaGetErrorString(e));
     }
     return 0;
 }
 
+extern "C" int gearbx_mmv_preferred(int wtype, int64_t nrows, int64_t k, int64_t ncols) {
+    if (!gearbx_mmv_supported(wtype, k, ncols)) {
+        return 0;
+    }
+    if (tune_kernel != 0) { /* a measurement of a forced kernel: every product it covers */
+        return 1;
+    }
+    /* PLACEHOLDER: the shapes where ours measured faster than mmvq */
+    return nrows >= 65536;
+}
+
 #ifndef GEARBX_MMV_NO_HOOK
+namespace {
+/* Patch 0005's scratch question: our bytes for the products we take, 0 for the others. */
+size_t hook_scratch(int wtype, int64_t nrows, int64_t k, int64_t ncols) {
+    return gearbx_mmv_preferred(wtype, nrows, k, ncols) ? gearbx_mmv_scratch_bytes(wtype, k, ncols)
+                                                        : 0;
+}
+} // namespace
+
 extern "C" {
-typedef size_t (*ggml_cuda_mmv_hook_scratch_t)(int, int64_t, int64_t);
+typedef size_t (*ggml_cuda_mmv_hook_scratch_t)(int, int64_t, int64_t, int64_t);
 typedef int (*ggml_cuda_mmv_hook_t)(int, const void *, size_t, int64_t, int64_t, const float *,
                                     int64_t, int64_t, float *, int64_t, void *, void *, char *,
                                     size_t);
@@ -518,7 +623,7 @@ void ggml_backend_cuda_set_mmv_hook(ggml_cuda_mmv_hook_scratch_t scratch, ggml_c
 
 extern "C" int gearbx_mmv_install(int on) {
     if (on) {
-        ggml_backend_cuda_set_mmv_hook(gearbx_mmv_scratch_bytes, gearbx_mmv);
+        ggml_backend_cuda_set_mmv_hook(hook_scratch, gearbx_mmv);
     } else {
         ggml_backend_cuda_set_mmv_hook(nullptr, nullptr);
     }

@@ -270,6 +270,7 @@ fn open(name: Option<&str>, p: &gearbx_engine_params) -> ApiResult<gearbx_engine
         n_gpu_layers: p.n_gpu_layers,
         repack: true,
         split: Default::default(),
+        decode_kernels: crate::llama::DEFAULT_DECODE_KERNELS,
         tiers: (mode != GEARBX_GEAR_OFF).then_some(TierOptions {
             manage: gb_opts.manage,
             overrides: gb_opts.overrides,

@@ -537,7 +537,7 @@ impl<'m> Gearbox<'m> {
         // variant on this thread (the attach API asks for the decoding thread), and after a
         // real shift make every captured graph check its nodes before its next replay, so a
         // decode on another thread re-captures instead of replaying the old weights.
-        cuda_graphs::set_variant(set as u64);
+        cuda_graphs::set_variant(self.tiers.model().graph_variant());
         if set != before {
             cuda_graphs::invalidate();
         }

@@ -1,5 +1,6 @@
-//! The CUDA requantization kernels of csrc/cuda (built with `--features cuda`): on weights
-//! already on the device, and a host round trip for the parity tests and benchmarks.
+//! The CUDA kernels of csrc/cuda (built with `--features cuda`): requantization on weights
+//! already on the device and a host round trip for the parity tests and benchmarks, and the
+//! switch that puts our decode products (csrc/cuda/mmv.cu) into ggml-cuda's mul_mat.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
@@ -21,6 +22,7 @@ mod ffi {
         ) -> c_int;
         pub fn gearbx_cuda_synchronize(device: c_int, err: *mut c_char, err_len: usize) -> c_int;
         pub fn gearbx_cuda_device_count() -> c_int;
+        pub fn gearbx_mmv_install(on: c_int) -> c_int;
         pub fn gearbx_cuda_requant_host(
             device: c_int,
             src_type: c_int,
@@ -119,4 +121,13 @@ pub fn requant_host(src_type: GgmlType, src: &[u8], dst_type: GgmlType) -> Resul
     };
     check(rc, &err)?;
     Ok((out, ms))
+}
+
+/// Puts our decode products (Q4_0/Q8_0 weights times 1-8 columns, csrc/cuda/mmv.cu) into
+/// ggml-cuda's mul_mat for the shapes where they are faster than llama.cpp's (on), or leaves
+/// every product to llama.cpp (off). Process-wide: set it before the contexts' first decode
+/// (a captured CUDA graph keeps the kernels it recorded).
+pub fn set_decode_kernels(on: bool) {
+    // SAFETY: stores two function pointers in ggml-cuda's atomics (patch 0005).
+    unsafe { ffi::gearbx_mmv_install(c_int::from(on)) };
 }

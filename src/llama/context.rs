@@ -258,7 +258,7 @@ impl<'m> Context<'m> {
         } else {
             0
         };
-        super::cuda_graphs::set_variant(self.model.weight_variant() | strict);
+        super::cuda_graphs::set_variant(self.model.graph_variant() | strict);
     }
 
     /// On CUDA with our patch 0003: batches of up to 8 tokens use the kernels and reduction

@@ -11,6 +11,10 @@ use super::sys;
 /// would (patch 0003); weight variants never use it.
 pub const WIDTH_INVARIANT: u64 = 1 << 63;
 
+/// The variant bit that offers this thread's quantized products to our decode kernels
+/// (patch 0005's hook, csrc/cuda/mmv.cu); weight variants never use it.
+pub const DECODE_KERNELS: u64 = 1 << 62;
+
 type SetVariant = unsafe extern "C" fn(u64);
 type Invalidate = unsafe extern "C" fn();
 

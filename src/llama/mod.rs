@@ -22,7 +22,7 @@ pub use context::{Context, ContextParams};
 pub(crate) use gearbx_llama_sys as sys;
 pub use ggml_type::GgmlType;
 pub use log::{set_verbose, take_last_error};
-pub use model::{ChatMessage, Model, ModelParams};
+pub use model::{ChatMessage, Model, ModelParams, DEFAULT_DECODE_KERNELS};
 pub use sampler::{random_seed, Sampler, SamplingParams};
 
 /// A llama.cpp token id.

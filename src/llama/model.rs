@@ -32,7 +32,13 @@ pub struct ModelParams {
     pub repack: bool,
     /// How the offloaded layers spread over several GPUs.
     pub split: super::split::GpuSplit,
+    /// Our CUDA decode products (csrc/cuda/mmv.cu) for this model's Q4_0/Q8_0 products where
+    /// they are faster than llama.cpp's (CUDA builds; ignored elsewhere).
+    pub decode_kernels: bool,
 }
+
+/// Whether gearbx's own CUDA decode products are used by default (`--decode-kernels`).
+pub const DEFAULT_DECODE_KERNELS: bool = true;
 
 impl Default for ModelParams {
     fn default() -> Self {
@@ -40,8 +46,14 @@ impl Default for ModelParams {
             n_gpu_layers: -1,
             repack: true,
             split: Default::default(),
+            decode_kernels: DEFAULT_DECODE_KERNELS,
         }
     }
+}
+
+/// Whether this build has our CUDA decode kernels (`--features cuda`).
+fn decode_kernels_built() -> bool {
+    cfg!(feature = "cuda")
 }
 
 /// A `llama_model`: loaded and owned (freed on drop), or borrowed from a host program.
@@ -51,6 +63,9 @@ pub struct Model {
     offloaded: bool,
     /// Loaded with llama.cpp's repacked CPU layouts allowed ([`ModelParams::repack`]).
     repack: bool,
+    /// Its contexts' products go to our decode kernels ([`ModelParams::decode_kernels`] on a
+    /// CUDA build with the model offloaded).
+    decode_kernels: bool,
     /// False for a host's model ([`Model::from_host`]): the host frees it.
     owned: bool,
     /// Which weight set the model's tensors point at (0 = as loaded; a gearbox sets it on every
@@ -134,13 +149,20 @@ impl Model {
         })?;
         // SAFETY: ptr is a valid model; the vocab it returns lives as long as the model.
         let vocab = unsafe { sys::llama_model_get_vocab(ptr.as_ptr()) };
+        // Any GPU llama.cpp knows, local or added by --rpc (llama_supports_gpu_offload says
+        // yes for every build with the RPC backend, even with no server added).
+        let offloaded = params.n_gpu_layers != 0 && !super::split::gpu_devices().is_empty();
+        let decode_kernels = params.decode_kernels && offloaded && decode_kernels_built();
+        #[cfg(feature = "cuda")]
+        if decode_kernels {
+            crate::kernels::cuda::set_decode_kernels(true);
+        }
         Ok(Self {
             ptr,
             vocab,
-            // Any GPU llama.cpp knows, local or added by --rpc (llama_supports_gpu_offload says
-            // yes for every build with the RPC backend, even with no server added).
-            offloaded: params.n_gpu_layers != 0 && !super::split::gpu_devices().is_empty(),
+            offloaded,
             repack: params.repack,
+            decode_kernels,
             owned: true,
             weight_variant: AtomicU64::new(0),
         })
@@ -162,6 +184,7 @@ impl Model {
             // The host decides placement; entropy is read from the host's logits anyway.
             offloaded: false,
             repack: true,
+            decode_kernels: false,
             owned: false,
             weight_variant: AtomicU64::new(0),
         })
@@ -186,6 +209,22 @@ impl Model {
     /// that CUDA graph variant, so each set keeps its own captured graph.
     pub fn weight_variant(&self) -> u64 {
         self.weight_variant.load(Ordering::Relaxed)
+    }
+
+    /// Whether this model's contexts decode with our CUDA decode products.
+    pub fn decode_kernels(&self) -> bool {
+        self.decode_kernels
+    }
+
+    /// The CUDA graph variant this model's decodes run under: the weight set, and whether our
+    /// decode kernels take its products (their graphs are captured apart from llama.cpp's).
+    pub fn graph_variant(&self) -> u64 {
+        let kernels = if self.decode_kernels {
+            super::cuda_graphs::DECODE_KERNELS
+        } else {
+            0
+        };
+        self.weight_variant() | kernels
     }
 
     /// Whether a gearbox on this model needs its contexts to rebuild llama.cpp's graph for every

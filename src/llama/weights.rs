@@ -589,6 +589,11 @@ unsafe impl Send for TensorTiers<'_> {}
 unsafe impl Sync for TensorTiers<'_> {}
 
 impl<'m> TensorTiers<'m> {
+    /// The model whose tensors these tiers swap.
+    pub(crate) fn model(&self) -> &'m Model {
+        self.model
+    }
+
     /// Takes charge of `weights` (from [`find_matmul_weights`] on `model`).
     pub fn new(model: &'m Model, weights: Vec<WeightTensor>) -> Self {
         let original = weights.iter().map(|w| w.fields()).collect();

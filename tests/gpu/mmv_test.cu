@@ -316,7 +316,7 @@ int main(int argc, char **argv) {
     }
 
     /* the variants measured side by side: {kernel, rows per lane or warp} (gearbx_mmv_tune) */
-    static const int VARIANTS[][2] = {{4, 1}, {4, 2}, {4, 4}, {5, 1}, {5, 2}, {5, 4}, {6, 1}, {6, 2}};
+    static const int VARIANTS[][2] = {{4, 1}, {4, 2}, {5, 1}, {5, 2}, {5, 4}, {6, 2}, {7, 1}, {7, 2}, {7, 4}};
     const int nvar = (int)(sizeof VARIANTS / sizeof VARIANTS[0]);
     printf("\n## Speed: time per product (activation quantization included), weights cycled over "
            "copies larger than L2\n\nus per product for each kernel variant (vK rR: kernel K, R "
@@ -325,12 +325,12 @@ int main(int argc, char **argv) {
     for (int v = 0; v < nvar; v++) printf(" v%d r%d us |", VARIANTS[v][0], VARIANTS[v][1]);
     printf(" default us | GB/s | %% of peak |"
 #ifdef WITH_GGML
-           " llama.cpp mmvq us (ggml) | ours via hook us (ggml) | speedup |"
+           " llama.cpp mmvq us (ggml) | ours via hook us (ggml) | speedup | gearbx uses |"
 #endif
            "\n|---|---|---|");
     for (int v = 0; v <= nvar + 2; v++) printf("---|");
 #ifdef WITH_GGML
-    printf("---|---|---|");
+    printf("---|---|---|---|");
 #endif
     printf("\n");
     for (int t : {GEARBX_T_Q4_0, GEARBX_T_Q8_0}) {
@@ -375,10 +375,14 @@ int main(int argc, char **argv) {
 #ifdef WITH_GGML
                 if (!speed) {
                     std::vector<float> o_ref, o_hook, o_mine;
-                    gearbx_mmv_install(0);
-                    const double t_ref = ggml_products(t, s, nc, w, x, copies, o_ref);
+                    /* ours on every product through the hook: the default kernel, forced */
                     gearbx_mmv_install(1);
+                    gearbx_mmv_tune(7, 0);
+                    const double t_ref = ggml_products(t, s, nc, w, x, copies, o_ref);
+                    ggml_backend_cuda_set_graph_variant(GGML_CUDA_VARIANT_MMV_HOOK);
                     const double t_hook = ggml_products(t, s, nc, w, x, copies, o_hook);
+                    ggml_backend_cuda_set_graph_variant(0);
+                    gearbx_mmv_tune(0, 0);
                     gearbx_mmv_install(0);
                     run(t, s, nc, d, o_mine, nullptr);
                     /* the hook must have run our kernel (bitwise ours); mmvq close to it */
@@ -389,7 +393,8 @@ int main(int argc, char **argv) {
                         dev = fmax(dev, fabs((double)o_ref[i] - o_mine[i]));
                         mag = fmax(mag, fabs((double)o_mine[i]));
                     }
-                    printf(" %.2f | %.2f | %.2fx |", t_ref * 1e6, t_hook * 1e6, t_ref / t_hook);
+                    printf(" %.2f | %.2f | %.2fx | %s |", t_ref * 1e6, t_hook * 1e6, t_ref / t_hook,
+                           gearbx_mmv_preferred(t, s.rows, s.k, nc) ? "ours" : "llama.cpp");
                     if (not_ours || !(dev <= 1e-3 * mag + 1e-6)) {
                         printf(" **hook output not ours (%ld) or mmvq far (%.3g of %.3g)** |",
                                not_ours, dev, mag);

@@ -158,6 +158,9 @@ enum Cmd {
         /// baselines quantize it to the same types.
         #[arg(long)]
         manage_output: bool,
+        /// The gears' decode kernels (the static baselines always run llama.cpp's own).
+        #[command(flatten)]
+        kernels: gearbx::args::KernelArgs,
     },
     /// Lossless mode on one model against its high gear alone. With --cycles: acceptance
     /// replayed from a report's recorded verifications (every model's in results.json), for
@@ -336,6 +339,7 @@ fn main() -> ExitCode {
             threads,
             rebuild_graphs,
             manage_output,
+            kernels,
         }) => run_gpu(
             model,
             trace,
@@ -345,7 +349,7 @@ fn main() -> ExitCode {
             out,
             baselines.clone().unwrap_or_else(|| out.join("baselines")),
             *threads,
-            (*rebuild_graphs, *manage_output),
+            (*rebuild_graphs, *manage_output, kernels.ours()),
         ),
         Some(Cmd::Lossless {
             model,
@@ -645,7 +649,7 @@ fn run_gpu(
     out: &std::path::Path,
     baselines_dir: PathBuf,
     threads: Option<usize>,
-    (rebuild_graphs, manage_output): (bool, bool),
+    (rebuild_graphs, manage_output, decode_kernels): (bool, bool, bool),
 ) -> gearbx::Result<()> {
     if tokens == 0 || rounds == 0 || shift_periods.contains(&0) {
         return Err(gearbx::Error::InvalidParam(
@@ -675,6 +679,7 @@ fn run_gpu(
         baselines_dir,
         rebuild_graphs,
         manage_output,
+        decode_kernels,
     };
     let t0 = Instant::now();
     let r = gpu::run_all(model, &info, &opts, |s| {

@@ -75,6 +75,9 @@ struct Cli {
     #[command(flatten)]
     split: gearbx::args::SplitArgs,
 
+    #[command(flatten)]
+    kernels: gearbx::args::KernelArgs,
+
     /// Gear: auto, a fixed low|mid|high, or off (the plain model, no tiers).
     #[arg(long, default_value = "auto")]
     gear: String,
@@ -207,6 +210,7 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
         threads: cli.threads,
         n_gpu_layers: cli.n_gpu_layers,
         split: cli.split.split().map_err(fail)?,
+        decode_kernels: cli.kernels.ours(),
         tiers,
         log: Some(say),
         kv: cli.kv.cache(),

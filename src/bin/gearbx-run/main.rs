@@ -121,6 +121,9 @@ struct Cli {
     #[command(flatten)]
     split: gearbx::args::SplitArgs,
 
+    #[command(flatten)]
+    kernels: gearbx::args::KernelArgs,
+
     /// CPU threads (default: all cores).
     #[arg(short = 't', long, env = "GEARBX_THREADS", value_name = "N")]
     threads: Option<i32>,
@@ -640,6 +643,7 @@ fn generate(cli: &Cli, m: &ResolvedModel, abort: Arc<AtomicBool>) -> Result<u8, 
             .unwrap_or(SessionOptions::default().n_gpu_layers),
         repack: !cli.no_repack,
         split: cli.split.split()?,
+        decode_kernels: cli.kernels.ours(),
         tiers,
         progress,
         log: Some(|s| say!("gearbx-run: {s}")),

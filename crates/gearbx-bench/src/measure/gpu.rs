@@ -41,6 +41,9 @@ pub struct GpuOptions {
     /// Manage the output head too (`--manage all,output`); the static baselines then quantize
     /// it to the same type.
     pub manage_output: bool,
+    /// The gears decode with our CUDA decode kernels (`--decode-kernels`); the static
+    /// baselines always with llama.cpp's.
+    pub decode_kernels: bool,
 }
 
 /// One tier plan's build.
@@ -117,6 +120,8 @@ pub struct GpuReport {
     pub rebuild_graphs: bool,
     /// The output head had tiers too (and the same type in the static baselines).
     pub manage_output: bool,
+    /// The gears decoded with our CUDA decode kernels (the static baselines with llama.cpp's).
+    pub decode_kernels: bool,
     pub shift_check: Option<ShiftCheck>,
     pub n_params: u64,
     pub rounds: usize,
@@ -337,7 +342,14 @@ fn static_model(
         ));
         s
     };
-    let model = Model::load(&file, &ModelParams::default())?;
+    // llama.cpp's own kernels: the baseline a user of llama.cpp gets.
+    let model = Model::load(
+        &file,
+        &ModelParams {
+            decode_kernels: false,
+            ..Default::default()
+        },
+    )?;
     let file_bytes = std::fs::metadata(&file).map_or(0, |m| m.len());
     Ok((
         StaticModel {
@@ -385,7 +397,13 @@ pub fn run_all(
 ) -> Result<GpuReport> {
     let t_all = Instant::now();
     let (n, t) = (opts.tokens, opts.threads);
-    let model = Model::load(path, &ModelParams::default())?;
+    let model = Model::load(
+        path,
+        &ModelParams {
+            decode_kernels: opts.decode_kernels,
+            ..Default::default()
+        },
+    )?;
     let n_vocab = model.n_vocab();
     let n_params = info
         .tensors
@@ -565,6 +583,7 @@ pub fn run_all(
         device: device_name(),
         cuda_graphs: std::env::var_os("GGML_CUDA_DISABLE_GRAPHS").is_none(),
         graph_variants: gearbx::llama::cuda_graphs::variants_available(),
+        decode_kernels: model.decode_kernels(),
         rebuild_graphs: rebuild,
         manage_output: opts.manage_output,
         shift_check: Some(check),
@@ -595,7 +614,8 @@ pub fn run_all(
 pub fn markdown(r: &GpuReport, command: &str, date: &str) -> String {
     let mut s = format!(
         "## {} on {}\n\n{} parameters, {} rounds of {} generated tokens, CUDA graphs {}, {}{}; \
-         {date}.\nCommand: `{command}`\n\n",
+         gears with {} decode kernels, static baselines with llama.cpp's; {date}.\n\
+         Command: `{command}`\n\n",
         r.model,
         r.device,
         r.n_params,
@@ -611,6 +631,11 @@ pub fn markdown(r: &GpuReport, command: &str, date: &str) -> String {
             ", the output head managed too"
         } else {
             ""
+        },
+        if r.decode_kernels {
+            "gearbx's"
+        } else {
+            "llama.cpp's"
         }
     );
     if let Some(c) = &r.shift_check {
