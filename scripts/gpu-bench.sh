@@ -5,7 +5,8 @@
 #   kernels            kernel parity (CUDA and C twin vs ggml) and kernel throughput
 #   bench SHAPE [R]    synthetic F16 model of SHAPE (llama-3.2-1b | llama-3.1-8b), then
 #                      gearbx-bench gpu on it with R rounds (default 3) of TOKENS tokens
-#                      (default 128), CUDA graphs on;
+#                      (default 128), CUDA graphs on, the gears with our decode kernels
+#                      (KERNELS=llama.cpp: with llama.cpp's, as the baselines always are);
 #                      with NOGRAPHS=1 also again with GGML_CUDA_DISABLE_GRAPHS=1, with
 #                      REBUILD=1 also with the gearbox graph rebuilt every token (how gears
 #                      ran before each had its own CUDA graph), with REUSEOFF=1 also with
@@ -40,7 +41,8 @@ bench)
     # Auto mode replays SmolLM2's gears on Austen (monitor min-duration 2, the default, and 8).
     traces=(--trace "$TRACES/smollm2-austen-min2.txt" --trace "$TRACES/smollm2-austen-min8.txt")
     "$BIN/gearbx-bench" gpu --model "$model" "${traces[@]}" --rounds "$rounds" \
-        --tokens "${TOKENS:-128}" --out "$OUT/$shape" --baselines "$MODELS" 2>&1 | tee "$OUT/$shape.log"
+        --tokens "${TOKENS:-128}" --decode-kernels "${KERNELS:-gearbx}" --out "$OUT/$shape" \
+        --baselines "$MODELS" 2>&1 | tee "$OUT/$shape.log"
     if [ "${REBUILD:-0}" = 1 ]; then
         "$BIN/gearbx-bench" gpu --model "$model" "${traces[@]}" --rounds "$rounds" --rebuild-graphs \
             --out "$OUT/$shape-rebuild" --baselines "$MODELS" 2>&1 | tee "$OUT/$shape-rebuild.log"

@@ -38,7 +38,8 @@ int gearbx_mmv_quantize_x(const float *x, int64_t x_stride, int64_t k, int64_t n
 /* For measurements: the kernel (4: rows straight to registers, 5: rows through shared memory
  * by cp.async, 6: 5 with a grid of as many CTAs as fit at once, 7: 6 quantizing the activations
  * itself, one launch) and the rows a lane or warp takes at once (1, 2, 4); 0 restores the
- * default (7, or 5 where 7's shared memory would not fit). Not thread-safe: set it before products run.
+ * default (5; 7 falls back to 5 where its shared memory would not fit). Not thread-safe: set
+ * it before products run.
  * Returns 0, or -1 for values out of range. */
 int gearbx_mmv_tune(int kernel, int rows);
 

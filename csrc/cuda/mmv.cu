@@ -440,10 +440,14 @@ size_t fused_smem(int wtype, int64_t ncols, int64_t k, int rows) {
     return fused_x_bytes((int)ncols, k) + (size_t)FUSED_WARPS * V5_STAGES * (rows * stage + 16);
 }
 
-/* The kernel a product runs (gearbx_mmv_tune's numbers): 7 (fused) by default, 5 where the
- * fused kernel's shared memory would not fit. */
+/* The kernel products run by default: 5, the one measured (docs/gpu/h100-2026-12-07-mmv); 7
+ * (fused) is not measured yet. */
+constexpr int DEFAULT_KERNEL = 5;
+
+/* The kernel a product runs (gearbx_mmv_tune's numbers): the default, or the one tuned; 5
+ * where the fused kernel's shared memory would not fit. */
 int kernel_for(int wtype, int64_t ncols, int64_t k) {
-    const int kernel = tune_kernel ? tune_kernel : 7;
+    const int kernel = tune_kernel ? tune_kernel : DEFAULT_KERNEL;
     if (kernel == 7 && fused_smem(wtype, ncols, k, rows_per_lane(ncols)) > SMEM_MAX) {
         return 5;
     }
@@ -599,7 +603,9 @@ extern "C" int gearbx_mmv_preferred(int wtype, int64_t nrows, int64_t k, int64_t
     if (tune_kernel != 0) { /* a measurement of a forced kernel: every product it covers */
         return 1;
     }
-    /* PLACEHOLDER: the shapes where ours measured faster than mmvq */
+    /* Where ours measured faster than mmvq through ggml (docs/gpu/h100-2026-12-07-mmv, kernel
+     * 5): the vocabulary-sized products (output heads, 1.03-1.83x at widths 1-2), not the
+     * layers' (0.6-0.97x, the second launch and a fixed ~2 us more latency). */
     return nrows >= 65536;
 }
 
