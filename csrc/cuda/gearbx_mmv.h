@@ -35,12 +35,12 @@ int gearbx_mmv(int wtype, const void *w, size_t row_bytes, int64_t nrows, int64_
 int gearbx_mmv_quantize_x(const float *x, int64_t x_stride, int64_t k, int64_t ncols,
                           void *scratch, void *stream);
 
-/* For measurements: the kernel (4: rows straight to registers, 5: rows through shared memory
- * by cp.async, 6: 5 with a grid of as many CTAs as fit at once, 7: 6 quantizing the activations
- * itself, one launch) and the rows a lane or warp takes at once (1, 2, 4); 0 restores the
- * default (5; 7 falls back to 5 where its shared memory would not fit). Not thread-safe: set
- * it before products run.
- * Returns 0, or -1 for values out of range. */
+/* For measurements: the kernel (5: activations quantized into scratch, then the product; 6: 5
+ * with a grid of as many CTAs as fit at once; 7: 6 quantizing the activations inside each
+ * CTA, one launch) and the rows a warp takes at once (1, 2, 4); 0 restores the default (5,
+ * rows by type and width; 7 falls back to 5 where its shared memory would not fit). Every
+ * choice gives the same bits. Not thread-safe: set it before products run. Returns 0, or -1
+ * for values out of range. */
 int gearbx_mmv_tune(int kernel, int rows);
 
 /* Whether ours is the faster product for this shape (measured on the H100/H200 against

@@ -1,13 +1,16 @@
-/* Decode products for Q4_0 and Q8_0 weights (gearbx_mmv.h). Two launches, as llama.cpp's mmvq:
- * the activations to q8_1 codes and scales in scratch, then the product. In the product, lanes
- * of a warp share a weight row (LPR of them, by the row's length) and each reads groups of 8 of
- * its row's blocks with 16-byte loads straight into registers (ggml's 18- and 34-byte blocks are
- * only 2-byte aligned, but 8 blocks are a multiple of 16 bytes); a lane may take R rows at once
- * to share its reads of the activations. It multiplies them with the codes by dp4a exactly as
- * ggml's vec_dot_q4_0_q8_1 / q8_0_q8_1 do. Per row and column: one float accumulator per lane in
- * group order, then a fixed butterfly over the row's lanes, so a column's result does not depend
- * on how many columns share the launch.
- * Built with -fmad=false like requant.cu, the twin being csrc/generic/mmv_ref.h. */
+/* Decode products for Q4_0 and Q8_0 weights (gearbx_mmv.h). As llama.cpp's mmvq, the activations
+ * become q8_1 codes and scales and the product multiplies them with the weights' codes by
+ * dp4a, exactly as ggml's vec_dot_q4_0_q8_1 / q8_0_q8_1. The weights go through shared memory:
+ * a warp copies slices of its rows with coalesced 16-byte cp.async (ggml's 18- and 34-byte
+ * blocks are only 2-byte aligned, but 8 blocks are a multiple of 16 bytes) in a pipeline of
+ * a few stages, and its lanes take the slice's blocks. Kernel 5 quantizes the activations into
+ * scratch first (two launches, as mmvq), kernel 6 is 5 with a grid of as many CTAs as fit at
+ * once, kernel 7 quantizes them inside each CTA (one launch). Per row and column: one float
+ * accumulator per lane in block order, then a fixed butterfly over the warp, so a column's
+ * result does not depend on how many columns share the launch, on the rows a warp takes at
+ * once, or on the kernel. Built with -fmad=false like requant.cu; the twin is
+ * csrc/generic/mmv_ref.h. (v1-v4, rows straight into registers or staged per CTA, measured
+ * slower: docs/gpu/h200-2026-12-03-mmv, docs/gpu/h100-2026-12-07-mmv.) */
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdio.h>
@@ -68,8 +71,7 @@ __global__ void quantize_x_kernel(const float *__restrict__ x, int64_t x_stride,
     }
 }
 
-constexpr int CTA_WARPS = 4;
-constexpr int GROUP = 8; /* blocks a lane reads at once: a multiple of 16 bytes */
+constexpr int GROUP = 8; /* blocks whose bytes are a multiple of 16 (rows 16-byte aligned) */
 
 /* The activations in scratch, as the product reads them: per column k int8 codes (16-byte
  * aligned blocks of 32), then per column nb half2 (d, sum). */
@@ -87,150 +89,37 @@ __global__ void quantize_codes_kernel(const float *__restrict__ x, int64_t x_str
     }
 }
 
-/* Byte `o` .. o+3 of a register array, o a compile-time constant after unrolling. */
-template <int N>
-__device__ __forceinline__ int int_at(const uint32_t (&r)[N], int o) {
-    const int w = o >> 2, sh = (o & 3) * 8;
-    return sh == 0 ? (int)r[w] : (int)__funnelshift_r(r[w], r[w + 1], sh);
-}
-
-/* Lanes per row: the largest power of two up to 32 not above the row's groups of 8 blocks. */
-__host__ __device__ inline int lanes_per_row(int nb) {
-    int l = 32;
-    while (l > 1 && l > nb / GROUP) {
-        l >>= 1;
-    }
-    return l;
-}
-
-/* Which kernel and how many rows a lane takes at once, set by gearbx_mmv_tune (measurements
+/* Which kernel and how many rows a warp takes at once, set by gearbx_mmv_tune (measurements
  * only; 0 = the default). */
 int tune_kernel = 0;
 int tune_rows = 0;
 
-/* Rows a lane takes at once (they share its loads of the activations), by width. The result of
- * a row does not depend on it: the row's lanes and their order stay the same. */
-inline int rows_per_lane(int64_t ncols) {
-    return tune_rows ? tune_rows : ncols == 1 ? 1 : 2;
-}
-
-/* The product: warps take units of R rows, LPR lanes per unit; a lane reads groups of 8 weight
- * blocks of each of its R rows with 16-byte streaming loads straight into registers and
- * multiplies them by dp4a with the activations' codes (read through L1 once per group for all R
- * rows). Per row and column one float accumulator per lane in group order, then a butterfly
- * over the row's lanes: independent of the number of columns and of R. */
-template <int T, int NC, int R>
-__global__ void __launch_bounds__(CTA_WARPS * 32)
-    mmv_kernel(const uint8_t *__restrict__ w, size_t row_bytes, int nb, int64_t nrows,
-               const int8_t *__restrict__ codes, const half2 *__restrict__ xds,
-               float *__restrict__ dst, int64_t dst_stride) {
-    constexpr int BB = traits<T>::bytes;
-    constexpr int U4 = GROUP * BB / 16;
-    const int warp = threadIdx.x / 32;
-    const int lane = threadIdx.x % 32;
-    const int lpr = lanes_per_row(nb);
-    const int units_per_warp = 32 / lpr;
-    const int groups = nb / GROUP;
-    const int64_t k = (int64_t)nb * QK;
-    const int64_t stride = (int64_t)gridDim.x * CTA_WARPS * units_per_warp * R;
-    for (int64_t r0 = ((int64_t)blockIdx.x * CTA_WARPS + warp) * units_per_warp * R; r0 < nrows;
-         r0 += stride) {
-        const int64_t row0 = r0 + (int64_t)(lane / lpr) * R;
-        const bool live = row0 < nrows;
-        const uint4 *wrow[R];
-#pragma unroll
-        for (int i = 0; i < R; i++) {
-            const int64_t row = row0 + i < nrows ? row0 + i : nrows - 1;
-            wrow[i] = (const uint4 *)(w + row * row_bytes);
-        }
-        float acc[R][NC];
-#pragma unroll
-        for (int i = 0; i < R; i++) {
-#pragma unroll
-            for (int c = 0; c < NC; c++) {
-                acc[i][c] = 0.0f;
-            }
-        }
-        for (int g = lane % lpr; live && g < groups; g += lpr) {
-            uint32_t r[R][U4 * 4 + 1];
-#pragma unroll
-            for (int i = 0; i < R; i++) {
-                const uint4 *src = wrow[i] + (int64_t)g * U4;
-#pragma unroll
-                for (int j = 0; j < U4; j++) {
-                    const uint4 v = __ldcs(src + j); /* read once: stream past the caches */
-                    r[i][4 * j] = v.x;
-                    r[i][4 * j + 1] = v.y;
-                    r[i][4 * j + 2] = v.z;
-                    r[i][4 * j + 3] = v.w;
-                }
-                r[i][U4 * 4] = 0;
-            }
-#pragma unroll
-            for (int j = 0; j < GROUP; j++) {
-                const int o = j * BB;
-                const int blk = g * GROUP + j;
-#pragma unroll
-                for (int c = 0; c < NC; c++) {
-                    const int4 *u4 = (const int4 *)(codes + c * k + (int64_t)blk * QK);
-                    const int4 ua = __ldg(u4), ub = __ldg(u4 + 1);
-                    const int u[8] = {ua.x, ua.y, ua.z, ua.w, ub.x, ub.y, ub.z, ub.w};
-                    const float2 ds = __half22float2(xds[(int64_t)c * nb + blk]);
-#pragma unroll
-                    for (int i = 0; i < R; i++) {
-                        const int h = int_at(r[i], o) & 0xffff;
-                        const float dw = __half2float(__ushort_as_half((unsigned short)h));
-                        int sumi = 0;
-                        if (T == T_Q4_0) {
-#pragma unroll
-                            for (int q = 0; q < 4; q++) {
-                                const int v = int_at(r[i], o + 2 + 4 * q);
-                                sumi = __dp4a(v & 0x0F0F0F0F, u[q], sumi);
-                                sumi = __dp4a((v >> 4) & 0x0F0F0F0F, u[q + 4], sumi);
-                            }
-                            acc[i][c] += dw * ((float)sumi * ds.x - 8.0f * ds.y);
-                        } else {
-#pragma unroll
-                            for (int q = 0; q < 8; q++) {
-                                sumi = __dp4a(int_at(r[i], o + 2 + 4 * q), u[q], sumi);
-                            }
-                            acc[i][c] += dw * ds.x * (float)sumi;
-                        }
-                    }
-                }
-            }
-        }
-#pragma unroll
-        for (int i = 0; i < R; i++) {
-#pragma unroll
-            for (int c = 0; c < NC; c++) {
-                float s = acc[i][c];
-                for (int off = lpr / 2; off > 0; off >>= 1) {
-                    s += __shfl_xor_sync(0xffffffff, s, off);
-                }
-                if (row0 + i < nrows && lane % lpr == 0) {
-                    dst[c * dst_stride + row0 + i] = s;
-                }
-            }
-        }
+/* Rows a warp takes at once (they share its reads of the activations), by type and width, as
+ * measured fastest on the H100 (docs/gpu/h100-2026-12-07-mmv): Q4_0 1 at width 1, else 2;
+ * Q8_0 1 below width 8, 4 at 8. A row's result does not depend on it. */
+inline int rows_per_warp(int wtype, int64_t ncols) {
+    if (tune_rows) {
+        return tune_rows;
     }
+    if (wtype == T_Q4_0) {
+        return ncols == 1 ? 1 : 2;
+    }
+    return ncols < 8 ? 1 : 4;
 }
 
-/* v5: the rows go through shared memory by cp.async, coalesced (lane l copies 16-byte chunk l,
- * l+32, ... of a row slice), in a pipeline of STAGES slices per warp; a warp takes R rows at a
- * time (sharing its reads of the activations), its lanes the blocks of a slice (lane l: blocks
- * l, l+32, ...), read from shared memory as 4-byte words (at most 2-way bank conflicts for 18-
- * and 34-byte blocks). Per row and column one float accumulator per lane in block order, then a
- * butterfly over the warp: independent of the number of columns and of R. */
-constexpr int V5_WARPS = 4;
-constexpr int V5_STAGES = 4;
+/* The product kernels' layout: a warp takes R rows at a time (sharing its reads of the
+ * activations); each row in slices of KB blocks through a STAGES-deep cp.async pipeline;
+ * lane l takes blocks l, l+32, ... of a slice, read from shared memory as 4-byte words (at
+ * most 2-way bank conflicts for 18- and 34-byte blocks). */
+constexpr int PRODUCT_WARPS = 4;
+constexpr int STAGES = 4;
 
-template <int T> struct v5_traits;
-template <> struct v5_traits<T_Q4_0> { static constexpr int kb = 64, words = 5; };
-template <> struct v5_traits<T_Q8_0> { static constexpr int kb = 32, words = 9; };
+template <int T> struct slice_traits;
+template <> struct slice_traits<T_Q4_0> { static constexpr int kb = 64, words = 5; };
+template <> struct slice_traits<T_Q8_0> { static constexpr int kb = 32, words = 9; };
 
-template <int T, int R> __host__ __device__ constexpr int v5_stage_bytes() {
-    return R * v5_traits<T>::kb * traits<T>::bytes + 16; /* +16: the last block's word reads */
+template <int T, int R> __host__ __device__ constexpr int stage_bytes() {
+    return R * slice_traits<T>::kb * traits<T>::bytes + 16; /* +16: the last block's word reads */
 }
 
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
@@ -240,6 +129,28 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* One block's term as ggml's vec_dot: Q4_0 dw*(d8*sum(q*u) - 8*s8) with q the unsigned
+ * nibbles, Q8_0 dw*d8*sum(q*u); word(q) is the q-th 4 bytes of the block's codes. */
+template <int T, typename Word>
+__device__ __forceinline__ float block_term(float dw, Word word, const int (&u)[8], float2 ds) {
+    int sumi = 0;
+    if constexpr (T == T_Q4_0) {
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            const int v = word(q);
+            sumi = __dp4a(v & 0x0F0F0F0F, u[q], sumi);
+            sumi = __dp4a((v >> 4) & 0x0F0F0F0F, u[q + 4], sumi);
+        }
+        return dw * ((float)sumi * ds.x - 8.0f * ds.y);
+    } else {
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            sumi = __dp4a(word(q), u[q], sumi);
+        }
+        return dw * ds.x * (float)sumi;
+    }
 }
 
 /* The activations' bytes in a fused kernel's shared memory: per column k codes, then per
@@ -253,20 +164,20 @@ __host__ __device__ constexpr size_t fused_x_bytes(int ncols, int64_t k) {
  * bits as quantize_codes_kernel's, the products the same as the unfused kernel's. */
 template <int T, int NC, int R, int W, bool FUSED>
 __global__ void __launch_bounds__(W * 32)
-    mmv5_kernel(const uint8_t *__restrict__ w, size_t row_bytes, int nb, int64_t nrows,
+    mmv_kernel(const uint8_t *__restrict__ w, size_t row_bytes, int nb, int64_t nrows,
                 const int8_t *__restrict__ gcodes, const half2 *__restrict__ gxds,
                 const float *__restrict__ x, int64_t x_stride, float *__restrict__ dst,
                 int64_t dst_stride) {
     constexpr int BB = traits<T>::bytes;
-    constexpr int KB = v5_traits<T>::kb;
-    constexpr int NW = v5_traits<T>::words;
-    constexpr int SB = v5_stage_bytes<T, R>();
+    constexpr int KB = slice_traits<T>::kb;
+    constexpr int NW = slice_traits<T>::words;
+    constexpr int SB = stage_bytes<T, R>();
     extern __shared__ __align__(16) uint8_t smem[];
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
     const int64_t k = (int64_t)nb * QK;
     const size_t xbytes = FUSED ? fused_x_bytes(NC, k) : 0;
-    uint8_t *buf = smem + xbytes + (size_t)warp * V5_STAGES * SB;
+    uint8_t *buf = smem + xbytes + (size_t)warp * STAGES * SB;
     const int slices = (nb + KB - 1) / KB;
     const int64_t groups = (nrows + R - 1) / R;
     const int64_t nwarps = (int64_t)gridDim.x * W;
@@ -284,7 +195,7 @@ __global__ void __launch_bounds__(W * 32)
             const int s = (int)(u % slices);
             const int kb = nb - s * KB < KB ? nb - s * KB : KB;
             const int chunks = kb * BB / 16; /* kb is a multiple of 8: 16-byte chunks */
-            uint8_t *dstb = buf + (u % V5_STAGES) * SB;
+            uint8_t *dstb = buf + (u % STAGES) * SB;
 #pragma unroll
             for (int i = 0; i < R; i++) {
                 int64_t row = g * R + i;
@@ -298,7 +209,7 @@ __global__ void __launch_bounds__(W * 32)
         cp_async_commit(); /* an empty group past the end keeps the count uniform */
     };
 #pragma unroll
-    for (int s = 0; s < V5_STAGES - 1; s++) {
+    for (int s = 0; s < STAGES - 1; s++) {
         issue(s);
     }
     const int8_t *codes = gcodes;
@@ -340,12 +251,12 @@ __global__ void __launch_bounds__(W * 32)
         }
     }
     for (int64_t u = 0; u < units; u++) {
-        issue(u + V5_STAGES - 1); /* into the buffer of unit u-1, read by every lane already */
-        cp_async_wait<V5_STAGES - 1>();
+        issue(u + STAGES - 1); /* into the buffer of unit u-1, read by every lane already */
+        cp_async_wait<STAGES - 1>();
         __syncwarp();
         const int s = (int)(u % slices);
         const int kb = nb - s * KB < KB ? nb - s * KB : KB;
-        const uint8_t *b = buf + (u % V5_STAGES) * SB;
+        const uint8_t *b = buf + (u % STAGES) * SB;
 #pragma unroll
         for (int jj = 0; jj < KB / 32; jj++) {
             const int j = lane + 32 * jj;
@@ -372,23 +283,11 @@ __global__ void __launch_bounds__(W * 32)
                     for (int i = 0; i < R; i++) {
                         const float dw = __half2float(
                             __ushort_as_half((unsigned short)((r[i][0] >> shd) & 0xffff)));
-                        int sumi = 0;
-                        if (T == T_Q4_0) {
-#pragma unroll
-                            for (int q = 0; q < 4; q++) {
-                                const int v = (int)__funnelshift_rc(r[i][q], r[i][q + 1], 16 + shd);
-                                sumi = __dp4a(v & 0x0F0F0F0F, uc[q], sumi);
-                                sumi = __dp4a((v >> 4) & 0x0F0F0F0F, uc[q + 4], sumi);
-                            }
-                            acc[i][c] += dw * ((float)sumi * ds.x - 8.0f * ds.y);
-                        } else {
-#pragma unroll
-                            for (int q = 0; q < 8; q++) {
-                                sumi = __dp4a((int)__funnelshift_rc(r[i][q], r[i][q + 1], 16 + shd),
-                                              uc[q], sumi);
-                            }
-                            acc[i][c] += dw * ds.x * (float)sumi;
-                        }
+                        /* the codes start 2 bytes into the block: word q spans r[q], r[q+1] */
+                        const auto word = [&](int q) {
+                            return (int)__funnelshift_rc(r[i][q], r[i][q + 1], 16 + shd);
+                        };
+                        acc[i][c] += block_term<T>(dw, word, uc, ds);
                     }
                 }
             }
@@ -436,8 +335,8 @@ constexpr size_t SMEM_MAX = 227 * 1024; /* a CTA's shared memory on sm_90 (opt-i
 
 /* Shared memory of the fused kernel for a product. */
 size_t fused_smem(int wtype, int64_t ncols, int64_t k, int rows) {
-    const size_t stage = wtype == T_Q4_0 ? v5_stage_bytes<T_Q4_0, 1>() - 16 : v5_stage_bytes<T_Q8_0, 1>() - 16;
-    return fused_x_bytes((int)ncols, k) + (size_t)FUSED_WARPS * V5_STAGES * (rows * stage + 16);
+    const size_t stage = wtype == T_Q4_0 ? stage_bytes<T_Q4_0, 1>() - 16 : stage_bytes<T_Q8_0, 1>() - 16;
+    return fused_x_bytes((int)ncols, k) + (size_t)FUSED_WARPS * STAGES * (rows * stage + 16);
 }
 
 /* The kernel products run by default: 5, the one measured (docs/gpu/h100-2026-12-07-mmv); 7
@@ -448,7 +347,7 @@ constexpr int DEFAULT_KERNEL = 5;
  * where the fused kernel's shared memory would not fit. */
 int kernel_for(int wtype, int64_t ncols, int64_t k) {
     const int kernel = tune_kernel ? tune_kernel : DEFAULT_KERNEL;
-    if (kernel == 7 && fused_smem(wtype, ncols, k, rows_per_lane(ncols)) > SMEM_MAX) {
+    if (kernel == 7 && fused_smem(wtype, ncols, k, rows_per_warp(wtype, ncols)) > SMEM_MAX) {
         return 5;
     }
     return kernel;
@@ -456,7 +355,7 @@ int kernel_for(int wtype, int64_t ncols, int64_t k) {
 
 /* Grid of a cp.async kernel: a warp per row group, capped (persist) at the CTAs that fit. */
 template <typename K>
-cudaError_t launch_v5(K kern, size_t &smem_set, int warps, size_t smem, bool persist,
+cudaError_t launch_grid(K kern, size_t &smem_set, int warps, size_t smem, bool persist,
                       int64_t groups, const Product &p) {
     /* the kernel's shared memory attribute: the largest any launch asked for so far */
     if (smem > smem_set) {
@@ -485,30 +384,22 @@ cudaError_t launch_v5(K kern, size_t &smem_set, int warps, size_t smem, bool per
 
 template <int T, int NC, int R>
 cudaError_t launch(int kernel, const Product &p) {
-    if (kernel == 4) {
-        const int64_t rows_per_cta = (int64_t)CTA_WARPS * (32 / lanes_per_row(p.nb)) * R;
-        int64_t grid = (p.nrows + rows_per_cta - 1) / rows_per_cta;
-        grid = grid < 0x7fffffff ? grid : 0x7fffffff;
-        mmv_kernel<T, NC, R><<<(unsigned)grid, CTA_WARPS * 32, 0, p.stream>>>(
-            p.w, p.row_bytes, p.nb, p.nrows, p.codes, p.xds, p.dst, p.dst_stride);
-        return cudaGetLastError();
-    }
     const int64_t groups = (p.nrows + R - 1) / R;
-    constexpr size_t stages = (size_t)V5_STAGES * v5_stage_bytes<T, R>();
+    constexpr size_t stages = (size_t)STAGES * stage_bytes<T, R>();
     if (kernel == 7) {
         static size_t smem_set = 0; /* one per kernel instance */
         const size_t smem = fused_x_bytes(NC, (int64_t)p.nb * QK) + FUSED_WARPS * stages;
-        return launch_v5(mmv5_kernel<T, NC, R, FUSED_WARPS, true>, smem_set, FUSED_WARPS, smem,
+        return launch_grid(mmv_kernel<T, NC, R, FUSED_WARPS, true>, smem_set, FUSED_WARPS, smem,
                          true, groups, p);
     }
     static size_t smem_set = 0;
-    return launch_v5(mmv5_kernel<T, NC, R, V5_WARPS, false>, smem_set, V5_WARPS,
-                     V5_WARPS * stages, kernel == 6, groups, p);
+    return launch_grid(mmv_kernel<T, NC, R, PRODUCT_WARPS, false>, smem_set, PRODUCT_WARPS,
+                     PRODUCT_WARPS * stages, kernel == 6, groups, p);
 }
 
 template <int T, int NC>
 cudaError_t launch_r(int kernel, const Product &p) {
-    switch (rows_per_lane(NC)) {
+    switch (rows_per_warp(T, NC)) {
     case 1: return launch<T, NC, 1>(kernel, p);
     case 2: return launch<T, NC, 2>(kernel, p);
     default: return launch<T, NC, 4>(kernel, p);
@@ -544,7 +435,7 @@ extern "C" int gearbx_mmv_supported(int wtype, int64_t k, int64_t ncols) {
 }
 
 extern "C" int gearbx_mmv_tune(int kernel, int rows) {
-    if ((kernel != 0 && (kernel < 4 || kernel > 7)) || (rows != 0 && rows != 1 && rows != 2 && rows != 4)) {
+    if ((kernel != 0 && (kernel < 5 || kernel > 7)) || (rows != 0 && rows != 1 && rows != 2 && rows != 4)) {
         return -1;
     }
     tune_kernel = kernel;
