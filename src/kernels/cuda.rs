@@ -123,11 +123,11 @@ pub fn requant_host(src_type: GgmlType, src: &[u8], dst_type: GgmlType) -> Resul
     Ok((out, ms))
 }
 
-/// Puts our decode products (Q4_0/Q8_0 weights times 1-8 columns, csrc/cuda/mmv.cu) into
-/// ggml-cuda's mul_mat for the shapes where they are faster than llama.cpp's (on), or leaves
-/// every product to llama.cpp (off). Process-wide: set it before the contexts' first decode
-/// (a captured CUDA graph keeps the kernels it recorded).
-pub fn set_decode_kernels(on: bool) {
+/// Offers ggml-cuda's mul_mat our decode products (Q4_0/Q8_0 weights times 1-8 columns,
+/// csrc/cuda/mmv.cu) for the shapes where they are faster than llama.cpp's. Process-wide but
+/// inert until a thread decodes under the [`DECODE_KERNELS`](crate::llama::cuda_graphs::DECODE_KERNELS)
+/// graph variant bit (patch 0005), as the contexts of a model loaded with them do.
+pub fn install_decode_kernels() {
     // SAFETY: stores two function pointers in ggml-cuda's atomics (patch 0005).
-    unsafe { ffi::gearbx_mmv_install(c_int::from(on)) };
+    unsafe { ffi::gearbx_mmv_install(1) };
 }

@@ -51,11 +51,6 @@ impl Default for ModelParams {
     }
 }
 
-/// Whether this build has our CUDA decode kernels (`--features cuda`).
-fn decode_kernels_built() -> bool {
-    cfg!(feature = "cuda")
-}
-
 /// A `llama_model`: loaded and owned (freed on drop), or borrowed from a host program.
 pub struct Model {
     ptr: NonNull<sys::llama_model>,
@@ -152,10 +147,11 @@ impl Model {
         // Any GPU llama.cpp knows, local or added by --rpc (llama_supports_gpu_offload says
         // yes for every build with the RPC backend, even with no server added).
         let offloaded = params.n_gpu_layers != 0 && !super::split::gpu_devices().is_empty();
-        let decode_kernels = params.decode_kernels && offloaded && decode_kernels_built();
+        // Our kernels exist in CUDA builds only.
+        let decode_kernels = params.decode_kernels && offloaded && cfg!(feature = "cuda");
         #[cfg(feature = "cuda")]
         if decode_kernels {
-            crate::kernels::cuda::set_decode_kernels(true);
+            crate::kernels::cuda::install_decode_kernels();
         }
         Ok(Self {
             ptr,
