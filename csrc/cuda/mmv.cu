@@ -333,10 +333,14 @@ struct Product {
 constexpr int FUSED_WARPS = 8;
 constexpr size_t SMEM_MAX = 227 * 1024; /* a CTA's shared memory on sm_90 (opt-in) */
 
-/* Shared memory of the fused kernel for a product. */
-size_t fused_smem(int wtype, int64_t ncols, int64_t k, int rows) {
-    const size_t stage = wtype == T_Q4_0 ? stage_bytes<T_Q4_0, 1>() - 16 : stage_bytes<T_Q8_0, 1>() - 16;
-    return fused_x_bytes((int)ncols, k) + (size_t)FUSED_WARPS * STAGES * (rows * stage + 16);
+/* Shared memory of the fused kernel: the activations, then every warp's stages. */
+template <int T, int R> size_t fused_smem(int64_t ncols, int64_t k) {
+    return fused_x_bytes((int)ncols, k) + (size_t)FUSED_WARPS * STAGES * stage_bytes<T, R>();
+}
+
+template <int T> size_t fused_smem_rows(int64_t ncols, int64_t k, int rows) {
+    return rows == 1 ? fused_smem<T, 1>(ncols, k)
+                     : rows == 2 ? fused_smem<T, 2>(ncols, k) : fused_smem<T, 4>(ncols, k);
 }
 
 /* The kernel products run by default: 5, the one measured (docs/gpu/h100-2026-12-07-mmv); 7
@@ -347,7 +351,10 @@ constexpr int DEFAULT_KERNEL = 5;
  * where the fused kernel's shared memory would not fit. */
 int kernel_for(int wtype, int64_t ncols, int64_t k) {
     const int kernel = tune_kernel ? tune_kernel : DEFAULT_KERNEL;
-    if (kernel == 7 && fused_smem(wtype, ncols, k, rows_per_warp(wtype, ncols)) > SMEM_MAX) {
+    const int rows = rows_per_warp(wtype, ncols);
+    const size_t smem = wtype == T_Q4_0 ? fused_smem_rows<T_Q4_0>(ncols, k, rows)
+                                        : fused_smem_rows<T_Q8_0>(ncols, k, rows);
+    if (kernel == 7 && smem > SMEM_MAX) {
         return 5;
     }
     return kernel;
@@ -385,16 +392,15 @@ cudaError_t launch_grid(K kern, size_t &smem_set, int warps, size_t smem, bool p
 template <int T, int NC, int R>
 cudaError_t launch(int kernel, const Product &p) {
     const int64_t groups = (p.nrows + R - 1) / R;
-    constexpr size_t stages = (size_t)STAGES * stage_bytes<T, R>();
     if (kernel == 7) {
         static size_t smem_set = 0; /* one per kernel instance */
-        const size_t smem = fused_x_bytes(NC, (int64_t)p.nb * QK) + FUSED_WARPS * stages;
+        const size_t smem = fused_smem<T, R>(NC, (int64_t)p.nb * QK);
         return launch_grid(mmv_kernel<T, NC, R, FUSED_WARPS, true>, smem_set, FUSED_WARPS, smem,
                          true, groups, p);
     }
     static size_t smem_set = 0;
     return launch_grid(mmv_kernel<T, NC, R, PRODUCT_WARPS, false>, smem_set, PRODUCT_WARPS,
-                     PRODUCT_WARPS * stages, kernel == 6, groups, p);
+                       (size_t)PRODUCT_WARPS * STAGES * stage_bytes<T, R>(), kernel == 6, groups, p);
 }
 
 template <int T, int NC>
