@@ -5,13 +5,13 @@
 # target/dev. On the GPU machine: libllama (pinned + our patches) with CUDA; tests/gpu/mmv_test.cu
 # (our decode products: parity with the scalar twin, width invariance, speed against llama.cpp's
 # mmvq through ggml) and tests/gpu/mmv_decode.c (8B- and 1B-shape models decoded with
-# llama.cpp's kernels and with ours: tokens/s and KL) against it.
+# llama.cpp's kernels and with ours: tokens/s and KL; then one token of each under ncu) against it.
 set -u
 D=$(cd "$(dirname "$0")" && pwd)
 R=$(cd "$D/../.." && pwd)
 export PATH=/usr/local/cuda/bin:$PATH
 L=$OUT/log.txt
-{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv,noheader; nvcc --version | tail -1; } >$OUT/machine.txt 2>&1
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv,noheader; nvcc --version | tail -1; ncu --version | tail -1; } >$OUT/machine.txt 2>&1
 # MMV_ONLY=1: the kernel test alone (no models, no decode), against a ggml built without its
 # flash-attention kernels (half the build time; the products it compares are not affected).
 [ -n "${MMV_ONLY:-}" ] && MKSKIP=1
@@ -33,7 +33,7 @@ LIBS=$(dirname "$(find /tmp/lb -name 'libggml.so' | head -1)")
 LNK="-L$LIBS -L/tmp/lb/bin $LLAMA_LIB -lggml -lggml-base -lggml-cuda -Xlinker -rpath=$LIBS:/tmp/lb/bin"
 wait $MMVO && [ -f /tmp/mmv.o ] &&
 nvcc -O3 -arch=sm_90a -fmad=false -std=c++17 -DWITH_GGML $INC "$R/tests/gpu/mmv_test.cu" /tmp/mmv.o $LNK -o /tmp/mmv_test >>$L 2>&1 &&
-{ [ -n "${MMV_ONLY:-}" ] || { gcc -O2 -std=c11 $INC -c "$R/tests/gpu/mmv_decode.c" -o /tmp/mmvd.o >>$L 2>&1 &&
+{ [ -n "${MMV_ONLY:-}" ] || { gcc -O2 -std=c11 $INC -I/usr/local/cuda/include -c "$R/tests/gpu/mmv_decode.c" -o /tmp/mmvd.o >>$L 2>&1 &&
 nvcc /tmp/mmvd.o /tmp/mmv.o $LNK -o /tmp/mmvd >>$L 2>&1; }; } || { echo "test build failed" >>$L; tail -30 $L; exit 1; }
 wait $MK
 if [ -n "${MMV_ONLY:-}" ]; then
@@ -44,10 +44,17 @@ fi
 QZ=$!
 timeout 240 /tmp/mmv_test ${MMV_TEST_ARGS:-} >$OUT/kernels.md 2>>$L; echo "mmv_test rc $?" | tee -a $L
 wait $QZ
-echo "| model | llama.cpp kernels tok/s | ours on every product tok/s | speedup | ours where preferred (gearbx) tok/s | KL ours (every product) vs llama.cpp, mean | max | argmax agree | KL llama.cpp per token vs batched, mean | max |" >$OUT/decode.md
-echo "|---|---|---|---|---|---|---|---|---|---|" >>$OUT/decode.md
+echo "| model | llama.cpp kernels tok/s | ours on every product, kernel 5, tok/s | ours on every product, kernel 7, tok/s | ours where preferred (gearbx) tok/s | KL kernel 5 vs llama.cpp: mean / max / argmax agree | KL kernel 7 vs llama.cpp: mean / max / argmax agree | KL llama.cpp per token vs batched: mean / max |" >$OUT/decode.md
+echo "|---|---|---|---|---|---|---|---|" >>$OUT/decode.md
 for s in 8b 1b; do for q in q4_0 q8_0; do
   ls -l /tmp/m$s-$q.gguf >>$L 2>&1
-  timeout 100 /tmp/mmvd /tmp/m$s-$q.gguf 64 130 3 >>$OUT/decode.md 2>>$L
+  timeout 150 /tmp/mmvd /tmp/m$s-$q.gguf 64 130 3 >>$OUT/decode.md 2>>$L
 done; done
+# One decode token of each mode under ncu (kernel durations, clocks and caches as in a run):
+# where a token's time goes. Modes in stream order: llama.cpp, kernel 5, kernel 7, preferred.
+for m in 8b-q4_0 8b-q8_0 1b-q4_0; do
+  MMVD_PROFILE=1 timeout 120 ncu --profile-from-start off --metrics gpu__time_duration.sum --csv \
+    --cache-control none --clock-control none --log-file $OUT/ncu-$m.csv /tmp/mmvd /tmp/m$m.gguf 16 8 1 >>$L 2>&1
+  echo "ncu $m rc $?" >>$L
+done
 echo "total $(( $(date +%s) - t0 )) s" | tee -a $L

@@ -5,11 +5,15 @@
  *   mmv_decode MODEL.gguf N_PROMPT N_DECODE ROUNDS   (all layers on the GPU, flash attention on)
  *   mmv_decode --quantize IN.gguf OUT.gguf q4_0|q8_0 (llama_model_quantize)
  *
- * Each round, for llama.cpp's kernels and then ours: a fresh context (CUDA graphs are captured
- * per context), N_PROMPT fixed tokens in one batch, then N_DECODE single-token decodes of fixed
- * tokens (teacher-forced), timed, each read back before the next. Prints the best round's
- * tokens/s of each, their ratio, and, from the first round, the KL divergence of our logits
- * from llama.cpp's per step (mean, max) and how often their argmax agrees.
+ * Each round, for each mode (llama.cpp's kernels; ours on every product they cover with kernel
+ * 5, then with kernel 7; ours where gearbx_mmv_preferred says, as gearbx runs): a fresh context
+ * (CUDA graphs are captured per context), N_PROMPT fixed tokens in one batch, then N_DECODE
+ * single-token decodes of fixed tokens (teacher-forced), timed, each read back before the next.
+ * Prints the best round's tokens/s of each and its ratio to llama.cpp's, and, from the first
+ * round, the KL divergence of kernel 5's and kernel 7's logits from llama.cpp's per step (mean,
+ * max) and how often their argmax agrees.
+ * With MMVD_PROFILE set: one round, no timing; the last decode step of each mode runs between
+ * cudaProfilerStart/Stop (for `ncu --profile-from-start off`: the kernels of one token).
  * Float noise for scale: the same logits from llama.cpp alone computed another way, all tokens in
  * one batch (its batched kernels, other roundings), and the KL of its per-token logits from
  * those: llama.cpp against itself. */
@@ -19,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <cuda_profiler_api.h>
 
 #include "gearbx_mmv.h"
 #include "ggml-cuda.h"
@@ -32,9 +38,10 @@ static double now(void) {
 }
 
 /* Decodes the prompt and the steps; returns tokens/s of the steps; logits of each step go to
- * `keep` (n_decode * n_vocab floats) when not NULL. */
+ * `keep` (n_decode * n_vocab floats) when not NULL. Step `profile_step` (-1: none) runs
+ * between cudaProfilerStart and cudaProfilerStop. */
 static double run(struct llama_model *model, const llama_token *toks, int n_prompt, int n_decode,
-                  float *keep, int n_vocab) {
+                  float *keep, int n_vocab, int profile_step) {
     struct llama_context_params cp = llama_context_default_params();
     cp.n_ctx = n_prompt + n_decode + 64;
     cp.n_batch = n_prompt;
@@ -51,8 +58,10 @@ static double run(struct llama_model *model, const llama_token *toks, int n_prom
     double t0 = 0;
     for (int i = 0; i < n_decode; i++) {
         if (i == 2) t0 = now(); /* the first steps capture CUDA graphs */
+        if (i == profile_step) cudaProfilerStart();
         if (llama_decode(ctx, llama_batch_get_one(p + n_prompt + i, 1)) != 0) exit(1);
         const float *l = llama_get_logits_ith(ctx, -1);
+        if (i == profile_step) cudaProfilerStop();
         if (keep) memcpy(keep + (size_t)i * n_vocab, l, (size_t)n_vocab * sizeof(float));
     }
     const double dt = now() - t0;
@@ -115,6 +124,8 @@ static int argmax(const float *a, int n) {
     return k;
 }
 
+#define MODES 4
+
 static void quiet(enum ggml_log_level level, const char *text, void *user) {
     (void)user;
     if (level == GGML_LOG_LEVEL_ERROR) fputs(text, stderr);
@@ -146,46 +157,63 @@ int main(int argc, char **argv) {
         toks[i] = (llama_token)((s >> 8) % (unsigned)n_vocab);
     }
     float *ref = malloc(sizeof(float) * (size_t)n_decode * n_vocab);
-    float *ours = malloc(sizeof(float) * (size_t)n_decode * n_vocab);
-    if (!ref || !ours) return 1;
-    /* modes: llama.cpp's kernels; ours for every product they cover (the KL below is theirs);
-     * ours where gearbx_mmv_preferred says (what gearbx does). Ours only on this thread's
-     * decodes under the hook's graph variant bit (patch 0005). */
+    float *ours5 = malloc(sizeof(float) * (size_t)n_decode * n_vocab);
+    float *ours7 = malloc(sizeof(float) * (size_t)n_decode * n_vocab);
+    if (!ref || !ours5 || !ours7) return 1;
+    /* modes: llama.cpp's kernels; ours for every product they cover, with kernel 5 (two launches)
+     * and with kernel 7 (activations quantized in the product's own launch); ours where
+     * gearbx_mmv_preferred says (what gearbx does). Ours only on this thread's decodes under the
+     * hook's graph variant bit (patch 0005). */
+    static const int TUNE[MODES] = {0, 5, 7, 0};
     gearbx_mmv_install(1);
-    double best[3] = {0, 0, 0};
-    for (int r = 0; r < rounds; r++) {
-        for (int m = 0; m < 3; m++) {
-            gearbx_mmv_tune(m == 1 ? 7 : 0, 0);
+    if (getenv("MMVD_PROFILE")) {
+        /* one decode step per mode between cudaProfilerStart/Stop, for ncu --profile-from-start off */
+        for (int m = 0; m < MODES; m++) {
+            gearbx_mmv_tune(TUNE[m], 0);
             ggml_backend_cuda_set_graph_variant(m ? GGML_CUDA_VARIANT_MMV_HOOK : 0);
-            const double tps = run(model, toks, n_prompt, n_decode,
-                                   r == 0 && m < 2 ? (m ? ours : ref) : NULL, n_vocab);
+            run(model, toks, n_prompt, n_decode, NULL, n_vocab, n_decode - 1);
+        }
+        return 0;
+    }
+    double best[MODES] = {0};
+    float *keep[MODES] = {ref, ours5, ours7, NULL};
+    for (int r = 0; r < rounds; r++) {
+        for (int m = 0; m < MODES; m++) {
+            gearbx_mmv_tune(TUNE[m], 0);
+            ggml_backend_cuda_set_graph_variant(m ? GGML_CUDA_VARIANT_MMV_HOOK : 0);
+            const double tps =
+                run(model, toks, n_prompt, n_decode, r == 0 ? keep[m] : NULL, n_vocab, -1);
             best[m] = tps > best[m] ? tps : best[m];
         }
     }
     gearbx_mmv_tune(0, 0);
     ggml_backend_cuda_set_graph_variant(0);
     gearbx_mmv_install(0);
-    double kl_sum = 0, kl_max = 0;
-    int agree = 0;
-    for (int i = 0; i < n_decode; i++) {
-        const float *a = ref + (size_t)i * n_vocab, *b = ours + (size_t)i * n_vocab;
-        const double k = kl(a, b, n_vocab);
-        kl_sum += k;
-        kl_max = fmax(kl_max, k);
-        agree += argmax(a, n_vocab) == argmax(b, n_vocab);
+    double kl_mean[MODES] = {0}, kl_max[MODES] = {0};
+    int agree[MODES] = {0};
+    for (int m = 1; m < 3; m++) {
+        for (int i = 0; i < n_decode; i++) {
+            const float *a = ref + (size_t)i * n_vocab, *b = keep[m] + (size_t)i * n_vocab;
+            const double k = kl(a, b, n_vocab);
+            kl_mean[m] += k / n_decode;
+            kl_max[m] = fmax(kl_max[m], k);
+            agree[m] += argmax(a, n_vocab) == argmax(b, n_vocab);
+        }
     }
     /* the noise scale: llama.cpp's per-token logits against its own batched ones */
-    run_batched(model, toks, n_prompt, n_decode, ours, n_vocab);
+    run_batched(model, toks, n_prompt, n_decode, ours5, n_vocab);
     double noise = 0, noise_max = 0;
     for (int i = 0; i < n_decode; i++) {
-        const double k = kl(ours + (size_t)i * n_vocab, ref + (size_t)i * n_vocab, n_vocab);
+        const double k = kl(ours5 + (size_t)i * n_vocab, ref + (size_t)i * n_vocab, n_vocab);
         noise += k / n_decode;
         noise_max = fmax(noise_max, k);
     }
     char desc[128];
     llama_model_desc(model, desc, sizeof desc);
-    printf("| %s | %.1f | %.1f | %.3fx | %.1f | %.2e | %.2e | %d/%d | %.2e | %.2e |\n", desc,
-           best[0], best[1], best[1] / best[0], best[2], kl_sum / n_decode, kl_max, agree,
-           n_decode, noise, noise_max);
+    printf("| %s | %.1f | %.1f (%.3fx) | %.1f (%.3fx) | %.1f (%.3fx) |", desc, best[0], best[1],
+           best[1] / best[0], best[2], best[2] / best[0], best[3], best[3] / best[0]);
+    for (int m = 1; m < 3; m++)
+        printf(" %.2e / %.2e / %d of %d |", kl_mean[m], kl_max[m], agree[m], n_decode);
+    printf(" %.2e / %.2e |\n", noise, noise_max);
     return 0;
 }
