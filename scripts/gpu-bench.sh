@@ -7,6 +7,9 @@
 #                      gearbx-bench gpu on it with R rounds (default 3) of TOKENS tokens
 #                      (default 128), CUDA graphs on, the gears with our decode kernels
 #                      (KERNELS=llama.cpp: with llama.cpp's, as the baselines always are);
+#                      with HEAD=1 the output head is managed too (--manage-output; the
+#                      baselines quantize theirs to the same types): the products our kernels
+#                      take (gearbx_mmv_preferred) are output-head-sized;
 #                      with NOGRAPHS=1 also again with GGML_CUDA_DISABLE_GRAPHS=1, with
 #                      REBUILD=1 also with the gearbox graph rebuilt every token (how gears
 #                      ran before each had its own CUDA graph), with REUSEOFF=1 also with
@@ -40,7 +43,9 @@ bench)
     [ -f "$model" ] || "$BIN/gearbx-bench" synth --shape "$shape" --out "$model"
     # Auto mode replays SmolLM2's gears on Austen (monitor min-duration 2, the default, and 8).
     traces=(--trace "$TRACES/smollm2-austen-min2.txt" --trace "$TRACES/smollm2-austen-min8.txt")
-    "$BIN/gearbx-bench" gpu --model "$model" "${traces[@]}" --rounds "$rounds" \
+    head=()
+    [ "${HEAD:-0}" = 1 ] && head=(--manage-output)
+    "$BIN/gearbx-bench" gpu --model "$model" "${traces[@]}" --rounds "$rounds" "${head[@]}" \
         --tokens "${TOKENS:-128}" --decode-kernels "${KERNELS:-gearbx}" --out "$OUT/$shape" \
         --baselines "$MODELS" 2>&1 | tee "$OUT/$shape.log"
     if [ "${REBUILD:-0}" = 1 ]; then
