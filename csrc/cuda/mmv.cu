@@ -53,6 +53,34 @@ __device__ __forceinline__ int8_t quantize_lane(float xi, half2 *ds) {
     return amax == 0.0f ? 0 : (int8_t)roundf(xi / d);
 }
 
+/* quantize_lane for 8 lanes of a block holding 4 values each (lane j of the 8: values 4j..4j+3),
+ * the same bits: amax is exact in any order, and the sum takes quantize_lane's butterfly
+ * pairing (values 16, 8, 4 apart are 4, 2, 1 lanes apart here; 2 and 1 apart within a lane).
+ * Returns the lane's 4 codes as one word, d and sum in *ds. */
+__device__ __forceinline__ uint32_t quantize_quad(float4 v, half2 *ds) {
+    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+    float s[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int off = 4; off > 0; off >>= 1) {
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, off));
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            s[e] += __shfl_xor_sync(0xffffffff, s[e], off);
+        }
+    }
+    const float sum = (s[0] + s[2]) + (s[1] + s[3]);
+    const float d = amax / 127.0f;
+    *ds = make_half2(__float2half(d), __float2half(sum));
+    const float e[4] = {v.x, v.y, v.z, v.w};
+    uint32_t word = 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int8_t q = amax == 0.0f ? 0 : (int8_t)roundf(e[i] / d);
+        word |= (uint32_t)(uint8_t)q << (8 * i);
+    }
+    return word;
+}
+
 /* x (ncols columns of k floats, x_stride apart) to q8_1 blocks, column c at xq + c*nb (the
  * test's view of the quantizer the product kernel runs in shared memory). */
 __global__ void quantize_x_kernel(const float *__restrict__ x, int64_t x_stride, int64_t k,
@@ -113,6 +141,7 @@ inline int rows_per_warp(int wtype, int64_t ncols) {
  * most 2-way bank conflicts for 18- and 34-byte blocks). */
 constexpr int PRODUCT_WARPS = 4;
 constexpr int STAGES = 4;
+constexpr int QUAD_LOADS = 8; /* the fused kernel's activation loads in flight per lane */
 
 template <int T> struct slice_traits;
 template <> struct slice_traits<T_Q4_0> { static constexpr int kb = 64, words = 5; };
@@ -217,22 +246,27 @@ __global__ void __launch_bounds__(W * 32)
     if (FUSED) {
         int8_t *sc = (int8_t *)smem;
         half2 *sd = (half2 *)(smem + (size_t)NC * k);
-        /* warp w quantizes blocks w, w+W, ... of every column, 4 loads in flight per lane */
-        const int64_t nblk = (int64_t)NC * nb;
-        for (int64_t b0 = warp; b0 < nblk; b0 += 4 * W) {
-            float v[4];
+        /* blocks in quads of 4 (nb is a multiple of 8: a quad never spans two columns), lane l
+         * holding values 4(l%8)..4(l%8)+3 of block l/8 of a quad: warp w takes quads w, w+W,
+         * ..., QUAD_LOADS 16-byte loads in flight per lane */
+        const int64_t nquads = (int64_t)NC * nb / 4;
+        for (int64_t q0 = warp; q0 < nquads; q0 += QUAD_LOADS * W) {
+            float4 v[QUAD_LOADS];
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const int64_t b = b0 + j * W;
-                v[j] = b < nblk ? x[(b / nb) * x_stride + (b % nb) * QK + lane] : 0.0f;
+            for (int j = 0; j < QUAD_LOADS; j++) {
+                const int64_t b = 4 * (q0 + j * W) + lane / 8;
+                v[j] = q0 + j * W < nquads
+                           ? *(const float4 *)(x + (b / nb) * x_stride + (b % nb) * QK + 4 * (lane % 8))
+                           : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             }
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const int64_t b = b0 + j * W;
-                if (b < nblk) { /* warp-uniform */
+            for (int j = 0; j < QUAD_LOADS; j++) {
+                const int64_t b = 4 * (q0 + j * W) + lane / 8;
+                if (q0 + j * W < nquads) { /* warp-uniform */
                     half2 d;
-                    sc[(b / nb) * k + (b % nb) * QK + lane] = quantize_lane(v[j], &d);
-                    if (lane == 0) {
+                    const uint32_t word = quantize_quad(v[j], &d);
+                    *(uint32_t *)(sc + (b / nb) * k + (b % nb) * QK + 4 * (lane % 8)) = word;
+                    if (lane % 8 == 0) {
                         sd[b] = d;
                     }
                 }
@@ -348,13 +382,14 @@ template <int T> size_t fused_smem_rows(int64_t ncols, int64_t k, int rows) {
 constexpr int DEFAULT_KERNEL = 5;
 
 /* The kernel a product runs (gearbx_mmv_tune's numbers): the default, or the one tuned; 5
- * where the fused kernel's shared memory would not fit. */
-int kernel_for(int wtype, int64_t ncols, int64_t k) {
+ * where the fused kernel's shared memory would not fit or its 16-byte activation loads would
+ * not be aligned. */
+int kernel_for(int wtype, int64_t ncols, int64_t k, const float *x, int64_t x_stride) {
     const int kernel = tune_kernel ? tune_kernel : DEFAULT_KERNEL;
     const int rows = rows_per_warp(wtype, ncols);
     const size_t smem = wtype == T_Q4_0 ? fused_smem_rows<T_Q4_0>(ncols, k, rows)
                                         : fused_smem_rows<T_Q8_0>(ncols, k, rows);
-    if (kernel == 7 && smem > SMEM_MAX) {
+    if (kernel == 7 && (smem > SMEM_MAX || ((uintptr_t)x & 15) != 0 || x_stride % 4 != 0)) {
         return 5;
     }
     return kernel;
@@ -480,7 +515,7 @@ extern "C" int gearbx_mmv(int wtype, const void *w, size_t row_bytes, int64_t nr
     }
     Product p{(const uint8_t *)w, row_bytes, nb, nrows, x, x_stride, (int8_t *)scratch,
               (half2 *)((int8_t *)scratch + ncols * k), dst, dst_stride, (cudaStream_t)stream};
-    const int kernel = kernel_for(wtype, ncols, k);
+    const int kernel = kernel_for(wtype, ncols, k, x, x_stride);
     if (kernel != 7) {
         const dim3 qgrid((unsigned)((k + 255) / 256), (unsigned)ncols);
         quantize_codes_kernel<<<qgrid, 256, 0, p.stream>>>(x, x_stride, k, p.codes, p.xds);
