@@ -7,7 +7,7 @@
  *              reported; random and adversarial weights/activations, every 1B and 8B shape.
  *   width      columns 1..8: each column's result bit-identical to the 8-column launch.
  *   speed      per shape and width, time per product over weight copies larger than L2, as
- *              GB/s and % of the H200's 4.8 TB/s.
+ *              GB/s and % of the card's HBM peak (NVIDIA's figure: H200 4.8 TB/s, H100 3.35).
  *   ggml       (built with -DWITH_GGML against our patched libggml) the same products through
  *              ggml_mul_mat on the CUDA backend, llama.cpp's own kernels (mmvq) vs ours through
  *              patch 0005's hook, in the same process: outputs checked, time per product.
@@ -38,7 +38,8 @@
         }                                                                                      \
     } while (0)
 
-static const double PEAK = 4.8e12; /* H200 HBM3e, bytes/s (NVIDIA's figure) */
+/* HBM peak in bytes/s, NVIDIA's figure for the card (H200 HBM3e; H100 SXM HBM3 otherwise) */
+static double PEAK = 4.8e12;
 static int failures = 0;
 
 struct Shape {
@@ -288,6 +289,7 @@ int main(int argc, char **argv) {
     cudaDeviceProp p;
     CK(cudaGetDeviceProperties(&p, 0));
     printf("# gearbx CUDA decode products: %s, %d SMs\n\n", p.name, p.multiProcessorCount);
+    if (strstr(p.name, "H100")) PEAK = 3.35e12;
     size_t max_w = 0;
     for (const Shape &s : SHAPES) {
         const size_t wb = (size_t)s.rows * (s.k / 32) * 34;
@@ -320,12 +322,13 @@ int main(int argc, char **argv) {
     const int nvar = (int)(sizeof VARIANTS / sizeof VARIANTS[0]);
     printf("\n## Speed: time per product (activation quantization included), weights cycled over "
            "copies larger than L2\n\nus per product for each kernel variant (vK rR: kernel K, R "
-           "rows at a time; gearbx_mmv_tune), then the default's GB/s and %% of 4.8 TB/s.\n\n"
-           "| type | shape | cols |");
+           "rows at a time; gearbx_mmv_tune), then the default's GB/s and %% of %.2f TB/s.\n\n"
+           "| type | shape | cols |",
+           PEAK / 1e12);
     for (int v = 0; v < nvar; v++) printf(" v%d r%d us |", VARIANTS[v][0], VARIANTS[v][1]);
     printf(" default us | GB/s | %% of peak |"
 #ifdef WITH_GGML
-           " llama.cpp mmvq us (ggml) | ours via hook us (ggml) | speedup | gearbx uses |"
+           " llama.cpp mmvq us (ggml) | ours (kernel 7) via hook us (ggml) | speedup | gearbx uses |"
 #endif
            "\n|---|---|---|");
     for (int v = 0; v <= nvar + 2; v++) printf("---|");
@@ -370,7 +373,7 @@ int main(int argc, char **argv) {
 #ifdef WITH_GGML
                 if (!speed) {
                     std::vector<float> o_ref, o_hook, o_mine;
-                    /* ours on every product through the hook: the default kernel, forced */
+                    /* ours on every product through the hook: kernel 7, forced */
                     gearbx_mmv_install(1);
                     gearbx_mmv_tune(7, 0);
                     const double t_ref = ggml_products(t, s, nc, w, x, copies, o_ref);
