@@ -43,6 +43,12 @@ int gearbx_mmv_quantize_x(const float *x, int64_t x_stride, int64_t k, int64_t n
  * for values out of range. */
 int gearbx_mmv_tune(int kernel, int rows);
 
+/* For measurements: launch with programmatic dependent launch (on = 1, the default: on devices
+ * of compute capability 9.0 and up each kernel may start while the one before it on the stream
+ * ends, streaming its weights before it waits for the activations; llama.cpp launches its
+ * own kernels so) or without (0). Not thread-safe, as gearbx_mmv_tune. Returns 0. */
+int gearbx_mmv_pdl(int on);
+
 /* Whether ours is the faster product for this shape (measured on the H100/H200 against
  * llama.cpp's mmvq, docs/gpu): the products the hook takes. With a kernel forced by
  * gearbx_mmv_tune, every supported shape. */

@@ -101,15 +101,34 @@ __global__ void quantize_x_kernel(const float *__restrict__ x, int64_t x_stride,
 
 constexpr int GROUP = 8; /* blocks whose bytes are a multiple of 16 (rows 16-byte aligned) */
 
+/* Programmatic dependent launch (Hopper; as llama.cpp launches its own kernels): a kernel
+ * launched with it may start while the kernel before it on the stream finishes, and must wait
+ * (pdl_wait) before reading what that kernel wrote; pdl_trigger lets the next one start. Both
+ * are no-ops in a kernel launched without it. The operands read after pdl_wait are not
+ * __restrict__ and not read through the read-only cache, which the compiler could hoist above
+ * the wait (llama.cpp's PR 24030). */
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 /* The activations in scratch, as the product reads them: per column k int8 codes (16-byte
  * aligned blocks of 32), then per column nb half2 (d, sum). */
-__global__ void quantize_codes_kernel(const float *__restrict__ x, int64_t x_stride, int64_t k,
-                                      int8_t *__restrict__ codes, half2 *__restrict__ ds) {
+__global__ void quantize_codes_kernel(const float *x, int64_t x_stride, int64_t k, int8_t *codes,
+                                      half2 *ds) {
+    pdl_trigger(); /* the product may start streaming its weights now */
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     const int64_t c = blockIdx.y;
     if (i >= k) {
         return;
     }
+    pdl_wait();
     half2 d;
     codes[c * k + i] = quantize_lane(x[c * x_stride + i], &d);
     if (i % QK == 0) {
@@ -118,9 +137,32 @@ __global__ void quantize_codes_kernel(const float *__restrict__ x, int64_t x_str
 }
 
 /* Which kernel and how many rows a warp takes at once, set by gearbx_mmv_tune (measurements
- * only; 0 = the default). */
+ * only; 0 = the default); whether kernels launch with PDL where the device has it
+ * (gearbx_mmv_pdl). */
 int tune_kernel = 0;
 int tune_rows = 0;
+bool pdl_on = true;
+
+/* Launches kern on the stream, with programmatic dependent launch where the device has it
+ * (compute capability 9.0 and up) and it is on. */
+template <typename... Params, typename... Args>
+cudaError_t launch_kernel(void (*kern)(Params...), dim3 grid, dim3 block, size_t smem,
+                          cudaStream_t stream, Args... args) {
+    int dev = 0, major = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cfg.attrs = &attr;
+    cfg.numAttrs = pdl_on && major >= 9 ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kern, ((Params)args)...);
+}
 
 /* Rows a warp takes at once (they share its reads of the activations), by type and width, as
  * measured fastest on the H100 (docs/gpu/h100-2026-12-07-mmv): Q4_0 1 at width 1, else 2;
@@ -194,9 +236,8 @@ __host__ __device__ constexpr size_t fused_x_bytes(int ncols, int64_t k) {
 template <int T, int NC, int R, int W, bool FUSED>
 __global__ void __launch_bounds__(W * 32)
     mmv_kernel(const uint8_t *__restrict__ w, size_t row_bytes, int nb, int64_t nrows,
-                const int8_t *__restrict__ gcodes, const half2 *__restrict__ gxds,
-                const float *__restrict__ x, int64_t x_stride, float *__restrict__ dst,
-                int64_t dst_stride) {
+                const int8_t *gcodes, const half2 *gxds, const float *x, int64_t x_stride,
+                float *dst, int64_t dst_stride) {
     constexpr int BB = traits<T>::bytes;
     constexpr int KB = slice_traits<T>::kb;
     constexpr int NW = slice_traits<T>::words;
@@ -241,6 +282,11 @@ __global__ void __launch_bounds__(W * 32)
     for (int s = 0; s < STAGES - 1; s++) {
         issue(s);
     }
+    /* the weights never change while products run: their first stages are in flight before
+     * the wait for the activations (the kernel before this one); the next kernel may launch
+     * once every CTA of this one is running (it waits for this one's end before reading) */
+    pdl_wait();
+    pdl_trigger();
     const int8_t *codes = gcodes;
     const half2 *xds = gxds;
     if (FUSED) {
@@ -310,7 +356,7 @@ __global__ void __launch_bounds__(W * 32)
 #pragma unroll
                 for (int c = 0; c < NC; c++) {
                     const int4 *u4 = (const int4 *)(codes + c * k + (int64_t)blk * QK);
-                    const int4 ua = FUSED ? u4[0] : __ldg(u4), ub = FUSED ? u4[1] : __ldg(u4 + 1);
+                    const int4 ua = u4[0], ub = u4[1];
                     const int uc[8] = {ua.x, ua.y, ua.z, ua.w, ub.x, ub.y, ub.z, ub.w};
                     const float2 ds = __half22float2(xds[(int64_t)c * nb + blk]);
 #pragma unroll
@@ -418,10 +464,9 @@ cudaError_t launch_grid(K kern, size_t &smem_set, int warps, size_t smem, bool p
         grid = grid < cap ? grid : cap;
     }
     grid = grid < 0x7fffffff ? grid : 0x7fffffff;
-    kern<<<(unsigned)grid, warps * 32, smem, p.stream>>>(p.w, p.row_bytes, p.nb, p.nrows, p.codes,
-                                                         p.xds, p.x, p.x_stride, p.dst,
-                                                         p.dst_stride);
-    return cudaGetLastError();
+    return launch_kernel(kern, dim3((unsigned)grid), dim3(warps * 32), smem, p.stream, p.w,
+                         p.row_bytes, p.nb, p.nrows, p.codes, p.xds, p.x, p.x_stride, p.dst,
+                         p.dst_stride);
 }
 
 template <int T, int NC, int R>
@@ -484,6 +529,11 @@ extern "C" int gearbx_mmv_tune(int kernel, int rows) {
     return 0;
 }
 
+extern "C" int gearbx_mmv_pdl(int on) {
+    pdl_on = on != 0;
+    return 0;
+}
+
 extern "C" size_t gearbx_mmv_scratch_bytes(int wtype, int64_t k, int64_t ncols) {
     if (!gearbx_mmv_supported(wtype, k, ncols)) {
         return 0;
@@ -518,7 +568,11 @@ extern "C" int gearbx_mmv(int wtype, const void *w, size_t row_bytes, int64_t nr
     const int kernel = kernel_for(wtype, ncols, k, x, x_stride);
     if (kernel != 7) {
         const dim3 qgrid((unsigned)((k + 255) / 256), (unsigned)ncols);
-        quantize_codes_kernel<<<qgrid, 256, 0, p.stream>>>(x, x_stride, k, p.codes, p.xds);
+        const cudaError_t e = launch_kernel(quantize_codes_kernel, qgrid, dim3(256), 0, p.stream,
+                                            x, x_stride, k, p.codes, p.xds);
+        if (e != cudaSuccess) {
+            return fail(err, err_len, cudaGetErrorString(e));
+        }
     }
     const cudaError_t e = wtype == T_Q4_0 ? launch_cols<T_Q4_0>(ncols, kernel, p)
                                           : launch_cols<T_Q8_0>(ncols, kernel, p);

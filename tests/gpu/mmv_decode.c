@@ -5,13 +5,14 @@
  *   mmv_decode MODEL.gguf N_PROMPT N_DECODE ROUNDS   (all layers on the GPU, flash attention on)
  *   mmv_decode --quantize IN.gguf OUT.gguf q4_0|q8_0 (llama_model_quantize)
  *
- * Each round, for each mode (llama.cpp's kernels; ours on every product they cover with kernel
- * 5, then with kernel 7; ours where gearbx_mmv_preferred says, as gearbx runs): a fresh context
+ * Each round, for each mode (llama.cpp's kernels; ours on every product the hook is offered,
+ * launched with programmatic dependent launch as llama.cpp's kernels are, then without; ours
+ * where gearbx_mmv_preferred says, as gearbx runs): a fresh context
  * (CUDA graphs are captured per context), N_PROMPT fixed tokens in one batch, then N_DECODE
  * single-token decodes of fixed tokens (teacher-forced), timed, each read back before the next.
  * Prints the best round's tokens/s of each and its ratio to llama.cpp's, and, from the first
- * round, the KL divergence of kernel 5's and kernel 7's logits from llama.cpp's per step (mean,
- * max) and how often their argmax agrees.
+ * round, the KL divergence of ours (every product) from llama.cpp's logits per step (mean, max)
+ * and how often their argmax agrees.
  * With MMVD_PROFILE set: one round, no timing; the last decode step of each mode runs between
  * cudaProfilerStart/Stop (for `ncu --profile-from-start off`: the kernels of one token).
  * Float noise for scale: the same logits from llama.cpp alone computed another way, all tokens in
@@ -157,29 +158,30 @@ int main(int argc, char **argv) {
         toks[i] = (llama_token)((s >> 8) % (unsigned)n_vocab);
     }
     float *ref = malloc(sizeof(float) * (size_t)n_decode * n_vocab);
-    float *ours5 = malloc(sizeof(float) * (size_t)n_decode * n_vocab);
-    float *ours7 = malloc(sizeof(float) * (size_t)n_decode * n_vocab);
-    if (!ref || !ours5 || !ours7) return 1;
-    /* modes: llama.cpp's kernels; ours for every product they cover, with kernel 5 (two launches)
-     * and with kernel 7 (activations quantized in the product's own launch); ours where
-     * gearbx_mmv_preferred says (what gearbx does). Ours only on this thread's decodes under the
-     * hook's graph variant bit (patch 0005). */
-    static const int TUNE[MODES] = {0, 5, 7, 0};
+    float *ours = malloc(sizeof(float) * (size_t)n_decode * n_vocab);
+    if (!ref || !ours) return 1;
+    /* modes: llama.cpp's kernels; ours for every product they are offered (kernel 5), with and
+     * without programmatic dependent launch; ours where gearbx_mmv_preferred says (what gearbx
+     * does). Ours only on this thread's decodes under the hook's graph variant bit (patch
+     * 0005). */
+    static const int TUNE[MODES] = {0, 5, 5, 0}, PDL[MODES] = {1, 1, 0, 1};
     gearbx_mmv_install(1);
     if (getenv("MMVD_PROFILE")) {
         /* one decode step per mode between cudaProfilerStart/Stop, for ncu --profile-from-start off */
         for (int m = 0; m < MODES; m++) {
             gearbx_mmv_tune(TUNE[m], 0);
+            gearbx_mmv_pdl(PDL[m]);
             ggml_backend_cuda_set_graph_variant(m ? GGML_CUDA_VARIANT_MMV_HOOK : 0);
             run(model, toks, n_prompt, n_decode, NULL, n_vocab, n_decode - 1);
         }
         return 0;
     }
     double best[MODES] = {0};
-    float *keep[MODES] = {ref, ours5, ours7, NULL};
+    float *keep[MODES] = {ref, ours, NULL, NULL};
     for (int r = 0; r < rounds; r++) {
         for (int m = 0; m < MODES; m++) {
             gearbx_mmv_tune(TUNE[m], 0);
+            gearbx_mmv_pdl(PDL[m]);
             ggml_backend_cuda_set_graph_variant(m ? GGML_CUDA_VARIANT_MMV_HOOK : 0);
             const double tps =
                 run(model, toks, n_prompt, n_decode, r == 0 ? keep[m] : NULL, n_vocab, -1);
@@ -187,24 +189,23 @@ int main(int argc, char **argv) {
         }
     }
     gearbx_mmv_tune(0, 0);
+    gearbx_mmv_pdl(1);
     ggml_backend_cuda_set_graph_variant(0);
     gearbx_mmv_install(0);
-    double kl_mean[MODES] = {0}, kl_max[MODES] = {0};
-    int agree[MODES] = {0};
-    for (int m = 1; m < 3; m++) {
-        for (int i = 0; i < n_decode; i++) {
-            const float *a = ref + (size_t)i * n_vocab, *b = keep[m] + (size_t)i * n_vocab;
-            const double k = kl(a, b, n_vocab);
-            kl_mean[m] += k / n_decode;
-            kl_max[m] = fmax(kl_max[m], k);
-            agree[m] += argmax(a, n_vocab) == argmax(b, n_vocab);
-        }
+    double kl_mean = 0, kl_max = 0;
+    int agree = 0;
+    for (int i = 0; i < n_decode; i++) {
+        const float *a = ref + (size_t)i * n_vocab, *b = ours + (size_t)i * n_vocab;
+        const double k = kl(a, b, n_vocab);
+        kl_mean += k / n_decode;
+        kl_max = fmax(kl_max, k);
+        agree += argmax(a, n_vocab) == argmax(b, n_vocab);
     }
     /* the noise scale: llama.cpp's per-token logits against its own batched ones */
-    run_batched(model, toks, n_prompt, n_decode, ours5, n_vocab);
+    run_batched(model, toks, n_prompt, n_decode, ours, n_vocab);
     double noise = 0, noise_max = 0;
     for (int i = 0; i < n_decode; i++) {
-        const double k = kl(ours5 + (size_t)i * n_vocab, ref + (size_t)i * n_vocab, n_vocab);
+        const double k = kl(ours + (size_t)i * n_vocab, ref + (size_t)i * n_vocab, n_vocab);
         noise += k / n_decode;
         noise_max = fmax(noise_max, k);
     }
@@ -212,8 +213,7 @@ int main(int argc, char **argv) {
     llama_model_desc(model, desc, sizeof desc);
     printf("| %s | %.1f | %.1f (%.3fx) | %.1f (%.3fx) | %.1f (%.3fx) |", desc, best[0], best[1],
            best[1] / best[0], best[2], best[2] / best[0], best[3], best[3] / best[0]);
-    for (int m = 1; m < 3; m++)
-        printf(" %.2e / %.2e / %d of %d |", kl_mean[m], kl_max[m], agree[m], n_decode);
+    printf(" %.2e / %.2e / %d of %d |", kl_mean, kl_max, agree, n_decode);
     printf(" %.2e / %.2e |\n", noise, noise_max);
     return 0;
 }

@@ -326,12 +326,13 @@ int main(int argc, char **argv) {
            "| type | shape | cols |",
            PEAK / 1e12);
     for (int v = 0; v < nvar; v++) printf(" v%d r%d us |", VARIANTS[v][0], VARIANTS[v][1]);
-    printf(" default us | GB/s | %% of peak |"
+    printf(" default us | default without PDL us | GB/s | %% of peak |"
 #ifdef WITH_GGML
-           " llama.cpp mmvq us (ggml) | ours (kernel 7) via hook us (ggml) | speedup | gearbx uses |"
+           " llama.cpp mmvq us (ggml) | ours via hook us (ggml) | speedup | ours via hook without "
+           "PDL us | ours (kernel 7) via hook us | gearbx uses |"
 #endif
            "\n|---|---|---|");
-    for (int v = 0; v <= nvar + 2; v++) printf("---|");
+    for (int v = 0; v <= nvar + 3; v++) printf("---|");
 #ifdef WITH_GGML
     printf("---|---|---|---|");
 #endif
@@ -368,17 +369,28 @@ int main(int argc, char **argv) {
                 }
                 gearbx_mmv_tune(0, 0);
                 const double sec = time_product(t, s, nc, d, copies);
+                gearbx_mmv_pdl(0);
+                const double sec_nopdl = time_product(t, s, nc, d, copies);
+                gearbx_mmv_pdl(1);
                 const double bytes = (double)wb + (double)nc * s.k * 4 + (double)nc * s.rows * 4;
-                printf(" %.2f | %.0f | %.1f |", sec * 1e6, bytes / sec / 1e9, 100 * bytes / sec / PEAK);
+                printf(" %.2f | %.2f | %.0f | %.1f |", sec * 1e6, sec_nopdl * 1e6, bytes / sec / 1e9,
+                       100 * bytes / sec / PEAK);
 #ifdef WITH_GGML
                 if (!speed) {
                     std::vector<float> o_ref, o_hook, o_mine;
-                    /* ours on every product through the hook: kernel 7, forced */
+                    /* ours on every product through the hook: the default kernel forced (with
+                     * and without PDL), then kernel 7 */
                     gearbx_mmv_install(1);
-                    gearbx_mmv_tune(7, 0);
+                    gearbx_mmv_tune(5, 0);
                     const double t_ref = ggml_products(t, s, nc, w, x, copies, o_ref);
                     ggml_backend_cuda_set_graph_variant(GGML_CUDA_VARIANT_MMV_HOOK);
                     const double t_hook = ggml_products(t, s, nc, w, x, copies, o_hook);
+                    gearbx_mmv_pdl(0);
+                    std::vector<float> o_other;
+                    const double t_nopdl = ggml_products(t, s, nc, w, x, copies, o_other);
+                    gearbx_mmv_pdl(1);
+                    gearbx_mmv_tune(7, 0);
+                    const double t_fused = ggml_products(t, s, nc, w, x, copies, o_other);
                     ggml_backend_cuda_set_graph_variant(0);
                     gearbx_mmv_tune(0, 0);
                     gearbx_mmv_install(0);
@@ -391,7 +403,8 @@ int main(int argc, char **argv) {
                         dev = fmax(dev, fabs((double)o_ref[i] - o_mine[i]));
                         mag = fmax(mag, fabs((double)o_mine[i]));
                     }
-                    printf(" %.2f | %.2f | %.2fx | %s |", t_ref * 1e6, t_hook * 1e6, t_ref / t_hook,
+                    printf(" %.2f | %.2f | %.2fx | %.2f | %.2f | %s |", t_ref * 1e6, t_hook * 1e6,
+                           t_ref / t_hook, t_nopdl * 1e6, t_fused * 1e6,
                            gearbx_mmv_preferred(t, s.rows, s.k, nc) ? "ours" : "llama.cpp");
                     if (not_ours || !(dev <= 1e-3 * mag + 1e-6)) {
                         printf(" **hook output not ours (%ld) or mmvq far (%.3g of %.3g)** |",
