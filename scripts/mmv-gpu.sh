@@ -52,7 +52,7 @@ for s in 8b 1b; do for q in q4_0 q8_0; do
 done; done
 # One decode token of each mode under ncu (kernel durations, clocks and caches as in a run):
 # where a token's time goes. Modes in stream order: llama.cpp, ours, ours without PDL, preferred.
-for m in 8b-q4_0 8b-q8_0 1b-q4_0; do
+for m in ${NCU_MODELS:-8b-q4_0 8b-q8_0 1b-q4_0}; do
   MMVD_PROFILE=1 timeout 120 ncu --profile-from-start off --metrics gpu__time_duration.sum --csv --print-units base \
     --cache-control none --clock-control none --log-file $OUT/ncu-$m.csv /tmp/mmvd /tmp/m$m.gguf 16 8 1 >>$L 2>&1
   echo "ncu $m rc $?" >>$L
