@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where one decode token's GPU time goes, from scripts/mmv-gpu.sh's ncu logs.
 
-    python3 scripts/ncu-token.py ncu-8b-q4_0.csv [TOKS_PER_S ...]
+    python3 scripts/ncu-token.py ncu-8b-q4_0.csv[.gz] [TOKS_PER_S ...]
 
 The log holds one decode step per mode of tests/gpu/mmv_decode (llama.cpp's kernels, ours on
 every product offered, the same without programmatic dependent launch, ours where preferred),
@@ -13,6 +13,7 @@ sum overstates a token's GPU time (by about 1.5 us a kernel on the H100): compar
 the sum with the wall time."""
 
 import csv
+import gzip
 import sys
 
 MODES = ["llama.cpp", "ours on every product", "ours without PDL", "ours where preferred"]
@@ -38,10 +39,11 @@ def kind(name):
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    with open(sys.argv[1], newline="") as f:
+    path = sys.argv[1]
+    with (gzip.open if path.endswith(".gz") else open)(path, "rt", newline="") as f:
         rows = [r for r in csv.reader(line for line in f if line.startswith('"'))]
     if not rows:
-        sys.exit(f"{sys.argv[1]}: no ncu CSV rows (did ncu run? see log.txt)")
+        sys.exit(f"{path}: no ncu CSV rows (did ncu run? see log.txt)")
     head, rows = rows[0], rows[1:]
     col = {h: i for i, h in enumerate(head)}
     streams, per = [], {}
