@@ -37,10 +37,10 @@ int gearbx_mmv_quantize_x(const float *x, int64_t x_stride, int64_t k, int64_t n
 
 /* For measurements: the kernel (5: activations quantized into scratch, then the product; 6: 5
  * with a grid of as many CTAs as fit at once; 7: 6 quantizing the activations inside each
- * CTA, one launch) and the rows a warp takes at once (1, 2, 4); 0 restores the default (5,
- * rows by type and width; 7 falls back to 5 where its shared memory would not fit). Every
- * choice gives the same bits. Not thread-safe: set it before products run. Returns 0, or -1
- * for values out of range. */
+ * CTA, one launch) and the rows a warp takes at once (1, 2, 4); 0 restores the default (5 with
+ * rows by type and width; 7 with 4 rows for output-head-sized products at widths 4-8; 7
+ * falls back to 5 where its shared memory would not fit). Every choice gives the same bits.
+ * Not thread-safe: set it before products run. Returns 0, or -1 for values out of range. */
 int gearbx_mmv_tune(int kernel, int rows);
 
 /* For measurements: launch with programmatic dependent launch (on = 1, the default: on devices

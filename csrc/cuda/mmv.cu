@@ -164,19 +164,6 @@ cudaError_t launch_kernel(void (*kern)(Params...), dim3 grid, dim3 block, size_t
     return cudaLaunchKernelEx(&cfg, kern, ((Params)args)...);
 }
 
-/* Rows a warp takes at once (they share its reads of the activations), by type and width, as
- * measured fastest on the H100 (docs/gpu/h100-2026-12-07-mmv): Q4_0 1 at width 1, else 2;
- * Q8_0 1 below width 8, 4 at 8. A row's result does not depend on it. */
-inline int rows_per_warp(int wtype, int64_t ncols) {
-    if (tune_rows) {
-        return tune_rows;
-    }
-    if (wtype == T_Q4_0) {
-        return ncols == 1 ? 1 : 2;
-    }
-    return ncols < 8 ? 1 : 4;
-}
-
 /* The product kernels' layout: a warp takes R rows at a time (sharing its reads of the
  * activations); each row in slices of KB blocks through a STAGES-deep cp.async pipeline;
  * lane l takes blocks l, l+32, ... of a slice, read from shared memory as 4-byte words (at
@@ -423,22 +410,45 @@ template <int T> size_t fused_smem_rows(int64_t ncols, int64_t k, int rows) {
                      : rows == 2 ? fused_smem<T, 2>(ncols, k) : fused_smem<T, 4>(ncols, k);
 }
 
-/* The kernel products run by default: 5, the one measured (docs/gpu/h100-2026-12-07-mmv); 7
- * (fused) is not measured yet. */
-constexpr int DEFAULT_KERNEL = 5;
+/* Products with at least this many rows are vocabulary-sized (the output heads): ours is the
+ * faster product there at every width, and the fused kernel at widths 4-8. */
+constexpr int64_t VOCAB_ROWS = 65536;
 
-/* The kernel a product runs (gearbx_mmv_tune's numbers): the default, or the one tuned; 5
- * where the fused kernel's shared memory would not fit or its 16-byte activation loads would
- * not be aligned. */
-int kernel_for(int wtype, int64_t ncols, int64_t k, const float *x, int64_t x_stride) {
-    const int kernel = tune_kernel ? tune_kernel : DEFAULT_KERNEL;
-    const int rows = rows_per_warp(wtype, ncols);
-    const size_t smem = wtype == T_Q4_0 ? fused_smem_rows<T_Q4_0>(ncols, k, rows)
-                                        : fused_smem_rows<T_Q8_0>(ncols, k, rows);
-    if (kernel == 7 && (smem > SMEM_MAX || ((uintptr_t)x & 15) != 0 || x_stride % 4 != 0)) {
-        return 5;
+/* How a product runs: the kernel (gearbx_mmv_tune's numbers) and the rows a warp takes at once
+ * (they share its reads of the activations). */
+struct Choice {
+    int kernel;
+    int rows;
+};
+
+/* As measured fastest on the H100 (docs/gpu/h100-2026-12-07-mmv, h100-2026-12-07b-mmv):
+ * kernel 5 with, for Q4_0, 1 row at width 1, else 2, for Q8_0 1 below width 8, 4 at 8; for the
+ * vocabulary-sized products at widths 4-8 kernel 7 with 4 rows (the activations in shared
+ * memory: 1.02-1.26x kernel 5). gearbx_mmv_tune overrides either. Kernel 7 falls back to 5
+ * where its shared memory would not fit or its 16-byte activation loads would not be aligned.
+ * A row's result depends on neither. */
+Choice choose(int wtype, int64_t nrows, int64_t ncols, int64_t k, const float *x,
+              int64_t x_stride) {
+    const bool wide_head = nrows >= VOCAB_ROWS && ncols >= 4;
+    Choice c;
+    c.kernel = tune_kernel ? tune_kernel : wide_head ? 7 : 5;
+    if (tune_rows) {
+        c.rows = tune_rows;
+    } else if (wide_head) {
+        c.rows = 4;
+    } else if (wtype == T_Q4_0) {
+        c.rows = ncols == 1 ? 1 : 2;
+    } else {
+        c.rows = ncols < 8 ? 1 : 4;
     }
-    return kernel;
+    if (c.kernel == 7) {
+        const size_t smem = wtype == T_Q4_0 ? fused_smem_rows<T_Q4_0>(ncols, k, c.rows)
+                                            : fused_smem_rows<T_Q8_0>(ncols, k, c.rows);
+        if (smem > SMEM_MAX || ((uintptr_t)x & 15) != 0 || x_stride % 4 != 0) {
+            c.kernel = 5;
+        }
+    }
+    return c;
 }
 
 /* Grid of a cp.async kernel: a warp per row group, capped (persist) at the CTAs that fit. */
@@ -484,8 +494,8 @@ cudaError_t launch(int kernel, const Product &p) {
 }
 
 template <int T, int NC>
-cudaError_t launch_r(int kernel, const Product &p) {
-    switch (rows_per_warp(T, NC)) {
+cudaError_t launch_r(int kernel, int rows, const Product &p) {
+    switch (rows) {
     case 1: return launch<T, NC, 1>(kernel, p);
     case 2: return launch<T, NC, 2>(kernel, p);
     default: return launch<T, NC, 4>(kernel, p);
@@ -493,16 +503,16 @@ cudaError_t launch_r(int kernel, const Product &p) {
 }
 
 template <int T>
-cudaError_t launch_cols(int64_t ncols, int kernel, const Product &p) {
+cudaError_t launch_cols(int64_t ncols, int kernel, int rows, const Product &p) {
     switch (ncols) {
-    case 1: return launch_r<T, 1>(kernel, p);
-    case 2: return launch_r<T, 2>(kernel, p);
-    case 3: return launch_r<T, 3>(kernel, p);
-    case 4: return launch_r<T, 4>(kernel, p);
-    case 5: return launch_r<T, 5>(kernel, p);
-    case 6: return launch_r<T, 6>(kernel, p);
-    case 7: return launch_r<T, 7>(kernel, p);
-    default: return launch_r<T, 8>(kernel, p);
+    case 1: return launch_r<T, 1>(kernel, rows, p);
+    case 2: return launch_r<T, 2>(kernel, rows, p);
+    case 3: return launch_r<T, 3>(kernel, rows, p);
+    case 4: return launch_r<T, 4>(kernel, rows, p);
+    case 5: return launch_r<T, 5>(kernel, rows, p);
+    case 6: return launch_r<T, 6>(kernel, rows, p);
+    case 7: return launch_r<T, 7>(kernel, rows, p);
+    default: return launch_r<T, 8>(kernel, rows, p);
     }
 }
 
@@ -565,8 +575,8 @@ extern "C" int gearbx_mmv(int wtype, const void *w, size_t row_bytes, int64_t nr
     }
     Product p{(const uint8_t *)w, row_bytes, nb, nrows, x, x_stride, (int8_t *)scratch,
               (half2 *)((int8_t *)scratch + ncols * k), dst, dst_stride, (cudaStream_t)stream};
-    const int kernel = kernel_for(wtype, ncols, k, x, x_stride);
-    if (kernel != 7) {
+    const Choice c = choose(wtype, nrows, ncols, k, x, x_stride);
+    if (c.kernel != 7) {
         const dim3 qgrid((unsigned)((k + 255) / 256), (unsigned)ncols);
         const cudaError_t e = launch_kernel(quantize_codes_kernel, qgrid, dim3(256), 0, p.stream,
                                             x, x_stride, k, p.codes, p.xds);
@@ -574,8 +584,8 @@ extern "C" int gearbx_mmv(int wtype, const void *w, size_t row_bytes, int64_t nr
             return fail(err, err_len, cudaGetErrorString(e));
         }
     }
-    const cudaError_t e = wtype == T_Q4_0 ? launch_cols<T_Q4_0>(ncols, kernel, p)
-                                          : launch_cols<T_Q8_0>(ncols, kernel, p);
+    const cudaError_t e = wtype == T_Q4_0 ? launch_cols<T_Q4_0>(ncols, c.kernel, c.rows, p)
+                                          : launch_cols<T_Q8_0>(ncols, c.kernel, c.rows, p);
     if (e != cudaSuccess) {
         return fail(err, err_len, cudaGetErrorString(e));
     }
@@ -592,7 +602,7 @@ extern "C" int gearbx_mmv_preferred(int wtype, int64_t nrows, int64_t k, int64_t
     /* Where ours measured faster than mmvq through ggml (docs/gpu/h100-2026-12-07-mmv, kernel
      * 5): the vocabulary-sized products (output heads, 1.03-1.83x at widths 1-2), not the
      * layers' (0.6-0.97x, the second launch and a fixed ~2 us more latency). */
-    return nrows >= 65536;
+    return nrows >= VOCAB_ROWS;
 }
 
 #ifndef GEARBX_MMV_NO_HOOK
