@@ -14,6 +14,8 @@ L=$OUT/log.txt
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv,noheader; nvcc --version | tail -1; ncu --version | tail -1; } >$OUT/machine.txt 2>&1
 # MMV_ONLY=1: the kernel test alone (no models, no decode), against a ggml built without its
 # flash-attention kernels (half the build time; the products it compares are not affected).
+# MKSKIP=1: /tmp/m8b-f16.gguf and /tmp/m1b-f16.gguf are there already (e.g. from gearbx-bench
+# synth); DECODE_ROUNDS (default 3): rounds of the end-to-end decode.
 [ -n "${MMV_ONLY:-}" ] && MKSKIP=1
 FA=ON; TARGETS=llama; LLAMA_LIB=-lllama
 [ -n "${MMV_ONLY:-}" ] && { FA=OFF; TARGETS="ggml ggml-cuda"; LLAMA_LIB=; }
@@ -48,7 +50,7 @@ echo "| model | llama.cpp kernels tok/s | ours on every product offered tok/s | 
 echo "|---|---|---|---|---|---|---|" >>$OUT/decode.md
 for s in 8b 1b; do for q in q4_0 q8_0; do
   ls -l /tmp/m$s-$q.gguf >>$L 2>&1
-  timeout 150 /tmp/mmvd /tmp/m$s-$q.gguf 64 130 3 >>$OUT/decode.md 2>>$L
+  timeout 150 /tmp/mmvd /tmp/m$s-$q.gguf 64 130 ${DECODE_ROUNDS:-3} >>$OUT/decode.md 2>>$L
 done; done
 # One decode token of each mode under ncu (kernel durations, clocks and caches as in a run):
 # where a token's time goes. Modes in stream order: llama.cpp, ours, ours without PDL, preferred.
