@@ -16,7 +16,7 @@ L=$OUT/log.txt
 # flash-attention kernels (half the build time; the products it compares are not affected).
 # MKSKIP=1: /tmp/m8b-f16.gguf and /tmp/m1b-f16.gguf are there already (e.g. from gearbx-bench
 # synth); DECODE_ROUNDS (default 3): rounds of the end-to-end decode; DECODE_MODELS (default
-# "8b-q4_0 8b-q8_0 1b-q4_0 1b-q8_0") the models decoded; NCU_MODELS those profiled.
+# "8b-q4_0 8b-q8_0 1b-q4_0 1b-q8_0") the models decoded; NCU_MODELS those profiled (empty: none).
 # MMV_PHASE=build: only build libllama and the tests (e.g. beside other work, under nice,
 # NINJA_JOBS=12);
 # MMV_PHASE=run: only run them, built by an earlier MMV_PHASE=build.
@@ -63,7 +63,7 @@ for m in $DM; do
 done
 # One decode token of each mode under ncu (kernel durations, clocks and caches as in a run):
 # where a token's time goes. Modes in stream order: llama.cpp, ours, ours without PDL, preferred.
-for m in ${NCU_MODELS:-8b-q4_0 8b-q8_0 1b-q4_0}; do
+for m in ${NCU_MODELS-8b-q4_0 8b-q8_0 1b-q4_0}; do
   MMVD_PROFILE=1 timeout 120 ncu --profile-from-start off --metrics gpu__time_duration.sum --csv --print-units base \
     --cache-control none --clock-control none --log-file $OUT/ncu-$m.csv /tmp/mmvd /tmp/m$m.gguf 16 8 1 >>$L 2>&1
   echo "ncu $m rc $?" >>$L
