@@ -5,11 +5,12 @@
  * blocks are only 2-byte aligned, but 8 blocks are a multiple of 16 bytes) in a pipeline of
  * a few stages, and its lanes take the slice's blocks. Kernel 5 quantizes the activations into
  * scratch first (two launches, as mmvq), kernel 6 is 5 with a grid of as many CTAs as fit at
- * once, kernel 7 quantizes them inside each CTA (one launch). Per row and column: one float
- * accumulator per lane in block order, then a fixed butterfly over the warp, so a column's
- * result does not depend on how many columns share the launch, on the rows a warp takes at
- * once, or on the kernel. Built with -fmad=false like requant.cu; the twin is
- * csrc/generic/mmv_ref.h. (v1-v4, rows straight into registers or staged per CTA, measured
+ * once, kernel 7 quantizes them inside each CTA (one launch); all are launched with
+ * programmatic dependent launch where the device has it, as llama.cpp launches its own. Per
+ * row and column: one float accumulator per lane in block order, then a fixed butterfly over
+ * the warp, so a column's result does not depend on how many columns share the launch, on the
+ * rows a warp takes at once, or on the kernel. Built with -fmad=false like requant.cu; the
+ * twin is csrc/generic/mmv_ref.h. (v1-v4, rows straight into registers or staged per CTA, measured
  * slower: docs/gpu/h200-2026-12-03-mmv, docs/gpu/h100-2026-12-07-mmv.) */
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -599,9 +600,9 @@ extern "C" int gearbx_mmv_preferred(int wtype, int64_t nrows, int64_t k, int64_t
     if (tune_kernel != 0) { /* a measurement of a forced kernel: every product it covers */
         return 1;
     }
-    /* Where ours measured faster than mmvq through ggml (docs/gpu/h100-2026-12-07-mmv, kernel
-     * 5): the vocabulary-sized products (output heads, 1.03-1.83x at widths 1-2), not the
-     * layers' (0.6-0.97x, the second launch and a fixed ~2 us more latency). */
+    /* Where ours measured faster than mmvq through ggml (docs/gpu/h100-2026-12-07c, PDL): the
+     * vocabulary-sized products (output heads, 1.04-1.87x at width 1); the 8B layers' are at
+     * parity (0.93-1.04x; end to end 0.997x with ours on all of them), so they stay mmvq's. */
     return nrows >= VOCAB_ROWS;
 }
 
