@@ -422,10 +422,10 @@ struct Choice {
     int rows;
 };
 
-/* As measured fastest on the H100 (docs/gpu/h100-2026-12-07-mmv, h100-2026-12-07b-mmv):
- * kernel 5 with, for Q4_0, 1 row at width 1, else 2, for Q8_0 1 below width 8, 4 at 8; for the
- * vocabulary-sized products at widths 4-8 kernel 7 with 4 rows (the activations in shared
- * memory: 1.02-1.26x kernel 5). gearbx_mmv_tune overrides either. Kernel 7 falls back to 5
+/* As measured fastest on the H100 (docs/gpu/h100-2026-12-07b-mmv, h100-2026-12-07c with PDL):
+ * kernel 5 with, for Q4_0, 2 rows, for Q8_0 1 below width 8, 4 at 8; for the vocabulary-sized
+ * products at widths 4-8 kernel 7 with 4 rows (the activations in shared memory: 1.02-1.26x
+ * kernel 5, 1.1-1.3x with PDL). gearbx_mmv_tune overrides either. Kernel 7 falls back to 5
  * where its shared memory would not fit or its 16-byte activation loads would not be aligned.
  * A row's result depends on neither. */
 Choice choose(int wtype, int64_t nrows, int64_t ncols, int64_t k, const float *x,
@@ -438,7 +438,7 @@ Choice choose(int wtype, int64_t nrows, int64_t ncols, int64_t k, const float *x
     } else if (wide_head) {
         c.rows = 4;
     } else if (wtype == T_Q4_0) {
-        c.rows = ncols == 1 ? 1 : 2;
+        c.rows = 2;
     } else {
         c.rows = ncols < 8 ? 1 : 4;
     }
