@@ -425,9 +425,9 @@ struct Choice {
 /* As measured fastest on the H100 (docs/gpu/h100-2026-12-07b-mmv, h100-2026-12-07c with PDL):
  * kernel 5 with, for Q4_0, 2 rows, for Q8_0 1 below width 8, 4 at 8; for the vocabulary-sized
  * products at widths 4-8 kernel 7 with 4 rows (the activations in shared memory: 1.02-1.26x
- * kernel 5 before PDL, 1.02-1.28x with it). gearbx_mmv_tune overrides either. Kernel 7 falls back to 5
- * where its shared memory would not fit or its 16-byte activation loads would not be aligned.
- * A row's result depends on neither. */
+ * kernel 5 before PDL, 1.02-1.28x with it). gearbx_mmv_tune overrides either. Kernel 7 falls
+ * back to 5 where its shared memory would not fit or its 16-byte activation loads would not be
+ * aligned. A row's result depends on neither. */
 Choice choose(int wtype, int64_t nrows, int64_t ncols, int64_t k, const float *x,
               int64_t x_stride) {
     const bool wide_head = nrows >= VOCAB_ROWS && ncols >= 4;
