@@ -16,6 +16,9 @@
 #include <cuda_runtime.h>
 #include <stdio.h>
 
+#include <atomic>
+#include <mutex>
+
 #include "gearbx_mmv.h"
 
 namespace {
@@ -452,18 +455,46 @@ Choice choose(int wtype, int64_t nrows, int64_t ncols, int64_t k, const float *x
     return c;
 }
 
+constexpr int MAX_DEVICES = 64;
+
+/* The dynamic shared memory a kernel was allowed so far, per device (cudaFuncSetAttribute acts
+ * on the current device's function); products may launch from several threads. */
+struct SmemAllowed {
+    std::atomic<size_t> bytes[MAX_DEVICES];
+};
+
+/* Allows kern smem bytes of dynamic shared memory on the current device unless a launch there
+ * asked for as many before; the attribute only grows. */
+template <typename K> cudaError_t allow_smem(K kern, SmemAllowed &allowed, size_t smem) {
+    static std::mutex mu;
+    int dev = 0;
+    cudaGetDevice(&dev);
+    if (dev < 0 || dev >= MAX_DEVICES) {
+        return cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    }
+    std::atomic<size_t> &set = allowed.bytes[dev];
+    if (smem <= set.load()) {
+        return cudaSuccess;
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    if (smem <= set.load()) {
+        return cudaSuccess;
+    }
+    const cudaError_t e =
+        cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e == cudaSuccess) {
+        set.store(smem);
+    }
+    return e;
+}
+
 /* Grid of a cp.async kernel: a warp per row group, capped (persist) at the CTAs that fit. */
 template <typename K>
-cudaError_t launch_grid(K kern, size_t &smem_set, int warps, size_t smem, bool persist,
-                      int64_t groups, const Product &p) {
-    /* the kernel's shared memory attribute: the largest any launch asked for so far */
-    if (smem > smem_set) {
-        const cudaError_t e =
-            cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess) {
-            return e;
-        }
-        smem_set = smem;
+cudaError_t launch_grid(K kern, SmemAllowed &allowed, int warps, size_t smem, bool persist,
+                        int64_t groups, const Product &p) {
+    const cudaError_t e = allow_smem(kern, allowed, smem);
+    if (e != cudaSuccess) {
+        return e;
     }
     int64_t grid = (groups + warps - 1) / warps;
     if (persist) {
@@ -484,13 +515,13 @@ template <int T, int NC, int R>
 cudaError_t launch(int kernel, const Product &p) {
     const int64_t groups = (p.nrows + R - 1) / R;
     if (kernel == 7) {
-        static size_t smem_set = 0; /* one per kernel instance */
+        static SmemAllowed allowed; /* one per kernel instance */
         const size_t smem = fused_smem<T, R>(NC, (int64_t)p.nb * QK);
-        return launch_grid(mmv_kernel<T, NC, R, FUSED_WARPS, true>, smem_set, FUSED_WARPS, smem,
-                         true, groups, p);
+        return launch_grid(mmv_kernel<T, NC, R, FUSED_WARPS, true>, allowed, FUSED_WARPS, smem,
+                           true, groups, p);
     }
-    static size_t smem_set = 0;
-    return launch_grid(mmv_kernel<T, NC, R, PRODUCT_WARPS, false>, smem_set, PRODUCT_WARPS,
+    static SmemAllowed allowed;
+    return launch_grid(mmv_kernel<T, NC, R, PRODUCT_WARPS, false>, allowed, PRODUCT_WARPS,
                        (size_t)PRODUCT_WARPS * STAGES * stage_bytes<T, R>(), kernel == 6, groups, p);
 }
 
