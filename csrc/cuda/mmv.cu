@@ -147,14 +147,10 @@ int tune_kernel = 0;
 int tune_rows = 0;
 bool pdl_on = true;
 
-/* Launches kern on the stream, with programmatic dependent launch where the device has it
- * (compute capability 9.0 and up) and it is on. */
+/* Launches kern on the stream, with programmatic dependent launch when pdl. */
 template <typename... Params, typename... Args>
 cudaError_t launch_kernel(void (*kern)(Params...), dim3 grid, dim3 block, size_t smem,
-                          cudaStream_t stream, Args... args) {
-    int dev = 0, major = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+                          cudaStream_t stream, bool pdl, Args... args) {
     cudaLaunchAttribute attr;
     attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr.val.programmaticStreamSerializationAllowed = 1;
@@ -164,7 +160,7 @@ cudaError_t launch_kernel(void (*kern)(Params...), dim3 grid, dim3 block, size_t
     cfg.dynamicSmemBytes = smem;
     cfg.stream = stream;
     cfg.attrs = &attr;
-    cfg.numAttrs = pdl_on && major >= 9 ? 1 : 0;
+    cfg.numAttrs = pdl ? 1 : 0;
     return cudaLaunchKernelEx(&cfg, kern, ((Params)args)...);
 }
 
@@ -399,6 +395,8 @@ struct Product {
     float *dst;
     int64_t dst_stride;
     cudaStream_t stream;
+    int dev; /* the current device */
+    bool pdl; /* launch with programmatic dependent launch: on, and the device has it (9.0+) */
 };
 
 constexpr int FUSED_WARPS = 8;
@@ -463,12 +461,10 @@ struct SmemAllowed {
     std::atomic<size_t> bytes[MAX_DEVICES];
 };
 
-/* Allows kern smem bytes of dynamic shared memory on the current device unless a launch there
- * asked for as many before; the attribute only grows. */
-template <typename K> cudaError_t allow_smem(K kern, SmemAllowed &allowed, size_t smem) {
+/* Allows kern smem bytes of dynamic shared memory on device dev (the current one) unless a
+ * launch there asked for as many before; the attribute only grows. */
+template <typename K> cudaError_t allow_smem(K kern, SmemAllowed &allowed, size_t smem, int dev) {
     static std::mutex mu;
-    int dev = 0;
-    cudaGetDevice(&dev);
     if (dev < 0 || dev >= MAX_DEVICES) {
         return cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     }
@@ -492,23 +488,22 @@ template <typename K> cudaError_t allow_smem(K kern, SmemAllowed &allowed, size_
 template <typename K>
 cudaError_t launch_grid(K kern, SmemAllowed &allowed, int warps, size_t smem, bool persist,
                         int64_t groups, const Product &p) {
-    const cudaError_t e = allow_smem(kern, allowed, smem);
+    const cudaError_t e = allow_smem(kern, allowed, smem, p.dev);
     if (e != cudaSuccess) {
         return e;
     }
     int64_t grid = (groups + warps - 1) / warps;
     if (persist) {
-        int dev = 0, sms = 0, per_sm = 0;
-        cudaGetDevice(&dev);
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+        int sms = 0, per_sm = 0;
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, p.dev);
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, warps * 32, smem);
         const int64_t cap = (int64_t)sms * (per_sm > 0 ? per_sm : 1);
         grid = grid < cap ? grid : cap;
     }
     grid = grid < 0x7fffffff ? grid : 0x7fffffff;
-    return launch_kernel(kern, dim3((unsigned)grid), dim3(warps * 32), smem, p.stream, p.w,
-                         p.row_bytes, p.nb, p.nrows, p.codes, p.xds, p.x, p.x_stride, p.dst,
-                         p.dst_stride);
+    return launch_kernel(kern, dim3((unsigned)grid), dim3(warps * 32), smem, p.stream, p.pdl,
+                         p.w, p.row_bytes, p.nb, p.nrows, p.codes, p.xds, p.x, p.x_stride,
+                         p.dst, p.dst_stride);
 }
 
 template <int T, int NC, int R>
@@ -605,13 +600,17 @@ extern "C" int gearbx_mmv(int wtype, const void *w, size_t row_bytes, int64_t nr
     if (row_bytes != (size_t)nb * block_bytes(wtype) || ((uintptr_t)w & 15) != 0 || nrows < 1) {
         return fail(err, err_len, "gearbx_mmv: rows not contiguous and 16-byte aligned");
     }
+    int dev = 0, major = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
     Product p{(const uint8_t *)w, row_bytes, nb, nrows, x, x_stride, (int8_t *)scratch,
-              (half2 *)((int8_t *)scratch + ncols * k), dst, dst_stride, (cudaStream_t)stream};
+              (half2 *)((int8_t *)scratch + ncols * k), dst, dst_stride, (cudaStream_t)stream,
+              dev, pdl_on && major >= 9};
     const Choice c = choose(wtype, nrows, ncols, k, x, x_stride);
     if (c.kernel != 7) {
         const dim3 qgrid((unsigned)((k + 255) / 256), (unsigned)ncols);
         const cudaError_t e = launch_kernel(quantize_codes_kernel, qgrid, dim3(256), 0, p.stream,
-                                            x, x_stride, k, p.codes, p.xds);
+                                            p.pdl, x, x_stride, k, p.codes, p.xds);
         if (e != cudaSuccess) {
             return fail(err, err_len, cudaGetErrorString(e));
         }
