@@ -1,8 +1,9 @@
-//! The C API from C: two programs under tests/c, compiled with the system C compiler against
+//! The C API from C: the programs under tests/c, compiled with the system C compiler against
 //! the installed libraries (scripts/install-lib.sh, found through pkg-config) and run on the
 //! real model. engine.c uses the engine API through libgearbx.a; frontend.c is a llama.cpp
 //! frontend with its own llama.cpp (the static libraries of the llama.cpp build gearbx was
-//! built against, standing in for the host's) that attaches gearbx through libgearbx-host.a.
+//! built against, standing in for the host's) that attaches gearbx through libgearbx-host.a;
+//! mmv_twin.c checks the scalar twin of the CUDA decode products against ggml's dequantization.
 
 mod common;
 
@@ -290,4 +291,33 @@ fn shared_library_exports_exactly_the_functions_of_the_header() {
         exported, declared,
         "libgearbx.so exports != gearbx.h declares"
     );
+}
+
+#[test]
+fn c_twin_of_the_cuda_decode_products_dequantizes_as_ggml() {
+    // The CUDA kernels are checked against this twin on the GPU machine (tests/gpu/mmv_test.cu);
+    // here the twin itself against ggml's CPU dequantization, Q4_K's 6-bit scales included.
+    let inst = installed();
+    let exe = compile(
+        "mmv_twin",
+        "gearbx-host",
+        &[
+            format!("-I{}", inst.llama.join("include").display()),
+            format!("-I{}", root().join("csrc/generic").display()),
+        ],
+        &[
+            format!("-L{}", inst.llama.join("lib").display()),
+            "-lggml-base".into(),
+            "-lstdc++".into(),
+            "-lm".into(),
+        ],
+    );
+    let (_, out) = run_checked(Command::new(&exe), "tests/c/mmv_twin.c");
+    assert!(out.ends_with("PASS\n"), "{out}");
+    for t in ["2:", "8:", "12:"] {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("{t} 0 of 4096"))),
+            "type {t} missing or off: {out}"
+        );
+    }
 }

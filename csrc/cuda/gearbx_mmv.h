@@ -1,5 +1,5 @@
-/* gearbx's CUDA decode products (csrc/cuda/mmv.cu): a Q4_0 or Q8_0 weight matrix in ggml's
- * layout times 1..8 F32 activation columns, for the widths decode and lossless verification use.
+/* gearbx's CUDA decode products (csrc/cuda/mmv.cu): a Q4_0, Q8_0 or Q4_K weight matrix in
+ * ggml's layout times 1..8 F32 activation columns, for the widths decode and lossless verification use.
  * The activations are quantized to ggml's q8_1 blocks first (as llama.cpp's mmvq does); each
  * column's result is computed by the same operations in the same order whatever the number of
  * columns (width-invariant, for strict lossless verification). The scalar twin is
@@ -16,8 +16,9 @@ extern "C" {
 
 #define GEARBX_MMV_MAX_COLS 8
 
-/* The shape the kernels cover: weight type (ggml type id) Q4_0 or Q8_0, a row of k values
- * whose blocks count is a multiple of 8 (rows stay 16-byte aligned), 1..8 columns. */
+/* The shape the kernels cover: weight type (ggml type id) Q4_0, Q8_0 or Q4_K, a row of k
+ * values, k a multiple of 256 (8 blocks of Q4_0/Q8_0, keeping rows 16-byte aligned; a Q4_K
+ * block), 1..8 columns. */
 int gearbx_mmv_supported(int wtype, int64_t k, int64_t ncols);
 
 /* Scratch bytes the product needs (the q8_1 activations), 0 when unsupported. */

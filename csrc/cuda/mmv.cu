@@ -1,9 +1,10 @@
-/* Decode products for Q4_0 and Q8_0 weights (gearbx_mmv.h). As llama.cpp's mmvq, the activations
- * become q8_1 codes and scales and the product multiplies them with the weights' codes by
- * dp4a, exactly as ggml's vec_dot_q4_0_q8_1 / q8_0_q8_1. The weights go through shared memory:
- * a warp copies slices of its rows with coalesced 16-byte cp.async (ggml's 18- and 34-byte
- * blocks are only 2-byte aligned, but 8 blocks are a multiple of 16 bytes) in a pipeline of
- * a few stages, and its lanes take the slice's blocks. Kernel 5 quantizes the activations into
+/* Decode products for Q4_0, Q8_0 and Q4_K weights (gearbx_mmv.h). As llama.cpp's mmvq, the
+ * activations become q8_1 codes and scales and the product multiplies them with the weights'
+ * codes by dp4a, exactly as ggml's vec_dot_q4_0_q8_1 / q8_0_q8_1 / q4_K_q8_1. The weights go
+ * through shared memory: a warp copies slices of its rows with coalesced 16-byte cp.async
+ * (ggml's 18- and 34-byte blocks are only 2-byte aligned, but 8 blocks are a multiple of 16
+ * bytes; Q4_K's 144-byte blocks are 16-byte aligned) in a pipeline of a few stages, and its
+ * lanes take the slice's blocks (a Q4_K block four lanes). Kernel 5 quantizes the activations into
  * scratch first (two launches, as mmvq), kernel 6 is 5 with a grid of as many CTAs as fit at
  * once, kernel 7 quantizes them inside each CTA (one launch); all are launched with
  * programmatic dependent launch where the device has it, as llama.cpp launches its own. Per
@@ -18,6 +19,7 @@
 
 #include <atomic>
 #include <mutex>
+#include <type_traits>
 
 #include "gearbx_mmv.h"
 
@@ -25,7 +27,8 @@ namespace {
 
 constexpr int T_Q4_0 = 2; /* ggml_type ids */
 constexpr int T_Q8_0 = 8;
-constexpr int QK = 32;
+constexpr int T_Q4_K = 12;
+constexpr int QK = 32; /* values of a q8_1 block (and of a Q4_0/Q8_0 block) */
 
 /* ggml's block_q8_1: d and the sum of the block's source values, then 32 int8 codes. */
 struct q8_1 {
@@ -34,12 +37,24 @@ struct q8_1 {
 };
 static_assert(sizeof(q8_1) == 36, "ggml's block_q8_1 layout");
 
+/* A weight block's bytes and values (ggml's block_q4_0, block_q8_0, block_q4_K). */
 template <int T> struct traits;
-template <> struct traits<T_Q4_0> { static constexpr int bytes = 18; };
-template <> struct traits<T_Q8_0> { static constexpr int bytes = 34; };
+template <> struct traits<T_Q4_0> { static constexpr int bytes = 18, values = 32; };
+template <> struct traits<T_Q8_0> { static constexpr int bytes = 34, values = 32; };
+template <> struct traits<T_Q4_K> { static constexpr int bytes = 144, values = 256; };
 
-int block_bytes(int t) {
-    return t == T_Q4_0 ? 18 : t == T_Q8_0 ? 34 : 0;
+/* A row's bytes for a covered type, 0 for the others. */
+size_t row_bytes_of(int t, int64_t k) {
+    return t == T_Q4_0 ? (size_t)(k / 32) * 18
+           : t == T_Q8_0 ? (size_t)(k / 32) * 34
+           : t == T_Q4_K ? (size_t)(k / 256) * 144 : 0;
+}
+
+/* f(std::integral_constant<int, T>) for the covered type t (t must be one). */
+template <typename F> auto with_type(int t, F f) {
+    return t == T_Q4_0   ? f(std::integral_constant<int, T_Q4_0>())
+           : t == T_Q8_0 ? f(std::integral_constant<int, T_Q8_0>())
+                         : f(std::integral_constant<int, T_Q4_K>());
 }
 
 /* One q8_1 block from the warp's 32 values (lane l holds value l): amax and sum by a
@@ -103,7 +118,9 @@ __global__ void quantize_x_kernel(const float *__restrict__ x, int64_t x_stride,
     }
 }
 
-constexpr int GROUP = 8; /* blocks whose bytes are a multiple of 16 (rows 16-byte aligned) */
+/* q8_1 blocks whose bytes are a multiple of 16 for Q4_0/Q8_0 (rows 16-byte aligned), the
+ * values of a Q4_K block */
+constexpr int GROUP = 8;
 
 /* Programmatic dependent launch (Hopper; as llama.cpp launches its own kernels): a kernel
  * launched with it may start while the kernel before it on the stream finishes, and must wait
@@ -172,9 +189,12 @@ constexpr int PRODUCT_WARPS = 4;
 constexpr int STAGES = 4;
 constexpr int QUAD_LOADS = 8; /* the fused kernel's activation loads in flight per lane */
 
+/* A slice: kb weight blocks of a row; Q4_0/Q8_0 lanes read `words` 4-byte words of a block.
+ * Q4_K's 144-byte blocks are 16-byte aligned: 4 lanes share one (a lane per 64 values). */
 template <int T> struct slice_traits;
 template <> struct slice_traits<T_Q4_0> { static constexpr int kb = 64, words = 5; };
 template <> struct slice_traits<T_Q8_0> { static constexpr int kb = 32, words = 9; };
+template <> struct slice_traits<T_Q4_K> { static constexpr int kb = 8; };
 
 template <int T, int R> __host__ __device__ constexpr int stage_bytes() {
     return R * slice_traits<T>::kb * traits<T>::bytes + 16; /* +16: the last block's word reads */
@@ -211,6 +231,130 @@ __device__ __forceinline__ float block_term(float dw, Word word, const int (&u)[
     }
 }
 
+/* The terms of one slice (kb blocks, staged at b) of R rows for a Q4_0/Q8_0 warp lane: blocks
+ * lane, lane+32, ... of the slice, read from shared memory as 4-byte words (at most 2-way bank
+ * conflicts for 18- and 34-byte blocks), added to acc in block order. */
+template <int T, int NC, int R>
+__device__ __forceinline__ void q_terms(const uint8_t *b, int s, int kb, int lane,
+                                        const int8_t *codes, const half2 *xds, int64_t k, int nb,
+                                        float (&acc)[R][NC]) {
+    constexpr int BB = traits<T>::bytes;
+    constexpr int KB = slice_traits<T>::kb;
+    constexpr int NW = slice_traits<T>::words;
+#pragma unroll
+    for (int jj = 0; jj < KB / 32; jj++) {
+        const int j = lane + 32 * jj;
+        if (j < kb) {
+            const int o = j * BB;
+            const int wo = o & ~3;
+            const int shd = (o & 3) * 8; /* 0 or 16 */
+            const int blk = s * KB + j;
+            uint32_t r[R][NW];
+#pragma unroll
+            for (int i = 0; i < R; i++) {
+#pragma unroll
+                for (int q = 0; q < NW; q++) {
+                    r[i][q] = *(const uint32_t *)(b + i * KB * BB + wo + 4 * q);
+                }
+            }
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                const int4 *u4 = (const int4 *)(codes + c * k + (int64_t)blk * QK);
+                const int4 ua = u4[0], ub = u4[1];
+                const int uc[8] = {ua.x, ua.y, ua.z, ua.w, ub.x, ub.y, ub.z, ub.w};
+                const float2 ds = __half22float2(xds[(int64_t)c * nb + blk]);
+#pragma unroll
+                for (int i = 0; i < R; i++) {
+                    const float dw = __half2float(
+                        __ushort_as_half((unsigned short)((r[i][0] >> shd) & 0xffff)));
+                    /* the codes start 2 bytes into the block: word q spans r[q], r[q+1] */
+                    const auto word = [&](int q) {
+                        return (int)__funnelshift_rc(r[i][q], r[i][q + 1], 16 + shd);
+                    };
+                    acc[i][c] += block_term<T>(dw, word, uc, ds);
+                }
+            }
+        }
+    }
+}
+
+/* The same for Q4_K: lane l takes the quarter ch = l%4 of the slice's block l/4 (64 values:
+ * sub-block 2ch in the low nibbles of qs[32ch..32ch+31], 2ch+1 in the high ones), read from
+ * shared memory 16 bytes at a time (conflict-free: 144-byte blocks are 9 16-byte units). Its
+ * term is ggml's vec_dot_q4_K_q8_1 for those two sub-blocks: d*(d8a*(dot_a*sc_a) +
+ * d8b*(dot_b*sc_b)) - dmin*(d8a*(sum_a*m_a) + d8b*(sum_b*m_b)), sum the activation codes' sum;
+ * the 6-bit scales and mins decoded as ggml's get_scale_min_k4, branch-free as mmvq does. */
+template <int NC, int R>
+__device__ __forceinline__ void q4_k_terms(const uint8_t *b, int s, int kb, int lane,
+                                           const int8_t *codes, const half2 *xds, int64_t k,
+                                           int nb, float (&acc)[R][NC]) {
+    constexpr int BB = traits<T_Q4_K>::bytes;
+    constexpr int KB = slice_traits<T_Q4_K>::kb;
+    const int j = lane / 4, ch = lane % 4;
+    if (j >= kb) {
+        return;
+    }
+    const int qb = (s * KB + j) * 8 + 2 * ch; /* the q8_1 block of sub-block 2ch */
+    uint32_t q[R][8];
+    int sc[R][2], mn[R][2];
+    float2 dm[R];
+    const int jm = (ch & 1) * 16;
+    const uint32_t hi = ch >= 2 ? 0xffffffffu : 0u;
+#pragma unroll
+    for (int i = 0; i < R; i++) {
+        const uint8_t *blk = b + i * KB * BB + j * BB;
+        const uint4 h = *(const uint4 *)blk;
+        const uint4 q0 = *(const uint4 *)(blk + 16 + 32 * ch);
+        const uint4 q1 = *(const uint4 *)(blk + 32 + 32 * ch);
+        const uint32_t w[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            q[i][e] = w[e];
+        }
+        dm[i] = __half22float2(*(const half2 *)&h.x);
+        /* scales as 16-bit words 0..5: words jm, jm+2, jm+4 (s0, s2, s4) */
+        const uint32_t s0 = (h.y >> jm) & 0xffff, s2 = (h.z >> jm) & 0xffff,
+                       s4 = (h.w >> jm) & 0xffff;
+        const uint32_t a0 = ((s0 & 0x3f3f) & ~hi) | (((s4 & 0x0f0f) | ((s0 & 0xc0c0) >> 2)) & hi);
+        const uint32_t a1 =
+            ((s2 & 0x3f3f) & ~hi) | ((((s4 >> 4) & 0x0f0f) | ((s2 & 0xc0c0) >> 2)) & hi);
+        sc[i][0] = (int)(a0 & 0xff);
+        sc[i][1] = (int)(a0 >> 8);
+        mn[i][0] = (int)(a1 & 0xff);
+        mn[i][1] = (int)(a1 >> 8);
+    }
+#pragma unroll
+    for (int c = 0; c < NC; c++) {
+        const int4 *u4 = (const int4 *)(codes + c * k + (int64_t)qb * QK);
+        const int4 a0 = u4[0], a1 = u4[1], b0 = u4[2], b1 = u4[3];
+        const int ua[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+        const int ub[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+        const float d8a = __low2float(xds[(int64_t)c * nb + qb]);
+        const float d8b = __low2float(xds[(int64_t)c * nb + qb + 1]);
+        int suma = 0, sumb = 0;
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            suma = __dp4a(0x01010101, ua[e], suma);
+            sumb = __dp4a(0x01010101, ub[e], sumb);
+        }
+#pragma unroll
+        for (int i = 0; i < R; i++) {
+            int dota = 0, dotb = 0;
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                dota = __dp4a((int)(q[i][e] & 0x0F0F0F0F), ua[e], dota);
+                dotb = __dp4a((int)((q[i][e] >> 4) & 0x0F0F0F0F), ub[e], dotb);
+            }
+            float sumf_d = 0.0f, sumf_m = 0.0f;
+            sumf_d += d8a * (float)(dota * sc[i][0]);
+            sumf_d += d8b * (float)(dotb * sc[i][1]);
+            sumf_m += d8a * (float)(suma * mn[i][0]);
+            sumf_m += d8b * (float)(sumb * mn[i][1]);
+            acc[i][c] += dm[i].x * sumf_d - dm[i].y * sumf_m;
+        }
+    }
+}
+
 /* The activations' bytes in a fused kernel's shared memory: per column k codes, then per
  * column nb half2 (d, sum), rounded to 16. */
 __host__ __device__ constexpr size_t fused_x_bytes(int ncols, int64_t k) {
@@ -227,7 +371,6 @@ __global__ void __launch_bounds__(W * 32)
                 float *dst, int64_t dst_stride) {
     constexpr int BB = traits<T>::bytes;
     constexpr int KB = slice_traits<T>::kb;
-    constexpr int NW = slice_traits<T>::words;
     constexpr int SB = stage_bytes<T, R>();
     extern __shared__ __align__(16) uint8_t smem[];
     const int warp = threadIdx.x / 32;
@@ -235,7 +378,8 @@ __global__ void __launch_bounds__(W * 32)
     const int64_t k = (int64_t)nb * QK;
     const size_t xbytes = FUSED ? fused_x_bytes(NC, k) : 0;
     uint8_t *buf = smem + xbytes + (size_t)warp * STAGES * SB;
-    const int slices = (nb + KB - 1) / KB;
+    const int wnb = nb / (traits<T>::values / QK); /* weight blocks of a row */
+    const int slices = (wnb + KB - 1) / KB;
     const int64_t groups = (nrows + R - 1) / R;
     const int64_t nwarps = (int64_t)gridDim.x * W;
     const int64_t g0 = (int64_t)blockIdx.x * W + warp;
@@ -250,8 +394,8 @@ __global__ void __launch_bounds__(W * 32)
         if (u < units) {
             const int64_t g = g0 + (u / slices) * nwarps;
             const int s = (int)(u % slices);
-            const int kb = nb - s * KB < KB ? nb - s * KB : KB;
-            const int chunks = kb * BB / 16; /* kb is a multiple of 8: 16-byte chunks */
+            const int kb = wnb - s * KB < KB ? wnb - s * KB : KB;
+            const int chunks = kb * BB / 16; /* 16-byte chunks: 8 Q4_0/Q8_0 blocks, 1 Q4_K */
             uint8_t *dstb = buf + (u % STAGES) * SB;
 #pragma unroll
             for (int i = 0; i < R; i++) {
@@ -322,42 +466,12 @@ __global__ void __launch_bounds__(W * 32)
         cp_async_wait<STAGES - 1>();
         __syncwarp();
         const int s = (int)(u % slices);
-        const int kb = nb - s * KB < KB ? nb - s * KB : KB;
+        const int kb = wnb - s * KB < KB ? wnb - s * KB : KB;
         const uint8_t *b = buf + (u % STAGES) * SB;
-#pragma unroll
-        for (int jj = 0; jj < KB / 32; jj++) {
-            const int j = lane + 32 * jj;
-            if (j < kb) {
-                const int o = j * BB;
-                const int wo = o & ~3;
-                const int shd = (o & 3) * 8; /* 0 or 16 */
-                const int blk = s * KB + j;
-                uint32_t r[R][NW];
-#pragma unroll
-                for (int i = 0; i < R; i++) {
-#pragma unroll
-                    for (int q = 0; q < NW; q++) {
-                        r[i][q] = *(const uint32_t *)(b + i * KB * BB + wo + 4 * q);
-                    }
-                }
-#pragma unroll
-                for (int c = 0; c < NC; c++) {
-                    const int4 *u4 = (const int4 *)(codes + c * k + (int64_t)blk * QK);
-                    const int4 ua = u4[0], ub = u4[1];
-                    const int uc[8] = {ua.x, ua.y, ua.z, ua.w, ub.x, ub.y, ub.z, ub.w};
-                    const float2 ds = __half22float2(xds[(int64_t)c * nb + blk]);
-#pragma unroll
-                    for (int i = 0; i < R; i++) {
-                        const float dw = __half2float(
-                            __ushort_as_half((unsigned short)((r[i][0] >> shd) & 0xffff)));
-                        /* the codes start 2 bytes into the block: word q spans r[q], r[q+1] */
-                        const auto word = [&](int q) {
-                            return (int)__funnelshift_rc(r[i][q], r[i][q + 1], 16 + shd);
-                        };
-                        acc[i][c] += block_term<T>(dw, word, uc, ds);
-                    }
-                }
-            }
+        if constexpr (T == T_Q4_K) {
+            q4_k_terms<NC, R>(b, s, kb, lane, codes, xds, k, nb, acc);
+        } else {
+            q_terms<T, NC, R>(b, s, kb, lane, codes, xds, k, nb, acc);
         }
         __syncwarp();
         if (s == slices - 1) { /* the row group is done */
@@ -424,7 +538,8 @@ struct Choice {
 };
 
 /* As measured fastest on the H100 (docs/gpu/h100-2026-12-07b-mmv, h100-2026-12-07c with PDL):
- * kernel 5 with, for Q4_0, 2 rows, for Q8_0 1 below width 8, 4 at 8; for the vocabulary-sized
+ * kernel 5 with, for Q4_0 (and Q4_K, the same bytes per value), 2 rows, for Q8_0 1 below
+ * width 8, 4 at 8; for the vocabulary-sized
  * products at widths 4-8 kernel 7 with 4 rows (the activations in shared memory: 1.02-1.26x
  * kernel 5 before PDL, 1.02-1.28x with it). gearbx_mmv_tune overrides either. Kernel 7 falls
  * back to 5 where its shared memory would not fit or its 16-byte activation loads would not be
@@ -438,14 +553,14 @@ Choice choose(int wtype, int64_t nrows, int64_t ncols, int64_t k, const float *x
         c.rows = tune_rows;
     } else if (wide_head) {
         c.rows = 4;
-    } else if (wtype == T_Q4_0) {
+    } else if (wtype != T_Q8_0) {
         c.rows = 2;
     } else {
         c.rows = ncols < 8 ? 1 : 4;
     }
     if (c.kernel == 7) {
-        const size_t smem = wtype == T_Q4_0 ? fused_smem_rows<T_Q4_0>(ncols, k, c.rows)
-                                            : fused_smem_rows<T_Q8_0>(ncols, k, c.rows);
+        const size_t smem =
+            with_type(wtype, [&](auto t) { return fused_smem_rows<t.value>(ncols, k, c.rows); });
         if (smem > SMEM_MAX || ((uintptr_t)x & 15) != 0 || x_stride % 4 != 0) {
             c.kernel = 5;
         }
@@ -553,7 +668,8 @@ int fail(char *err, size_t err_len, const char *what) {
 } // namespace
 
 extern "C" int gearbx_mmv_supported(int wtype, int64_t k, int64_t ncols) {
-    return block_bytes(wtype) != 0 && k > 0 && k % (QK * GROUP) == 0 && k <= ((int64_t)1 << 30) &&
+    return row_bytes_of(wtype, QK * GROUP) != 0 && k > 0 && k % (QK * GROUP) == 0 &&
+           k <= ((int64_t)1 << 30) &&
            ncols >= 1 && ncols <= GEARBX_MMV_MAX_COLS;
 }
 
@@ -597,7 +713,7 @@ extern "C" int gearbx_mmv(int wtype, const void *w, size_t row_bytes, int64_t nr
         return fail(err, err_len, "gearbx_mmv: shape not covered");
     }
     const int nb = (int)(k / QK);
-    if (row_bytes != (size_t)nb * block_bytes(wtype) || ((uintptr_t)w & 15) != 0 || nrows < 1) {
+    if (row_bytes != row_bytes_of(wtype, k) || ((uintptr_t)w & 15) != 0 || nrows < 1) {
         return fail(err, err_len, "gearbx_mmv: rows not contiguous and 16-byte aligned");
     }
     int dev = 0, major = 0;
@@ -615,8 +731,8 @@ extern "C" int gearbx_mmv(int wtype, const void *w, size_t row_bytes, int64_t nr
             return fail(err, err_len, cudaGetErrorString(e));
         }
     }
-    const cudaError_t e = wtype == T_Q4_0 ? launch_cols<T_Q4_0>(ncols, c.kernel, c.rows, p)
-                                          : launch_cols<T_Q8_0>(ncols, c.kernel, c.rows, p);
+    const cudaError_t e =
+        with_type(wtype, [&](auto t) { return launch_cols<t.value>(ncols, c.kernel, c.rows, p); });
     if (e != cudaSuccess) {
         return fail(err, err_len, cudaGetErrorString(e));
     }
@@ -632,8 +748,9 @@ extern "C" int gearbx_mmv_preferred(int wtype, int64_t nrows, int64_t k, int64_t
     }
     /* Where ours measured faster than mmvq through ggml (docs/gpu/h100-2026-12-07c, PDL): the
      * vocabulary-sized products (output heads, 1.04-1.87x at width 1); the 8B layers' are at
-     * parity (0.93-1.04x; end to end 0.997x with ours on all of them), so they stay mmvq's. */
-    return nrows >= VOCAB_ROWS;
+     * parity (0.93-1.04x; end to end 0.997x with ours on all of them), so they stay mmvq's.
+     * Q4_K: every product (mmvq's Q4_K path is 14% slower than its Q4_0 path end to end). */
+    return nrows >= VOCAB_ROWS || wtype == T_Q4_K;
 }
 
 #ifndef GEARBX_MMV_NO_HOOK

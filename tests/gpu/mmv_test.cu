@@ -63,25 +63,37 @@ static uint64_t rnd() {
 }
 static float uni() { return (float)((rnd() >> 11) * (1.0 / 9007199254740992.0)); }
 
-static int bbytes(int t) { return t == GEARBX_T_Q4_0 ? 18 : 34; }
-static const char *tname(int t) { return t == GEARBX_T_Q4_0 ? "q4_0" : "q8_0"; }
+static const int TYPES[] = {GEARBX_T_Q4_0, GEARBX_T_Q8_0, GEARBX_T_Q4_K};
+/* a row's bytes and weight blocks */
+static size_t rbytes(int t, int64_t k) {
+    return (size_t)(k / gearbx_mmv_block_values(t)) * gearbx_mmv_block_bytes(t);
+}
+static int64_t rblocks(int t, int64_t k) { return k / gearbx_mmv_block_values(t); }
+static const char *tname(int t) {
+    return t == GEARBX_T_Q4_0 ? "q4_0" : t == GEARBX_T_Q8_0 ? "q8_0" : "q4_k";
+}
 
 enum Case { RANDOM, MAX_SCALES, ZERO_SCALES, EXTREME_CODES, OUTLIER_X, ZERO_X, TINY_X, N_CASES };
 static const char *CASE_NAMES[] = {"random",        "max scales", "zero scales", "extreme codes",
                                    "outlier in x", "zero x",     "tiny x"};
 
+/* Random blocks: each half scale (Q4_K: d and dmin) random, extreme or zero by case, every
+ * other byte (codes; Q4_K's 6-bit scales and mins too) random, or all set/clear. */
 static void fill_weights(int t, int c, uint8_t *w, int64_t nblocks) {
-    const int bb = bbytes(t);
+    const int bb = gearbx_mmv_block_bytes(t);
+    const int halves = t == GEARBX_T_Q4_K ? 2 : 1;
     for (int64_t b = 0; b < nblocks; b++) {
         uint8_t *p = w + b * bb;
-        float s = (uni() * 2 - 1) * 0.05f;
-        if (c == MAX_SCALES) s = (rnd() & 1) ? 65504.0f : -65504.0f;
-        if (c == ZERO_SCALES) s = 0.0f;
-        uint16_t h = gearbx_f32_to_f16(s);
-        memcpy(p, &h, 2);
-        for (int j = 2; j < bb; j++) {
+        for (int i = 0; i < halves; i++) {
+            float s = (uni() * 2 - 1) * 0.05f;
+            if (c == MAX_SCALES) s = (rnd() & 1) ? 65504.0f : -65504.0f;
+            if (c == ZERO_SCALES) s = 0.0f;
+            uint16_t h = gearbx_f32_to_f16(s);
+            memcpy(p + 2 * i, &h, 2);
+        }
+        for (int j = 2 * halves; j < bb; j++) {
             p[j] = (uint8_t)rnd();
-            if (c == EXTREME_CODES) p[j] = (b & 1) ? 0xFF : (t == GEARBX_T_Q4_0 ? 0x00 : 0x80);
+            if (c == EXTREME_CODES) p[j] = (b & 1) ? 0xFF : (t == GEARBX_T_Q8_0 ? 0x80 : 0x00);
         }
     }
 }
@@ -107,7 +119,7 @@ struct Dev {
 static void run(int t, const Shape &s, int ncols, Dev &d, std::vector<float> &out,
                 std::vector<uint8_t> *xq) {
     char err[256];
-    if (gearbx_mmv(t, d.w, (size_t)(s.k / 32) * bbytes(t), s.rows, s.k, d.x, s.k, ncols, d.dst,
+    if (gearbx_mmv(t, d.w, rbytes(t, s.k), s.rows, s.k, d.x, s.k, ncols, d.dst,
                    s.rows, d.scratch, nullptr, err, sizeof err) != 0) {
         fprintf(stderr, "gearbx_mmv: %s\n", err);
         exit(3);
@@ -152,7 +164,7 @@ static void parity(int t, const Shape &s, int c, Dev &d, const std::vector<uint8
         /* every row for the first column, a sample of rows for the others */
         const int64_t step = col == 0 ? 1 : 97;
         for (int64_t r = 0; r < s.rows; r += step) {
-            const uint8_t *row = &w[(size_t)r * nb * bbytes(t)];
+            const uint8_t *row = &w[(size_t)r * rbytes(t, s.k)];
             double terms = 0;
             const double ref = gearbx_mmv_dot_q8_ref(t, row, &xq[col * nb * GEARBX_Q8_1_BYTES],
                                                      nb, &terms);
@@ -168,11 +180,7 @@ static void parity(int t, const Shape &s, int c, Dev &d, const std::vector<uint8
             }
             if (c == RANDOM && col == 0) {
                 double norm = 0;
-                for (int64_t b = 0; b < nb; b++)
-                    for (int j = 0; j < 32; j++)
-                        norm += fabs(gearbx_mmv_half(row + b * bbytes(t)) *
-                                     gearbx_mmv_code(t, row + b * bbytes(t), j) * x[b * 32 + j]);
-                const double ex = gearbx_mmv_dot_f64(t, row, &x[0], nb);
+                const double ex = gearbx_mmv_dot_f64(t, row, &x[0], s.k, &norm);
                 worst_exact = fmax(worst_exact, fabs(g - ex) / norm);
             }
         }
@@ -203,7 +211,7 @@ static void parity(int t, const Shape &s, int c, Dev &d, const std::vector<uint8
 
 /* Time per product over weight copies that do not fit L2 (60 MB), CUDA-graph replayed. */
 static double time_product(int t, const Shape &s, int ncols, Dev &d, int copies) {
-    const size_t wb = (size_t)s.rows * (s.k / 32) * bbytes(t);
+    const size_t wb = (size_t)s.rows * rbytes(t, s.k);
     cudaStream_t st;
     CK(cudaStreamCreate(&st));
     cudaGraph_t g;
@@ -303,14 +311,13 @@ int main(int argc, char **argv) {
 
     printf("## Parity (8 columns) and width invariance\n\n| type | shape | case | q8_1 x "
            "mismatches | outputs off the twin | max err / sum of abs terms | max err / sum abs(w x), exact F32 product |\n|---|---|---|---|---|---|---|\n");
-    for (int t : {GEARBX_T_Q4_0, GEARBX_T_Q8_0}) {
+    for (int t : TYPES) {
         for (const Shape &s : SHAPES) {
             if (speed) break;
-            const int64_t nb = s.k / 32;
-            std::vector<uint8_t> w((size_t)s.rows * nb * bbytes(t));
+            std::vector<uint8_t> w((size_t)s.rows * rbytes(t, s.k));
             for (int c = 0; c < N_CASES; c++) {
                 if (c != RANDOM && (quick || s.rows > 14336)) continue;
-                fill_weights(t, c, w.data(), s.rows * nb);
+                fill_weights(t, c, w.data(), s.rows * rblocks(t, s.k));
                 CK(cudaMemcpy(d.w, w.data(), w.size(), cudaMemcpyHostToDevice));
                 parity(t, s, c, d, w);
             }
@@ -337,13 +344,12 @@ int main(int argc, char **argv) {
     printf("---|---|---|---|");
 #endif
     printf("\n");
-    for (int t : {GEARBX_T_Q4_0, GEARBX_T_Q8_0}) {
+    for (int t : TYPES) {
         for (const Shape &s : SHAPES) {
-            const int64_t nb = s.k / 32;
-            const size_t wb = (size_t)s.rows * nb * bbytes(t);
+            const size_t wb = (size_t)s.rows * rbytes(t, s.k);
             const int copies = copies_for(wb);
             std::vector<uint8_t> w(wb);
-            fill_weights(t, RANDOM, w.data(), s.rows * nb);
+            fill_weights(t, RANDOM, w.data(), s.rows * rblocks(t, s.k));
             for (int i = 0; i < copies; i++)
                 CK(cudaMemcpy(d.w + i * wb, w.data(), wb, cudaMemcpyHostToDevice));
             std::vector<float> x((size_t)8 * s.k);
