@@ -15,8 +15,9 @@ L=$OUT/log.txt
 # MMV_ONLY=1: the kernel test alone (no models, no decode), against a ggml built without its
 # flash-attention kernels (half the build time; the products it compares are not affected).
 # MKSKIP=1: /tmp/m8b-f16.gguf and /tmp/m1b-f16.gguf are there already (e.g. from gearbx-bench
-# synth); DECODE_ROUNDS (default 3): rounds of the end-to-end decode; DECODE_MODELS (default
-# "8b-q4_0 8b-q8_0 1b-q4_0 1b-q8_0") the models decoded; NCU_MODELS those profiled (empty: none).
+# synth); MK_SIZES (default "8b 1b"): the synthetic F16 models made otherwise; DECODE_ROUNDS
+# (default 3): rounds of the end-to-end decode; DECODE_MODELS (default "8b-q4_k 8b-q4_0 8b-q8_0
+# 1b-q4_k 1b-q4_0 1b-q8_0") the models decoded; NCU_MODELS those profiled (empty: none).
 # MMV_PHASE=build: only build libllama and the tests (e.g. beside other work, under nice,
 # NINJA_JOBS=12);
 # MMV_PHASE=run: only run them, built by an earlier MMV_PHASE=build.
@@ -25,7 +26,7 @@ FA=ON; TARGETS=llama; LLAMA_LIB=-lllama
 [ -n "${MMV_ONLY:-}" ] && { FA=OFF; TARGETS="ggml ggml-cuda"; LLAMA_LIB=; }
 [ "${MMV_PHASE:-}" = run ] && MKSKIP=1
 ( [ -n "${MKSKIP:-}" ] && exit 0; python3 -m pip install -q --no-deps --no-index --find-links "$D/wheels" --target /tmp/pylib gguf pyyaml tqdm requests urllib3 idna certifi charset-normalizer >>$L 2>&1
-  for s in 8b 1b; do PYTHONPATH=/tmp/pylib python3 "$D/mkmodel.py" $s /tmp/m$s-f16.gguf >>$L 2>&1; echo "model $s rc $?" >>$L; done ) &
+  for s in ${MK_SIZES:-8b 1b}; do PYTHONPATH=/tmp/pylib python3 "$D/mkmodel.py" $s /tmp/m$s-f16.gguf >>$L 2>&1; echo "model $s rc $?" >>$L; done ) &
 MK=$!
 t0=$(date +%s)
 INC="-I$D/llama.cpp/include -I$D/llama.cpp/ggml/include -I$R/csrc/cuda -I$R/csrc/generic"
@@ -47,13 +48,13 @@ fi
 wait $MK
 [ "${MMV_PHASE:-}" = build ] && exit 0
 if [ -n "${MMV_ONLY:-}" ]; then
-  timeout 240 /tmp/mmv_test ${MMV_TEST_ARGS:-} >$OUT/kernels.md 2>>$L; echo "mmv_test rc $?" | tee -a $L
+  timeout 360 /tmp/mmv_test ${MMV_TEST_ARGS:-} >$OUT/kernels.md 2>>$L; echo "mmv_test rc $?" | tee -a $L
   exit 0
 fi
-DM=${DECODE_MODELS:-8b-q4_0 8b-q8_0 1b-q4_0 1b-q8_0}
+DM=${DECODE_MODELS:-8b-q4_k 8b-q4_0 8b-q8_0 1b-q4_k 1b-q4_0 1b-q8_0}
 ( for m in $DM; do /tmp/mmvd --quantize /tmp/m${m%-*}-f16.gguf /tmp/m$m.gguf ${m#*-} >>$L 2>&1; echo "quantized $m rc $?" >>$L; done ) &
 QZ=$!
-timeout 240 /tmp/mmv_test ${MMV_TEST_ARGS:-} >$OUT/kernels.md 2>>$L; echo "mmv_test rc $?" | tee -a $L
+timeout 360 /tmp/mmv_test ${MMV_TEST_ARGS:-} >$OUT/kernels.md 2>>$L; echo "mmv_test rc $?" | tee -a $L
 wait $QZ
 echo "| model | llama.cpp kernels tok/s | ours on every product offered tok/s | the same without PDL tok/s | ours where preferred (gearbx) tok/s | KL ours vs llama.cpp: mean / max / argmax agree | KL llama.cpp per token vs batched: mean / max |" >$OUT/decode.md
 echo "|---|---|---|---|---|---|---|" >>$OUT/decode.md

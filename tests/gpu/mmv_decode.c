@@ -3,7 +3,8 @@
  * products (csrc/cuda/mmv.cu through patch 0005's hook), in one process, on the same tokens.
  *
  *   mmv_decode MODEL.gguf N_PROMPT N_DECODE ROUNDS   (all layers on the GPU, flash attention on)
- *   mmv_decode --quantize IN.gguf OUT.gguf q4_0|q8_0 (llama_model_quantize)
+ *   mmv_decode --quantize IN.gguf OUT.gguf q4_0|q8_0|q4_k (llama_model_quantize; q4_k: every
+ *                                                   matrix Q4_K, head included, as a Q4_K gear)
  *
  * Each round, for each mode (llama.cpp's kernels; ours on every product the hook is offered,
  * launched with programmatic dependent launch as llama.cpp's kernels are, then without; ours
@@ -137,7 +138,10 @@ int main(int argc, char **argv) {
     llama_backend_init();
     if (argc == 5 && !strcmp(argv[1], "--quantize")) {
         llama_model_quantize_params qp = llama_model_quantize_default_params();
-        qp.ftype = !strcmp(argv[4], "q8_0") ? LLAMA_FTYPE_MOSTLY_Q8_0 : LLAMA_FTYPE_MOSTLY_Q4_0;
+        qp.ftype = !strcmp(argv[4], "q8_0")   ? LLAMA_FTYPE_MOSTLY_Q8_0
+                   : !strcmp(argv[4], "q4_k") ? LLAMA_FTYPE_MOSTLY_Q4_K_S
+                                              : LLAMA_FTYPE_MOSTLY_Q4_0;
+        qp.pure = !strcmp(argv[4], "q4_k"); /* no Q5_K/Q6_K mix: Q4_K throughout */
         qp.nthread = 16;
         return llama_model_quantize(argv[2], argv[3], &qp) == 0 ? 0 : 1;
     }
