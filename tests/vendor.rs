@@ -65,14 +65,35 @@ fn the_compiled_tree_holds_each_patch() {
     // csrc/cuda/mmv.cu's copy of the scratch callback's type has the header's parameters.
     assert!(h.contains("#define GGML_CUDA_VARIANT_MMV_HOOK (1ull << 62)"));
     assert_eq!(gearbx::llama::cuda_graphs::DECODE_KERNELS, 1u64 << 62);
-    assert!(h.contains(
-        "typedef size_t (*ggml_cuda_mmv_hook_scratch_t)(int wtype, int64_t nrows, int64_t k, int64_t ncols);"
+    let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(one_line(&h).contains(
+        "typedef size_t (*ggml_cuda_mmv_hook_scratch_t)(int wtype, int64_t nrows, int64_t k, int64_t ncols, const struct ggml_cuda_mmv_hook_fusion * fusion);"
     ));
     let mmv =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/csrc/cuda/mmv.cu")).unwrap();
-    assert!(mmv.contains(
-        "typedef size_t (*ggml_cuda_mmv_hook_scratch_t)(int, int64_t, int64_t, int64_t);"
+    assert!(one_line(&mmv).contains(
+        "typedef size_t (*ggml_cuda_mmv_hook_scratch_t)(int, int64_t, int64_t, int64_t, const struct ggml_cuda_mmv_hook_fusion *);"
     ));
+    // mmv.cu hands the hook's fusion struct on as gearbx_mmv.h's: the same members, in order.
+    let members = |text: &str, open: &str, close: &str| -> Vec<String> {
+        let start = text.find(open).unwrap_or_else(|| panic!("{open} missing")) + open.len();
+        let body = &text[start..start + text[start..].find(close).unwrap()];
+        body.lines()
+            .map(|l| l.split("//").next().unwrap().split("/*").next().unwrap().trim())
+            .filter(|l| l.ends_with(';'))
+            .map(one_line)
+            .map(|l| l.replace(" *", "*").replace("* ", "*"))
+            .collect()
+    };
+    let hook = members(&h, "struct ggml_cuda_mmv_hook_fusion {", "};");
+    let ours_h = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/csrc/cuda/gearbx_mmv.h"
+    ))
+    .unwrap();
+    let ours = members(&ours_h, "typedef struct gearbx_mmv_fusion {", "} gearbx_mmv_fusion;");
+    assert_eq!(hook.len(), 4, "{hook:?}");
+    assert_eq!(hook, ours);
 }
 
 /// Builds only llama-sys, in a target folder of its own, with a patch folder or pin file of the

@@ -24,6 +24,18 @@ int gearbx_mmv_supported(int wtype, int64_t k, int64_t ncols);
 /* Scratch bytes the product needs (the q8_1 activations), 0 when unsupported. */
 size_t gearbx_mmv_scratch_bytes(int wtype, int64_t k, int64_t ncols);
 
+/* What ggml-cuda fuses into a decode product (patch 0005 offers its fused mmvq products with
+ * it): the output becomes (W x + bias) * act(gate x). NULL members are absent. */
+typedef struct gearbx_mmv_fusion {
+    const void *gate;    /* NULL, or a matrix of W's type, shape and row bytes, 16-byte aligned */
+    int glu_op;          /* act (ggml_glu_op ids): GEARBX_MMV_GEGLU (gelu, tanh form) or
+                          * GEARBX_MMV_SWIGLU (silu), as ggml-cuda computes them */
+    const float *bias;   /* NULL, or added to W x: bias[c*bias_stride + r] */
+    int64_t bias_stride; /* in floats */
+} gearbx_mmv_fusion;
+#define GEARBX_MMV_GEGLU 1
+#define GEARBX_MMV_SWIGLU 2
+
 /* dst[c*dst_stride + r] = sum_k W[r][k] * x[c*x_stride + k] for r < nrows, c < ncols, on
  * `stream` (a cudaStream_t), asynchronously. W is 16-byte aligned with rows row_bytes apart;
  * scratch holds gearbx_mmv_scratch_bytes. Returns 0, or -1 when the shape is not covered or
@@ -31,6 +43,13 @@ size_t gearbx_mmv_scratch_bytes(int wtype, int64_t k, int64_t ncols);
 int gearbx_mmv(int wtype, const void *w, size_t row_bytes, int64_t nrows, int64_t k,
                const float *x, int64_t x_stride, int64_t ncols, float *dst, int64_t dst_stride,
                void *scratch, void *stream, char *err, size_t err_len);
+
+/* gearbx_mmv with a fusion (NULL: none). Each of the two products' sums is the same bits as
+ * gearbx_mmv computes it alone; -1 also when the gate's activation is not covered. */
+int gearbx_mmv_fused(int wtype, const void *w, size_t row_bytes, int64_t nrows, int64_t k,
+                     const float *x, int64_t x_stride, int64_t ncols, float *dst,
+                     int64_t dst_stride, const gearbx_mmv_fusion *fusion, void *scratch,
+                     void *stream, char *err, size_t err_len);
 
 /* Only the activation step: x to q8_1 blocks in scratch (for the parity test). */
 int gearbx_mmv_quantize_x(const float *x, int64_t x_stride, int64_t k, int64_t ncols,
@@ -55,8 +74,8 @@ int gearbx_mmv_pdl(int on);
  * gearbx_mmv_tune, every supported shape. */
 int gearbx_mmv_preferred(int wtype, int64_t nrows, int64_t k, int64_t ncols);
 
-/* Registers gearbx_mmv as ggml-cuda's mul_mat hook (our patch 0005) for the products
- * gearbx_mmv_preferred takes, or removes it: on = 0. The hook is offered a product only on
+/* Registers gearbx_mmv_fused as ggml-cuda's mul_mat hook (our patch 0005) for the products
+ * gearbx_mmv_preferred takes, fused ones included, or removes it: on = 0. The hook is offered a product only on
  * threads whose CUDA graph variant has bit 62 (GGML_CUDA_VARIANT_MMV_HOOK) set. Returns 0. */
 int gearbx_mmv_install(int on);
 

@@ -361,14 +361,35 @@ __host__ __device__ constexpr size_t fused_x_bytes(int ncols, int64_t k) {
     return ((size_t)ncols * (size_t)k + (size_t)ncols * (size_t)(k / QK) * 4 + 15) & ~(size_t)15;
 }
 
+/* ggml's activation of a fused gate (unary.cuh): GGML_GLU_OP_SWIGLU silu, GGML_GLU_OP_GEGLU
+ * gelu (tanh form); the op was checked by glu_covered. */
+constexpr int GLU_GEGLU = 1; /* ggml_glu_op ids */
+constexpr int GLU_SWIGLU = 2;
+__device__ __forceinline__ float glu_act(int op, float g) {
+    if (op == GLU_SWIGLU) {
+        return g / (1.0f + expf(-g));
+    }
+    const float GELU_COEF_A = 0.044715f;
+    const float SQRT_2_OVER_PI = 0.79788456080286535587989211986876f;
+    return 0.5f * g * (1.0f + tanhf(SQRT_2_OVER_PI * g * (1.0f + GELU_COEF_A * g * g)));
+}
+bool glu_covered(int op) { return op == GLU_SWIGLU || op == GLU_GEGLU; }
+
 /* FUSED: the CTA quantizes the activations into its shared memory itself (one launch, not
  * two), after issuing its first weight loads so that the two overlap; the codes are the same
- * bits as quantize_codes_kernel's, the products the same as the unfused kernel's. */
-template <int T, int NC, int R, int W, bool FUSED>
+ * bits as quantize_codes_kernel's, the products the same as the unfused kernel's.
+ * GLU: a row group is R/2 rows of w (up) and the same R/2 rows of gate, and a row's output is
+ * up * act(gate) (ggml's fused gate/up); each product's sum is the same bits as alone. bias
+ * (may be NULL; written by an earlier kernel, so read after the wait) is added to each output
+ * before the gate's activation, as ggml's fused mmvq adds it. */
+template <int T, int NC, int R, int W, bool FUSED, bool GLU>
 __global__ void __launch_bounds__(W * 32)
-    mmv_kernel(const uint8_t *__restrict__ w, size_t row_bytes, int nb, int64_t nrows,
-                const int8_t *gcodes, const half2 *gxds, const float *x, int64_t x_stride,
-                float *dst, int64_t dst_stride) {
+    mmv_kernel(const uint8_t *__restrict__ w, const uint8_t *__restrict__ gate, size_t row_bytes,
+               int nb, int64_t nrows, const int8_t *gcodes, const half2 *gxds, const float *x,
+               int64_t x_stride, const float *bias, int64_t bias_stride, int glu, float *dst,
+               int64_t dst_stride) {
+    static_assert(!GLU || R % 2 == 0, "a GLU row group pairs up and gate rows");
+    constexpr int RO = GLU ? R / 2 : R; /* output rows of a row group */
     constexpr int BB = traits<T>::bytes;
     constexpr int KB = slice_traits<T>::kb;
     constexpr int SB = stage_bytes<T, R>();
@@ -380,7 +401,7 @@ __global__ void __launch_bounds__(W * 32)
     uint8_t *buf = smem + xbytes + (size_t)warp * STAGES * SB;
     const int wnb = nb / (traits<T>::values / QK); /* weight blocks of a row */
     const int slices = (wnb + KB - 1) / KB;
-    const int64_t groups = (nrows + R - 1) / R;
+    const int64_t groups = (nrows + RO - 1) / RO;
     const int64_t nwarps = (int64_t)gridDim.x * W;
     const int64_t g0 = (int64_t)blockIdx.x * W + warp;
     /* the warp's units: (row group g0 + i*nwarps, slice s) in order; none past the end (a
@@ -399,9 +420,9 @@ __global__ void __launch_bounds__(W * 32)
             uint8_t *dstb = buf + (u % STAGES) * SB;
 #pragma unroll
             for (int i = 0; i < R; i++) {
-                int64_t row = g * R + i;
+                int64_t row = g * RO + i % RO;
                 row = row < nrows ? row : nrows - 1;
-                const uint8_t *src = w + row * row_bytes + (size_t)s * KB * BB;
+                const uint8_t *src = (GLU && i >= RO ? gate : w) + row * row_bytes + (size_t)s * KB * BB;
                 for (int c = lane; c < chunks; c += 32) {
                     cp_async16(dstb + i * KB * BB + 16 * c, src + 16 * c);
                 }
@@ -480,14 +501,34 @@ __global__ void __launch_bounds__(W * 32)
             for (int i = 0; i < R; i++) {
 #pragma unroll
                 for (int c = 0; c < NC; c++) {
-                    float v = acc[i][c];
 #pragma unroll
                     for (int off = 16; off > 0; off >>= 1) {
-                        v += __shfl_xor_sync(0xffffffff, v, off);
+                        acc[i][c] += __shfl_xor_sync(0xffffffff, acc[i][c], off);
                     }
-                    if (lane == 0 && g * R + i < nrows) {
-                        dst[c * dst_stride + g * R + i] = v;
+                }
+            }
+            /* as ggml's fused mmvq: up (+ bias), then times act(gate) */
+#pragma unroll
+            for (int i = 0; i < RO; i++) {
+#pragma unroll
+                for (int c = 0; c < NC; c++) {
+                    const int64_t row = g * RO + i;
+                    if (lane == 0 && row < nrows) {
+                        float r = acc[i][c];
+                        if (bias) {
+                            r += bias[c * bias_stride + row];
+                        }
+                        if constexpr (GLU) {
+                            r *= glu_act(glu, acc[i + RO][c]);
+                        }
+                        dst[c * dst_stride + row] = r;
                     }
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < R; i++) {
+#pragma unroll
+                for (int c = 0; c < NC; c++) {
                     acc[i][c] = 0.0f;
                 }
             }
@@ -499,6 +540,7 @@ __global__ void __launch_bounds__(W * 32)
 /* One product's operands, as the launchers pass them down. */
 struct Product {
     const uint8_t *w;
+    const uint8_t *gate; /* NULL, or the gate of a fused gate/up product (gearbx_mmv_fusion) */
     size_t row_bytes;
     int nb;
     int64_t nrows;
@@ -506,6 +548,9 @@ struct Product {
     int64_t x_stride;
     int8_t *codes; /* the unfused kernels' activations in scratch */
     half2 *xds;
+    const float *bias; /* NULL, or added to every output */
+    int64_t bias_stride;
+    int glu; /* the gate's activation (ggml_glu_op) */
     float *dst;
     int64_t dst_stride;
     cudaStream_t stream;
@@ -537,15 +582,17 @@ struct Choice {
     int rows;
 };
 
-/* As measured fastest on the H100 (docs/gpu/h100-2026-12-07b-mmv, h100-2026-12-07c with PDL):
- * kernel 5 with, for Q4_0 (and Q4_K, the same bytes per value), 2 rows, for Q8_0 1 below
- * width 8, 4 at 8; for the vocabulary-sized
- * products at widths 4-8 kernel 7 with 4 rows (the activations in shared memory: 1.02-1.26x
- * kernel 5 before PDL, 1.02-1.28x with it). gearbx_mmv_tune overrides either. Kernel 7 falls
- * back to 5 where its shared memory would not fit or its 16-byte activation loads would not be
- * aligned. A row's result depends on neither. */
+/* As measured fastest on the H100 (docs/gpu/h100-2026-12-07b-mmv, h100-2026-12-07c with PDL,
+ * h100-2026-12-07d for Q4_K): kernel 5 with, for Q4_0, 2 rows, for Q8_0 1 below width 8, 4 at
+ * 8, for Q4_K 2 at width 1 and 4 at widths 2-8 unless that leaves too few row groups (below
+ * 4,096 rows at widths 5-8, below 1,024 at 2-4); for the vocabulary-sized products at widths
+ * 4-8 kernel 7 with 4 rows (the activations in shared memory: 1.02-1.26x kernel 5 before PDL,
+ * 1.02-1.28x with it). gearbx_mmv_tune overrides either. Kernel 7 falls back to 5 where its
+ * shared memory would not fit or its 16-byte activation loads would not be aligned. A gated
+ * product (gate/up pairs) runs kernel 5 or 6 with at least 2 rows (one of each). A row's
+ * result depends on none of it. */
 Choice choose(int wtype, int64_t nrows, int64_t ncols, int64_t k, const float *x,
-              int64_t x_stride) {
+              int64_t x_stride, bool gated) {
     const bool wide_head = nrows >= VOCAB_ROWS && ncols >= 4;
     Choice c;
     c.kernel = tune_kernel ? tune_kernel : wide_head ? 7 : 5;
@@ -553,10 +600,16 @@ Choice choose(int wtype, int64_t nrows, int64_t ncols, int64_t k, const float *x
         c.rows = tune_rows;
     } else if (wide_head) {
         c.rows = 4;
-    } else if (wtype != T_Q8_0) {
+    } else if (wtype == T_Q4_0) {
         c.rows = 2;
+    } else if (wtype == T_Q4_K) {
+        c.rows = ncols >= 2 && (nrows >= 4096 || (ncols <= 4 && nrows >= 1024)) ? 4 : 2;
     } else {
         c.rows = ncols < 8 ? 1 : 4;
+    }
+    if (gated) {
+        c.kernel = c.kernel == 7 ? 5 : c.kernel;
+        c.rows = c.rows < 2 ? 2 : c.rows;
     }
     if (c.kernel == 7) {
         const size_t smem =
@@ -617,22 +670,31 @@ cudaError_t launch_grid(K kern, SmemAllowed &allowed, int warps, size_t smem, bo
     }
     grid = grid < 0x7fffffff ? grid : 0x7fffffff;
     return launch_kernel(kern, dim3((unsigned)grid), dim3(warps * 32), smem, p.stream, p.pdl,
-                         p.w, p.row_bytes, p.nb, p.nrows, p.codes, p.xds, p.x, p.x_stride,
-                         p.dst, p.dst_stride);
+                         p.w, p.gate, p.row_bytes, p.nb, p.nrows, p.codes, p.xds, p.x,
+                         p.x_stride, p.bias, p.bias_stride, p.glu, p.dst, p.dst_stride);
 }
 
+/* Kernels 5 and 6 (gated: R of 2 or 4, choose's doing), or 7. */
 template <int T, int NC, int R>
 cudaError_t launch(int kernel, const Product &p) {
+    const size_t smem = (size_t)PRODUCT_WARPS * STAGES * stage_bytes<T, R>();
+    if (p.gate) {
+        if constexpr (R % 2 == 0) {
+            static SmemAllowed allowed;
+            return launch_grid(mmv_kernel<T, NC, R, PRODUCT_WARPS, false, true>, allowed,
+                               PRODUCT_WARPS, smem, kernel == 6, (p.nrows + R / 2 - 1) / (R / 2), p);
+        }
+        return cudaErrorInvalidValue;
+    }
     const int64_t groups = (p.nrows + R - 1) / R;
     if (kernel == 7) {
         static SmemAllowed allowed; /* one per kernel instance */
-        const size_t smem = fused_smem<T, R>(NC, (int64_t)p.nb * QK);
-        return launch_grid(mmv_kernel<T, NC, R, FUSED_WARPS, true>, allowed, FUSED_WARPS, smem,
-                           true, groups, p);
+        return launch_grid(mmv_kernel<T, NC, R, FUSED_WARPS, true, false>, allowed, FUSED_WARPS,
+                           fused_smem<T, R>(NC, (int64_t)p.nb * QK), true, groups, p);
     }
     static SmemAllowed allowed;
-    return launch_grid(mmv_kernel<T, NC, R, PRODUCT_WARPS, false>, allowed, PRODUCT_WARPS,
-                       (size_t)PRODUCT_WARPS * STAGES * stage_bytes<T, R>(), kernel == 6, groups, p);
+    return launch_grid(mmv_kernel<T, NC, R, PRODUCT_WARPS, false, false>, allowed, PRODUCT_WARPS,
+                       smem, kernel == 6, groups, p);
 }
 
 template <int T, int NC>
@@ -705,24 +767,31 @@ extern "C" int gearbx_mmv_quantize_x(const float *x, int64_t x_stride, int64_t k
     return cudaGetLastError() == cudaSuccess ? 0 : -1;
 }
 
-extern "C" int gearbx_mmv(int wtype, const void *w, size_t row_bytes, int64_t nrows, int64_t k,
-                          const float *x, int64_t x_stride, int64_t ncols, float *dst,
-                          int64_t dst_stride, void *scratch, void *stream, char *err,
-                          size_t err_len) {
+extern "C" int gearbx_mmv_fused(int wtype, const void *w, size_t row_bytes, int64_t nrows,
+                                int64_t k, const float *x, int64_t x_stride, int64_t ncols,
+                                float *dst, int64_t dst_stride, const gearbx_mmv_fusion *fusion,
+                                void *scratch, void *stream, char *err, size_t err_len) {
     if (!gearbx_mmv_supported(wtype, k, ncols)) {
         return fail(err, err_len, "gearbx_mmv: shape not covered");
     }
     const int nb = (int)(k / QK);
-    if (row_bytes != row_bytes_of(wtype, k) || ((uintptr_t)w & 15) != 0 || nrows < 1) {
+    const gearbx_mmv_fusion none = {nullptr, 0, nullptr, 0};
+    const gearbx_mmv_fusion &f = fusion ? *fusion : none;
+    if (row_bytes != row_bytes_of(wtype, k) || ((uintptr_t)w & 15) != 0 ||
+        ((uintptr_t)f.gate & 15) != 0 || nrows < 1) {
         return fail(err, err_len, "gearbx_mmv: rows not contiguous and 16-byte aligned");
+    }
+    if (f.gate && !glu_covered(f.glu_op)) {
+        return fail(err, err_len, "gearbx_mmv: gate activation not covered");
     }
     int dev = 0, major = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    Product p{(const uint8_t *)w, row_bytes, nb, nrows, x, x_stride, (int8_t *)scratch,
-              (half2 *)((int8_t *)scratch + ncols * k), dst, dst_stride, (cudaStream_t)stream,
-              dev, pdl_on && major >= 9};
-    const Choice c = choose(wtype, nrows, ncols, k, x, x_stride);
+    Product p{(const uint8_t *)w, (const uint8_t *)f.gate, row_bytes, nb, nrows, x, x_stride,
+              (int8_t *)scratch, (half2 *)((int8_t *)scratch + ncols * k), f.bias,
+              f.bias_stride, f.glu_op, dst, dst_stride, (cudaStream_t)stream, dev,
+              pdl_on && major >= 9};
+    const Choice c = choose(wtype, nrows, ncols, k, x, x_stride, f.gate != nullptr);
     if (c.kernel != 7) {
         const dim3 qgrid((unsigned)((k + 255) / 256), (unsigned)ncols);
         const cudaError_t e = launch_kernel(quantize_codes_kernel, qgrid, dim3(256), 0, p.stream,
@@ -737,6 +806,14 @@ extern "C" int gearbx_mmv(int wtype, const void *w, size_t row_bytes, int64_t nr
         return fail(err, err_len, cudaGetErrorString(e));
     }
     return 0;
+}
+
+extern "C" int gearbx_mmv(int wtype, const void *w, size_t row_bytes, int64_t nrows, int64_t k,
+                          const float *x, int64_t x_stride, int64_t ncols, float *dst,
+                          int64_t dst_stride, void *scratch, void *stream, char *err,
+                          size_t err_len) {
+    return gearbx_mmv_fused(wtype, w, row_bytes, nrows, k, x, x_stride, ncols, dst, dst_stride,
+                            nullptr, scratch, stream, err, err_len);
 }
 
 extern "C" int gearbx_mmv_preferred(int wtype, int64_t nrows, int64_t k, int64_t ncols) {
@@ -754,26 +831,44 @@ extern "C" int gearbx_mmv_preferred(int wtype, int64_t nrows, int64_t k, int64_t
 }
 
 #ifndef GEARBX_MMV_NO_HOOK
-namespace {
-/* Patch 0005's scratch question: our bytes for the products we take, 0 for the others. */
-size_t hook_scratch(int wtype, int64_t nrows, int64_t k, int64_t ncols) {
-    return gearbx_mmv_preferred(wtype, nrows, k, ncols) ? gearbx_mmv_scratch_bytes(wtype, k, ncols)
-                                                        : 0;
-}
-} // namespace
-
 extern "C" {
-typedef size_t (*ggml_cuda_mmv_hook_scratch_t)(int, int64_t, int64_t, int64_t);
+/* Our patch 0005 to ggml-cuda (ggml-cuda.h; its fusion struct has gearbx_mmv_fusion's members,
+ * tests/vendor.rs checks). */
+struct ggml_cuda_mmv_hook_fusion;
+typedef size_t (*ggml_cuda_mmv_hook_scratch_t)(int, int64_t, int64_t, int64_t,
+                                               const struct ggml_cuda_mmv_hook_fusion *);
 typedef int (*ggml_cuda_mmv_hook_t)(int, const void *, size_t, int64_t, int64_t, const float *,
-                                    int64_t, int64_t, float *, int64_t, void *, void *, char *,
-                                    size_t);
-/* Our patch 0005 to ggml-cuda. */
+                                    int64_t, int64_t, float *, int64_t,
+                                    const struct ggml_cuda_mmv_hook_fusion *, void *, void *,
+                                    char *, size_t);
 void ggml_backend_cuda_set_mmv_hook(ggml_cuda_mmv_hook_scratch_t scratch, ggml_cuda_mmv_hook_t run);
 }
 
+namespace {
+/* Patch 0005's scratch question: our bytes for the products we take (a fused gate's
+ * activation covered), 0 for the others. */
+size_t hook_scratch(int wtype, int64_t nrows, int64_t k, int64_t ncols,
+                    const ggml_cuda_mmv_hook_fusion *fusion) {
+    const gearbx_mmv_fusion *f = (const gearbx_mmv_fusion *)fusion;
+    if (f && f->gate && !glu_covered(f->glu_op)) {
+        return 0;
+    }
+    return gearbx_mmv_preferred(wtype, nrows, k, ncols) ? gearbx_mmv_scratch_bytes(wtype, k, ncols)
+                                                        : 0;
+}
+
+int hook_run(int wtype, const void *w, size_t row_bytes, int64_t nrows, int64_t k, const float *x,
+             int64_t x_stride, int64_t ncols, float *dst, int64_t dst_stride,
+             const ggml_cuda_mmv_hook_fusion *fusion, void *scratch, void *stream, char *err,
+             size_t err_len) {
+    return gearbx_mmv_fused(wtype, w, row_bytes, nrows, k, x, x_stride, ncols, dst, dst_stride,
+                            (const gearbx_mmv_fusion *)fusion, scratch, stream, err, err_len);
+}
+} // namespace
+
 extern "C" int gearbx_mmv_install(int on) {
     if (on) {
-        ggml_backend_cuda_set_mmv_hook(hook_scratch, gearbx_mmv);
+        ggml_backend_cuda_set_mmv_hook(hook_scratch, hook_run);
     } else {
         ggml_backend_cuda_set_mmv_hook(nullptr, nullptr);
     }

@@ -111,7 +111,7 @@ static void fill_x(int c, float *x, int64_t n) {
 /* Runs the product on the device; returns outputs (ncols x rows) and the q8_1 activations. */
 struct Dev {
     uint8_t *w = nullptr;
-    float *x = nullptr, *dst = nullptr;
+    float *x = nullptr, *dst = nullptr, *bias = nullptr;
     void *scratch = nullptr;
     size_t wbytes = 0;
 };
@@ -209,6 +209,87 @@ static void parity(int t, const Shape &s, int c, Dev &d, const std::vector<uint8
     failures += diff != 0;
 }
 
+/* The gate's activation as ggml-cuda computes it (unary.cuh), on the host. */
+static float act(int op, float g) {
+    if (op == GEARBX_MMV_SWIGLU) return g / (1.0f + expf(-g));
+    return 0.5f * g * (1.0f + tanhf(0.79788456080286535587989211986876f * g * (1.0f + 0.044715f * g * g)));
+}
+
+static void run_fused(int t, const Shape &s, int ncols, Dev &d, const gearbx_mmv_fusion *f,
+                      std::vector<float> &out) {
+    char err[256];
+    if (gearbx_mmv_fused(t, d.w, rbytes(t, s.k), s.rows, s.k, d.x, s.k, ncols, d.dst, s.rows, f,
+                         d.scratch, nullptr, err, sizeof err) != 0) {
+        fprintf(stderr, "gearbx_mmv_fused: %s\n", err);
+        exit(3);
+    }
+    CK(cudaDeviceSynchronize());
+    out.resize((size_t)ncols * s.rows);
+    CK(cudaMemcpy(out.data(), d.dst, out.size() * 4, cudaMemcpyDeviceToHost));
+}
+
+/* Fused products (gearbx_mmv_fused, as patch 0005 offers ggml-cuda's fused mmvq products):
+ * up + bias bit for bit the unfused up plus the bias; (up + bias) * act(gate) against the
+ * unfused products with the activation applied here (the device's expf/tanhf may differ from
+ * the host's by an ulp or two); the gated product at widths 1..7 bit-identical to its
+ * 8-column launch. W (up) at d.w, the gate right after it, the bias in d.bias. */
+static void fused_parity(int t, const Shape &s, Dev &d) {
+    const int nc = 8;
+    const size_t wb = (size_t)s.rows * rbytes(t, s.k);
+    std::vector<uint8_t> w(wb);
+    fill_weights(t, RANDOM, w.data(), s.rows * rblocks(t, s.k));
+    CK(cudaMemcpy(d.w, w.data(), wb, cudaMemcpyHostToDevice));
+    fill_weights(t, RANDOM, w.data(), s.rows * rblocks(t, s.k));
+    CK(cudaMemcpy(d.w + wb, w.data(), wb, cudaMemcpyHostToDevice));
+    std::vector<float> x((size_t)nc * s.k), b((size_t)nc * s.rows);
+    fill_x(RANDOM, x.data(), (int64_t)x.size());
+    fill_x(RANDOM, b.data(), (int64_t)b.size());
+    CK(cudaMemcpy(d.x, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(d.bias, b.data(), b.size() * 4, cudaMemcpyHostToDevice));
+    std::vector<float> up, gate, o;
+    run(t, s, nc, d, up, nullptr);
+    uint8_t *const w_up = d.w;
+    d.w = w_up + wb;
+    run(t, s, nc, d, gate, nullptr);
+    d.w = w_up;
+    long off_bias = 0, off_gate = 0, diff = 0;
+    double worst = 0;
+    const gearbx_mmv_fusion fb = {nullptr, 0, d.bias, s.rows};
+    run_fused(t, s, nc, d, &fb, o);
+    for (size_t i = 0; i < o.size(); i++) {
+        const float want = up[i] + b[i];
+        off_bias += memcmp(&o[i], &want, 4) != 0;
+    }
+    for (int op : {GEARBX_MMV_SWIGLU, GEARBX_MMV_GEGLU}) {
+        for (int with_bias = 0; with_bias < 2; with_bias++) {
+            const gearbx_mmv_fusion fg = {w_up + wb, op, with_bias ? d.bias : nullptr, s.rows};
+            run_fused(t, s, nc, d, &fg, o);
+            for (size_t i = 0; i < o.size(); i++) {
+                const double want = (double)(up[i] + (with_bias ? b[i] : 0.0f)) * act(op, gate[i]);
+                const double e = fabs(o[i] - want);
+                if (!(e <= 1e-5 * fabs(want) + 1e-30)) {
+                    if (off_gate < 3)
+                        fprintf(stderr, "  %s %s fused op %d row %zu: gpu %.9g host %.9g\n",
+                                tname(t), s.name, op, i % s.rows, o[i], want);
+                    off_gate++;
+                } else if (want != 0) {
+                    worst = fmax(worst, e / fabs(want));
+                }
+            }
+            if (op == GEARBX_MMV_SWIGLU && with_bias) {
+                for (int n = 1; n < nc; n++) {
+                    std::vector<float> on;
+                    run_fused(t, s, n, d, &fg, on);
+                    for (size_t i = 0; i < on.size(); i++) diff += memcmp(&on[i], &o[i], 4) != 0;
+                }
+            }
+        }
+    }
+    printf("| %s | %s | %ld | %ld | %.2e | %s (%ld differ) |\n", tname(t), s.name, off_bias,
+           off_gate, worst, diff == 0 ? "yes" : "NO", diff);
+    failures += (off_bias != 0) + (off_gate != 0) + (diff != 0);
+}
+
 /* Time per product over weight copies that do not fit L2 (60 MB), CUDA-graph replayed. */
 static double time_product(int t, const Shape &s, int ncols, Dev &d, int copies) {
     const size_t wb = (size_t)s.rows * rbytes(t, s.k);
@@ -287,6 +368,131 @@ static double ggml_products(int t, const Shape &s, int ncols, const std::vector<
     ggml_backend_free(be);
     return ms * 1e-3 / (reps * copies);
 }
+
+/* ggml-cuda's fused products at width 1 through ggml: kind 1 swiglu_split(W_gate x, W_up x)
+ * (ggml-cuda fuses gate/up + GLU into one mmvq), kind 2 W x + r (mul_mat + add); `copies`
+ * weight sets in one graph, as ggml_products; seconds per fused product, first output. */
+static double ggml_fused_products(int t, const Shape &s, int kind, const std::vector<uint8_t> &w,
+                                  const std::vector<float> &x, const std::vector<float> &r,
+                                  int copies, std::vector<float> &out) {
+    ggml_backend_t be = ggml_backend_cuda_init(0);
+    struct ggml_init_params ip = {ggml_tensor_overhead() * (6 * copies + 8) + ggml_graph_overhead(),
+                                  nullptr, true};
+    ggml_context *ctx = ggml_init(ip);
+    ggml_tensor *xt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, s.k, 1);
+    ggml_tensor *rt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, s.rows, 1);
+    std::vector<ggml_tensor *> ws, ys;
+    ggml_cgraph *gf = ggml_new_graph_custom(ctx, 6 * copies + 8, false);
+    for (int i = 0; i < copies; i++) {
+        ggml_tensor *a = ggml_new_tensor_2d(ctx, (ggml_type)t, s.k, s.rows);
+        ws.push_back(a);
+        ggml_tensor *y;
+        if (kind == 1) {
+            ggml_tensor *g = ggml_new_tensor_2d(ctx, (ggml_type)t, s.k, s.rows);
+            ws.push_back(g);
+            y = ggml_swiglu_split(ctx, ggml_mul_mat(ctx, g, xt), ggml_mul_mat(ctx, a, xt));
+        } else {
+            y = ggml_add(ctx, ggml_mul_mat(ctx, a, xt), rt);
+        }
+        ys.push_back(y);
+        ggml_build_forward_expand(gf, y);
+    }
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx, be);
+    const size_t half = w.size() / 2; /* up, then gate */
+    for (size_t i = 0; i < ws.size(); i++) {
+        const bool is_gate = kind == 1 && i % 2 == 1;
+        ggml_backend_tensor_set(ws[i], w.data() + (is_gate ? half : 0), 0, half);
+    }
+    ggml_backend_tensor_set(xt, x.data(), 0, (size_t)s.k * 4);
+    ggml_backend_tensor_set(rt, r.data(), 0, (size_t)s.rows * 4);
+    ggml_backend_graph_compute(be, gf);
+    ggml_backend_graph_compute(be, gf);
+    const int reps = 5;
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    CK(cudaDeviceSynchronize());
+    CK(cudaEventRecord(a, 0));
+    for (int rep = 0; rep < reps; rep++) ggml_backend_graph_compute(be, gf);
+    CK(cudaEventRecord(b, 0));
+    CK(cudaEventSynchronize(b));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    out.resize((size_t)s.rows);
+    ggml_backend_tensor_get(ys[0], out.data(), 0, out.size() * 4);
+    ggml_backend_buffer_free(buf);
+    ggml_free(ctx);
+    ggml_backend_free(be);
+    return ms * 1e-3 / (reps * copies);
+}
+
+/* The fused products of a Llama layer through ggml at width 1: llama.cpp's fused mmvq against
+ * ours through the hook (bitwise gearbx_mmv_fused's output; mmvq's close to it). */
+static void ggml_fused_table(Dev &d) {
+    printf("\n## Fused products through ggml at width 1 (ggml-cuda fuses only there): llama.cpp's "
+           "fused mmvq vs ours through patch 0005's hook, same process\n\n| type | product | "
+           "llama.cpp fused mmvq us | ours via hook us | speedup | gearbx uses |\n"
+           "|---|---|---|---|---|---|\n");
+    struct F {
+        const char *name;
+        int kind;
+        Shape s;
+    };
+    static const F FS[] = {
+        {"8B ffn gate/up + swiglu 2x14336x4096", 1, {"", 14336, 4096}},
+        {"8B ffn_down + residual 4096x14336", 2, {"", 4096, 14336}},
+        {"8B attn_output + residual 4096x4096", 2, {"", 4096, 4096}},
+        {"1B ffn gate/up + swiglu 2x8192x2048", 1, {"", 8192, 2048}},
+        {"1B ffn_down + residual 2048x8192", 2, {"", 2048, 8192}},
+        {"1B attn_output + residual 2048x2048", 2, {"", 2048, 2048}},
+    };
+    for (int t : TYPES) {
+        for (const F &f : FS) {
+            const Shape &s = f.s;
+            const size_t wb = (size_t)s.rows * rbytes(t, s.k);
+            std::vector<uint8_t> w(2 * wb);
+            fill_weights(t, RANDOM, w.data(), 2 * s.rows * rblocks(t, s.k));
+            std::vector<float> x((size_t)s.k), r((size_t)s.rows);
+            fill_x(RANDOM, x.data(), s.k);
+            fill_x(RANDOM, r.data(), s.rows);
+            const int copies = copies_for(wb * (f.kind == 1 ? 2 : 1));
+            std::vector<float> o_ref, o_hook, o_mine;
+            gearbx_mmv_install(1);
+            const double t_ref = ggml_fused_products(t, s, f.kind, w, x, r, copies, o_ref);
+            ggml_backend_cuda_set_graph_variant(GGML_CUDA_VARIANT_MMV_HOOK);
+            gearbx_mmv_tune(5, 0); /* every product the hook is offered */
+            const double t_hook = ggml_fused_products(t, s, f.kind, w, x, r, copies, o_hook);
+            gearbx_mmv_tune(0, 0);
+            ggml_backend_cuda_set_graph_variant(0);
+            gearbx_mmv_install(0);
+            /* the same directly: up at d.w, gate after it, residual as the bias */
+            CK(cudaMemcpy(d.w, w.data(), 2 * wb, cudaMemcpyHostToDevice));
+            CK(cudaMemcpy(d.x, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+            CK(cudaMemcpy(d.bias, r.data(), r.size() * 4, cudaMemcpyHostToDevice));
+            const gearbx_mmv_fusion fu = f.kind == 1
+                                             ? gearbx_mmv_fusion{d.w + wb, GEARBX_MMV_SWIGLU, nullptr, 0}
+                                             : gearbx_mmv_fusion{nullptr, 0, d.bias, s.rows};
+            run_fused(t, s, 1, d, &fu, o_mine);
+            long not_ours = 0;
+            double dev = 0, mag = 0;
+            for (size_t i = 0; i < o_mine.size(); i++) {
+                not_ours += memcmp(&o_hook[i], &o_mine[i], 4) != 0;
+                dev = fmax(dev, fabs((double)o_ref[i] - o_mine[i]));
+                mag = fmax(mag, fabs((double)o_mine[i]));
+            }
+            printf("| %s | %s | %.2f | %.2f | %.2fx | %s |", tname(t), f.name, t_ref * 1e6,
+                   t_hook * 1e6, t_ref / t_hook,
+                   gearbx_mmv_preferred(t, s.rows, s.k, 1) ? "ours" : "llama.cpp");
+            if (not_ours || !(dev <= 1e-3 * mag + 1e-6)) {
+                printf(" **hook output not ours (%ld) or mmvq far (%.3g of %.3g)** |", not_ours,
+                       dev, mag);
+                failures++;
+            }
+            printf("\n");
+            fflush(stdout);
+        }
+    }
+}
 #endif
 
 int main(int argc, char **argv) {
@@ -307,6 +513,7 @@ int main(int argc, char **argv) {
     CK(cudaMalloc(&d.w, max_w));
     CK(cudaMalloc(&d.x, 8 * 14336 * 4));
     CK(cudaMalloc(&d.dst, 8 * 128256 * 4));
+    CK(cudaMalloc(&d.bias, 8 * 128256 * 4));
     CK(cudaMalloc(&d.scratch, gearbx_mmv_scratch_bytes(GEARBX_T_Q8_0, 14336, 8)));
 
     printf("## Parity (8 columns) and width invariance\n\n| type | shape | case | q8_1 x "
@@ -321,6 +528,17 @@ int main(int argc, char **argv) {
                 CK(cudaMemcpy(d.w, w.data(), w.size(), cudaMemcpyHostToDevice));
                 parity(t, s, c, d, w);
             }
+        }
+    }
+
+    printf("\n## Fused products (gearbx_mmv_fused, 8 columns): up + bias, (up [+ bias]) * "
+           "act(gate) for silu and gelu, against the unfused products\n\n| type | shape | "
+           "up + bias off (bitwise) | gated off (> 1e-5 relative) | max relative error of gated "
+           "| gated widths 1..7 bit-identical to 8 |\n|---|---|---|---|---|---|\n");
+    for (int t : TYPES) {
+        for (const Shape &s : SHAPES) {
+            if (speed || s.rows > 14336 || (quick && s.rows != 14336)) continue;
+            fused_parity(t, s, d);
         }
     }
 
@@ -424,6 +642,9 @@ int main(int argc, char **argv) {
             }
         }
     }
+#ifdef WITH_GGML
+    if (!speed) ggml_fused_table(d);
+#endif
     printf("\n%s: %d failed checks\n", failures ? "FAIL" : "PASS", failures);
     return failures ? 1 : 0;
 }
