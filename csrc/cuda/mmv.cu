@@ -823,11 +823,17 @@ extern "C" int gearbx_mmv_preferred(int wtype, int64_t nrows, int64_t k, int64_t
     if (tune_kernel != 0) { /* a measurement of a forced kernel: every product it covers */
         return 1;
     }
-    /* Where ours measured faster than mmvq through ggml (docs/gpu/h100-2026-12-07c, PDL): the
-     * vocabulary-sized products (output heads, 1.04-1.87x at width 1); the 8B layers' are at
-     * parity (0.93-1.04x; end to end 0.997x with ours on all of them), so they stay mmvq's.
-     * Q4_K: every product (mmvq's Q4_K path is 14% slower than its Q4_0 path end to end). */
-    return nrows >= VOCAB_ROWS || wtype == T_Q4_K;
+    /* As measured on the H100 (docs/gpu/h100-2026-12-07e, PDL): at width 1 (decode) every
+     * product, fused ones included: end to end ours on all of them ran 8B Q4_K 1.30-1.35x,
+     * Q4_0 1.13x, Q8_0 1.11x llama.cpp's kernels (the few plain products where mmvq is ahead,
+     * 0.93-0.96x, are outweighed); at widths 2-8 (lossless verification) the
+     * vocabulary-sized products (ahead at every width, kernel 7 at 4-8: h100-2026-12-07c), and
+     * for Q4_K the products with k <= 4096 (1.05-1.29x)
+     * unless few rows at widths 5-8 (8B attn_k/v at width 8: 0.79x). */
+    if (ncols == 1 || nrows >= VOCAB_ROWS) {
+        return 1;
+    }
+    return wtype == T_Q4_K && k <= 4096 && (ncols <= 4 || nrows >= 2048);
 }
 
 #ifndef GEARBX_MMV_NO_HOOK

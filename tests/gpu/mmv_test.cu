@@ -253,7 +253,7 @@ static void fused_parity(int t, const Shape &s, Dev &d) {
     run(t, s, nc, d, gate, nullptr);
     d.w = w_up;
     long off_bias = 0, off_gate = 0, diff = 0;
-    double worst = 0;
+    double worst[2] = {0, 0}; /* silu, gelu */
     const gearbx_mmv_fusion fb = {nullptr, 0, d.bias, s.rows};
     run_fused(t, s, nc, d, &fb, o);
     for (size_t i = 0; i < o.size(); i++) {
@@ -267,13 +267,14 @@ static void fused_parity(int t, const Shape &s, Dev &d) {
             for (size_t i = 0; i < o.size(); i++) {
                 const double want = (double)(up[i] + (with_bias ? b[i] : 0.0f)) * act(op, gate[i]);
                 const double e = fabs(o[i] - want);
-                if (!(e <= 1e-5 * fabs(want) + 1e-30)) {
+                /* the device's tanhf is ~1e-5 relative off the host's (silu's expf ~1e-7) */
+                if (!(e <= (op == GEARBX_MMV_GEGLU ? 1e-4 : 1e-5) * fabs(want) + 1e-30)) {
                     if (off_gate < 3)
                         fprintf(stderr, "  %s %s fused op %d row %zu: gpu %.9g host %.9g\n",
                                 tname(t), s.name, op, i % s.rows, o[i], want);
                     off_gate++;
                 } else if (want != 0) {
-                    worst = fmax(worst, e / fabs(want));
+                    worst[op == GEARBX_MMV_GEGLU] = fmax(worst[op == GEARBX_MMV_GEGLU], e / fabs(want));
                 }
             }
             if (op == GEARBX_MMV_SWIGLU && with_bias) {
@@ -285,8 +286,8 @@ static void fused_parity(int t, const Shape &s, Dev &d) {
             }
         }
     }
-    printf("| %s | %s | %ld | %ld | %.2e | %s (%ld differ) |\n", tname(t), s.name, off_bias,
-           off_gate, worst, diff == 0 ? "yes" : "NO", diff);
+    printf("| %s | %s | %ld | %ld | %.2e / %.2e | %s (%ld differ) |\n", tname(t), s.name,
+           off_bias, off_gate, worst[0], worst[1], diff == 0 ? "yes" : "NO", diff);
     failures += (off_bias != 0) + (off_gate != 0) + (diff != 0);
 }
 
@@ -533,8 +534,8 @@ int main(int argc, char **argv) {
 
     printf("\n## Fused products (gearbx_mmv_fused, 8 columns): up + bias, (up [+ bias]) * "
            "act(gate) for silu and gelu, against the unfused products\n\n| type | shape | "
-           "up + bias off (bitwise) | gated off (> 1e-5 relative) | max relative error of gated "
-           "| gated widths 1..7 bit-identical to 8 |\n|---|---|---|---|---|---|\n");
+           "up + bias off (bitwise) | gated off (silu > 1e-5, gelu > 1e-4 relative) | max relative "
+           "error of gated, silu / gelu | gated widths 1..7 bit-identical to 8 |\n|---|---|---|---|---|---|\n");
     for (int t : TYPES) {
         for (const Shape &s : SHAPES) {
             if (speed || s.rows > 14336 || (quick && s.rows != 14336)) continue;
