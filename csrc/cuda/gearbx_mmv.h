@@ -69,9 +69,9 @@ int gearbx_mmv_tune(int kernel, int rows);
  * own kernels so) or without (0). Not thread-safe, as gearbx_mmv_tune. Returns 0. */
 int gearbx_mmv_pdl(int on);
 
-/* Whether ours is the faster product for this shape (measured on the H100/H200 against
- * llama.cpp's mmvq, docs/gpu): the products the hook takes. With a kernel forced by
- * gearbx_mmv_tune, every supported shape. */
+/* The products the hook takes: every supported shape, whatever the width (ours measured ahead
+ * of llama.cpp's kernels end to end at width 1, docs/gpu/h100-2026-12-07e; the same kernel at
+ * every width keeps strict lossless verification bit-identical to single-token decoding). */
 int gearbx_mmv_preferred(int wtype, int64_t nrows, int64_t k, int64_t ncols);
 
 /* Registers gearbx_mmv_fused as ggml-cuda's mul_mat hook (our patch 0005) for the products

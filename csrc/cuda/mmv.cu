@@ -820,20 +820,14 @@ extern "C" int gearbx_mmv_preferred(int wtype, int64_t nrows, int64_t k, int64_t
     if (!gearbx_mmv_supported(wtype, k, ncols)) {
         return 0;
     }
-    if (tune_kernel != 0) { /* a measurement of a forced kernel: every product it covers */
-        return 1;
-    }
-    /* As measured on the H100 (docs/gpu/h100-2026-12-07e, PDL): at width 1 (decode) every
-     * product, fused ones included: end to end ours on all of them ran 8B Q4_K 1.30-1.35x,
-     * Q4_0 1.13x, Q8_0 1.11x llama.cpp's kernels (the few plain products where mmvq is ahead,
-     * 0.93-0.96x, are outweighed); at widths 2-8 (lossless verification) the
-     * vocabulary-sized products (ahead at every width, kernel 7 at 4-8: h100-2026-12-07c), and
-     * for Q4_K the products with k <= 4096 (1.05-1.29x)
-     * unless few rows at widths 5-8 (8B attn_k/v at width 8: 0.79x). */
-    if (ncols == 1 || nrows >= VOCAB_ROWS) {
-        return 1;
-    }
-    return wtype == T_Q4_K && k <= 4096 && (ncols <= 4 || nrows >= 2048);
+    /* Every product: at width 1 (decode) ours on all of them, fused ones included, ran end to
+     * end 8B Q4_K 1.30-1.35x, Q4_0 1.13x, Q8_0 1.11x, 1B Q4_K 1.27-1.31x, Q4_0 1.09x llama.cpp's
+     * kernels on the H100 (docs/gpu/h100-2026-12-07e; the few plain products where mmvq is
+     * ahead, 0.93-0.96x, are outweighed). The answer may not depend on the width: strict
+     * lossless verification needs a row computed at widths 2-8 as at width 1, where ours
+     * computes it (so at widths 2-8 some Q4_0/Q8_0 layer products run 0.7-0.97x mmvq's). */
+    (void)nrows;
+    return 1;
 }
 
 #ifndef GEARBX_MMV_NO_HOOK

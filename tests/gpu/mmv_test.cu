@@ -370,6 +370,29 @@ static double ggml_products(int t, const Shape &s, int ncols, const std::vector<
     return ms * 1e-3 / (reps * copies);
 }
 
+/* ggml-cuda's own GLU op (swiglu_split / geglu_split) on F32 up and gate vectors: what a
+ * product unfused (widths 2-8, where ggml-cuda does not fuse) gets after ours. */
+static std::vector<float> ggml_glu(int op, const std::vector<float> &up, const std::vector<float> &gate) {
+    ggml_backend_t be = ggml_backend_cuda_init(0);
+    struct ggml_init_params ip = {ggml_tensor_overhead() * 8 + ggml_graph_overhead(), nullptr, true};
+    ggml_context *ctx = ggml_init(ip);
+    ggml_tensor *u = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, (int64_t)up.size());
+    ggml_tensor *g = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, (int64_t)up.size());
+    ggml_tensor *y = op == GEARBX_MMV_SWIGLU ? ggml_swiglu_split(ctx, g, u) : ggml_geglu_split(ctx, g, u);
+    ggml_cgraph *gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, y);
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx, be);
+    ggml_backend_tensor_set(u, up.data(), 0, up.size() * 4);
+    ggml_backend_tensor_set(g, gate.data(), 0, gate.size() * 4);
+    ggml_backend_graph_compute(be, gf);
+    std::vector<float> out(up.size());
+    ggml_backend_tensor_get(y, out.data(), 0, out.size() * 4);
+    ggml_backend_buffer_free(buf);
+    ggml_free(ctx);
+    ggml_backend_free(be);
+    return out;
+}
+
 /* ggml-cuda's fused products at width 1 through ggml: kind 1 swiglu_split(W_gate x, W_up x)
  * (ggml-cuda fuses gate/up + GLU into one mmvq), kind 2 W x + r (mul_mat + add); `copies`
  * weight sets in one graph, as ggml_products; seconds per fused product, first output. */
@@ -431,9 +454,11 @@ static double ggml_fused_products(int t, const Shape &s, int kind, const std::ve
  * ours through the hook (bitwise gearbx_mmv_fused's output; mmvq's close to it). */
 static void ggml_fused_table(Dev &d) {
     printf("\n## Fused products through ggml at width 1 (ggml-cuda fuses only there): llama.cpp's "
-           "fused mmvq vs ours through patch 0005's hook, same process\n\n| type | product | "
-           "llama.cpp fused mmvq us | ours via hook us | speedup | gearbx uses |\n"
-           "|---|---|---|---|---|---|\n");
+           "fused mmvq vs ours through patch 0005's hook, same process; and whether our fused "
+           "gate (silu and gelu) gives the bits of our unfused products through ggml-cuda's GLU "
+           "op (what widths 2-8 compute: strict lossless needs them equal)\n\n| type | product "
+           "| llama.cpp fused mmvq us | ours via hook us | speedup | gearbx uses | fused == "
+           "unfused + ggml GLU, bitwise |\n|---|---|---|---|---|---|---|\n");
     struct F {
         const char *name;
         int kind;
@@ -474,6 +499,24 @@ static void ggml_fused_table(Dev &d) {
                                              ? gearbx_mmv_fusion{d.w + wb, GEARBX_MMV_SWIGLU, nullptr, 0}
                                              : gearbx_mmv_fusion{nullptr, 0, d.bias, s.rows};
             run_fused(t, s, 1, d, &fu, o_mine);
+            /* strict lossless: at widths 2-8 ggml-cuda does not fuse, and the same values come
+             * from our unfused products and its GLU op: they must be the fused bits */
+            long glu_off = 0;
+            if (f.kind == 1) {
+                std::vector<float> up1, gate1;
+                run(t, s, 1, d, up1, nullptr);
+                uint8_t *const w_up = d.w;
+                d.w = w_up + wb;
+                run(t, s, 1, d, gate1, nullptr);
+                d.w = w_up;
+                for (int op : {GEARBX_MMV_SWIGLU, GEARBX_MMV_GEGLU}) {
+                    const std::vector<float> ref = ggml_glu(op, up1, gate1);
+                    const gearbx_mmv_fusion fo = {d.w + wb, op, nullptr, 0};
+                    std::vector<float> o_op;
+                    run_fused(t, s, 1, d, &fo, o_op);
+                    for (size_t i = 0; i < ref.size(); i++) glu_off += memcmp(&ref[i], &o_op[i], 4) != 0;
+                }
+            }
             long not_ours = 0;
             double dev = 0, mag = 0;
             for (size_t i = 0; i < o_mine.size(); i++) {
@@ -481,9 +524,14 @@ static void ggml_fused_table(Dev &d) {
                 dev = fmax(dev, fabs((double)o_ref[i] - o_mine[i]));
                 mag = fmax(mag, fabs((double)o_mine[i]));
             }
-            printf("| %s | %s | %.2f | %.2f | %.2fx | %s |", tname(t), f.name, t_ref * 1e6,
+            printf("| %s | %s | %.2f | %.2f | %.2fx | %s | %s |", tname(t), f.name, t_ref * 1e6,
                    t_hook * 1e6, t_ref / t_hook,
-                   gearbx_mmv_preferred(t, s.rows, s.k, 1) ? "ours" : "llama.cpp");
+                   gearbx_mmv_preferred(t, s.rows, s.k, 1) ? "ours" : "llama.cpp",
+                   f.kind == 1 ? (glu_off ? "**NO**" : "yes") : "-");
+            if (glu_off) {
+                printf(" **%ld of %ld differ** |", glu_off, 2 * (long)s.rows);
+                failures++;
+            }
             if (not_ours || !(dev <= 1e-3 * mag + 1e-6)) {
                 printf(" **hook output not ours (%ld) or mmvq far (%.3g of %.3g)** |", not_ours,
                        dev, mag);
