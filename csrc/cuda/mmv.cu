@@ -361,17 +361,47 @@ __host__ __device__ constexpr size_t fused_x_bytes(int ncols, int64_t k) {
     return ((size_t)ncols * (size_t)k + (size_t)ncols * (size_t)(k / QK) * 4 + 15) & ~(size_t)15;
 }
 
-/* ggml's activation of a fused gate (unary.cuh): GGML_GLU_OP_SWIGLU silu, GGML_GLU_OP_GEGLU
- * gelu (tanh form); the op was checked by glu_covered. */
+/* A fused product's epilogue, bit for bit as ggml-cuda computes the same values unfused (its add
+ * and GLU kernels, built with -use_fast_math): r + bias with add.ftz, and act(gate) * r for
+ * GGML_GLU_OP_SWIGLU (silu: g / (1 + 2^(-g log2 e)), approximate exp2 and division) and
+ * GGML_GLU_OP_GEGLU (gelu, tanh form, approximate tanh), in the instructions nvcc emits for
+ * unary.cuh's ggml_cuda_op_silu_single / _gelu_single there. Strict lossless needs it: at
+ * widths 2-8 ggml-cuda does not fuse, and the row must come out as at width 1
+ * (tests/gpu/mmv_test.cu compares with ggml's own GLU op). Contraction-free (.rn) forms of
+ * the same operations, so ptxas cannot fuse them differently here. */
 constexpr int GLU_GEGLU = 1; /* ggml_glu_op ids */
 constexpr int GLU_SWIGLU = 2;
-__device__ __forceinline__ float glu_act(int op, float g) {
+__device__ __forceinline__ float add_ftz(float a, float b) {
+    float r;
+    asm("add.rn.ftz.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+}
+__device__ __forceinline__ float glu_apply(int op, float g, float up) {
+    float r;
     if (op == GLU_SWIGLU) {
-        return g / (1.0f + expf(-g));
+        asm("{\n\t.reg .f32 t, e, d, s;\n\t"
+            "mul.rn.ftz.f32 t, %1, 0fBFB8AA3B;\n\t" /* -g log2(e) */
+            "ex2.approx.ftz.f32 e, t;\n\t"
+            "add.rn.ftz.f32 d, e, 0f3F800000;\n\t"
+            "div.approx.ftz.f32 s, %1, d;\n\t"
+            "mul.rn.ftz.f32 %0, s, %2;\n\t}"
+            : "=f"(r)
+            : "f"(g), "f"(up));
+    } else {
+        asm("{\n\t.reg .f32 h, a, b, c, z, t, u, v;\n\t"
+            "mul.rn.ftz.f32 h, %1, 0f3F000000;\n\t"      /* 0.5 g */
+            "mul.rn.ftz.f32 a, %1, 0f3F4C422A;\n\t"      /* sqrt(2/pi) g */
+            "mul.rn.ftz.f32 b, %1, 0f3D372713;\n\t"      /* 0.044715 g */
+            "fma.rn.ftz.f32 c, %1, b, 0f3F800000;\n\t"   /* 1 + 0.044715 g^2 */
+            "mul.rn.ftz.f32 z, a, c;\n\t"
+            "tanh.approx.f32 t, z;\n\t"
+            "add.rn.ftz.f32 u, t, 0f3F800000;\n\t"
+            "mul.rn.ftz.f32 v, h, u;\n\t"
+            "mul.rn.ftz.f32 %0, v, %2;\n\t}"
+            : "=f"(r)
+            : "f"(g), "f"(up));
     }
-    const float GELU_COEF_A = 0.044715f;
-    const float SQRT_2_OVER_PI = 0.79788456080286535587989211986876f;
-    return 0.5f * g * (1.0f + tanhf(SQRT_2_OVER_PI * g * (1.0f + GELU_COEF_A * g * g)));
+    return r;
 }
 bool glu_covered(int op) { return op == GLU_SWIGLU || op == GLU_GEGLU; }
 
@@ -381,7 +411,7 @@ bool glu_covered(int op) { return op == GLU_SWIGLU || op == GLU_GEGLU; }
  * GLU: a row group is R/2 rows of w (up) and the same R/2 rows of gate, and a row's output is
  * up * act(gate) (ggml's fused gate/up); each product's sum is the same bits as alone. bias
  * (may be NULL; written by an earlier kernel, so read after the wait) is added to each output
- * before the gate's activation, as ggml's fused mmvq adds it. */
+ * before the gate's activation, as ggml's fused mmvq adds it (glu_apply, add_ftz). */
 template <int T, int NC, int R, int W, bool FUSED, bool GLU>
 __global__ void __launch_bounds__(W * 32)
     mmv_kernel(const uint8_t *__restrict__ w, const uint8_t *__restrict__ gate, size_t row_bytes,
@@ -516,10 +546,10 @@ __global__ void __launch_bounds__(W * 32)
                     if (lane == 0 && row < nrows) {
                         float r = acc[i][c];
                         if (bias) {
-                            r += bias[c * bias_stride + row];
+                            r = add_ftz(r, bias[c * bias_stride + row]);
                         }
                         if constexpr (GLU) {
-                            r *= glu_act(glu, acc[i + RO][c]);
+                            r = glu_apply(glu, acc[i + RO][c], r);
                         }
                         dst[c * dst_stride + row] = r;
                     }

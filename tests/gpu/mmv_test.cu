@@ -209,7 +209,8 @@ static void parity(int t, const Shape &s, int c, Dev &d, const std::vector<uint8
     failures += diff != 0;
 }
 
-/* The gate's activation as ggml-cuda computes it (unary.cuh), on the host. */
+/* The gate's activation in exact arithmetic's stead (unary.cuh's formula, the host's expf and
+ * tanhf; the device computes it as ggml-cuda does, with approximate exp2, division and tanh). */
 static float act(int op, float g) {
     if (op == GEARBX_MMV_SWIGLU) return g / (1.0f + expf(-g));
     return 0.5f * g * (1.0f + tanhf(0.79788456080286535587989211986876f * g * (1.0f + 0.044715f * g * g)));
@@ -267,8 +268,8 @@ static void fused_parity(int t, const Shape &s, Dev &d) {
             for (size_t i = 0; i < o.size(); i++) {
                 const double want = (double)(up[i] + (with_bias ? b[i] : 0.0f)) * act(op, gate[i]);
                 const double e = fabs(o[i] - want);
-                /* the device's tanhf is ~1e-5 relative off the host's (silu's expf ~1e-7) */
-                if (!(e <= (op == GEARBX_MMV_GEGLU ? 1e-4 : 1e-5) * fabs(want) + 1e-30)) {
+                /* tanh.approx is good to ~2^-11 relative, ex2.approx and div.approx to 2 ulp */
+                if (!(e <= (op == GEARBX_MMV_GEGLU ? 2e-3 : 1e-5) * fabs(want) + 1e-30)) {
                     if (off_gate < 3)
                         fprintf(stderr, "  %s %s fused op %d row %zu: gpu %.9g host %.9g\n",
                                 tname(t), s.name, op, i % s.rows, o[i], want);
@@ -582,7 +583,7 @@ int main(int argc, char **argv) {
 
     printf("\n## Fused products (gearbx_mmv_fused, 8 columns): up + bias, (up [+ bias]) * "
            "act(gate) for silu and gelu, against the unfused products\n\n| type | shape | "
-           "up + bias off (bitwise) | gated off (silu > 1e-5, gelu > 1e-4 relative) | max relative "
+           "up + bias off (bitwise) | gated off (silu > 1e-5, gelu > 2e-3 relative) | max relative "
            "error of gated, silu / gelu | gated widths 1..7 bit-identical to 8 |\n|---|---|---|---|---|---|\n");
     for (int t : TYPES) {
         for (const Shape &s : SHAPES) {
