@@ -110,9 +110,9 @@ impl SplitArgs {
 /// Which kernels compute a decode's quantized products on CUDA.
 #[derive(clap::Args, Debug, Clone)]
 pub struct KernelArgs {
-    /// Decode products of Q4_0/Q8_0 weights on CUDA (1-8 tokens): gearbx (our kernels,
-    /// csrc/cuda/mmv.cu, for the shapes where they are faster) or llama.cpp (its own, as a
-    /// static llama.cpp model runs). No effect without a CUDA GPU.
+    /// Decode products of Q4_0/Q8_0/Q4_K weights on CUDA (1-8 tokens): gearbx (our kernels,
+    /// csrc/cuda/mmv.cu, on every product they cover, the ones llama.cpp fuses included) or
+    /// llama.cpp (its own, as a static llama.cpp model runs). No effect without a CUDA GPU.
     #[arg(
         long = "decode-kernels",
         value_name = "gearbx|llama.cpp",

@@ -316,7 +316,8 @@ fn c_twin_of_the_cuda_decode_products_dequantizes_as_ggml() {
     assert!(out.ends_with("PASS\n"), "{out}");
     for t in ["2:", "8:", "12:"] {
         assert!(
-            out.lines().any(|l| l.starts_with(&format!("{t} 0 of 4096"))),
+            out.lines()
+                .any(|l| l.starts_with(&format!("{t} 0 of 4096"))),
             "type {t} missing or off: {out}"
         );
     }

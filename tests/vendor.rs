@@ -79,7 +79,15 @@ fn the_compiled_tree_holds_each_patch() {
         let start = text.find(open).unwrap_or_else(|| panic!("{open} missing")) + open.len();
         let body = &text[start..start + text[start..].find(close).unwrap()];
         body.lines()
-            .map(|l| l.split("//").next().unwrap().split("/*").next().unwrap().trim())
+            .map(|l| {
+                l.split("//")
+                    .next()
+                    .unwrap()
+                    .split("/*")
+                    .next()
+                    .unwrap()
+                    .trim()
+            })
             .filter(|l| l.ends_with(';'))
             .map(one_line)
             .map(|l| l.replace(" *", "*").replace("* ", "*"))
@@ -91,7 +99,11 @@ fn the_compiled_tree_holds_each_patch() {
         "/csrc/cuda/gearbx_mmv.h"
     ))
     .unwrap();
-    let ours = members(&ours_h, "typedef struct gearbx_mmv_fusion {", "} gearbx_mmv_fusion;");
+    let ours = members(
+        &ours_h,
+        "typedef struct gearbx_mmv_fusion {",
+        "} gearbx_mmv_fusion;",
+    );
     assert_eq!(hook.len(), 4, "{hook:?}");
     assert_eq!(hook, ours);
 }

@@ -123,8 +123,8 @@ pub fn requant_host(src_type: GgmlType, src: &[u8], dst_type: GgmlType) -> Resul
     Ok((out, ms))
 }
 
-/// Offers ggml-cuda's mul_mat our decode products (Q4_0/Q8_0 weights times 1-8 columns,
-/// csrc/cuda/mmv.cu) for the shapes where they are faster than llama.cpp's. Process-wide but
+/// Offers ggml-cuda's mul_mat our decode products (Q4_0/Q8_0/Q4_K weights times 1-8 columns,
+/// csrc/cuda/mmv.cu), its fused gate/up and residual products included. Process-wide but
 /// inert until a thread decodes under the [`DECODE_KERNELS`](crate::llama::cuda_graphs::DECODE_KERNELS)
 /// graph variant bit (patch 0005), as the contexts of a model loaded with them do.
 pub fn install_decode_kernels() {
