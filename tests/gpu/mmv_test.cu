@@ -266,10 +266,15 @@ static void fused_parity(int t, const Shape &s, Dev &d) {
             const gearbx_mmv_fusion fg = {w_up + wb, op, with_bias ? d.bias : nullptr, s.rows};
             run_fused(t, s, nc, d, &fg, o);
             for (size_t i = 0; i < o.size(); i++) {
-                const double want = (double)(up[i] + (with_bias ? b[i] : 0.0f)) * act(op, gate[i]);
+                const double u = (double)(up[i] + (with_bias ? b[i] : 0.0f));
+                const double want = u * act(op, gate[i]);
                 const double e = fabs(o[i] - want);
-                /* tanh.approx is good to ~2^-11 relative, ex2.approx and div.approx to 2 ulp */
-                if (!(e <= (op == GEARBX_MMV_GEGLU ? 2e-3 : 1e-5) * fabs(want) + 1e-30)) {
+                /* silu: ex2.approx and div.approx are good to 2 ulp; gelu: tanh.approx to 2^-11
+                 * relative, i.e. up to 5e-4 absolute in 1 + tanh, so 0.5 g (1 + tanh) within
+                 * 2.5e-4 |g| (run f measured up to 4e-3 relative where 1 + tanh cancels) */
+                const double tol = op == GEARBX_MMV_GEGLU ? 1e-5 * fabs(want) + 3e-4 * fabs(u * gate[i])
+                                                          : 1e-5 * fabs(want);
+                if (!(e <= tol + 1e-30)) {
                     if (off_gate < 3)
                         fprintf(stderr, "  %s %s fused op %d row %zu: gpu %.9g host %.9g\n",
                                 tname(t), s.name, op, i % s.rows, o[i], want);
@@ -583,7 +588,8 @@ int main(int argc, char **argv) {
 
     printf("\n## Fused products (gearbx_mmv_fused, 8 columns): up + bias, (up [+ bias]) * "
            "act(gate) for silu and gelu, against the unfused products\n\n| type | shape | "
-           "up + bias off (bitwise) | gated off (silu > 1e-5, gelu > 2e-3 relative) | max relative "
+           "up + bias off (bitwise) | gated off (silu > 1e-5 relative, gelu > 1e-5 relative + "
+           "3e-4 abs(up gate)) | max relative "
            "error of gated, silu / gelu | gated widths 1..7 bit-identical to 8 |\n|---|---|---|---|---|---|\n");
     for (int t : TYPES) {
         for (const Shape &s : SHAPES) {
