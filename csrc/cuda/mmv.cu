@@ -10,7 +10,9 @@
  * programmatic dependent launch where the device has it, as llama.cpp launches its own. Per
  * row and column: one float accumulator per lane in block order, then a fixed butterfly over
  * the warp, so a column's result does not depend on how many columns share the launch, on the
- * rows a warp takes at once, or on the kernel. Built with -fmad=false like requant.cu; the
+ * rows a warp takes at once, or on the kernel. The products ggml-cuda fuses (gate/up + GLU,
+ * mul_mat + add) run fused too (gearbx_mmv_fused), their epilogue as ggml-cuda computes the
+ * same values unfused. Built with -fmad=false like requant.cu; the
  * twin is csrc/generic/mmv_ref.h. (v1-v4, rows straight into registers or staged per CTA, measured
  * slower: docs/gpu/h200-2026-12-03-mmv, docs/gpu/h100-2026-12-07-mmv.) */
 #include <cuda_fp16.h>

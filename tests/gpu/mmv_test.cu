@@ -336,6 +336,44 @@ static int copies_for(size_t wb) {
 }
 
 #ifdef WITH_GGML
+/* The hook must have run our kernel (its output bitwise ours, o_mine) and llama.cpp's (o_ref)
+ * must be close to it; prints and counts a failure otherwise. */
+static void check_hook(const std::vector<float> &o_hook, const std::vector<float> &o_mine,
+                       const std::vector<float> &o_ref) {
+    long not_ours = 0;
+    double dev = 0, mag = 0;
+    for (size_t i = 0; i < o_mine.size(); i++) {
+        not_ours += memcmp(&o_hook[i], &o_mine[i], 4) != 0;
+        dev = fmax(dev, fabs((double)o_ref[i] - o_mine[i]));
+        mag = fmax(mag, fabs((double)o_mine[i]));
+    }
+    if (not_ours || !(dev <= 1e-3 * mag + 1e-6)) {
+        printf(" **hook output not ours (%ld) or mmvq far (%.3g of %.3g)** |", not_ours, dev, mag);
+        failures++;
+    }
+}
+
+/* Seconds per compute of gf on be: two warm-ups (the first captures its CUDA graph), then 5
+ * computes between events. */
+static double graph_seconds(ggml_backend_t be, ggml_cgraph *gf) {
+    ggml_backend_graph_compute(be, gf);
+    ggml_backend_graph_compute(be, gf);
+    const int reps = 5;
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    CK(cudaDeviceSynchronize());
+    CK(cudaEventRecord(a, 0));
+    for (int r = 0; r < reps; r++) ggml_backend_graph_compute(be, gf);
+    CK(cudaEventRecord(b, 0));
+    CK(cudaEventSynchronize(b));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    return ms * 1e-3 / reps;
+}
+
 /* The same products through ggml_mul_mat on the CUDA backend: `copies` weight tensors in one
  * graph, computed `reps` times; returns seconds per product and the first product's output. */
 static double ggml_products(int t, const Shape &s, int ncols, const std::vector<uint8_t> &w,
@@ -355,25 +393,13 @@ static double ggml_products(int t, const Shape &s, int ncols, const std::vector<
     ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx, be);
     for (int i = 0; i < copies; i++) ggml_backend_tensor_set(ws[i], w.data(), 0, w.size());
     ggml_backend_tensor_set(xt, x.data(), 0, (size_t)s.k * ncols * 4);
-    ggml_backend_graph_compute(be, gf); /* warm up, captures its CUDA graph */
-    ggml_backend_graph_compute(be, gf);
-    const int reps = 5;
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    CK(cudaDeviceSynchronize());
-    CK(cudaEventRecord(a, 0));
-    for (int r = 0; r < reps; r++) ggml_backend_graph_compute(be, gf);
-    CK(cudaEventRecord(b, 0));
-    CK(cudaEventSynchronize(b));
-    float ms;
-    CK(cudaEventElapsedTime(&ms, a, b));
+    const double sec = graph_seconds(be, gf);
     out.resize((size_t)s.rows * ncols);
     ggml_backend_tensor_get(ys[0], out.data(), 0, out.size() * 4);
     ggml_backend_buffer_free(buf);
     ggml_free(ctx);
     ggml_backend_free(be);
-    return ms * 1e-3 / (reps * copies);
+    return sec / copies;
 }
 
 /* ggml-cuda's own GLU op (swiglu_split / geglu_split) on F32 up and gate vectors: what a
@@ -435,25 +461,13 @@ static double ggml_fused_products(int t, const Shape &s, int kind, const std::ve
     }
     ggml_backend_tensor_set(xt, x.data(), 0, (size_t)s.k * 4);
     ggml_backend_tensor_set(rt, r.data(), 0, (size_t)s.rows * 4);
-    ggml_backend_graph_compute(be, gf);
-    ggml_backend_graph_compute(be, gf);
-    const int reps = 5;
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    CK(cudaDeviceSynchronize());
-    CK(cudaEventRecord(a, 0));
-    for (int rep = 0; rep < reps; rep++) ggml_backend_graph_compute(be, gf);
-    CK(cudaEventRecord(b, 0));
-    CK(cudaEventSynchronize(b));
-    float ms;
-    CK(cudaEventElapsedTime(&ms, a, b));
+    const double sec = graph_seconds(be, gf);
     out.resize((size_t)s.rows);
     ggml_backend_tensor_get(ys[0], out.data(), 0, out.size() * 4);
     ggml_backend_buffer_free(buf);
     ggml_free(ctx);
     ggml_backend_free(be);
-    return ms * 1e-3 / (reps * copies);
+    return sec / copies;
 }
 
 /* The fused products of a Llama layer through ggml at width 1: llama.cpp's fused mmvq against
@@ -523,13 +537,6 @@ static void ggml_fused_table(Dev &d) {
                     for (size_t i = 0; i < ref.size(); i++) glu_off += memcmp(&ref[i], &o_op[i], 4) != 0;
                 }
             }
-            long not_ours = 0;
-            double dev = 0, mag = 0;
-            for (size_t i = 0; i < o_mine.size(); i++) {
-                not_ours += memcmp(&o_hook[i], &o_mine[i], 4) != 0;
-                dev = fmax(dev, fabs((double)o_ref[i] - o_mine[i]));
-                mag = fmax(mag, fabs((double)o_mine[i]));
-            }
             printf("| %s | %s | %.2f | %.2f | %.2fx | %s | %s |", tname(t), f.name, t_ref * 1e6,
                    t_hook * 1e6, t_ref / t_hook,
                    gearbx_mmv_preferred(t, s.rows, s.k, 1) ? "ours" : "llama.cpp",
@@ -538,11 +545,7 @@ static void ggml_fused_table(Dev &d) {
                 printf(" **%ld of %ld differ** |", glu_off, 2 * (long)s.rows);
                 failures++;
             }
-            if (not_ours || !(dev <= 1e-3 * mag + 1e-6)) {
-                printf(" **hook output not ours (%ld) or mmvq far (%.3g of %.3g)** |", not_ours,
-                       dev, mag);
-                failures++;
-            }
+            check_hook(o_hook, o_mine, o_ref);
             printf("\n");
             fflush(stdout);
         }
@@ -675,22 +678,10 @@ int main(int argc, char **argv) {
                     gearbx_mmv_tune(0, 0);
                     gearbx_mmv_install(0);
                     run(t, s, nc, d, o_mine, nullptr);
-                    /* the hook must have run our kernel (bitwise ours); mmvq close to it */
-                    long not_ours = 0;
-                    double dev = 0, mag = 0;
-                    for (size_t i = 0; i < o_mine.size(); i++) {
-                        not_ours += memcmp(&o_hook[i], &o_mine[i], 4) != 0;
-                        dev = fmax(dev, fabs((double)o_ref[i] - o_mine[i]));
-                        mag = fmax(mag, fabs((double)o_mine[i]));
-                    }
                     printf(" %.2f | %.2f | %.2fx | %.2f | %.2f | %s |", t_ref * 1e6, t_hook * 1e6,
                            t_ref / t_hook, t_nopdl * 1e6, t_fused * 1e6,
                            gearbx_mmv_preferred(t, s.rows, s.k, nc) ? "ours" : "llama.cpp");
-                    if (not_ours || !(dev <= 1e-3 * mag + 1e-6)) {
-                        printf(" **hook output not ours (%ld) or mmvq far (%.3g of %.3g)** |",
-                               not_ours, dev, mag);
-                        failures++;
-                    }
+                    check_hook(o_hook, o_mine, o_ref);
                 }
 #endif
                 printf("\n");
