@@ -8,8 +8,8 @@
 #                      (default 128), CUDA graphs on, the gears with our decode kernels
 #                      (KERNELS=llama.cpp: with llama.cpp's, as the baselines always are);
 #                      with HEAD=1 the output head is managed too (--manage-output; the
-#                      baselines quantize theirs to the same types): the products our kernels
-#                      take (gearbx_mmv_preferred) are output-head-sized;
+#                      baselines quantize theirs to the same types), so the low and mid
+#                      gears' heads are products of our kernels too;
 #                      with NOGRAPHS=1 also again with GGML_CUDA_DISABLE_GRAPHS=1, with
 #                      REBUILD=1 also with the gearbox graph rebuilt every token (how gears
 #                      ran before each had its own CUDA graph), with REUSEOFF=1 also with
