@@ -620,11 +620,13 @@ struct Choice {
  * 4,096 rows at widths 5-8, below 1,024 at 2-4); for the vocabulary-sized products at widths
  * 4-8 kernel 7 with 4 rows (the activations in shared memory: 1.02-1.26x kernel 5 before PDL,
  * 1.02-1.28x with it). gearbx_mmv_tune overrides either. Kernel 7 falls back to 5 where its
- * shared memory would not fit or its 16-byte activation loads would not be aligned. A gated
- * product (gate/up pairs) runs kernel 5 or 6 with at least 2 rows (one of each). A row's
- * result depends on none of it. */
+ * shared memory would not fit or its 16-byte activation loads would not be aligned. A fused
+ * product runs kernel 5 or 6 (ggml may place a fused output where the activations were: only
+ * a kernel that reads them all before any CTA writes, through its separate quantizing launch,
+ * is safe then), a gated one with at least 2 rows (an up and a gate row). A row's result
+ * depends on none of it. */
 Choice choose(int wtype, int64_t nrows, int64_t ncols, int64_t k, const float *x,
-              int64_t x_stride, bool gated) {
+              int64_t x_stride, bool gated, bool fused) {
     const bool wide_head = nrows >= VOCAB_ROWS && ncols >= 4;
     Choice c;
     c.kernel = tune_kernel ? tune_kernel : wide_head ? 7 : 5;
@@ -639,8 +641,10 @@ Choice choose(int wtype, int64_t nrows, int64_t ncols, int64_t k, const float *x
     } else {
         c.rows = ncols < 8 ? 1 : 4;
     }
-    if (gated) {
+    if (fused) {
         c.kernel = c.kernel == 7 ? 5 : c.kernel;
+    }
+    if (gated) {
         c.rows = c.rows < 2 ? 2 : c.rows;
     }
     if (c.kernel == 7) {
@@ -823,7 +827,8 @@ extern "C" int gearbx_mmv_fused(int wtype, const void *w, size_t row_bytes, int6
               (int8_t *)scratch, (half2 *)((int8_t *)scratch + ncols * k), f.bias,
               f.bias_stride, f.glu_op, dst, dst_stride, (cudaStream_t)stream, dev,
               pdl_on && major >= 9};
-    const Choice c = choose(wtype, nrows, ncols, k, x, x_stride, f.gate != nullptr);
+    const Choice c = choose(wtype, nrows, ncols, k, x, x_stride, f.gate != nullptr,
+                            f.gate != nullptr || f.bias != nullptr);
     if (c.kernel != 7) {
         const dim3 qgrid((unsigned)((k + 255) / 256), (unsigned)ncols);
         const cudaError_t e = launch_kernel(quantize_codes_kernel, qgrid, dim3(256), 0, p.stream,
