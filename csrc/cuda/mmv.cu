@@ -45,18 +45,21 @@ template <> struct traits<T_Q4_0> { static constexpr int bytes = 18, values = 32
 template <> struct traits<T_Q8_0> { static constexpr int bytes = 34, values = 32; };
 template <> struct traits<T_Q4_K> { static constexpr int bytes = 144, values = 256; };
 
-/* A row's bytes for a covered type, 0 for the others. */
-size_t row_bytes_of(int t, int64_t k) {
-    return t == T_Q4_0 ? (size_t)(k / 32) * 18
-           : t == T_Q8_0 ? (size_t)(k / 32) * 34
-           : t == T_Q4_K ? (size_t)(k / 256) * 144 : 0;
-}
+bool covered(int t) { return t == T_Q4_0 || t == T_Q8_0 || t == T_Q4_K; }
 
 /* f(std::integral_constant<int, T>) for the covered type t (t must be one). */
 template <typename F> auto with_type(int t, F f) {
     return t == T_Q4_0   ? f(std::integral_constant<int, T_Q4_0>())
            : t == T_Q8_0 ? f(std::integral_constant<int, T_Q8_0>())
                          : f(std::integral_constant<int, T_Q4_K>());
+}
+
+/* A row's bytes for a covered type, 0 for the others. */
+size_t row_bytes_of(int t, int64_t k) {
+    return covered(t) ? with_type(t, [&](auto tt) {
+        return (size_t)(k / traits<tt.value>::values) * traits<tt.value>::bytes;
+    })
+                      : 0;
 }
 
 /* One q8_1 block from the warp's 32 values (lane l holds value l): amax and sum by a
@@ -766,7 +769,7 @@ int fail(char *err, size_t err_len, const char *what) {
 } // namespace
 
 extern "C" int gearbx_mmv_supported(int wtype, int64_t k, int64_t ncols) {
-    return row_bytes_of(wtype, QK * GROUP) != 0 && k > 0 && k % (QK * GROUP) == 0 &&
+    return covered(wtype) && k > 0 && k % (QK * GROUP) == 0 &&
            k <= ((int64_t)1 << 30) &&
            ncols >= 1 && ncols <= GEARBX_MMV_MAX_COLS;
 }
