@@ -229,6 +229,16 @@ static void run_fused(int t, const Shape &s, int ncols, Dev &d, const gearbx_mmv
     CK(cudaMemcpy(out.data(), d.dst, out.size() * 4, cudaMemcpyDeviceToHost));
 }
 
+/* The unfused products of an up matrix at d.w and its gate right after it. */
+static void run_up_gate(int t, const Shape &s, int ncols, Dev &d, std::vector<float> &up,
+                        std::vector<float> &gate) {
+    uint8_t *const w_up = d.w;
+    run(t, s, ncols, d, up, nullptr);
+    d.w = w_up + (size_t)s.rows * rbytes(t, s.k);
+    run(t, s, ncols, d, gate, nullptr);
+    d.w = w_up;
+}
+
 /* Fused products (gearbx_mmv_fused, as patch 0005 offers ggml-cuda's fused mmvq products):
  * up + bias bit for bit the unfused up plus the bias; (up + bias) * act(gate) against the
  * unfused products with the activation applied here (the device's expf/tanhf may differ from
@@ -248,11 +258,8 @@ static void fused_parity(int t, const Shape &s, Dev &d) {
     CK(cudaMemcpy(d.x, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(d.bias, b.data(), b.size() * 4, cudaMemcpyHostToDevice));
     std::vector<float> up, gate, o;
-    run(t, s, nc, d, up, nullptr);
+    run_up_gate(t, s, nc, d, up, gate);
     uint8_t *const w_up = d.w;
-    d.w = w_up + wb;
-    run(t, s, nc, d, gate, nullptr);
-    d.w = w_up;
     long off_bias = 0, off_gate = 0, diff = 0;
     double worst[2] = {0, 0}; /* silu, gelu */
     const gearbx_mmv_fusion fb = {nullptr, 0, d.bias, s.rows};
@@ -524,11 +531,7 @@ static void ggml_fused_table(Dev &d) {
             long glu_off = 0;
             if (f.kind == 1) {
                 std::vector<float> up1, gate1;
-                run(t, s, 1, d, up1, nullptr);
-                uint8_t *const w_up = d.w;
-                d.w = w_up + wb;
-                run(t, s, 1, d, gate1, nullptr);
-                d.w = w_up;
+                run_up_gate(t, s, 1, d, up1, gate1);
                 for (int op : {GEARBX_MMV_SWIGLU, GEARBX_MMV_GEGLU}) {
                     const std::vector<float> ref = ggml_glu(op, up1, gate1);
                     const gearbx_mmv_fusion fo = {d.w + wb, op, nullptr, 0};
